@@ -1,0 +1,152 @@
+//! The command line: argument parsing, dispatch, and the mapping of outcomes to exit codes.
+//!
+//! Exit codes are an interface (configuration management and scripts branch on them):
+//! 0 compliant / nothing to do / all applied, 1 violations found or some actions failed,
+//! 2 usage or policy error, 3 a cache could not be inspected.
+
+use crate::check;
+use crate::goenv::GoEnv;
+use crate::policy::{self, PolicyError, Scope};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_VIOLATIONS: i32 = 1;
+pub const EXIT_USAGE: i32 = 2;
+pub const EXIT_INSPECT: i32 = 3;
+
+const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0  compliant (check), nothing to do or everything applied (enforce)
+  1  violations found (check), some actions failed (enforce)
+  2  usage or policy error
+  3  a cache could not be inspected";
+
+#[derive(Debug, Parser)]
+#[command(name = "gocache-warden", version, about = "Keeps Go build and module caches healthy: size limits, LRU eviction, shared-cache permissions", after_help = EXIT_CODES_HELP)]
+pub struct Cli {
+    /// Policy file or directory of *.toml drop-ins, replacing the policy.d directories
+    /// (the embedded default always comes first). Repeatable.
+    #[arg(long, global = true, value_name = "FILE|DIR")]
+    pub policy: Vec<PathBuf>,
+    /// Instance: system (shared caches, root) or user (your own caches). Default: system
+    /// when run as root, else user.
+    #[arg(long, global = true, value_enum)]
+    pub scope: Option<Scope>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Inspect the policy's caches and explain every deviation.
+    #[command(after_help = EXIT_CODES_HELP)]
+    Check {
+        /// Machine-readable report (schema gocache-warden.check/v1).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate and show policies.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy: the given files (merged after the embedded default), or the
+    /// installed drop-ins. Suitable as a `validate:` hook for templated policy files.
+    Validate {
+        /// Files or directories to validate instead of the installed drop-ins.
+        paths: Vec<PathBuf>,
+    },
+    /// Print the policy sources in merge order, each under a "# FILE" header.
+    Cat {
+        /// Print the merged, validated policy as JSON instead.
+        #[arg(long)]
+        effective: bool,
+    },
+}
+
+fn print_policy_error(e: &PolicyError) {
+    for line in e.to_string().lines() {
+        eprintln!("error: {line}");
+    }
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let _ = e.print();
+            return code;
+        }
+    };
+    let scope = cli.scope.unwrap_or_else(Scope::detect);
+    match run(&cli, scope) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            if e.downcast_ref::<PolicyError>().is_some() { EXIT_USAGE } else { EXIT_INSPECT }
+        }
+    }
+}
+
+fn run(cli: &Cli, scope: Scope) -> anyhow::Result<i32> {
+    match &cli.command {
+        Command::Policy(PolicyCommand::Validate { paths }) => {
+            let explicit = if paths.is_empty() { &cli.policy } else { paths };
+            match policy::load_for(scope, explicit) {
+                Ok(p) => {
+                    println!("policy ok: {} cache(s), {} unit rule(s) from {}", p.caches.len(), p.units.len(), p.sources.join(", "));
+                    Ok(EXIT_OK)
+                }
+                Err(e) => {
+                    print_policy_error(&e);
+                    Ok(EXIT_USAGE)
+                }
+            }
+        }
+        Command::Policy(PolicyCommand::Cat { effective }) => {
+            let sources = match policy::collect(scope, &cli.policy) {
+                Ok(s) => s,
+                Err(e) => {
+                    print_policy_error(&e);
+                    return Ok(EXIT_USAGE);
+                }
+            };
+            if *effective {
+                match policy::load(&sources) {
+                    Ok(p) => println!("{}", p.to_json()?),
+                    Err(e) => {
+                        print_policy_error(&e);
+                        return Ok(EXIT_USAGE);
+                    }
+                }
+            } else {
+                print!("{}", policy::cat(&sources));
+            }
+            Ok(EXIT_OK)
+        }
+        Command::Check { json } => {
+            let p = match policy::load_for(scope, &cli.policy) {
+                Ok(p) => p,
+                Err(e) => {
+                    print_policy_error(&e);
+                    return Ok(EXIT_USAGE);
+                }
+            };
+            let report = check::run(&p, scope, &GoEnv::from_process());
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", check::render(&report));
+            }
+            Ok(report.exit_code)
+        }
+    }
+}

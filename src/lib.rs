@@ -1,0 +1,21 @@
+//! gocache-warden: keeps Go build and module caches healthy on Linux.
+//!
+//! The binary is a thin shell over this library so integration tests and benchmarks can
+//! drive the same code. See README.md ("Architecture") for the map and its invariants.
+
+/// POSIX ACLs: decoding, expectations from policy, writing through pinned fds.
+pub mod acl;
+/// `check`: resolve the policy's caches, inspect them, explain deviations.
+pub mod check;
+/// Command-line interface and exit codes.
+pub mod cli;
+/// Where `go` puts its caches for an environment, and what is wrong with that setup.
+pub mod goenv;
+/// Tracing to the journal or stderr, and the structured field contract.
+pub mod logging;
+/// Policy files: fragments, merging, validation.
+pub mod policy;
+/// Directory handles and syscalls that never follow symlinks or cross mounts.
+pub mod safefs;
+/// Walking and measuring caches (read-only).
+pub mod scan;

@@ -1,0 +1,322 @@
+//! The policy: what each Go cache should look like and how the agent may act on it.
+//!
+//! Loading is a pipeline, as in zincati: *sources* (the embedded default, then drop-in files
+//! in filename order) → *fragments* (one per file, every field optional and located) → one
+//! merged fragment (later files win per field) → a validated [`Policy`] of domain types.
+//! Every rejection names `FILE:LINE:COL`. This module never touches a cache; it only reads
+//! policy files and the user/group database (to resolve names given in the policy).
+
+pub mod fragment;
+mod validate;
+pub mod value;
+
+use anyhow::Context;
+use serde::Serialize;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use value::{Perm, SizeLimit};
+
+/// The policy compiled into the binary: what runs when no file says otherwise.
+pub const DEFAULT_POLICY: &str = include_str!("../../policy/default.toml");
+/// The name the embedded default goes by in messages and `policy cat`.
+pub const DEFAULT_NAME: &str = "<embedded>/policy/default.toml";
+
+/// System drop-in directories, lowest priority first: a file in a later directory replaces a
+/// file of the same name in an earlier one (`/etc` overrides `/run` overrides `/usr/lib`).
+pub const SYSTEM_DIRS: [&str; 3] = [
+    "/usr/lib/gocache-warden/policy.d",
+    "/run/gocache-warden/policy.d",
+    "/etc/gocache-warden/policy.d",
+];
+
+/// Which instance the agent is: the system one (root, shared caches, all managers) or a
+/// user's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    System,
+    User,
+}
+
+impl Scope {
+    /// System when running as root, user otherwise.
+    pub fn detect() -> Scope {
+        if nix::unistd::geteuid().is_root() { Scope::System } else { Scope::User }
+    }
+}
+
+/// One policy source: a file's name and its text.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub text: String,
+}
+
+/// A policy that could not be loaded. Its kind decides exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Located>),
+    #[error("cannot read policy {path:?}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// A message with the place in a policy file it is about.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Located {
+    pub file: String,
+    pub line: usize,
+    pub col: usize,
+    pub msg: String,
+}
+
+impl fmt::Display for Located {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.col, self.msg)
+    }
+}
+
+/// Where the drop-ins of the user instance live: `$XDG_CONFIG_HOME` if absolute, else
+/// `$HOME/.config`, as the XDG spec and Go's `os.UserConfigDir` agree.
+pub fn user_dir() -> Option<PathBuf> {
+    let xdg = std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from);
+    let base = match xdg {
+        Some(p) if p.is_absolute() => p,
+        _ => PathBuf::from(std::env::var_os("HOME")?).join(".config"),
+    };
+    Some(base.join("gocache-warden/policy.d"))
+}
+
+/// Collects the sources for `scope`: the embedded default, then either the explicit
+/// `--policy` files/directories (which replace the drop-in directories, so tests and
+/// `policy validate` see exactly what they name), or the scope's drop-in directories.
+pub fn collect(scope: Scope, explicit: &[PathBuf]) -> Result<Vec<Source>, PolicyError> {
+    let mut out = vec![Source { name: DEFAULT_NAME.into(), text: DEFAULT_POLICY.into() }];
+    let mut files: Vec<PathBuf> = Vec::new();
+    if explicit.is_empty() {
+        let dirs: Vec<PathBuf> = match scope {
+            Scope::System => SYSTEM_DIRS.iter().map(PathBuf::from).collect(),
+            Scope::User => user_dir().into_iter().collect(),
+        };
+        // Same file name in a higher-priority directory masks the lower one (systemd rule).
+        let mut by_name = std::collections::BTreeMap::new();
+        for d in &dirs {
+            for f in toml_files_in(d, false)? {
+                if let Some(n) = f.file_name() {
+                    by_name.insert(n.to_os_string(), f);
+                }
+            }
+        }
+        files.extend(by_name.into_values());
+    } else {
+        for p in explicit {
+            if p.is_dir() {
+                files.extend(toml_files_in(p, true)?);
+            } else {
+                files.push(p.clone());
+            }
+        }
+    }
+    for f in files {
+        let text = std::fs::read_to_string(&f)
+            .map_err(|source| PolicyError::Io { path: f.clone(), source })?;
+        out.push(Source { name: f.display().to_string(), text });
+    }
+    Ok(out)
+}
+
+fn toml_files_in(dir: &Path, must_exist: bool) -> Result<Vec<PathBuf>, PolicyError> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => return Ok(vec![]),
+        Err(source) => return Err(PolicyError::Io { path: dir.into(), source }),
+    };
+    let mut v = Vec::new();
+    for e in rd {
+        let e = e.map_err(|source| PolicyError::Io { path: dir.into(), source })?;
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            v.push(p);
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// Parses, merges and validates `sources` into a policy.
+pub fn load(sources: &[Source]) -> Result<Policy, PolicyError> {
+    validate::load(sources)
+}
+
+/// Collects and loads in one step; the error keeps its kind for the exit code.
+pub fn load_for(scope: Scope, explicit: &[PathBuf]) -> Result<Policy, PolicyError> {
+    let sources = collect(scope, explicit)?;
+    load(&sources)
+}
+
+/// `policy cat`: every source with a header naming it, as `systemd-tmpfiles --cat-config`.
+pub fn cat(sources: &[Source]) -> String {
+    let mut s = String::new();
+    for src in sources {
+        s.push_str(&format!("# {}\n", src.name));
+        s.push_str(&src.text);
+        if !src.text.ends_with('\n') {
+            s.push('\n');
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// The validated policy.
+#[derive(Debug, Clone, Serialize)]
+pub struct Policy {
+    pub caches: Vec<CachePolicy>,
+    pub units: Vec<UnitPolicy>,
+    pub agent: AgentPolicy,
+    pub metrics: MetricsPolicy,
+    pub alerts: Vec<AlertPolicy>,
+    /// The files this policy was built from, in merge order.
+    pub sources: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CachePath {
+    /// Resolved as `go env GOCACHE` / `GOMODCACHE` would for the user (or unit).
+    Auto,
+    Fixed(PathBuf),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheKind {
+    Build,
+    Module,
+}
+
+impl fmt::Display for CacheKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            CacheKind::Build => "build",
+            CacheKind::Module => "module",
+        })
+    }
+}
+
+/// A group named in the policy, resolved when the policy was loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupSpec {
+    pub name: String,
+    pub gid: u32,
+}
+
+/// A user named in the policy, resolved when the policy was loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserSpec {
+    pub name: String,
+    pub uid: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CachePolicy {
+    pub name: String,
+    pub path: CachePath,
+    pub kind: CacheKind,
+    pub max_size: Option<SizeLimit>,
+    /// Eviction for size cleans down to this share of `max_size`.
+    pub low_water_percent: f64,
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub max_age: Option<Duration>,
+    /// Nothing used more recently than this is ever evicted.
+    #[serde(serialize_with = "ser_duration")]
+    pub min_age: Duration,
+    pub owner: Option<UserSpec>,
+    pub group: Option<GroupSpec>,
+    pub setgid: bool,
+    pub group_access: Option<Perm>,
+    pub other: Option<Perm>,
+    pub create: bool,
+    pub rewrite_trim: bool,
+    pub alert_size_percent: f64,
+    pub alert_inode_percent: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Remediation {
+    Report,
+    DropIn,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Managers {
+    All,
+    System,
+    User,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UnitPolicy {
+    pub name: String,
+    pub patterns: Vec<String>,
+    pub managers: Managers,
+    pub require_gocache: bool,
+    /// The value a remediation sets; systemd specifiers such as `%h` allowed.
+    pub gocache: Option<String>,
+    pub remediation: Remediation,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentPolicy {
+    #[serde(serialize_with = "ser_duration")]
+    pub interval: Duration,
+    pub watch: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MetricsPolicy {
+    pub textfile: Option<PathBuf>,
+    pub listen: Option<std::net::SocketAddr>,
+    pub top_users: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertKind {
+    Slack,
+    Webhook,
+    Exec,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AlertPolicy {
+    pub name: String,
+    pub kind: AlertKind,
+    pub url_file: Option<PathBuf>,
+    pub credential: Option<String>,
+    pub command: Vec<String>,
+    #[serde(serialize_with = "ser_duration")]
+    pub renotify: Duration,
+}
+
+fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(&humantime::format_duration(*d))
+}
+
+fn ser_opt_duration<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => ser_duration(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+impl Policy {
+    /// The merged policy as TOML-ish JSON for `policy cat --effective`.
+    pub fn to_json(&self) -> anyhow::Result<String> {
+        serde_json::to_string_pretty(self).context("cannot serialize policy")
+    }
+}

@@ -1,0 +1,334 @@
+//! Merging fragments and turning them into validated domain types.
+//!
+//! All checks that need more than one field (contradictions) live here too, and every error
+//! points at the value that is wrong. Errors are collected rather than returned at the first
+//! one so an operator fixes a policy in one round.
+
+use super::fragment::{self, Fragment, L, SizeValue};
+use super::value::{self, parse_duration, parse_percent, parse_perm};
+use super::*;
+use std::collections::BTreeMap;
+
+struct Ctx<'a> {
+    sources: &'a [Source],
+    errors: Vec<Located>,
+}
+
+impl Ctx<'_> {
+    fn locate(&self, file: usize, offset: usize) -> Located {
+        let src = &self.sources[file];
+        let before = &src.text[..offset.min(src.text.len())];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        Located { file: src.name.clone(), line, col, msg: String::new() }
+    }
+
+    fn err<T>(&mut self, at: &L<T>, msg: impl Into<String>) {
+        let mut l = self.locate(at.file, at.span.start);
+        l.msg = msg.into();
+        self.errors.push(l);
+    }
+
+    /// Applies `parse` to a located value, recording its error at the value's location.
+    fn parse<T, U>(&mut self, v: &Option<L<T>>, parse: impl FnOnce(&T) -> Result<U, String>) -> Option<U> {
+        let l = v.as_ref()?;
+        match parse(&l.value) {
+            Ok(u) => Some(u),
+            Err(m) => {
+                self.err(l, m);
+                None
+            }
+        }
+    }
+}
+
+pub(super) fn load(sources: &[Source]) -> Result<Policy, PolicyError> {
+    let mut ctx = Ctx { sources, errors: Vec::new() };
+    let mut merged = Fragment::default();
+    for (i, src) in sources.iter().enumerate() {
+        match fragment::parse(&src.text, i) {
+            Ok(f) => merged.merge(f),
+            Err(e) => {
+                let mut l = ctx.locate(i, e.span().map_or(0, |s| s.start));
+                l.msg = e.message().trim().to_string();
+                ctx.errors.push(l);
+            }
+        }
+    }
+    if !ctx.errors.is_empty() {
+        return Err(PolicyError::Invalid(ctx.errors));
+    }
+    let policy = build(&mut ctx, merged);
+    if ctx.errors.is_empty() { Ok(policy) } else { Err(PolicyError::Invalid(ctx.errors)) }
+}
+
+fn build(ctx: &mut Ctx, m: Fragment) -> Policy {
+    let mut caches = Vec::new();
+    let mut seen_paths: BTreeMap<(PathBuf, CacheKind), String> = BTreeMap::new();
+    for (name, c) in &m.cache {
+        if c.enabled.as_ref().is_some_and(|e| !e.value) {
+            continue;
+        }
+        if let Some(cp) = cache(ctx, name, c) {
+            if let (CachePath::Fixed(p), Some(at)) = (&cp.path, &c.path) {
+                if let Some(other) = seen_paths.insert((p.clone(), cp.kind), name.clone()) {
+                    ctx.err(at, format!("cache \"{name}\" has the same path as cache \"{other}\""));
+                }
+            }
+            caches.push(cp);
+        }
+    }
+    let units = m.units.iter().filter_map(|(n, u)| units(ctx, n, u)).collect();
+    let alerts = m.alert.iter().filter_map(|(n, a)| alert(ctx, n, a)).collect();
+    let a = m.agent.unwrap_or_default();
+    let interval = ctx.parse(&a.interval, |s| parse_duration(s)).unwrap_or(Duration::from_secs(3600));
+    if let Some(at) = &a.interval {
+        if interval < Duration::from_secs(1) {
+            ctx.err(at, "interval must be at least 1s");
+        }
+    }
+    let agent = AgentPolicy { interval, watch: a.watch.map_or(true, |w| w.value) };
+    let mf = m.metrics.unwrap_or_default();
+    let metrics = MetricsPolicy {
+        textfile: ctx.parse(&mf.textfile, |s| absolute(s, "textfile")),
+        listen: ctx.parse(&mf.listen, |s| {
+            s.parse().map_err(|_| format!("invalid listen address {s:?}: expected e.g. \"127.0.0.1:9731\""))
+        }),
+        top_users: ctx
+            .parse(&mf.top_users, |n| {
+                usize::try_from(*n)
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| format!("top_users must be between 1 and 1000, not {n}"))
+            })
+            .unwrap_or(10),
+    };
+    Policy {
+        caches,
+        units,
+        agent,
+        metrics,
+        alerts,
+        sources: ctx.sources.iter().map(|s| s.name.clone()).collect(),
+    }
+}
+
+fn absolute(s: &str, what: &str) -> Result<PathBuf, String> {
+    let p = Path::new(s);
+    if !p.is_absolute() {
+        return Err(format!("{what} {s:?} must be an absolute path"));
+    }
+    if p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+        return Err(format!("{what} {s:?} must not contain \"..\""));
+    }
+    Ok(p.to_path_buf())
+}
+
+/// The first located field of a table, to point at when the table as a whole is wrong.
+fn anchor<'a>(fields: &[Option<&'a L<()>>]) -> Option<&'a L<()>> {
+    fields.iter().flatten().next().copied()
+}
+
+fn unit_anchor<T>(l: &Option<L<T>>) -> Option<L<()>> {
+    l.as_ref().map(|l| L { value: (), file: l.file, span: l.span.clone() })
+}
+
+fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<CachePolicy> {
+    let before = ctx.errors.len();
+    let kind = ctx
+        .parse(&c.kind, |k| match k.as_str() {
+            "build" => Ok(CacheKind::Build),
+            "module" => Ok(CacheKind::Module),
+            _ => Err(format!("unknown cache kind {k:?}: expected \"build\" or \"module\"")),
+        })
+        .unwrap_or(CacheKind::Build);
+    let path = match &c.path {
+        Some(p) if p.value == "auto" => Some(CachePath::Auto),
+        Some(_) => ctx.parse(&c.path, |s| absolute(s, "path").map(CachePath::Fixed)),
+        None => {
+            let anchors = [
+                unit_anchor(&c.kind),
+                unit_anchor(&c.max_size),
+                unit_anchor(&c.group),
+                unit_anchor(&c.max_age),
+                unit_anchor(&c.enabled),
+            ];
+            let refs: Vec<Option<&L<()>>> = anchors.iter().map(Option::as_ref).collect();
+            if let Some(a) = anchor(&refs) {
+                ctx.err(a, format!("cache \"{name}\" has no path (an absolute path or \"auto\")"));
+            }
+            None
+        }
+    };
+    let max_size = ctx.parse(&c.max_size, |v| match v {
+        SizeValue::Int(n) if *n > 0 => Ok(SizeLimit::Bytes(*n as u64)),
+        SizeValue::Int(n) => Err(format!("max_size must be greater than zero, not {n}")),
+        SizeValue::Str(s) => value::parse_size_limit(s),
+    });
+    let low_water_percent = ctx.parse(&c.low_water, |s| parse_percent(s)).unwrap_or(90.0);
+    let max_age = ctx.parse(&c.max_age, |s| parse_duration(s));
+    let min_age = ctx.parse(&c.min_age, |s| parse_duration(s)).unwrap_or(Duration::from_secs(86400));
+    if let (Some(max), Some(at)) = (max_age, &c.min_age) {
+        if min_age > max {
+            ctx.err(at, format!(
+                "min_age ({}) is longer than max_age ({}): entries could never be evicted by age",
+                humantime::format_duration(min_age),
+                humantime::format_duration(max)
+            ));
+        }
+    }
+    if let (None, Some(at)) = (max_size, &c.low_water) {
+        ctx.err(at, "low_water has no effect without max_size");
+    }
+    let group = ctx.parse(&c.group, |g| match nix::unistd::Group::from_name(g) {
+        Ok(Some(gr)) => Ok(GroupSpec { name: g.clone(), gid: gr.gid.as_raw() }),
+        Ok(None) => Err(format!("unknown group {g:?}")),
+        Err(e) => Err(format!("cannot look up group {g:?}: {e}")),
+    });
+    let owner = ctx.parse(&c.owner, |u| match nix::unistd::User::from_name(u) {
+        Ok(Some(us)) => Ok(UserSpec { name: u.clone(), uid: us.uid.as_raw() }),
+        Ok(None) => Err(format!("unknown user {u:?}")),
+        Err(e) => Err(format!("cannot look up user {u:?}: {e}")),
+    });
+    let setgid = c.setgid.as_ref().map_or(c.group.is_some(), |s| s.value);
+    if let (Some(at), None) = (&c.setgid, &c.group) {
+        if at.value {
+            ctx.err(at, "setgid needs a group to inherit: set `group`");
+        }
+    }
+    let group_access = ctx.parse(&c.group_access, |s| parse_perm(s));
+    if let (Some(at), None) = (&c.group_access, &c.group) {
+        ctx.err(at, "group_access needs `group`: whose access is it?");
+    }
+    let other = ctx.parse(&c.other, |s| parse_perm(s));
+    let create = c.create.as_ref().is_some_and(|c| c.value);
+    if let (Some(at), Some(CachePath::Auto)) = (&c.create, &path) {
+        if at.value {
+            ctx.err(at, "create is for fixed paths; an \"auto\" cache is created by go itself");
+        }
+    }
+    let rewrite_trim = c.rewrite_trim.as_ref().map_or(kind == CacheKind::Build, |r| r.value);
+    if let (Some(at), CacheKind::Module) = (&c.rewrite_trim, kind) {
+        if at.value {
+            ctx.err(at, "rewrite_trim applies to build caches only (module caches have no trim.txt)");
+        }
+    }
+    let alerts = c.alerts.clone().unwrap_or_default();
+    let alert_size_percent = ctx.parse(&alerts.size_percent, |s| parse_percent(s)).unwrap_or(90.0);
+    let alert_inode_percent = ctx.parse(&alerts.inode_percent, |s| parse_percent(s)).unwrap_or(90.0);
+    if ctx.errors.len() != before {
+        return None;
+    }
+    Some(CachePolicy {
+        name: name.to_string(),
+        path: path?,
+        kind,
+        max_size,
+        low_water_percent,
+        max_age,
+        min_age,
+        owner,
+        group,
+        setgid,
+        group_access,
+        other,
+        create,
+        rewrite_trim,
+        alert_size_percent,
+        alert_inode_percent,
+    })
+}
+
+fn units(ctx: &mut Ctx, name: &str, u: &fragment::UnitsFragment) -> Option<UnitPolicy> {
+    if u.enabled.as_ref().is_some_and(|e| !e.value) {
+        return None;
+    }
+    let before = ctx.errors.len();
+    let patterns = ctx
+        .parse(&u.patterns, |ps| {
+            if ps.is_empty() {
+                return Err("match needs at least one unit name pattern".into());
+            }
+            for p in ps {
+                glob::Pattern::new(p).map_err(|e| format!("invalid unit pattern {p:?}: {e}"))?;
+            }
+            Ok(ps.clone())
+        })
+        .unwrap_or_else(|| vec!["*.service".into()]);
+    let managers = ctx
+        .parse(&u.managers, |m| match m.as_str() {
+            "all" => Ok(Managers::All),
+            "system" => Ok(Managers::System),
+            "user" => Ok(Managers::User),
+            _ => Err(format!("unknown managers {m:?}: expected \"all\", \"system\" or \"user\"")),
+        })
+        .unwrap_or(Managers::All);
+    let remediation = ctx
+        .parse(&u.remediation, |m| match m.as_str() {
+            "report" => Ok(Remediation::Report),
+            "drop-in" => Ok(Remediation::DropIn),
+            _ => Err(format!("unknown remediation {m:?}: expected \"report\" or \"drop-in\"")),
+        })
+        .unwrap_or(Remediation::Report);
+    let gocache = ctx.parse(&u.gocache, |v| {
+        if v.starts_with('/') || v.starts_with('%') {
+            Ok(v.clone())
+        } else {
+            Err(format!("gocache {v:?} must be an absolute path (specifiers such as %h allowed)"))
+        }
+    });
+    if let (Some(at), None) = (&u.remediation, &gocache) {
+        if remediation == Remediation::DropIn {
+            ctx.err(at, "remediation \"drop-in\" needs `gocache`, the value to set");
+        }
+    }
+    if ctx.errors.len() != before {
+        return None;
+    }
+    Some(UnitPolicy {
+        name: name.to_string(),
+        patterns,
+        managers,
+        require_gocache: u.require_gocache.as_ref().is_none_or(|r| r.value),
+        gocache,
+        remediation,
+    })
+}
+
+fn alert(ctx: &mut Ctx, name: &str, a: &fragment::AlertFragment) -> Option<AlertPolicy> {
+    if a.enabled.as_ref().is_some_and(|e| !e.value) {
+        return None;
+    }
+    let before = ctx.errors.len();
+    let kind = ctx.parse(&a.kind, |k| match k.as_str() {
+        "slack" => Ok(AlertKind::Slack),
+        "webhook" => Ok(AlertKind::Webhook),
+        "exec" => Ok(AlertKind::Exec),
+        _ => Err(format!("unknown alert kind {k:?}: expected \"slack\", \"webhook\" or \"exec\"")),
+    });
+    let url_file = ctx.parse(&a.url_file, |s| absolute(s, "url_file"));
+    let renotify = ctx.parse(&a.renotify, |s| parse_duration(s)).unwrap_or(Duration::from_secs(6 * 3600));
+    let command = a.command.as_ref().map(|c| c.value.clone()).unwrap_or_default();
+    let anchor = unit_anchor(&a.kind).or_else(|| unit_anchor(&a.url_file)).or_else(|| unit_anchor(&a.command));
+    match (kind, &anchor) {
+        (None, Some(at)) if a.kind.is_none() => ctx.err(at, format!("alert \"{name}\" needs a kind")),
+        (Some(AlertKind::Exec), Some(at)) if command.is_empty() => {
+            ctx.err(at, format!("alert \"{name}\" of kind \"exec\" needs `command`"))
+        }
+        (Some(AlertKind::Slack | AlertKind::Webhook), Some(at)) if url_file.is_none() && a.credential.is_none() => {
+            ctx.err(at, format!("alert \"{name}\" needs `url_file` or `credential` (the URL is a secret, never inline)"))
+        }
+        _ => {}
+    }
+    if ctx.errors.len() != before {
+        return None;
+    }
+    Some(AlertPolicy {
+        name: name.to_string(),
+        kind: kind?,
+        url_file,
+        credential: a.credential.as_ref().map(|c| c.value.clone()),
+        command,
+        renotify,
+    })
+}

@@ -1,0 +1,339 @@
+//! Directory handles that cannot be tricked into leaving the cache.
+//!
+//! Everything the agent does inside a cache goes through a [`Dir`]: a directory opened by
+//! fd, whose children are opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS |
+//! RESOLVE_NO_XDEV)` and compared by (dev, ino) with what was listed, so a symlink or a mount
+//! swapped in between listing and opening is refused rather than followed. Files are changed
+//! only through `O_PATH` fds that were re-`fstat`ed (see [`Dir::pin`]). This module knows
+//! nothing about Go or policy; it is the syscall boundary, kept small so it can be audited.
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+/// What `statx` told us about one inode (never following a final symlink).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stat {
+    pub dev: u64,
+    pub ino: u64,
+    pub mode: u32,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// Allocated bytes (`st_blocks * 512`), what fills the disk and what `du -B1` shows.
+    pub alloc: u64,
+    pub atime: i64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    /// The inode is the root of a mount (a bind mount of the same filesystem included).
+    pub mount_root: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Dir,
+    File,
+    Symlink,
+    /// FIFO, socket, device: never opened, never changed.
+    Special,
+}
+
+impl Stat {
+    pub fn kind(&self) -> Kind {
+        match self.mode & libc::S_IFMT {
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFREG => Kind::File,
+            libc::S_IFLNK => Kind::Symlink,
+            _ => Kind::Special,
+        }
+    }
+    /// Last use as Go sees it: max(atime, mtime). In a shared cache other users' hits cannot
+    /// refresh mtime (only the owner may set explicit times), but reads still move atime.
+    pub fn last_use(&self) -> i64 {
+        self.atime.max(self.mtime)
+    }
+    pub fn perm_bits(&self) -> u32 {
+        self.mode & 0o7777
+    }
+    /// Same inode, unchanged content time: safe to act on what was planned.
+    pub fn same_entry(&self, other: &Stat) -> bool {
+        self.dev == other.dev
+            && self.ino == other.ino
+            && self.mtime == other.mtime
+            && self.mtime_nsec == other.mtime_nsec
+            && self.kind() == other.kind()
+    }
+}
+
+fn statx_raw(dirfd: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<Stat> {
+    let mut sx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: statx writes into the buffer we own; name is a valid C string.
+    let r = unsafe {
+        libc::statx(
+            dirfd.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::AT_SYMLINK_NOFOLLOW | libc::AT_NO_AUTOMOUNT,
+            libc::STATX_BASIC_STATS,
+            sx.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statx succeeded and filled the struct.
+    let sx = unsafe { sx.assume_init() };
+    let mount_root = sx.stx_attributes_mask & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0
+        && sx.stx_attributes & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0;
+    Ok(Stat {
+        dev: libc::makedev(sx.stx_dev_major, sx.stx_dev_minor),
+        ino: sx.stx_ino,
+        mode: u32::from(sx.stx_mode),
+        nlink: sx.stx_nlink,
+        uid: sx.stx_uid,
+        gid: sx.stx_gid,
+        size: sx.stx_size,
+        alloc: sx.stx_blocks.saturating_mul(512),
+        atime: sx.stx_atime.tv_sec,
+        mtime: sx.stx_mtime.tv_sec,
+        mtime_nsec: sx.stx_mtime.tv_nsec,
+        mount_root,
+    })
+}
+
+/// `fstat` of an fd (through statx, for the mount-root attribute).
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
+    statx_raw(fd, c"", libc::AT_EMPTY_PATH)
+}
+
+/// A directory opened by fd, with the identity it had when opened.
+#[derive(Debug)]
+pub struct Dir {
+    fd: OwnedFd,
+    pub st: Stat,
+}
+
+/// A non-directory pinned by an `O_PATH` fd whose identity was re-checked.
+#[derive(Debug)]
+pub struct Pinned {
+    fd: OwnedFd,
+    pub st: Stat,
+}
+
+impl Pinned {
+    /// A path naming exactly this inode, for APIs that only take paths (libacl, chmod).
+    pub fn proc_path(&self) -> String {
+        format!("/proc/self/fd/{}", self.fd.as_raw_fd())
+    }
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+fn cstr(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+impl Dir {
+    /// Opens the cache root itself. The final component must be a real directory (no
+    /// symlink); its ancestors are the administrator's.
+    pub fn open_root(path: &Path) -> io::Result<Dir> {
+        let fd = nix::fcntl::open(
+            path,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let st = fstat(fd.as_fd())?;
+        Ok(Dir { fd, st })
+    }
+
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// A path naming exactly this directory, for path-only APIs (libacl).
+    pub fn proc_path(&self) -> String {
+        format!("/proc/self/fd/{}", self.fd.as_raw_fd())
+    }
+
+    /// `statx` of a child, never following it.
+    pub fn stat(&self, name: &CStr) -> io::Result<Stat> {
+        statx_raw(self.fd.as_fd(), name, 0)
+    }
+
+    fn open_beneath(&self, name: &CStr, flags: OFlag) -> io::Result<OwnedFd> {
+        let how = OpenHow::new().flags(flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+        match nix::fcntl::openat2(self.fd.as_fd(), name, how) {
+            Ok(fd) => Ok(fd),
+            // Kernels before 5.6: openat with O_NOFOLLOW; the caller's (dev, ino) check and
+            // the mount-root attribute stand in for RESOLVE_NO_XDEV.
+            Err(Errno::ENOSYS) => Ok(nix::fcntl::openat(self.fd.as_fd(), name, flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Opens child directory `name`, which must still be the inode described by `expect`
+    /// (as listed), on the same filesystem, and not a mount root.
+    pub fn open_dir(&self, name: &CStr, expect: &Stat) -> io::Result<Dir> {
+        let fd = self.open_beneath(name, OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+        let st = fstat(fd.as_fd())?;
+        check_identity(&st, expect, self.st.dev)?;
+        Ok(Dir { fd, st })
+    }
+
+    /// Pins child `name` by an `O_PATH` fd (no open side effects, even for devices) and checks
+    /// it is still the inode described by `expect`.
+    pub fn pin(&self, name: &CStr, expect: &Stat) -> io::Result<Pinned> {
+        let fd = self.open_beneath(name, OFlag::O_PATH)?;
+        let st = fstat(fd.as_fd())?;
+        check_identity(&st, expect, self.st.dev)?;
+        Ok(Pinned { fd, st })
+    }
+
+    /// Opens a regular file for reading (e.g. an action entry), refusing anything else.
+    pub fn read_small(&self, name: &CStr, max: usize) -> io::Result<Vec<u8>> {
+        use std::io::Read;
+        let fd = self.open_beneath(name, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)?;
+        if fstat(fd.as_fd())?.kind() != Kind::File {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "not a regular file"));
+        }
+        let mut buf = Vec::with_capacity(max.min(4096));
+        std::fs::File::from(fd).take(max as u64).read_to_end(&mut buf)?;
+        Ok(buf)
+    }
+
+    /// Lists the children's names (without `.` and `..`) through a fresh open file
+    /// description, so listing never disturbs another reader's offset.
+    pub fn list(&self) -> io::Result<Vec<CString>> {
+        let fd = nix::fcntl::openat(
+            self.fd.as_fd(),
+            c".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        let mut d = nix::dir::Dir::from_fd(fd)?;
+        let mut out = Vec::new();
+        for e in d.iter() {
+            let e = e?;
+            let n = e.file_name();
+            if n != c"." && n != c".." {
+                out.push(n.to_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes child `name` (a file, or an empty directory with `dir`) after checking it is
+    /// still the entry described by `expect`. `unlinkat` never follows a symlink, so the
+    /// worst a race can do is make us skip.
+    pub fn remove(&self, name: &CStr, expect: &Stat) -> io::Result<()> {
+        let now = self.stat(name)?;
+        if !now.same_entry(expect) {
+            return Err(io::Error::new(io::ErrorKind::Other, "entry changed since it was planned"));
+        }
+        let flag = if now.kind() == Kind::Dir {
+            nix::unistd::UnlinkatFlags::RemoveDir
+        } else {
+            nix::unistd::UnlinkatFlags::NoRemoveDir
+        };
+        nix::unistd::unlinkat(self.fd.as_fd(), name, flag)?;
+        Ok(())
+    }
+
+    /// Creates a child directory with `mode` (umask applies) and opens it.
+    pub fn mkdir(&self, name: &CStr, mode: u32) -> io::Result<Dir> {
+        nix::sys::stat::mkdirat(self.fd.as_fd(), name, Mode::from_bits_truncate(mode))?;
+        let st = self.stat(name)?;
+        self.open_dir(name, &st)
+    }
+
+    /// Reads an extended attribute of child `name` without following it and without a
+    /// second path walk from `/` (through this directory's fd). `None` when absent.
+    pub fn get_xattr(&self, name: &CStr, attr: &CStr, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+        let mut p = format!("/proc/self/fd/{}/", self.fd.as_raw_fd()).into_bytes();
+        p.extend_from_slice(name.to_bytes());
+        let p = CString::new(p).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        get_xattr_path(&p, attr, buf)
+    }
+
+    /// Reads an extended attribute of this directory itself.
+    pub fn get_own_xattr(&self, attr: &CStr, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+        let p = CString::new(self.proc_path()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        get_xattr_path(&p, attr, buf)
+    }
+}
+
+fn get_xattr_path(p: &CStr, attr: &CStr, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+    if buf.len() < 256 {
+        buf.resize(256, 0);
+    }
+    loop {
+        // SAFETY: buffer pointer/len describe memory we own.
+        let r = unsafe { libc::lgetxattr(p.as_ptr(), attr.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        if r >= 0 {
+            return Ok(Some(r as usize));
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ENODATA) | Some(libc::ENOTSUP) => return Ok(None),
+            Some(libc::ERANGE) if buf.len() < 1 << 16 => buf.resize(buf.len() * 4, 0),
+            _ => return Err(e),
+        }
+    }
+}
+
+fn check_identity(st: &Stat, expect: &Stat, parent_dev: u64) -> io::Result<()> {
+    if st.dev != expect.dev || st.ino != expect.ino || st.kind() != expect.kind() {
+        return Err(io::Error::new(io::ErrorKind::Other, "entry was replaced since it was listed"));
+    }
+    if st.dev != parent_dev || st.mount_root {
+        return Err(io::Error::new(io::ErrorKind::Other, "entry is a mount point"));
+    }
+    Ok(())
+}
+
+/// Converts a child name for display: lossless bytes into a path component.
+pub fn name_os(name: &CStr) -> &OsStr {
+    OsStr::from_bytes(name.to_bytes())
+}
+
+/// Checks `name` is a single path component (no `/`, not `.` or `..`).
+pub fn component(name: &OsStr) -> io::Result<CString> {
+    let b = name.as_bytes();
+    if b.is_empty() || b.contains(&b'/') || b == b"." || b == b".." {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    cstr(name)
+}
+
+/// Free and total space and inodes of the filesystem holding `dir`.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct FsStat {
+    pub size_bytes: u64,
+    pub free_bytes: u64,
+    pub avail_bytes: u64,
+    pub inodes_total: u64,
+    pub inodes_free: u64,
+}
+
+pub fn fs_stat(dir: &Dir) -> io::Result<FsStat> {
+    let s = nix::sys::statvfs::fstatvfs(dir.as_fd())?;
+    let f = s.fragment_size() as u64;
+    Ok(FsStat {
+        size_bytes: s.blocks() as u64 * f,
+        free_bytes: s.blocks_free() as u64 * f,
+        avail_bytes: s.blocks_available() as u64 * f,
+        inodes_total: s.files() as u64,
+        inodes_free: s.files_free() as u64,
+    })
+}

@@ -1,0 +1,263 @@
+//! The inspection visitor: totals, ages, owners, entry classes, and every per-entry
+//! deviation from the policy, gathered in one walk with bounded memory (counts plus a few
+//! example paths per kind, never a list of all entries).
+
+use super::layout::{self, Class};
+use super::lru::Histogram;
+use super::walk::{Entry, Skip, Visit};
+use super::{Tally, Usage, Violation};
+use crate::acl::{self, Acl, Want};
+use crate::policy::{CacheKind, CachePolicy};
+use crate::safefs::{Dir, Kind};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Everything one walk learned about a cache.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Observed {
+    pub allocated_bytes: u64,
+    pub apparent_bytes: u64,
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub specials: u64,
+    /// Entries by what they are in Go's layout (build caches).
+    pub classes: BTreeMap<Class, Usage>,
+    /// Unix seconds of the least and most recent use (max of atime, mtime) of any entry.
+    pub oldest_use: Option<i64>,
+    pub newest_use: Option<i64>,
+    /// Evictable units older than `max_age` (and the floor).
+    pub past_max_age: Usage,
+    /// Allocated bytes and entries per owner uid.
+    pub owners: BTreeMap<u32, Usage>,
+    pub violations: BTreeMap<Violation, Tally>,
+    /// Age of trim.txt's mtime in seconds (build caches).
+    pub trim_age_secs: Option<i64>,
+    #[serde(skip)]
+    pub histogram: Option<Box<Histogram>>,
+}
+
+impl Observed {
+    pub fn inodes(&self) -> u64 {
+        self.files + self.dirs + self.symlinks + self.specials
+    }
+
+    pub fn merge(&mut self, o: Observed) {
+        self.allocated_bytes += o.allocated_bytes;
+        self.apparent_bytes += o.apparent_bytes;
+        self.files += o.files;
+        self.dirs += o.dirs;
+        self.symlinks += o.symlinks;
+        self.specials += o.specials;
+        for (k, v) in o.classes {
+            self.classes.entry(k).or_default().add(v.entries, v.bytes);
+        }
+        self.oldest_use = min_opt(self.oldest_use, o.oldest_use);
+        self.newest_use = self.newest_use.max(o.newest_use);
+        self.past_max_age.add(o.past_max_age.entries, o.past_max_age.bytes);
+        for (k, v) in o.owners {
+            self.owners.entry(k).or_default().add(v.entries, v.bytes);
+        }
+        for (k, v) in o.violations {
+            self.violations.entry(k).or_default().merge(v);
+        }
+        self.trim_age_secs = self.trim_age_secs.or(o.trim_age_secs);
+        match (&mut self.histogram, o.histogram) {
+            (Some(a), Some(b)) => a.merge(&b),
+            (a @ None, b) => *a = b,
+            _ => {}
+        }
+    }
+}
+
+fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, None) => x,
+        (None, y) => y,
+    }
+}
+
+/// What the inspector should expect and gather beyond the basics.
+#[derive(Debug, Clone, Copy)]
+pub struct InspectOptions {
+    pub now: i64,
+    /// Every entry should belong to this uid (a single user's own cache).
+    pub owner_uid: Option<u32>,
+    /// Build the last-use histogram for eviction planning.
+    pub histogram: bool,
+}
+
+pub struct Inspector<'p> {
+    policy: &'p CachePolicy,
+    opts: InspectOptions,
+    pub obs: Observed,
+    xbuf: Vec<u8>,
+    /// The executable output directory being walked: (allocated bytes, last use).
+    exec: Option<(u64, i64)>,
+}
+
+impl<'p> Inspector<'p> {
+    pub fn new(policy: &'p CachePolicy, opts: InspectOptions) -> Self {
+        let obs = Observed { histogram: opts.histogram.then(Box::default), ..Observed::default() };
+        Inspector { policy, opts, obs, xbuf: Vec::new(), exec: None }
+    }
+
+    fn class(&self, e: &Entry) -> Class {
+        if self.policy.kind == CacheKind::Module {
+            return if e.depth == 0 { Class::Root } else { Class::Module };
+        }
+        let stack: Vec<&[u8]> = e.stack.iter().map(|s| s.to_bytes()).collect();
+        layout::classify(e.depth, &stack, e.name.to_bytes(), e.st.kind() == Kind::Dir)
+    }
+
+    fn flag(&mut self, v: Violation, e: &Entry) {
+        self.obs.violations.entry(v).or_default().note(e.rel());
+    }
+
+    fn account(&mut self, e: &Entry, class: Class) {
+        let st = e.st;
+        self.obs.allocated_bytes += st.alloc;
+        self.obs.apparent_bytes += st.size;
+        match st.kind() {
+            Kind::Dir => self.obs.dirs += 1,
+            Kind::File => self.obs.files += 1,
+            Kind::Symlink => self.obs.symlinks += 1,
+            Kind::Special => self.obs.specials += 1,
+        }
+        self.obs.classes.entry(class).or_default().add(1, st.alloc);
+        self.obs.owners.entry(st.uid).or_default().add(1, st.alloc);
+        let used = st.last_use();
+        self.obs.oldest_use = min_opt(self.obs.oldest_use, Some(used));
+        self.obs.newest_use = self.obs.newest_use.max(Some(used));
+        if class == Class::Meta && e.name == c"trim.txt" {
+            self.obs.trim_age_secs = Some(self.opts.now - st.mtime);
+        }
+    }
+
+    /// Records an evictable unit (action, output, whole executable directory).
+    fn unit(&mut self, last_use: i64, bytes: u64) {
+        let age = self.opts.now - last_use;
+        if let Some(h) = &mut self.obs.histogram {
+            h.add(age, bytes);
+        }
+        if let Some(max) = self.policy.max_age {
+            let max = max.as_secs() as i64;
+            if age >= max && age >= self.policy.min_age.as_secs() as i64 {
+                self.obs.past_max_age.add(1, bytes);
+            }
+        }
+    }
+
+    /// Ownership, group, setgid, ACL and other-access checks for a file or directory.
+    fn check_perms(&mut self, e: &Entry, dir: Option<&Dir>) {
+        let st = e.st;
+        let is_dir = dir.is_some();
+        if let Some(uid) = self.opts.owner_uid {
+            if st.uid != uid {
+                self.flag(Violation::ForeignOwner, e);
+            }
+        }
+        if let Some(g) = &self.policy.group {
+            if st.gid != g.gid {
+                self.flag(Violation::Group, e);
+            }
+        }
+        if is_dir && self.policy.setgid && st.mode & libc::S_ISGID == 0 {
+            self.flag(Violation::Setgid, e);
+        }
+        if let Some(o) = self.policy.other {
+            let want = if is_dir || st.mode & 0o100 != 0 { o } else { o.without_x() };
+            if (st.mode & 7) as u8 != want.bits() {
+                self.flag(Violation::OtherAccess, e);
+            }
+        }
+        let Some(want) = Want::for_entry(self.policy, is_dir, st.mode) else { return };
+        let access = match (dir, e.parent) {
+            (Some(d), _) => d.get_own_xattr(acl::XATTR_ACCESS, &mut self.xbuf),
+            (None, Some(p)) => p.get_xattr(e.name, acl::XATTR_ACCESS, &mut self.xbuf),
+            (None, None) => return,
+        };
+        match access {
+            Ok(n) => {
+                let acl = n.and_then(|n| Acl::decode(&self.xbuf[..n])).unwrap_or_else(|| Acl::from_mode(st.mode));
+                if !want.access_ok(&acl) {
+                    self.flag(Violation::Acl, e);
+                }
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return,
+            Err(_) => self.flag(Violation::Unreadable, e),
+        }
+        if let Some(d) = dir {
+            match d.get_own_xattr(acl::XATTR_DEFAULT, &mut self.xbuf) {
+                Ok(n) => {
+                    let def = n.and_then(|n| Acl::decode(&self.xbuf[..n]));
+                    if !want.default_ok(def.as_ref()) {
+                        self.flag(Violation::DefaultAcl, e);
+                    }
+                }
+                Err(_) => self.flag(Violation::Unreadable, e),
+            }
+        }
+    }
+}
+
+impl Visit for Inspector<'_> {
+    fn file(&mut self, e: &Entry) {
+        let class = self.class(e);
+        self.account(e, class);
+        match e.st.kind() {
+            Kind::Symlink => return self.flag(Violation::Symlink, e),
+            Kind::Special => return self.flag(Violation::Special, e),
+            Kind::Dir => {}
+            Kind::File => {}
+        }
+        if e.st.nlink > 1 {
+            // Go never hardlinks; a second name may be a file outside the cache.
+            self.flag(Violation::Hardlink, e);
+        }
+        self.check_perms(e, None);
+        match class {
+            Class::Action | Class::Output => self.unit(e.st.last_use(), e.st.alloc),
+            Class::ExecContent => {
+                if let Some((b, t)) = &mut self.exec {
+                    *b += e.st.alloc;
+                    *t = (*t).max(e.st.last_use());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn enter(&mut self, e: &Entry, dir: &Dir) -> bool {
+        let class = self.class(e);
+        self.account(e, class);
+        self.check_perms(e, Some(dir));
+        if class == Class::Exec {
+            self.exec = Some((e.st.alloc, e.st.last_use()));
+        }
+        true
+    }
+
+    fn leave(&mut self, e: &Entry, _dir: &Dir) {
+        if e.depth == 2 {
+            if let Some((b, t)) = self.exec.take() {
+                self.unit(t, b);
+            }
+        }
+    }
+
+    fn skipped(&mut self, e: &Entry, why: &Skip) {
+        let v = match why {
+            Skip::Mount => Violation::Mount,
+            Skip::TooDeep => Violation::TooDeep,
+            Skip::Unreadable(_) => Violation::Unreadable,
+        };
+        self.flag(v, e);
+    }
+
+    fn error(&mut self, rel: PathBuf, _err: &std::io::Error) {
+        self.obs.violations.entry(Violation::Unreadable).or_default().note(rel);
+    }
+}

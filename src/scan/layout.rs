@@ -1,0 +1,112 @@
+//! The shape of a Go build cache as cmd/go writes it, and nothing else.
+//!
+//! `ROOT/{README,trim.txt,testexpire.txt,log.txt}`, `ROOT/fuzz/`, 256 shards `00`..`ff`
+//! holding `<64 hex>-a` (action records) and `<64 hex>-d` (outputs; since Go 1.24 an
+//! executable output is a directory holding one file). Everything else is foreign.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Class {
+    Root,
+    Shard,
+    /// README, trim.txt, testexpire.txt, log.txt: never evicted.
+    Meta,
+    /// fuzz/ and everything under it: Go's fuzzing corpus, never evicted by us.
+    Fuzz,
+    Action,
+    Output,
+    /// An executable output: a `-d` directory, evicted whole.
+    Exec,
+    ExecContent,
+    Foreign,
+    /// Anything in a module cache (which has its own layout, see `evict::module`).
+    Module,
+}
+
+pub const META_FILES: [&[u8]; 4] = [b"README", b"trim.txt", b"testexpire.txt", b"log.txt"];
+
+fn is_hex(b: &[u8]) -> bool {
+    b.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+}
+
+pub fn is_shard(name: &[u8]) -> bool {
+    name.len() == 2 && is_hex(name)
+}
+
+/// `Some(b'a')` / `Some(b'd')` for `<64 hex>-a` / `<64 hex>-d`.
+pub fn entry_suffix(name: &[u8]) -> Option<u8> {
+    if name.len() == 66 && name[64] == b'-' && is_hex(&name[..64]) && matches!(name[65], b'a' | b'd') {
+        Some(name[65])
+    } else {
+        None
+    }
+}
+
+/// Classifies an entry of a build cache by where it is and what it is called.
+/// `stack` holds the names of the directories between the root and the entry.
+pub fn classify(depth: usize, stack: &[&[u8]], name: &[u8], is_dir: bool) -> Class {
+    match depth {
+        0 => Class::Root,
+        1 if is_dir && is_shard(name) => Class::Shard,
+        1 if is_dir && name == b"fuzz" => Class::Fuzz,
+        1 if !is_dir && META_FILES.contains(&name) => Class::Meta,
+        1 => Class::Foreign,
+        _ if stack.first() == Some(&&b"fuzz"[..]) => Class::Fuzz,
+        _ if !stack.first().is_some_and(|s| is_shard(s)) => Class::Foreign,
+        2 => match (entry_suffix(name), is_dir) {
+            (Some(b'a'), false) => Class::Action,
+            (Some(b'd'), false) => Class::Output,
+            (Some(b'd'), true) => Class::Exec,
+            _ => Class::Foreign,
+        },
+        3 if !is_dir && stack.get(1).is_some_and(|s| entry_suffix(s) == Some(b'd')) => Class::ExecContent,
+        _ => Class::Foreign,
+    }
+}
+
+/// The output id an action record names: `v1 <action hex> <output hex> <size> <time>\n`.
+pub fn action_output(record: &[u8]) -> Option<[u8; 64]> {
+    let mut f = record.split(|&b| b == b' ');
+    if f.next()? != b"v1" {
+        return None;
+    }
+    let _action = f.next()?;
+    let out = f.next()?;
+    if out.len() != 64 || !is_hex(out) {
+        return None;
+    }
+    out.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classes() {
+        let h = [b'a'; 64];
+        let mut a = h.to_vec();
+        a.extend_from_slice(b"-a");
+        let mut d = h.to_vec();
+        d.extend_from_slice(b"-d");
+        assert_eq!(classify(1, &[], b"0f", true), Class::Shard);
+        assert_eq!(classify(1, &[], b"0F", true), Class::Foreign);
+        assert_eq!(classify(1, &[], b"trim.txt", false), Class::Meta);
+        assert_eq!(classify(2, &[b"aa"], &a, false), Class::Action);
+        assert_eq!(classify(2, &[b"aa"], &d, false), Class::Output);
+        assert_eq!(classify(2, &[b"aa"], &d, true), Class::Exec);
+        assert_eq!(classify(3, &[b"aa", &d], b"prog", false), Class::ExecContent);
+        assert_eq!(classify(3, &[b"fuzz", b"x"], b"y", false), Class::Fuzz);
+        assert_eq!(classify(2, &[b"aa"], b"notes.txt", false), Class::Foreign);
+    }
+
+    #[test]
+    fn output_of_action() {
+        let rec = format!("v1 {} {} {:20} {:20}\n", "a".repeat(64), "b".repeat(64), 5, 7);
+        assert_eq!(rec.len(), 175);
+        assert_eq!(action_output(rec.as_bytes()), Some([b'b'; 64]));
+        assert_eq!(action_output(b"v2 x y"), None);
+    }
+}

@@ -1,0 +1,141 @@
+//! Inspection of caches: an fd-based walk ([`walk`]) feeding visitors, Go's cache layout
+//! ([`layout`]), the last-use histogram ([`lru`]) and the inspector that measures a cache and
+//! lists its deviations from policy ([`inspect`]). Nothing here changes the filesystem.
+
+pub mod inspect;
+pub mod layout;
+pub mod lru;
+pub mod walk;
+
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+pub use inspect::{InspectOptions, Observed};
+
+/// A per-entry deviation from policy or from what a Go cache may contain. Ordered worst
+/// first: the report lists them in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Violation {
+    /// A mount point inside the cache: never entered.
+    Mount,
+    /// A symlink inside the cache: never followed.
+    Symlink,
+    /// A regular file with more than one name: may be a file outside the cache.
+    Hardlink,
+    /// A FIFO, socket or device node.
+    Special,
+    Group,
+    Setgid,
+    Acl,
+    DefaultAcl,
+    OtherAccess,
+    ForeignOwner,
+    TooDeep,
+    Unreadable,
+}
+
+impl Violation {
+    pub const ALL: [Violation; 12] = [
+        Violation::Mount,
+        Violation::Symlink,
+        Violation::Hardlink,
+        Violation::Special,
+        Violation::Group,
+        Violation::Setgid,
+        Violation::Acl,
+        Violation::DefaultAcl,
+        Violation::OtherAccess,
+        Violation::ForeignOwner,
+        Violation::TooDeep,
+        Violation::Unreadable,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Violation::Mount => "mount",
+            Violation::Symlink => "symlink",
+            Violation::Hardlink => "hardlink",
+            Violation::Special => "special",
+            Violation::Group => "group",
+            Violation::Setgid => "setgid",
+            Violation::Acl => "acl",
+            Violation::DefaultAcl => "default-acl",
+            Violation::OtherAccess => "other-access",
+            Violation::ForeignOwner => "foreign-owner",
+            Violation::TooDeep => "too-deep",
+            Violation::Unreadable => "unreadable",
+        }
+    }
+
+    /// Can `enforce` bring the entry to policy by itself?
+    pub fn fixable(self) -> bool {
+        matches!(
+            self,
+            Violation::Group | Violation::Setgid | Violation::Acl | Violation::DefaultAcl | Violation::OtherAccess
+        )
+    }
+}
+
+/// How many entries and how many (allocated) bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+impl Usage {
+    pub fn add(&mut self, entries: u64, bytes: u64) {
+        self.entries += entries;
+        self.bytes += bytes;
+    }
+}
+
+/// A count with the first few examples (paths relative to the cache root).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Tally {
+    pub count: u64,
+    pub examples: Vec<PathBuf>,
+}
+
+pub const MAX_EXAMPLES: usize = 5;
+
+impl Tally {
+    pub fn note(&mut self, p: PathBuf) {
+        self.count += 1;
+        if self.examples.len() < MAX_EXAMPLES {
+            self.examples.push(p);
+        }
+    }
+    pub fn merge(&mut self, o: Tally) {
+        self.count += o.count;
+        for e in o.examples {
+            if self.examples.len() < MAX_EXAMPLES {
+                self.examples.push(e);
+            }
+        }
+        self.examples.sort();
+    }
+}
+
+/// Walks the cache at `root` and returns what it found.
+pub fn inspect(root: &crate::safefs::Dir, policy: &crate::policy::CachePolicy, opts: InspectOptions) -> Observed {
+    let visitors = walk::walk(root, walk::WalkOptions::default(), || inspect::Inspector::new(policy, opts));
+    let mut it = visitors.into_iter();
+    let mut obs = it.next().map(|v| v.obs).unwrap_or_default();
+    for v in it {
+        obs.merge(v.obs);
+    }
+    obs
+}
+
+/// Renders a path for humans: control characters and invalid UTF-8 escaped, so a hostile
+/// file name cannot forge report lines.
+pub fn display_path(p: &Path) -> String {
+    let s = p.to_string_lossy();
+    if s.chars().any(|c| c.is_control()) || matches!(s, std::borrow::Cow::Owned(_)) {
+        format!("{:?}", p.as_os_str())
+    } else {
+        s.into_owned()
+    }
+}

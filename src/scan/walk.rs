@@ -1,0 +1,200 @@
+//! A parallel, fd-based walk of one cache.
+//!
+//! The root's children are shared out among threads (a Go build cache has 256 shards, so two
+//! cores stay busy); each thread descends depth-first through [`Dir`] handles. Symlinks are
+//! reported, never followed; mount points (bind mounts of the same filesystem included) are
+//! reported, never entered; anything that vanishes mid-walk (go's own trim, a concurrent
+//! `go clean`) is silently passed over. Visitors see files as they come, directories before
+//! (`enter`) and after (`leave`) their children, so fixes can run children-first.
+
+use crate::safefs::{Dir, Kind, Stat};
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// One entry seen by the walk.
+pub struct Entry<'a> {
+    /// The directory holding the entry; `None` for the cache root itself.
+    pub parent: Option<&'a Dir>,
+    pub name: &'a CStr,
+    pub st: &'a Stat,
+    /// 0 for the root, 1 for its children (the shards), and so on.
+    pub depth: usize,
+    /// Names of the directories from the root (exclusive) down to the parent.
+    pub stack: &'a [CString],
+}
+
+impl Entry<'_> {
+    /// Path relative to the cache root (`.` for the root).
+    pub fn rel(&self) -> PathBuf {
+        if self.parent.is_none() {
+            return PathBuf::from(".");
+        }
+        let mut p = PathBuf::new();
+        for s in self.stack {
+            p.push(OsStr::from_bytes(s.to_bytes()));
+        }
+        p.push(OsStr::from_bytes(self.name.to_bytes()));
+        p
+    }
+
+    /// The name of the shard (first-level directory) this entry is in, if any.
+    pub fn shard(&self) -> Option<&CStr> {
+        self.stack.first().map(CString::as_c_str)
+    }
+}
+
+/// Why a directory was not walked into.
+#[derive(Debug)]
+pub enum Skip {
+    Mount,
+    TooDeep,
+    Unreadable(io::Error),
+}
+
+pub trait Visit {
+    /// Every non-directory: regular files, symlinks, FIFOs, sockets, devices.
+    fn file(&mut self, e: &Entry);
+    /// A directory before its children; `false` skips them.
+    fn enter(&mut self, _e: &Entry, _dir: &Dir) -> bool {
+        true
+    }
+    /// A directory after its children, with its still-open handle.
+    fn leave(&mut self, _e: &Entry, _dir: &Dir) {}
+    /// A directory that was not walked into.
+    fn skipped(&mut self, _e: &Entry, _why: &Skip) {}
+    /// An entry that could not be examined at all.
+    fn error(&mut self, _rel: PathBuf, _err: &io::Error) {}
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct WalkOptions {
+    pub threads: usize,
+    pub max_depth: usize,
+}
+
+impl Default for WalkOptions {
+    fn default() -> Self {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8);
+        WalkOptions { threads, max_depth: 1024 }
+    }
+}
+
+fn vanished(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound
+}
+
+/// Walks `root`. `make` builds one visitor per thread (the first one also sees the root);
+/// the visitors are returned for the caller to merge.
+pub fn walk<V, F>(root: &Dir, opts: WalkOptions, make: F) -> Vec<V>
+where
+    V: Visit + Send,
+    F: Fn() -> V + Sync,
+{
+    let mut first = make();
+    let root_entry = Entry { parent: None, name: c".", st: &root.st, depth: 0, stack: &[] };
+    if !first.enter(&root_entry, root) {
+        return vec![first];
+    }
+    let names = match root.list() {
+        Ok(n) => n,
+        Err(e) => {
+            first.skipped(&root_entry, &Skip::Unreadable(e));
+            return vec![first];
+        }
+    };
+    let next = AtomicUsize::new(0);
+    let work = |v: &mut V| {
+        let mut stack = Vec::new();
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(n) = names.get(i) else { break };
+            visit_child(v, root, n, &mut stack, 1, opts.max_depth);
+        }
+    };
+    let mut out = Vec::with_capacity(opts.threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (1..opts.threads.max(1))
+            .map(|_| {
+                std::thread::Builder::new()
+                    // Deep trees recurse; give them room (1024 levels × a few hundred bytes).
+                    .stack_size(8 << 20)
+                    .spawn_scoped(s, || {
+                        let mut v = make();
+                        work(&mut v);
+                        v
+                    })
+            })
+            .collect();
+        work(&mut first);
+        for h in handles {
+            match h {
+                Ok(h) => match h.join() {
+                    Ok(v) => out.push(v),
+                    Err(p) => std::panic::resume_unwind(p),
+                },
+                // Could not start a thread: the remaining work was done by the others.
+                Err(_) => {}
+            }
+        }
+    });
+    first.leave(&root_entry, root);
+    out.insert(0, first);
+    out
+}
+
+fn visit_child<V: Visit>(v: &mut V, parent: &Dir, name: &CStr, stack: &mut Vec<CString>, depth: usize, max_depth: usize) {
+    let st = match parent.stat(name) {
+        Ok(s) => s,
+        Err(e) if vanished(&e) => return,
+        Err(e) => {
+            let e2 = Entry { parent: Some(parent), name, st: &Stat::default(), depth, stack };
+            v.error(e2.rel(), &e);
+            return;
+        }
+    };
+    let e = Entry { parent: Some(parent), name, st: &st, depth, stack };
+    if st.kind() != Kind::Dir {
+        v.file(&e);
+        return;
+    }
+    if st.mount_root || st.dev != parent.st.dev {
+        v.skipped(&e, &Skip::Mount);
+        return;
+    }
+    if depth >= max_depth {
+        v.skipped(&e, &Skip::TooDeep);
+        return;
+    }
+    let dir = match parent.open_dir(name, &st) {
+        Ok(d) => d,
+        Err(err) if vanished(&err) => return,
+        Err(err) if err.raw_os_error() == Some(libc::EXDEV) => {
+            v.skipped(&e, &Skip::Mount);
+            return;
+        }
+        Err(err) => {
+            v.skipped(&e, &Skip::Unreadable(err));
+            return;
+        }
+    };
+    if !v.enter(&e, &dir) {
+        return;
+    }
+    let names = match dir.list() {
+        Ok(n) => n,
+        Err(err) => {
+            v.skipped(&e, &Skip::Unreadable(err));
+            return;
+        }
+    };
+    stack.push(name.to_owned());
+    for n in &names {
+        visit_child(v, &dir, n, stack, depth + 1, max_depth);
+    }
+    let name = stack.pop().unwrap_or_default();
+    let e = Entry { parent: Some(parent), name: &name, st: &st, depth, stack };
+    v.leave(&e, &dir);
+}
