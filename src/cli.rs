@@ -5,6 +5,7 @@
 //! 2 usage or policy error, 3 a cache could not be inspected.
 
 use crate::check;
+use crate::plan::Plan;
 use crate::goenv::GoEnv;
 use crate::policy::{self, PolicyError, Scope};
 use clap::{Parser, Subcommand};
@@ -22,6 +23,14 @@ Exit codes:
   2  usage or policy error
   3  a cache could not be inspected";
 
+const ENFORCE_EXIT_HELP: &str = "\
+Exit codes:
+  0  nothing to do, or everything applied
+  1  some actions failed (listed)
+  2  usage or policy error
+  3  a cache could not be inspected
+With --detailed-exitcode: 0 no change, 2 changed (or would change), 1 failed.";
+
 #[derive(Debug, Parser)]
 #[command(name = "gocache-warden", version, about = "Keeps Go build and module caches healthy: size limits, LRU eviction, shared-cache permissions", after_help = EXIT_CODES_HELP)]
 pub struct Cli {
@@ -29,6 +38,9 @@ pub struct Cli {
     /// (the embedded default always comes first). Repeatable.
     #[arg(long, global = true, value_name = "FILE|DIR")]
     pub policy: Vec<PathBuf>,
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
     /// Instance: system (shared caches, root) or user (your own caches). Default: system
     /// when run as root, else user.
     #[arg(long, global = true, value_enum)]
@@ -45,6 +57,21 @@ pub enum Command {
         /// Machine-readable report (schema gocache-warden.check/v1).
         #[arg(long)]
         json: bool,
+    },
+    /// Bring the policy's caches to policy: evict by age and size (LRU), fix group, setgid,
+    /// ACLs and other access, rewrite trim.txt. Prints the plan, then what was done.
+    #[command(after_help = ENFORCE_EXIT_HELP)]
+    Enforce {
+        /// Print the plan and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Machine-readable plan and outcome (schema gocache-warden.enforce/v1).
+        #[arg(long)]
+        json: bool,
+        /// Exit 0 when nothing changed, 2 when something changed (or would, with
+        /// --dry-run), 1 on failure: for Ansible/Salt/Puppet `changed` detection.
+        #[arg(long)]
+        detailed_exitcode: bool,
     },
     /// Validate and show policies.
     #[command(subcommand)]
@@ -84,6 +111,11 @@ pub fn main() -> i32 {
         }
     };
     let scope = cli.scope.unwrap_or_else(Scope::detect);
+    let log = crate::logging::Options { verbose: cli.verbose, ..Default::default() };
+    if let Err(e) = crate::logging::init(&log) {
+        eprintln!("error: {e}");
+        return EXIT_USAGE;
+    }
     match run(&cli, scope) {
         Ok(code) => code,
         Err(e) => {
@@ -132,6 +164,16 @@ fn run(cli: &Cli, scope: Scope) -> anyhow::Result<i32> {
             }
             Ok(EXIT_OK)
         }
+        Command::Enforce { dry_run, json, detailed_exitcode } => {
+            let p = match policy::load_for(scope, &cli.policy) {
+                Ok(p) => p,
+                Err(e) => {
+                    print_policy_error(&e);
+                    return Ok(EXIT_USAGE);
+                }
+            };
+            enforce(&p, scope, *dry_run, *json, *detailed_exitcode)
+        }
         Command::Check { json } => {
             let p = match policy::load_for(scope, &cli.policy) {
                 Ok(p) => p,
@@ -149,4 +191,57 @@ fn run(cli: &Cli, scope: Scope) -> anyhow::Result<i32> {
             Ok(report.exit_code)
         }
     }
+}
+
+fn enforce(p: &policy::Policy, scope: Scope, dry_run: bool, json: bool, detailed: bool) -> anyhow::Result<i32> {
+    let (targets, _) = check::targets(p, &GoEnv::from_process());
+    let now = check::now();
+    let reports: Vec<_> = targets.iter().map(|t| check::inspect_target(t, now)).collect();
+    let inspect_failed = reports.iter().any(|r| r.inspect_error.is_some());
+    let plan = Plan {
+        schema: crate::plan::SCHEMA,
+        host: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+        scope,
+        now,
+        caches: targets.iter().zip(&reports).filter_map(|(t, r)| crate::plan::plan_cache(&t.policy, r, t.owner_uid)).collect(),
+    };
+    crate::failpoint::pause("before-apply", std::path::Path::new("."));
+    let outcome = (!dry_run || json).then(|| crate::apply::apply(&plan, dry_run));
+    let changed = if dry_run { !plan.is_empty() } else { outcome.as_ref().is_some_and(|o| o.changed()) };
+    let failures = outcome.as_ref().map_or(0, |o| o.failures());
+    if json {
+        let doc = serde_json::json!({
+            "schema": "gocache-warden.enforce/v1",
+            "dry_run": dry_run,
+            "changed": changed,
+            "plan": plan,
+            "outcome": outcome,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        print!("{plan}");
+        if let Some(o) = &outcome {
+            println!("\n{}", o.summary());
+            for c in &o.caches {
+                for ex in &c.failed.examples {
+                    println!("  failed: {}", crate::scan::display_path(ex));
+                }
+                for (v, t) in &c.refused {
+                    println!("  left alone: {} {} entries", t.count, v.as_str());
+                }
+                if c.locked_skipped > 0 {
+                    println!("  skipped {} locked shard(s) in {}", c.locked_skipped, c.path.display());
+                }
+            }
+        }
+    }
+    Ok(if failures > 0 {
+        EXIT_VIOLATIONS
+    } else if inspect_failed {
+        EXIT_INSPECT
+    } else if detailed && changed {
+        2
+    } else {
+        EXIT_OK
+    })
 }

@@ -3,16 +3,22 @@
 //! The binary is a thin shell over this library so integration tests and benchmarks can
 //! drive the same code. See README.md ("Architecture") for the map and its invariants.
 
+/// `apply`: the only code that changes caches.
+pub mod apply;
 /// POSIX ACLs: decoding, expectations from policy, writing through pinned fds.
 pub mod acl;
 /// `check`: resolve the policy's caches, inspect them, explain deviations.
 pub mod check;
 /// Command-line interface and exit codes.
 pub mod cli;
+/// Deterministic pauses for race tests (inactive unless an env var is set).
+pub mod failpoint;
 /// Where `go` puts its caches for an environment, and what is wrong with that setup.
 pub mod goenv;
 /// Tracing to the journal or stderr, and the structured field contract.
 pub mod logging;
+/// The plan: what `enforce` will change, as a value.
+pub mod plan;
 /// Policy files: fragments, merging, validation.
 pub mod policy;
 /// Directory handles and syscalls that never follow symlinks or cross mounts.

@@ -133,6 +133,16 @@ impl Pinned {
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+
+    /// Opens the pinned inode for I/O through its `/proc/self/fd` magic link: the same inode,
+    /// already verified to be a regular file with a single name.
+    pub fn reopen(&self, flags: OFlag) -> io::Result<std::fs::File> {
+        if self.st.kind() != Kind::File || self.st.nlink != 1 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file with a single name"));
+        }
+        let fd = nix::fcntl::open(self.proc_path().as_str(), flags | OFlag::O_CLOEXEC, Mode::empty())?;
+        Ok(std::fs::File::from(fd))
+    }
 }
 
 fn cstr(name: &OsStr) -> io::Result<CString> {
@@ -200,16 +210,37 @@ impl Dir {
         Ok(Pinned { fd, st })
     }
 
-    /// Opens a regular file for reading (e.g. an action entry), refusing anything else.
-    pub fn read_small(&self, name: &CStr, max: usize) -> io::Result<Vec<u8>> {
+    /// Reads up to `max` bytes of regular file `name` (e.g. an action record). The file is
+    /// pinned with `O_PATH` and checked to be a regular file with one name before it is
+    /// opened for reading, so a device or FIFO swapped in is never opened.
+    pub fn read_small(&self, name: &CStr, expect: &Stat, max: usize) -> io::Result<Vec<u8>> {
         use std::io::Read;
-        let fd = self.open_beneath(name, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)?;
-        if fstat(fd.as_fd())?.kind() != Kind::File {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "not a regular file"));
-        }
+        let pinned = self.pin(name, expect)?;
+        let mut f = pinned.reopen(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)?;
         let mut buf = Vec::with_capacity(max.min(4096));
-        std::fs::File::from(fd).take(max as u64).read_to_end(&mut buf)?;
+        (&mut f).take(max as u64).read_to_end(&mut buf)?;
         Ok(buf)
+    }
+
+    /// Creates regular file `name` (it must not exist) beneath this directory.
+    pub fn create_file(&self, name: &CStr, mode: u32) -> io::Result<std::fs::File> {
+        let how = OpenHow::new()
+            .flags(OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+            .mode(Mode::from_bits_truncate(mode))
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_XDEV);
+        Ok(std::fs::File::from(nix::fcntl::openat2(self.fd.as_fd(), name, how)?))
+    }
+
+    /// `flock(LOCK_EX | LOCK_NB)` on this directory: `false` if someone else holds a lock.
+    /// The lock is held until this handle is dropped.
+    pub fn try_lock(&self) -> io::Result<bool> {
+        // SAFETY: plain syscall on an fd we own.
+        let r = unsafe { libc::flock(self.fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r == 0 {
+            return Ok(true);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(false) } else { Err(e) }
     }
 
     /// Lists the children's names (without `.` and `..`) through a fresh open file
@@ -238,7 +269,13 @@ impl Dir {
     /// worst a race can do is make us skip.
     pub fn remove(&self, name: &CStr, expect: &Stat) -> io::Result<()> {
         let now = self.stat(name)?;
-        if !now.same_entry(expect) {
+        // A directory's mtime moves when its children go; its identity is (dev, ino, type).
+        let same = if now.kind() == Kind::Dir {
+            now.dev == expect.dev && now.ino == expect.ino && expect.kind() == Kind::Dir
+        } else {
+            now.same_entry(expect)
+        };
+        if !same {
             return Err(io::Error::new(io::ErrorKind::Other, "entry changed since it was planned"));
         }
         let flag = if now.kind() == Kind::Dir {
@@ -297,7 +334,8 @@ fn check_identity(st: &Stat, expect: &Stat, parent_dev: u64) -> io::Result<()> {
         return Err(io::Error::new(io::ErrorKind::Other, "entry was replaced since it was listed"));
     }
     if st.dev != parent_dev || st.mount_root {
-        return Err(io::Error::new(io::ErrorKind::Other, "entry is a mount point"));
+        // EXDEV, as openat2's RESOLVE_NO_XDEV says it: callers treat both the same.
+        return Err(io::Error::from_raw_os_error(libc::EXDEV));
     }
     Ok(())
 }

@@ -168,6 +168,9 @@ fn visit_child<V: Visit>(v: &mut V, parent: &Dir, name: &CStr, stack: &mut Vec<C
         v.skipped(&e, &Skip::TooDeep);
         return;
     }
+    if crate::failpoint::active() {
+        crate::failpoint::pause("walk-open", &e.rel());
+    }
     let dir = match parent.open_dir(name, &st) {
         Ok(d) => d,
         Err(err) if vanished(&err) => return,

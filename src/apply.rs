@@ -1,0 +1,550 @@
+//! `apply`: the only code that changes a cache.
+//!
+//! Phases per cache, as systemd-tmpfiles orders them: create a missing root; one walk that
+//! evicts (units at least as old as the plan's cutoff, never younger than the floor) and then
+//! fixes group, ACLs, setgid and other access children-first; finally rewrite trim.txt.
+//! Every change goes through `safefs` (fd-based, re-checked identity, no symlinks, no mounts,
+//! no hardlinked files). A failing entry is counted and the walk goes on. In dry-run mode the
+//! same decisions are made and logged as "would …" but no syscall that changes anything runs.
+
+use crate::acl::{self, Acl, Want};
+use crate::logging::{action, verb};
+use crate::plan::{CachePlan, Plan, Reason};
+use crate::policy::CacheKind;
+use crate::safefs::{self, Dir, Kind, Stat};
+use crate::scan::layout::{self, Class};
+use crate::scan::walk::{self, Entry, Skip, Visit};
+use crate::scan::{Tally, Usage, Violation};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+
+pub const SCHEMA: &str = "gocache-warden.outcome/v1";
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CacheOutcome {
+    pub name: String,
+    pub path: PathBuf,
+    pub created: bool,
+    pub evicted: BTreeMap<Reason, Usage>,
+    pub fixed: BTreeMap<Violation, u64>,
+    /// Entries left alone on purpose (hardlinks, symlinks, mounts…).
+    pub refused: BTreeMap<Violation, Tally>,
+    /// Actions that failed ("path: error" examples).
+    pub failed: Tally,
+    /// Shards skipped for eviction because someone held a lock on them.
+    pub locked_skipped: u64,
+    pub trim_rewritten: bool,
+}
+
+impl CacheOutcome {
+    fn merge(&mut self, o: CacheOutcome) {
+        for (k, v) in o.evicted {
+            self.evicted.entry(k).or_default().add(v.entries, v.bytes);
+        }
+        for (k, v) in o.fixed {
+            *self.fixed.entry(k).or_default() += v;
+        }
+        for (k, v) in o.refused {
+            self.refused.entry(k).or_default().merge(v);
+        }
+        self.failed.merge(o.failed);
+        self.locked_skipped += o.locked_skipped;
+    }
+
+    pub fn changed(&self) -> bool {
+        self.created || self.trim_rewritten || !self.evicted.is_empty() || !self.fixed.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub schema: &'static str,
+    pub dry_run: bool,
+    pub caches: Vec<CacheOutcome>,
+}
+
+impl Outcome {
+    pub fn changed(&self) -> bool {
+        self.caches.iter().any(CacheOutcome::changed)
+    }
+    pub fn failures(&self) -> u64 {
+        self.caches.iter().map(|c| c.failed.count).sum()
+    }
+    pub fn summary(&self) -> String {
+        let mut ev = Usage::default();
+        let mut fixed = 0;
+        for c in &self.caches {
+            for u in c.evicted.values() {
+                ev.add(u.entries, u.bytes);
+            }
+            fixed += c.fixed.values().sum::<u64>();
+        }
+        format!(
+            "{} {} entries ({}), {} {} entries, {} failure(s)",
+            verb(self.dry_run, "evicted", "would evict"),
+            ev.entries,
+            crate::policy::value::human_bytes(ev.bytes),
+            verb(self.dry_run, "fixed", "would fix"),
+            fixed,
+            self.failures()
+        )
+    }
+}
+
+pub fn apply(plan: &Plan, dry_run: bool) -> Outcome {
+    let caches = plan.caches.iter().filter(|c| c.skipped.is_none()).map(|c| apply_cache(c, plan.now, dry_run)).collect();
+    Outcome { schema: SCHEMA, dry_run, caches }
+}
+
+fn fail(out: &mut CacheOutcome, rel: &std::path::Path, what: &str, e: &io::Error) {
+    tracing::error!(gocache_warden_action = action::EVICT_FAILED, cache_path = %out.path.display(), error = %e, "{what} {} failed: {e}", crate::scan::display_path(rel));
+    out.failed.count += 1;
+    if out.failed.examples.len() < crate::scan::MAX_EXAMPLES {
+        out.failed.examples.push(PathBuf::from(format!("{}: {what}: {e}", crate::scan::display_path(rel))));
+    }
+}
+
+fn apply_cache(c: &CachePlan, now: i64, dry: bool) -> CacheOutcome {
+    let mut out = CacheOutcome { name: c.name.clone(), path: c.path.clone(), ..Default::default() };
+    if let Some(cr) = &c.create {
+        if dry {
+            tracing::info!(cache_path = %c.path.display(), "would create {}", c.path.display());
+            out.created = true;
+            return out;
+        }
+        match create_root(c, cr) {
+            Ok(()) => {
+                tracing::info!(gocache_warden_action = action::MODE_FIX, cache_path = %c.path.display(), "created {} (owner {}, group {}, mode {:o})", c.path.display(), cr.uid, cr.gid, cr.mode);
+                out.created = true;
+            }
+            Err(e) => {
+                fail(&mut out, std::path::Path::new("."), "create", &e);
+                return out;
+            }
+        }
+    }
+    let root = match Dir::open_root(&c.path) {
+        Ok(r) => r,
+        Err(e) => {
+            fail(&mut out, std::path::Path::new("."), "open", &e);
+            return out;
+        }
+    };
+    let fix = !c.fixes.is_empty() || out.created;
+    if c.eviction.is_some() || fix {
+        let visitors = walk::walk(&root, walk::WalkOptions::default(), || Applier::new(c, &root, now, dry, fix));
+        for v in visitors {
+            out.merge(v.out);
+        }
+    }
+    if c.rewrite_trim {
+        if dry {
+            out.trim_rewritten = true;
+        } else {
+            match rewrite_trim(&root, now) {
+                Ok(()) => out.trim_rewritten = true,
+                Err(e) => fail(&mut out, std::path::Path::new("trim.txt"), "rewrite", &e),
+            }
+        }
+    }
+    for (reason, u) in &out.evicted {
+        let r = match reason {
+            Reason::Age => "age",
+            Reason::Size => "size",
+        };
+        tracing::info!(gocache_warden_action = action::EVICT, cache_path = %c.path.display(), entries = u.entries, bytes = u.bytes, reason = r, dry_run = dry,
+            "{} {} entries ({}) from {} for {r}", verb(dry, "evicted", "would evict"), u.entries, crate::policy::value::human_bytes(u.bytes), c.path.display());
+    }
+    for (v, n) in &out.fixed {
+        tracing::info!(gocache_warden_action = fix_action(*v), cache_path = %c.path.display(), entries = *n, dry_run = dry,
+            "{} {} of {n} entries in {}", verb(dry, "fixed", "would fix"), v.as_str(), c.path.display());
+    }
+    out
+}
+
+fn fix_action(v: Violation) -> &'static str {
+    match v {
+        Violation::Group => action::GROUP_FIX,
+        Violation::Acl | Violation::DefaultAcl => action::ACL_FIX,
+        _ => action::MODE_FIX,
+    }
+}
+
+fn create_root(c: &CachePlan, cr: &crate::plan::CreateRoot) -> io::Result<()> {
+    let parent = c.path.parent().ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let name = c.path.file_name().ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let parent = Dir::open_root(parent)?;
+    let dir = parent.mkdir(&safefs::component(name)?, 0o700)?;
+    nix::unistd::fchown(dir.as_fd(), Some(cr.uid.into()), Some(cr.gid.into()))?;
+    if let Some(w) = Want::for_entry(&c.policy, true, 0o777) {
+        let cur = Acl::from_mode(cr.mode);
+        write_acl(&dir.proc_path(), &w.access_acl(&cur), false)?;
+        write_acl(&dir.proc_path(), &w.default_acl(), true)?;
+    }
+    nix::sys::stat::fchmod(dir.as_fd(), nix::sys::stat::Mode::from_bits_truncate(cr.mode))?;
+    Ok(())
+}
+
+fn write_acl(path: &str, a: &Acl, default: bool) -> io::Result<()> {
+    let mut p = a.to_posix();
+    let r = if default { p.write_default_acl(path) } else { p.write_acl(path) };
+    r.map_err(|e| e.as_io_error().map_or_else(|| io::Error::other(e.to_string()), |i| io::Error::new(i.kind(), i.to_string())))
+}
+
+/// Rewrites trim.txt with the current time, under the same `flock` Go's lockedfile takes.
+fn rewrite_trim(root: &Dir, now: i64) -> io::Result<()> {
+    use std::io::Write;
+    let name = c"trim.txt";
+    let mut f = match root.stat(name) {
+        Ok(st) => root.pin(name, &st)?.reopen(nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_NONBLOCK)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => root.create_file(name, 0o666)?,
+        Err(e) => return Err(e),
+    };
+    // SAFETY: flock on an fd we own; blocking is bounded by Go's own tiny critical section.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    f.set_len(0)?;
+    f.write_all(now.to_string().as_bytes())?;
+    Ok(())
+}
+
+struct Applier<'a> {
+    plan: &'a CachePlan,
+    root: &'a Dir,
+    now: i64,
+    dry: bool,
+    fix: bool,
+    out: CacheOutcome,
+    xbuf: Vec<u8>,
+    /// The current shard is locked by someone else: evict nothing in it.
+    shard_locked: bool,
+}
+
+impl<'a> Applier<'a> {
+    fn new(plan: &'a CachePlan, root: &'a Dir, now: i64, dry: bool, fix: bool) -> Self {
+        let out = CacheOutcome { name: plan.name.clone(), path: plan.path.clone(), ..Default::default() };
+        Applier { plan, root, now, dry, fix, out, xbuf: Vec::new(), shard_locked: false }
+    }
+
+    fn class(&self, e: &Entry) -> Class {
+        if self.plan.kind == CacheKind::Module {
+            return Class::Module;
+        }
+        let stack: Vec<&[u8]> = e.stack.iter().map(|s| s.to_bytes()).collect();
+        layout::classify(e.depth, &stack, e.name.to_bytes(), e.st.kind() == Kind::Dir)
+    }
+
+    /// Should a unit last used at `last_use` go, and for which reason?
+    fn verdict(&self, last_use: i64) -> Option<Reason> {
+        let ev = self.plan.eviction.as_ref()?;
+        let age = self.now - last_use;
+        if age < ev.floor_secs || age < ev.cutoff_age_secs || self.shard_locked {
+            return None;
+        }
+        Some(if ev.max_age_secs.is_some_and(|m| age >= m) { Reason::Age } else { Reason::Size })
+    }
+
+    fn refuse(&mut self, v: Violation, e: &Entry) {
+        self.out.refused.entry(v).or_default().note(e.rel());
+    }
+
+    fn count_evicted(&mut self, reason: Reason, bytes: u64) {
+        self.out.evicted.entry(reason).or_default().add(1, bytes);
+    }
+
+    /// Removes one file entry after re-checking it; `false` if it was not removed.
+    fn remove_file(&mut self, dir: &Dir, name: &CStr, st: &Stat, rel: &std::path::Path) -> bool {
+        if st.kind() == Kind::File && st.nlink > 1 {
+            return false;
+        }
+        if self.dry {
+            tracing::debug!("would evict {}", crate::scan::display_path(rel));
+            return true;
+        }
+        match dir.remove(name, st) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => {
+                fail(&mut self.out, rel, "evict", &e);
+                false
+            }
+        }
+    }
+
+    /// Removes an executable output directory (Go 1.24+): its files, then itself.
+    fn remove_exec(&mut self, parent: &Dir, name: &CStr, st: &Stat, dir: &Dir, rel: &std::path::Path) -> Option<u64> {
+        let names = match dir.list() {
+            Ok(n) => n,
+            Err(e) => {
+                fail(&mut self.out, rel, "list", &e);
+                return None;
+            }
+        };
+        let mut bytes = st.alloc;
+        for n in &names {
+            let crel = rel.join(safefs::name_os(n));
+            let cst = match dir.stat(n) {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    fail(&mut self.out, &crel, "evict", &e);
+                    return None;
+                }
+            };
+            if cst.kind() == Kind::Dir {
+                fail(&mut self.out, &crel, "evict", &io::Error::other("unexpected directory inside an executable output"));
+                return None;
+            }
+            if cst.kind() == Kind::File && cst.nlink > 1 {
+                self.out.refused.entry(Violation::Hardlink).or_default().note(crel);
+                return None;
+            }
+            if !self.remove_file(dir, n, &cst, &crel) && !self.dry {
+                return None;
+            }
+            bytes += cst.alloc;
+        }
+        if self.dry {
+            return Some(bytes);
+        }
+        match parent.remove(name, st) {
+            Ok(()) => Some(bytes),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                fail(&mut self.out, rel, "evict", &e);
+                None
+            }
+        }
+    }
+
+    /// The output an evicted action names goes with it, unless it is younger than the floor.
+    fn evict_paired_output(&mut self, record: &[u8], reason: Reason) {
+        let Some(out) = layout::action_output(record) else { return };
+        let Some(ev) = &self.plan.eviction else { return };
+        let floor = ev.floor_secs;
+        let mut name = out.to_vec();
+        name.extend_from_slice(b"-d");
+        let (Ok(shard), Ok(name)) = (CString::new(&out[..2]), CString::new(name)) else { return };
+        let Ok(sst) = self.root.stat(&shard) else { return };
+        let Ok(sdir) = self.root.open_dir(&shard, &sst) else { return };
+        let Ok(st) = sdir.stat(&name) else { return };
+        if self.now - st.last_use() < floor {
+            return;
+        }
+        let rel = PathBuf::from(safefs::name_os(&shard)).join(safefs::name_os(&name));
+        match st.kind() {
+            Kind::File => {
+                if self.remove_file(&sdir, &name, &st, &rel) {
+                    self.count_evicted(reason, st.alloc);
+                }
+            }
+            Kind::Dir => {
+                if let Ok(d) = sdir.open_dir(&name, &st) {
+                    if let Some(b) = self.remove_exec(&sdir, &name, &st, &d, &rel) {
+                        self.count_evicted(reason, b);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn evict_file(&mut self, e: &Entry, class: Class) -> bool {
+        let Some(reason) = self.verdict(e.st.last_use()) else { return false };
+        let Some(parent) = e.parent else { return false };
+        if e.st.nlink > 1 {
+            self.refuse(Violation::Hardlink, e);
+            return true;
+        }
+        let rel = e.rel();
+        let record = if class == Class::Action { parent.read_small(e.name, e.st, 512).ok() } else { None };
+        if self.remove_file(parent, e.name, e.st, &rel) {
+            self.count_evicted(reason, e.st.alloc);
+            if let Some(r) = record {
+                self.evict_paired_output(&r, reason);
+            }
+        }
+        true
+    }
+
+    /// Brings one file or directory to the policy's group, ACLs, setgid and other access.
+    fn fix_entry(&mut self, e: &Entry, dir: Option<&Dir>) {
+        let p = &self.plan.policy;
+        let st = *e.st;
+        let is_dir = dir.is_some();
+        let mut todo: Vec<Violation> = Vec::new();
+        if p.group.as_ref().is_some_and(|g| g.gid != st.gid) {
+            todo.push(Violation::Group);
+        }
+        if is_dir && p.setgid && st.mode & libc::S_ISGID == 0 {
+            todo.push(Violation::Setgid);
+        }
+        let other_want = p.other.map(|o| if is_dir || st.mode & 0o100 != 0 { o } else { o.without_x() });
+        if other_want.is_some_and(|o| (st.mode & 7) as u8 != o.bits()) {
+            todo.push(Violation::OtherAccess);
+        }
+        let want = Want::for_entry(p, is_dir, st.mode);
+        let mut current = Acl::from_mode(st.mode);
+        if let Some(w) = &want {
+            let read = match (dir, e.parent) {
+                (Some(d), _) => d.get_own_xattr(acl::XATTR_ACCESS, &mut self.xbuf),
+                (None, Some(par)) => par.get_xattr(e.name, acl::XATTR_ACCESS, &mut self.xbuf),
+                (None, None) => Ok(None),
+            };
+            if let Ok(Some(n)) = read {
+                current = Acl::decode(&self.xbuf[..n]).unwrap_or(current);
+            }
+            if !w.access_ok(&current) {
+                todo.push(Violation::Acl);
+            }
+            if let Some(d) = dir {
+                let def = match d.get_own_xattr(acl::XATTR_DEFAULT, &mut self.xbuf) {
+                    Ok(Some(n)) => Acl::decode(&self.xbuf[..n]),
+                    _ => None,
+                };
+                if !w.default_ok(def.as_ref()) {
+                    todo.push(Violation::DefaultAcl);
+                }
+            }
+        }
+        if todo.is_empty() {
+            return;
+        }
+        let rel = e.rel();
+        if !is_dir && st.nlink > 1 {
+            // Changing it would change the file behind the other name too.
+            self.refuse(Violation::Hardlink, e);
+            return;
+        }
+        if self.dry {
+            for v in todo {
+                tracing::debug!("would fix {} of {}", v.as_str(), crate::scan::display_path(&rel));
+                *self.out.fixed.entry(v).or_default() += 1;
+            }
+            return;
+        }
+        let pinned;
+        let (fd, path) = match dir {
+            Some(d) => (d.as_fd(), d.proc_path()),
+            None => {
+                let Some(parent) = e.parent else { return };
+                pinned = match parent.pin(e.name, &st) {
+                    Ok(p) => p,
+                    Err(err) if err.kind() == io::ErrorKind::NotFound => return,
+                    Err(err) => return fail(&mut self.out, &rel, "pin", &err),
+                };
+                (pinned.as_fd(), pinned.proc_path())
+            }
+        };
+        let res = (|| -> io::Result<()> {
+            if todo.contains(&Violation::Group) {
+                let gid = p.group.as_ref().map(|g| g.gid.into());
+                nix::unistd::fchownat(fd, "", None, gid, nix::fcntl::AtFlags::AT_EMPTY_PATH)?;
+            }
+            if let Some(w) = &want {
+                if todo.contains(&Violation::Acl) || todo.contains(&Violation::OtherAccess) {
+                    let mut a = w.access_acl(&current);
+                    if let Some(o) = other_want {
+                        a.other = o;
+                    }
+                    write_acl(&path, &a, false)?;
+                }
+                if todo.contains(&Violation::DefaultAcl) {
+                    write_acl(&path, &w.default_acl(), true)?;
+                }
+            }
+            // Last, the mode: chown and ACL writes may have cleared setgid; the group bits
+            // are the ACL mask now and are kept as they are.
+            let now = safefs::fstat(fd)?;
+            let mut mode = now.perm_bits();
+            if is_dir && p.setgid {
+                mode |= libc::S_ISGID;
+            }
+            if let (Some(o), None) = (other_want, &want) {
+                mode = (mode & !0o7) | u32::from(o.bits());
+            }
+            if mode != now.perm_bits() {
+                nix::sys::stat::fchmodat(nix::fcntl::AT_FDCWD, path.as_str(), nix::sys::stat::Mode::from_bits_truncate(mode), nix::sys::stat::FchmodatFlags::FollowSymlink)?;
+            }
+            Ok(())
+        })();
+        match res {
+            Ok(()) => {
+                for v in todo {
+                    *self.out.fixed.entry(v).or_default() += 1;
+                }
+            }
+            Err(err) => fail(&mut self.out, &rel, "fix", &err),
+        }
+    }
+}
+
+impl Visit for Applier<'_> {
+    fn file(&mut self, e: &Entry) {
+        match e.st.kind() {
+            Kind::Symlink => return self.refuse(Violation::Symlink, e),
+            Kind::Special => return self.refuse(Violation::Special, e),
+            _ => {}
+        }
+        let class = self.class(e);
+        if matches!(class, Class::Action | Class::Output) && self.evict_file(e, class) {
+            return;
+        }
+        if self.fix {
+            self.fix_entry(e, None);
+        }
+    }
+
+    fn enter(&mut self, e: &Entry, dir: &Dir) -> bool {
+        let class = self.class(e);
+        if class == Class::Shard && self.plan.eviction.is_some() && !self.dry {
+            self.shard_locked = !dir.try_lock().unwrap_or(true);
+            if self.shard_locked {
+                self.out.locked_skipped += 1;
+            }
+        }
+        if class == Class::Exec {
+            let mut last = e.st.last_use();
+            if let Ok(names) = dir.list() {
+                for n in names {
+                    if let Ok(s) = dir.stat(&n) {
+                        last = last.max(s.last_use());
+                    }
+                }
+            }
+            if let (Some(reason), Some(parent)) = (self.verdict(last), e.parent) {
+                if let Some(b) = self.remove_exec(parent, e.name, e.st, dir, &e.rel()) {
+                    self.count_evicted(reason, b);
+                }
+                return false;
+            }
+        }
+        true
+    }
+
+    fn leave(&mut self, e: &Entry, dir: &Dir) {
+        if self.fix {
+            self.fix_entry(e, Some(dir));
+        }
+        if e.depth == 1 {
+            self.shard_locked = false;
+        }
+    }
+
+    fn skipped(&mut self, e: &Entry, why: &Skip) {
+        match why {
+            Skip::Mount => self.refuse(Violation::Mount, e),
+            Skip::TooDeep => self.refuse(Violation::TooDeep, e),
+            Skip::Unreadable(err) => fail(&mut self.out, &e.rel(), "read", err),
+        }
+    }
+
+    fn error(&mut self, rel: PathBuf, err: &io::Error) {
+        fail(&mut self.out, &rel, "stat", err);
+    }
+}

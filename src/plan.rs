@@ -1,0 +1,269 @@
+//! The plan: what `enforce` will change, as a value.
+//!
+//! `plan(&CachePolicy, &CacheReport)` is pure: it reads only the observation `check` made.
+//! A plan is a set of *rules with expectations* rather than a list of every entry (a cache
+//! of a million entries must not be held in memory): "evict every unit last used at least
+//! N seconds before `now`", "bring every entry to group G / ACL A". Apply re-checks each entry
+//! against the rule at the moment it acts. The JSON form (`schema:
+//! "gocache-warden.plan/v1"`) is a stable interface; `Display` is the human form, one
+//! "would …" line per change.
+
+use crate::acl::Want;
+use crate::check::CacheReport;
+use crate::policy::value::{human_bytes, human_duration};
+use crate::policy::{CacheKind, CachePolicy, Scope};
+use crate::scan::{Tally, Usage, Violation};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub const SCHEMA: &str = "gocache-warden.plan/v1";
+
+/// Go skips its own trim while trim.txt is younger than 24 h; rewriting it when it is older
+/// than this keeps every user's `go` off the (since Go 1.21 fatal) trim path.
+pub const TRIM_REWRITE_AFTER_SECS: i64 = 3600;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub schema: &'static str,
+    pub host: String,
+    pub scope: Scope,
+    /// The reference time (Unix seconds) all ages in the plan are measured from.
+    pub now: i64,
+    pub caches: Vec<CachePlan>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CachePlan {
+    pub name: String,
+    pub kind: CacheKind,
+    pub path: PathBuf,
+    /// Create the missing root with this owner, group and mode (then ACLs as below).
+    pub create: Option<CreateRoot>,
+    pub eviction: Option<Eviction>,
+    /// Deviations `enforce` will fix, by kind (counts and examples from the scan).
+    pub fixes: BTreeMap<Violation, Tally>,
+    /// Deviations `enforce` will not touch (symlinks, hardlinks, mounts…): for a person.
+    pub refused: BTreeMap<Violation, Tally>,
+    pub rewrite_trim: bool,
+    /// The permissions entries are brought to, if the policy sets any.
+    pub permissions: Option<Permissions>,
+    pub size_bytes: u64,
+    pub limit_bytes: Option<u64>,
+    /// Nothing was inspected: the cache could not be opened.
+    pub skipped: Option<String>,
+    #[serde(skip)]
+    pub policy: CachePolicy,
+    #[serde(skip)]
+    pub owner_uid: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CreateRoot {
+    pub uid: u32,
+    pub gid: u32,
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Permissions {
+    pub group: Option<String>,
+    pub gid: Option<u32>,
+    pub setgid: bool,
+    pub group_access: Option<String>,
+    pub other: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reason {
+    Age,
+    Size,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Eviction {
+    /// Evict every unit (action, output, executable directory) at least this old.
+    pub cutoff_age_secs: i64,
+    /// Never evict anything younger than this, whatever the cutoff says.
+    pub floor_secs: i64,
+    /// Units at least this old go for reason "age"; younger ones above the cutoff for "size".
+    pub max_age_secs: Option<i64>,
+    /// What the scan expects to go, by reason.
+    pub expected: BTreeMap<Reason, Usage>,
+    /// The cleaning goal for size (low_water), when over the limit.
+    pub target_bytes: Option<u64>,
+    /// The floor keeps the cache above its target.
+    pub floor_limited: bool,
+}
+
+impl CachePlan {
+    pub fn is_empty(&self) -> bool {
+        self.create.is_none() && self.eviction.is_none() && self.fixes.is_empty() && !self.rewrite_trim
+    }
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        self.caches.iter().all(CachePlan::is_empty)
+    }
+
+    /// One line: what the plan amounts to.
+    pub fn summary(&self) -> String {
+        let mut evict = Usage::default();
+        let mut fixes = 0;
+        let mut creates = 0;
+        for c in &self.caches {
+            if let Some(e) = &c.eviction {
+                for u in e.expected.values() {
+                    evict.add(u.entries, u.bytes);
+                }
+            }
+            fixes += c.fixes.values().map(|t| t.count).sum::<u64>();
+            creates += usize::from(c.create.is_some());
+        }
+        if self.is_empty() {
+            return format!("nothing to do in {} cache(s)", self.caches.len());
+        }
+        format!(
+            "{} cache(s): evict ~{} entries ({}), fix {} entries, create {}",
+            self.caches.len(),
+            evict.entries,
+            human_bytes(evict.bytes),
+            fixes,
+            creates
+        )
+    }
+}
+
+fn secs(d: Duration) -> i64 {
+    d.as_secs() as i64
+}
+
+/// Plans one cache from what `check` saw. Pure.
+pub fn plan_cache(p: &CachePolicy, r: &CacheReport, owner_uid: Option<u32>) -> Option<CachePlan> {
+    let path = r.path.clone()?;
+    let want_any = Want::for_entry(p, true, 0o777);
+    let permissions = (p.group.is_some() || p.other.is_some()).then(|| Permissions {
+        group: p.group.as_ref().map(|g| g.name.clone()),
+        gid: p.group.as_ref().map(|g| g.gid),
+        setgid: p.setgid,
+        group_access: p.group_access.map(|a| a.to_string()),
+        other: p.other.map(|o| o.to_string()),
+    });
+    let mut plan = CachePlan {
+        name: p.name.clone(),
+        kind: p.kind,
+        path,
+        create: None,
+        eviction: None,
+        fixes: BTreeMap::new(),
+        refused: BTreeMap::new(),
+        rewrite_trim: false,
+        permissions,
+        size_bytes: 0,
+        limit_bytes: r.limit_bytes,
+        skipped: r.inspect_error.clone(),
+        policy: p.clone(),
+        owner_uid,
+    };
+    let Some(obs) = &r.observed else {
+        if !r.exists && p.create && r.inspect_error.is_none() {
+            let uid = p.owner.as_ref().map_or(0, |o| o.uid);
+            let gid = p.group.as_ref().map_or(0, |g| g.gid);
+            let other = p.other.map_or(0, |o| u32::from(o.bits()));
+            let group = want_any.map_or(7, |w| u32::from(w.group.bits()));
+            let mode = 0o700 | group << 3 | other | if p.setgid { libc::S_ISGID } else { 0 };
+            plan.create = Some(CreateRoot { uid, gid, mode });
+        }
+        return Some(plan);
+    };
+    plan.size_bytes = obs.allocated_bytes;
+    for (v, t) in &obs.violations {
+        if v.fixable() {
+            plan.fixes.insert(*v, t.clone());
+        } else {
+            plan.refused.insert(*v, t.clone());
+        }
+    }
+    if p.kind == CacheKind::Build {
+        plan.rewrite_trim = p.rewrite_trim && obs.trim_age_secs.is_none_or(|a| !(0..TRIM_REWRITE_AFTER_SECS).contains(&a));
+        plan.eviction = plan_eviction(p, r, obs);
+    }
+    Some(plan)
+}
+
+fn plan_eviction(p: &CachePolicy, r: &CacheReport, obs: &crate::scan::Observed) -> Option<Eviction> {
+    let h = obs.histogram.as_ref()?;
+    let floor = secs(p.min_age);
+    let max_age = p.max_age.map(secs);
+    let mut cutoff: Option<i64> = max_age.map(|m| m.max(floor));
+    let (mut target, mut floor_limited) = (None, false);
+    if let (Some(limit), Some(low)) = (r.limit_bytes, r.low_water_bytes) {
+        if obs.allocated_bytes > limit {
+            let c = h.cutoff(obs.allocated_bytes - low, floor);
+            cutoff = Some(cutoff.map_or(c.min_age_secs, |a| a.min(c.min_age_secs)));
+            target = Some(low);
+            floor_limited = c.floor_limited;
+        }
+    }
+    let cutoff = cutoff?;
+    let (all_n, all_b) = h.at_least(cutoff);
+    let mut expected = BTreeMap::new();
+    let (age_n, age_b) = max_age.map_or((0, 0), |m| h.at_least(m.max(cutoff)));
+    if age_n > 0 {
+        expected.insert(Reason::Age, Usage { entries: age_n, bytes: age_b });
+    }
+    if all_n > age_n {
+        expected.insert(Reason::Size, Usage { entries: all_n - age_n, bytes: all_b - age_b });
+    }
+    if expected.is_empty() && target.is_none() {
+        return None;
+    }
+    Some(Eviction { cutoff_age_secs: cutoff, floor_secs: floor, max_age_secs: max_age, expected, target_bytes: target, floor_limited })
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "plan: {}", self.summary())?;
+        for c in &self.caches {
+            writeln!(f, "\n{} cache \"{}\": {}", c.kind, c.name, crate::scan::display_path(&c.path))?;
+            if let Some(s) = &c.skipped {
+                writeln!(f, "  skipped: {s}")?;
+            }
+            if let Some(cr) = &c.create {
+                writeln!(f, "  would create it: owner {} group {} mode {:o}, then apply its ACLs", cr.uid, cr.gid, cr.mode)?;
+            }
+            if let Some(e) = &c.eviction {
+                let ago = |s: i64| human_duration(Duration::from_secs(s.max(0) as u64));
+                for (reason, u) in &e.expected {
+                    writeln!(f, "  would evict ~{} entries ({}) for {}: unused for {} or more", u.entries, human_bytes(u.bytes), match reason { Reason::Age => "age", Reason::Size => "size" }, ago(e.cutoff_age_secs.max(if *reason == Reason::Age { e.max_age_secs.unwrap_or(0) } else { 0 })))?;
+                }
+                if let Some(t) = e.target_bytes {
+                    writeln!(f, "  size {} of limit {}, cleaning to {}", human_bytes(c.size_bytes), human_bytes(c.limit_bytes.unwrap_or(0)), human_bytes(t))?;
+                }
+                if e.floor_limited {
+                    writeln!(f, "  note: the min_age floor ({}) keeps the cache above its target", ago(e.floor_secs))?;
+                }
+            }
+            for (v, t) in &c.fixes {
+                writeln!(f, "  would fix {} entries: {}", t.count, v.as_str())?;
+                for ex in t.examples.iter().take(3) {
+                    writeln!(f, "      e.g. {}", crate::scan::display_path(ex))?;
+                }
+            }
+            for (v, t) in &c.refused {
+                writeln!(f, "  will not touch {} entries: {} (see `check`)", t.count, v.as_str())?;
+            }
+            if c.rewrite_trim {
+                writeln!(f, "  would rewrite trim.txt (keeps users' go from running its own trim)")?;
+            }
+            if c.is_empty() && c.skipped.is_none() {
+                writeln!(f, "  nothing to do")?;
+            }
+        }
+        Ok(())
+    }
+}
