@@ -135,8 +135,22 @@ fn apply_cache(c: &CachePlan, now: i64, dry: bool) -> CacheOutcome {
         }
     };
     let fix = !c.fixes.is_empty() || out.created;
+    // Phase 1 (build caches with eviction): action records. Evicted actions take their
+    // outputs along; surviving ones say which outputs are still referenced, so phase 2
+    // never evicts an output a live action names (a build may have resolved it already:
+    // golang/go#31948) and does evict orphans.
+    let mut referenced = Vec::new();
+    if c.eviction.is_some() && c.kind == CacheKind::Build {
+        let visitors = walk::walk(&root, walk::WalkOptions::default(), || Applier::new(c, &root, now, dry, Phase::Actions, &[]));
+        for v in visitors {
+            referenced.extend_from_slice(&v.referenced);
+            out.merge(v.out);
+        }
+        referenced.sort_unstable();
+        referenced.dedup();
+    }
     if c.eviction.is_some() || fix {
-        let visitors = walk::walk(&root, walk::WalkOptions::default(), || Applier::new(c, &root, now, dry, fix));
+        let visitors = walk::walk(&root, walk::WalkOptions::default(), || Applier::new(c, &root, now, dry, Phase::Rest { fix }, &referenced));
         for v in visitors {
             out.merge(v.out);
         }
@@ -213,22 +227,49 @@ fn rewrite_trim(root: &Dir, now: i64) -> io::Result<()> {
     Ok(())
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Action records only: evict old ones with their outputs, note what survivors name.
+    Actions,
+    /// Everything else: orphaned or unreferenced old outputs, then permission fixes.
+    Rest { fix: bool },
+}
+
+/// The first 16 hex digits of an output id: enough to tell outputs apart in a set that
+/// costs 8 bytes per action.
+fn id_prefix(hex: &[u8]) -> Option<u64> {
+    std::str::from_utf8(hex.get(..16)?).ok().and_then(|s| u64::from_str_radix(s, 16).ok())
+}
+
 struct Applier<'a> {
     plan: &'a CachePlan,
     root: &'a Dir,
     now: i64,
     dry: bool,
-    fix: bool,
+    phase: Phase,
     out: CacheOutcome,
     xbuf: Vec<u8>,
     /// The current shard is locked by someone else: evict nothing in it.
     shard_locked: bool,
+    /// Phase 1: outputs named by surviving actions (this thread's share).
+    referenced: Vec<u64>,
+    /// Phase 2: all of them, sorted.
+    live: &'a [u64],
 }
 
 impl<'a> Applier<'a> {
-    fn new(plan: &'a CachePlan, root: &'a Dir, now: i64, dry: bool, fix: bool) -> Self {
+    fn new(plan: &'a CachePlan, root: &'a Dir, now: i64, dry: bool, phase: Phase, live: &'a [u64]) -> Self {
         let out = CacheOutcome { name: plan.name.clone(), path: plan.path.clone(), ..Default::default() };
-        Applier { plan, root, now, dry, fix, out, xbuf: Vec::new(), shard_locked: false }
+        Applier { plan, root, now, dry, phase, out, xbuf: Vec::new(), shard_locked: false, referenced: Vec::new(), live }
+    }
+
+    fn fix(&self) -> bool {
+        matches!(self.phase, Phase::Rest { fix: true })
+    }
+
+    /// Is the output `name` (`<hex>-d`) named by a surviving action?
+    fn is_live(&self, name: &CStr) -> bool {
+        id_prefix(name.to_bytes()).is_some_and(|p| self.live.binary_search(&p).is_ok())
     }
 
     fn class(&self, e: &Entry) -> Class {
@@ -249,6 +290,10 @@ impl<'a> Applier<'a> {
         Some(if ev.max_age_secs.is_some_and(|m| age >= m) { Reason::Age } else { Reason::Size })
     }
 
+    fn floor(&self) -> i64 {
+        self.plan.eviction.as_ref().map_or(i64::MAX, |e| e.floor_secs)
+    }
+
     fn refuse(&mut self, v: Violation, e: &Entry) {
         self.out.refused.entry(v).or_default().note(e.rel());
     }
@@ -257,7 +302,8 @@ impl<'a> Applier<'a> {
         self.out.evicted.entry(reason).or_default().add(1, bytes);
     }
 
-    /// Removes one file entry after re-checking it; `false` if it was not removed.
+    /// Removes one file entry after re-checking it (same inode, same mtime, and still unused:
+    /// a read since the scan moves atime and saves it); `false` if it was not removed.
     fn remove_file(&mut self, dir: &Dir, name: &CStr, st: &Stat, rel: &std::path::Path) -> bool {
         if st.kind() == Kind::File && st.nlink > 1 {
             return false;
@@ -265,6 +311,11 @@ impl<'a> Applier<'a> {
         if self.dry {
             tracing::debug!("would evict {}", crate::scan::display_path(rel));
             return true;
+        }
+        match dir.stat(name) {
+            Ok(fresh) if self.now - fresh.last_use() < self.floor() => return false,
+            Ok(_) => {}
+            Err(_) => return false,
         }
         match dir.remove(name, st) {
             Ok(()) => true,
@@ -354,6 +405,22 @@ impl<'a> Applier<'a> {
         }
     }
 
+    /// Phase 1 for one action record: evict it (with its output) or note what it names.
+    fn visit_action(&mut self, e: &Entry) {
+        let Some(parent) = e.parent else { return };
+        if self.verdict(e.st.last_use()).is_some() && self.evict_file(e, Class::Action) {
+            return;
+        }
+        if let Ok(rec) = parent.read_small(e.name, e.st, 512) {
+            if let Some(p) = layout::action_output(&rec).and_then(|o| id_prefix(&o)) {
+                self.referenced.push(p);
+            }
+        }
+    }
+
+    /// Evicts an old action record or output. An action's record is opened before the unlink
+    /// and read after it, so our read never refreshes what we are judging, and its output
+    /// goes too. Returns `false` if the entry is not due.
     fn evict_file(&mut self, e: &Entry, class: Class) -> bool {
         let Some(reason) = self.verdict(e.st.last_use()) else { return false };
         let Some(parent) = e.parent else { return false };
@@ -362,11 +429,13 @@ impl<'a> Applier<'a> {
             return true;
         }
         let rel = e.rel();
-        let record = if class == Class::Action { parent.read_small(e.name, e.st, 512).ok() } else { None };
+        let record = if class == Class::Action { parent.open_read(e.name, e.st).ok() } else { None };
         if self.remove_file(parent, e.name, e.st, &rel) {
             self.count_evicted(reason, e.st.alloc);
-            if let Some(r) = record {
-                self.evict_paired_output(&r, reason);
+            if let Some(f) = record {
+                if let Ok(r) = safefs::read_up_to(f, 512) {
+                    self.evict_paired_output(&r, reason);
+                }
             }
         }
         true
@@ -485,17 +554,30 @@ impl<'a> Applier<'a> {
 }
 
 impl Visit for Applier<'_> {
+    fn wants(&self, depth: usize, name: &CStr) -> bool {
+        match self.phase {
+            Phase::Actions => depth == 1 || (depth == 2 && name.to_bytes().ends_with(b"-a")),
+            Phase::Rest { .. } => true,
+        }
+    }
+
     fn file(&mut self, e: &Entry) {
+        let class = self.class(e);
+        if self.phase == Phase::Actions {
+            if class == Class::Action && e.st.kind() == Kind::File {
+                self.visit_action(e);
+            }
+            return;
+        }
         match e.st.kind() {
             Kind::Symlink => return self.refuse(Violation::Symlink, e),
             Kind::Special => return self.refuse(Violation::Special, e),
             _ => {}
         }
-        let class = self.class(e);
-        if matches!(class, Class::Action | Class::Output) && self.evict_file(e, class) {
+        if class == Class::Output && !self.is_live(e.name) && self.evict_file(e, class) {
             return;
         }
-        if self.fix {
+        if self.fix() {
             self.fix_entry(e, None);
         }
     }
@@ -508,7 +590,10 @@ impl Visit for Applier<'_> {
                 self.out.locked_skipped += 1;
             }
         }
-        if class == Class::Exec {
+        if self.phase == Phase::Actions {
+            return e.depth == 0 || class == Class::Shard;
+        }
+        if class == Class::Exec && !self.is_live(e.name) && self.plan.eviction.is_some() {
             let mut last = e.st.last_use();
             if let Ok(names) = dir.list() {
                 for n in names {
@@ -518,6 +603,10 @@ impl Visit for Applier<'_> {
                 }
             }
             if let (Some(reason), Some(parent)) = (self.verdict(last), e.parent) {
+                if !dir.try_lock().unwrap_or(false) {
+                    self.out.locked_skipped += 1;
+                    return true;
+                }
                 if let Some(b) = self.remove_exec(parent, e.name, e.st, dir, &e.rel()) {
                     self.count_evicted(reason, b);
                 }
@@ -528,7 +617,7 @@ impl Visit for Applier<'_> {
     }
 
     fn leave(&mut self, e: &Entry, dir: &Dir) {
-        if self.fix {
+        if self.fix() {
             self.fix_entry(e, Some(dir));
         }
         if e.depth == 1 {
@@ -537,6 +626,9 @@ impl Visit for Applier<'_> {
     }
 
     fn skipped(&mut self, e: &Entry, why: &Skip) {
+        if self.phase == Phase::Actions {
+            return;
+        }
         match why {
             Skip::Mount => self.refuse(Violation::Mount, e),
             Skip::TooDeep => self.refuse(Violation::TooDeep, e),

@@ -210,16 +210,22 @@ impl Dir {
         Ok(Pinned { fd, st })
     }
 
-    /// Reads up to `max` bytes of regular file `name` (e.g. an action record). The file is
-    /// pinned with `O_PATH` and checked to be a regular file with one name before it is
-    /// opened for reading, so a device or FIFO swapped in is never opened.
-    pub fn read_small(&self, name: &CStr, expect: &Stat, max: usize) -> io::Result<Vec<u8>> {
-        use std::io::Read;
+    /// Opens regular file `name` for reading. The file is pinned with `O_PATH` and checked to
+    /// be a regular file with one name before it is opened, so a device or FIFO swapped in is
+    /// never opened. `O_NOATIME` where permitted: our reads must not look like a build's use.
+    pub fn open_read(&self, name: &CStr, expect: &Stat) -> io::Result<std::fs::File> {
         let pinned = self.pin(name, expect)?;
-        let mut f = pinned.reopen(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY)?;
-        let mut buf = Vec::with_capacity(max.min(4096));
-        (&mut f).take(max as u64).read_to_end(&mut buf)?;
-        Ok(buf)
+        let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
+        match pinned.reopen(flags | OFlag::O_NOATIME) {
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => pinned.reopen(flags),
+            r => r,
+        }
+    }
+
+    /// Reads up to `max` bytes of regular file `name` (e.g. an action record); see
+    /// [`Dir::open_read`].
+    pub fn read_small(&self, name: &CStr, expect: &Stat, max: usize) -> io::Result<Vec<u8>> {
+        read_up_to(self.open_read(name, expect)?, max)
     }
 
     /// Creates regular file `name` (it must not exist) beneath this directory.
@@ -308,6 +314,14 @@ impl Dir {
         let p = CString::new(self.proc_path()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
         get_xattr_path(&p, attr, buf)
     }
+}
+
+/// Reads at most `max` bytes from `f`.
+pub fn read_up_to(f: std::fs::File, max: usize) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = Vec::with_capacity(max.min(4096));
+    f.take(max as u64).read_to_end(&mut buf)?;
+    Ok(buf)
 }
 
 fn get_xattr_path(p: &CStr, attr: &CStr, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {

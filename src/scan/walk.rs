@@ -55,6 +55,11 @@ pub enum Skip {
 }
 
 pub trait Visit {
+    /// Whether to look at child `name` at `depth` at all (before any syscall on it); lets a
+    /// pass that needs only some entries skip the `statx` of the rest.
+    fn wants(&self, _depth: usize, _name: &CStr) -> bool {
+        true
+    }
     /// Every non-directory: regular files, symlinks, FIFOs, sockets, devices.
     fn file(&mut self, e: &Entry);
     /// A directory before its children; `false` skips them.
@@ -146,6 +151,9 @@ where
 }
 
 fn visit_child<V: Visit>(v: &mut V, parent: &Dir, name: &CStr, stack: &mut Vec<CString>, depth: usize, max_depth: usize) {
+    if !v.wants(depth, name) {
+        return;
+    }
     let st = match parent.stat(name) {
         Ok(s) => s,
         Err(e) if vanished(&e) => return,

@@ -1,0 +1,174 @@
+//! Shared test helpers: run the real binary in throwaway directories, make Go-shaped caches,
+//! create test users and groups. One helper per kind of setup so tests read as data.
+#![allow(dead_code)]
+
+pub mod journald;
+
+use std::ffi::OsStr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_gocache-warden"))
+}
+
+/// Fails (never skips) when not root: these tests exercise root-only behaviour.
+pub fn require_root() {
+    assert!(nix::unistd::geteuid().is_root(), "this test must run as root (it exercises ownership, ACLs and mounts)");
+}
+
+/// Runs the binary with `args` and extra environment; returns its output.
+pub fn run<I, S>(args: I, env: &[(&str, &str)]) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut c = Command::new(bin());
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run gocache-warden")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Parses stdout as JSON, with the whole output in the panic message if it is not.
+pub fn json(o: &Output) -> serde_json::Value {
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\nstdout: {}\nstderr: {}", stdout(o), stderr(o)))
+}
+
+/// The repository's shared/ tools live beside the checkout.
+pub fn mkcache_script() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/mkcache.py");
+    assert!(p.exists(), "missing {} (CI clones the repo with shared/ beside it)", p.display());
+    p
+}
+
+/// A synthetic GOCACHE with `entries` actions (and as many outputs) via shared/tools/mkcache.py.
+pub fn mkcache(root: &Path, entries: usize, seed: u64) {
+    let o = Command::new("python3")
+        .arg(mkcache_script())
+        .arg(root)
+        .args(["--entries", &entries.to_string(), "--seed", &seed.to_string()])
+        .output()
+        .expect("run python3 mkcache.py");
+    assert!(o.status.success(), "mkcache failed: {}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A policy that switches off the embedded default caches and adds `body`.
+pub fn policy(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let p = dir.join(name);
+    let text = format!("[cache.build]\nenabled = false\n[cache.modules]\nenabled = false\n\n{body}");
+    std::fs::write(&p, text).expect("write policy");
+    p
+}
+
+/// A throwaway directory under /tmp (not /tmp itself: tests chmod and mount inside it).
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("gcw-test-").tempdir().expect("tempdir")
+}
+
+/// Serializes edits of the user and group databases across test processes.
+fn with_db_lock<T>(f: impl FnOnce() -> T) -> T {
+    use std::os::fd::AsRawFd;
+    let lock = std::fs::File::create("/tmp/gocache-warden-tests.db.lock").expect("lock file");
+    // SAFETY: flock on an fd we own; released when `lock` drops.
+    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+    f()
+}
+
+/// Creates group `name` unless it exists; returns its gid.
+pub fn ensure_group(name: &str) -> u32 {
+    with_db_lock(|| {
+        if let Ok(Some(g)) = nix::unistd::Group::from_name(name) {
+            return g.gid.as_raw();
+        }
+        let o = Command::new("groupadd").arg(name).output().expect("groupadd");
+        assert!(o.status.success(), "groupadd {name}: {}", String::from_utf8_lossy(&o.stderr));
+        nix::unistd::Group::from_name(name).ok().flatten().expect("group exists").gid.as_raw()
+    })
+}
+
+/// Creates user `name` (with a home directory and the given supplementary groups) unless it
+/// exists; returns its uid.
+pub fn ensure_user(name: &str, groups: &[&str]) -> u32 {
+    with_db_lock(|| {
+        if let Ok(Some(u)) = nix::unistd::User::from_name(name) {
+            if !groups.is_empty() {
+                let _ = Command::new("usermod").args(["-a", "-G", &groups.join(",")]).arg(name).output();
+            }
+            return u.uid.as_raw();
+        }
+        let mut c = Command::new("useradd");
+        c.args(["-m", "-s", "/bin/sh"]);
+        if !groups.is_empty() {
+            c.args(["-G", &groups.join(",")]);
+        }
+        let o = c.arg(name).output().expect("useradd");
+        assert!(o.status.success(), "useradd {name}: {}", String::from_utf8_lossy(&o.stderr));
+        nix::unistd::User::from_name(name).ok().flatten().expect("user exists").uid.as_raw()
+    })
+}
+
+/// Sets atime and mtime of `p` (not following symlinks) to `secs_ago` before now.
+pub fn age(p: &Path, secs_ago: i64) {
+    let t = nix::sys::time::TimeSpec::new(now() - secs_ago, 0);
+    nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, p, &t, &t, nix::sys::stat::UtimensatFlags::NoFollowSymlink)
+        .unwrap_or_else(|e| panic!("utimensat {}: {e}", p.display()));
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64
+}
+
+/// `du -sB1 PATH` as a number.
+pub fn du_bytes(p: &Path) -> u64 {
+    let o = Command::new("du").arg("-sB1").arg(p).output().expect("du");
+    String::from_utf8_lossy(&o.stdout).split_whitespace().next().and_then(|s| s.parse().ok()).expect("du output")
+}
+
+/// Everything observable about a file outside the cache that a test must see unchanged.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Sentinel {
+    pub content: Vec<u8>,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub nlink: u64,
+    pub mtime: i64,
+    pub acl: String,
+}
+
+/// Snapshot of a sentinel path (not following a final symlink).
+pub fn sentinel(p: &Path) -> Sentinel {
+    let md = std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("sentinel {}: {e}", p.display()));
+    let content = if md.is_file() { std::fs::read(p).unwrap_or_default() } else { Vec::new() };
+    let acl = Command::new("getfacl").args(["-P", "-n", "--absolute-names"]).arg(p).output().expect("getfacl (apt-get install acl)");
+    Sentinel {
+        content,
+        mode: md.mode(),
+        uid: md.uid(),
+        gid: md.gid(),
+        nlink: md.nlink(),
+        mtime: md.mtime(),
+        acl: String::from_utf8_lossy(&acl.stdout).into_owned(),
+    }
+}
+
+/// Runs a shell script in a private mount namespace (`unshare -m`), for tests that mount:
+/// the mounts vanish with the namespace, whatever happens.
+pub fn in_mount_ns(script: &str) -> Output {
+    Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-ec", script])
+        .output()
+        .expect("unshare (util-linux)")
+}
