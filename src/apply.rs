@@ -392,6 +392,9 @@ impl<'a> Applier<'a> {
             Kind::File => {
                 if self.remove_file(&sdir, &name, &st, &rel) {
                     self.count_evicted(reason, st.alloc);
+                } else if let Some(p) = id_prefix(&out) {
+                    // Not removed (failed, or in use again): phase 2 must not try again.
+                    self.referenced.push(p);
                 }
             }
             Kind::Dir => {
@@ -594,7 +597,8 @@ impl Visit for Applier<'_> {
             return e.depth == 0 || class == Class::Shard;
         }
         if class == Class::Exec && !self.is_live(e.name) && self.plan.eviction.is_some() {
-            let mut last = e.st.last_use();
+            // The directory's own atime moves whenever anyone lists it; its use is its file's.
+            let mut last = e.st.mtime;
             if let Ok(names) = dir.list() {
                 for n in names {
                     if let Ok(s) = dir.stat(&n) {

@@ -3,6 +3,8 @@
 //! The binary is a thin shell over this library so integration tests and benchmarks can
 //! drive the same code. See README.md ("Architecture") for the map and its invariants.
 
+/// Alerts: evaluation, re-notify tracking, webhook and exec sinks.
+pub mod alert;
 /// `apply`: the only code that changes caches.
 pub mod apply;
 /// POSIX ACLs: decoding, expectations from policy, writing through pinned fds.
@@ -17,6 +19,8 @@ pub mod failpoint;
 pub mod goenv;
 /// Tracing to the journal or stderr, and the structured field contract.
 pub mod logging;
+/// Prometheus metrics: the model, textfile and HTTP outputs.
+pub mod metrics;
 /// The plan: what `enforce` will change, as a value.
 pub mod plan;
 /// Policy files: fragments, merging, validation.

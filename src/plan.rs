@@ -101,7 +101,8 @@ pub struct Eviction {
 
 impl CachePlan {
     pub fn is_empty(&self) -> bool {
-        self.create.is_none() && self.eviction.is_none() && self.fixes.is_empty() && !self.rewrite_trim
+        let evicts = self.eviction.as_ref().is_some_and(|e| !e.expected.is_empty());
+        self.create.is_none() && !evicts && self.fixes.is_empty() && !self.rewrite_trim
     }
 }
 
@@ -177,6 +178,8 @@ pub fn plan_cache(p: &CachePolicy, r: &CacheReport, owner_uid: Option<u32>) -> O
             let group = want_any.map_or(7, |w| u32::from(w.group.bits()));
             let mode = 0o700 | group << 3 | other | if p.setgid { libc::S_ISGID } else { 0 };
             plan.create = Some(CreateRoot { uid, gid, mode });
+            // Written at creation, under the default ACL, so it is group-writable from the start.
+            plan.rewrite_trim = p.kind == CacheKind::Build && p.rewrite_trim;
         }
         return Some(plan);
     };

@@ -252,12 +252,13 @@ impl Dir {
     /// Lists the children's names (without `.` and `..`) through a fresh open file
     /// description, so listing never disturbs another reader's offset.
     pub fn list(&self) -> io::Result<Vec<CString>> {
-        let fd = nix::fcntl::openat(
-            self.fd.as_fd(),
-            c".",
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )?;
+        // O_NOATIME where permitted: listing must not make a directory (an executable output)
+        // look used.
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let fd = match nix::fcntl::openat(self.fd.as_fd(), c".", flags | OFlag::O_NOATIME, Mode::empty()) {
+            Err(Errno::EPERM) => nix::fcntl::openat(self.fd.as_fd(), c".", flags, Mode::empty())?,
+            r => r?,
+        };
         let mut d = nix::dir::Dir::from_fd(fd)?;
         let mut out = Vec::new();
         for e in d.iter() {
@@ -309,12 +310,15 @@ impl Dir {
         get_xattr_path(&p, attr, buf)
     }
 
-    /// Reads an extended attribute of this directory itself.
+    /// Reads an extended attribute of this directory itself (through its fd: a
+    /// `/proc/self/fd` path would name the magic link, not the directory, for `lgetxattr`).
     pub fn get_own_xattr(&self, attr: &CStr, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
-        let p = CString::new(self.proc_path()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        get_xattr_path(&p, attr, buf)
+        let fd = self.fd.as_raw_fd();
+        // SAFETY: buffer pointer/len describe memory we own; fd is open.
+        xattr_loop(buf, |b| unsafe { libc::fgetxattr(fd, attr.as_ptr(), b.as_mut_ptr().cast(), b.len()) })
     }
 }
+
 
 /// Reads at most `max` bytes from `f`.
 pub fn read_up_to(f: std::fs::File, max: usize) -> io::Result<Vec<u8>> {
@@ -325,19 +329,27 @@ pub fn read_up_to(f: std::fs::File, max: usize) -> io::Result<Vec<u8>> {
 }
 
 fn get_xattr_path(p: &CStr, attr: &CStr, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+    // SAFETY: buffer pointer/len describe memory we own; both strings are valid C strings.
+    xattr_loop(buf, |b| unsafe { libc::lgetxattr(p.as_ptr(), attr.as_ptr(), b.as_mut_ptr().cast(), b.len()) })
+}
+
+/// Calls a `getxattr`-family function, growing `buf` on ERANGE; `None` when absent.
+fn xattr_loop(buf: &mut Vec<u8>, mut call: impl FnMut(&mut [u8]) -> isize) -> io::Result<Option<usize>> {
     if buf.len() < 256 {
         buf.resize(256, 0);
     }
     loop {
-        // SAFETY: buffer pointer/len describe memory we own.
-        let r = unsafe { libc::lgetxattr(p.as_ptr(), attr.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        let r = call(buf);
         if r >= 0 {
             return Ok(Some(r as usize));
         }
         let e = io::Error::last_os_error();
         match e.raw_os_error() {
             Some(libc::ENODATA) | Some(libc::ENOTSUP) => return Ok(None),
-            Some(libc::ERANGE) if buf.len() < 1 << 16 => buf.resize(buf.len() * 4, 0),
+            Some(libc::ERANGE) if buf.len() < 1 << 16 => {
+                let n = buf.len() * 4;
+                buf.resize(n, 0);
+            }
             _ => return Err(e),
         }
     }

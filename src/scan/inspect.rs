@@ -131,8 +131,14 @@ impl<'p> Inspector<'p> {
         let used = st.last_use();
         self.obs.oldest_use = min_opt(self.obs.oldest_use, Some(used));
         self.obs.newest_use = self.obs.newest_use.max(Some(used));
-        if class == Class::Meta && e.name == c"trim.txt" {
-            self.obs.trim_age_secs = Some(self.opts.now - st.mtime);
+        if class == Class::Meta && e.name == c"trim.txt" && st.kind() == Kind::File {
+            // Go trusts the Unix seconds inside, not the mtime; so do we.
+            self.obs.trim_age_secs = e
+                .parent
+                .and_then(|p| p.read_small(e.name, st, 64).ok())
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .map(|t| self.opts.now - t);
         }
     }
 
@@ -235,7 +241,8 @@ impl Visit for Inspector<'_> {
         self.account(e, class);
         self.check_perms(e, Some(dir));
         if class == Class::Exec {
-            self.exec = Some((e.st.alloc, e.st.last_use()));
+            // The directory's own atime moves whenever anyone lists it; its use is its file's.
+            self.exec = Some((e.st.alloc, e.st.mtime));
         }
         true
     }

