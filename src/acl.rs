@@ -136,7 +136,11 @@ impl Want {
         let access = policy.group_access?;
         let owner_x = mode & 0o100 != 0;
         let adj = |p: Perm| if is_dir || owner_x { p } else { p.without_x() };
-        Some(Want { gid: g.gid, group: adj(access), other: policy.other.map(adj) })
+        Some(Want {
+            gid: g.gid,
+            group: adj(access),
+            other: policy.other.map(adj),
+        })
     }
 
     /// Does `acl` (the entry's access ACL) give the group exactly what is wanted? Compared by
@@ -196,13 +200,30 @@ mod tests {
 
     #[test]
     fn decode_and_effective() {
-        let b = encode(&[(1, 7, u32::MAX), (4, 7, u32::MAX), (8, 7, 1001), (0x10, 6, u32::MAX), (0x20, 0, u32::MAX)]);
+        let b = encode(&[
+            (1, 7, u32::MAX),
+            (4, 7, u32::MAX),
+            (8, 7, 1001),
+            (0x10, 6, u32::MAX),
+            (0x20, 0, u32::MAX),
+        ]);
         let a = Acl::decode(&b).expect("valid acl");
         assert_eq!(a.group_effective(1001), Some(Perm(6)));
         assert_eq!(a.to_string(), "u::rwx,g::rwx,g:1001:rwx,m::rw-,o::---");
-        let want = Want { gid: 1001, group: Perm(6), other: Some(Perm(0)) };
-        assert!(want.access_ok(&a), "a file made by go under a rwx default ACL is compliant");
-        let want_x = Want { gid: 1001, group: Perm(7), other: Some(Perm(0)) };
+        let want = Want {
+            gid: 1001,
+            group: Perm(6),
+            other: Some(Perm(0)),
+        };
+        assert!(
+            want.access_ok(&a),
+            "a file made by go under a rwx default ACL is compliant"
+        );
+        let want_x = Want {
+            gid: 1001,
+            group: Perm(7),
+            other: Some(Perm(0)),
+        };
         assert!(!want_x.access_ok(&a));
         assert!(Acl::decode(&[1, 0, 0, 0]).is_none());
     }
@@ -211,7 +232,11 @@ mod tests {
     fn minimal_from_mode() {
         let a = Acl::from_mode(0o2750);
         assert_eq!(a.to_string(), "u::rwx,g::r-x,o::---");
-        let want = Want { gid: 5, group: Perm(5), other: None };
+        let want = Want {
+            gid: 5,
+            group: Perm(5),
+            other: None,
+        };
         assert!(!want.access_ok(&a), "no named entry");
     }
 }

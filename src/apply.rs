@@ -96,20 +96,36 @@ impl Outcome {
 }
 
 pub fn apply(plan: &Plan, dry_run: bool) -> Outcome {
-    let caches = plan.caches.iter().filter(|c| c.skipped.is_none()).map(|c| apply_cache(c, plan.now, dry_run)).collect();
-    Outcome { schema: SCHEMA, dry_run, caches }
+    let caches = plan
+        .caches
+        .iter()
+        .filter(|c| c.skipped.is_none())
+        .map(|c| apply_cache(c, plan.now, dry_run))
+        .collect();
+    Outcome {
+        schema: SCHEMA,
+        dry_run,
+        caches,
+    }
 }
 
 fn fail(out: &mut CacheOutcome, rel: &std::path::Path, what: &str, e: &io::Error) {
     tracing::error!(gocache_warden_action = action::EVICT_FAILED, cache_path = %out.path.display(), error = %e, "{what} {} failed: {e}", crate::scan::display_path(rel));
     out.failed.count += 1;
     if out.failed.examples.len() < crate::scan::MAX_EXAMPLES {
-        out.failed.examples.push(PathBuf::from(format!("{}: {what}: {e}", crate::scan::display_path(rel))));
+        out.failed.examples.push(PathBuf::from(format!(
+            "{}: {what}: {e}",
+            crate::scan::display_path(rel)
+        )));
     }
 }
 
 fn apply_cache(c: &CachePlan, now: i64, dry: bool) -> CacheOutcome {
-    let mut out = CacheOutcome { name: c.name.clone(), path: c.path.clone(), ..Default::default() };
+    let mut out = CacheOutcome {
+        name: c.name.clone(),
+        path: c.path.clone(),
+        ..Default::default()
+    };
     if let Some(cr) = &c.create {
         if dry {
             tracing::info!(cache_path = %c.path.display(), "would create {}", c.path.display());
@@ -141,7 +157,9 @@ fn apply_cache(c: &CachePlan, now: i64, dry: bool) -> CacheOutcome {
     // golang/go#31948) and does evict orphans.
     let mut referenced = Vec::new();
     if c.eviction.is_some() && c.kind == CacheKind::Build {
-        let visitors = walk::walk(&root, walk::WalkOptions::default(), || Applier::new(c, &root, now, dry, Phase::Actions, &[]));
+        let visitors = walk::walk(&root, walk::WalkOptions::default(), || {
+            Applier::new(c, &root, now, dry, Phase::Actions, &[])
+        });
         for v in visitors {
             referenced.extend_from_slice(&v.referenced);
             out.merge(v.out);
@@ -150,7 +168,9 @@ fn apply_cache(c: &CachePlan, now: i64, dry: bool) -> CacheOutcome {
         referenced.dedup();
     }
     if c.eviction.is_some() || fix {
-        let visitors = walk::walk(&root, walk::WalkOptions::default(), || Applier::new(c, &root, now, dry, Phase::Rest { fix }, &referenced));
+        let visitors = walk::walk(&root, walk::WalkOptions::default(), || {
+            Applier::new(c, &root, now, dry, Phase::Rest { fix }, &referenced)
+        });
         for v in visitors {
             out.merge(v.out);
         }
@@ -189,8 +209,14 @@ fn fix_action(v: Violation) -> &'static str {
 }
 
 fn create_root(c: &CachePlan, cr: &crate::plan::CreateRoot) -> io::Result<()> {
-    let parent = c.path.parent().ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let name = c.path.file_name().ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let parent = c
+        .path
+        .parent()
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let name = c
+        .path
+        .file_name()
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
     let parent = Dir::open_root(parent)?;
     let dir = parent.mkdir(&safefs::component(name)?, 0o700)?;
     nix::unistd::fchown(dir.as_fd(), Some(cr.uid.into()), Some(cr.gid.into()))?;
@@ -199,14 +225,26 @@ fn create_root(c: &CachePlan, cr: &crate::plan::CreateRoot) -> io::Result<()> {
         write_acl(&dir.proc_path(), &w.access_acl(&cur), false)?;
         write_acl(&dir.proc_path(), &w.default_acl(), true)?;
     }
-    nix::sys::stat::fchmod(dir.as_fd(), nix::sys::stat::Mode::from_bits_truncate(cr.mode))?;
+    nix::sys::stat::fchmod(
+        dir.as_fd(),
+        nix::sys::stat::Mode::from_bits_truncate(cr.mode),
+    )?;
     Ok(())
 }
 
 fn write_acl(path: &str, a: &Acl, default: bool) -> io::Result<()> {
     let mut p = a.to_posix();
-    let r = if default { p.write_default_acl(path) } else { p.write_acl(path) };
-    r.map_err(|e| e.as_io_error().map_or_else(|| io::Error::other(e.to_string()), |i| io::Error::new(i.kind(), i.to_string())))
+    let r = if default {
+        p.write_default_acl(path)
+    } else {
+        p.write_acl(path)
+    };
+    r.map_err(|e| {
+        e.as_io_error().map_or_else(
+            || io::Error::other(e.to_string()),
+            |i| io::Error::new(i.kind(), i.to_string()),
+        )
+    })
 }
 
 /// Rewrites trim.txt with the current time, under the same `flock` Go's lockedfile takes.
@@ -214,7 +252,9 @@ fn rewrite_trim(root: &Dir, now: i64) -> io::Result<()> {
     use std::io::Write;
     let name = c"trim.txt";
     let mut f = match root.stat(name) {
-        Ok(st) => root.pin(name, &st)?.reopen(nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_NONBLOCK)?,
+        Ok(st) => root
+            .pin(name, &st)?
+            .reopen(nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_NONBLOCK)?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => root.create_file(name, 0o666)?,
         Err(e) => return Err(e),
     };
@@ -238,7 +278,9 @@ enum Phase {
 /// The first 16 hex digits of an output id: enough to tell outputs apart in a set that
 /// costs 8 bytes per action.
 fn id_prefix(hex: &[u8]) -> Option<u64> {
-    std::str::from_utf8(hex.get(..16)?).ok().and_then(|s| u64::from_str_radix(s, 16).ok())
+    std::str::from_utf8(hex.get(..16)?)
+        .ok()
+        .and_then(|s| u64::from_str_radix(s, 16).ok())
 }
 
 struct Applier<'a> {
@@ -258,9 +300,31 @@ struct Applier<'a> {
 }
 
 impl<'a> Applier<'a> {
-    fn new(plan: &'a CachePlan, root: &'a Dir, now: i64, dry: bool, phase: Phase, live: &'a [u64]) -> Self {
-        let out = CacheOutcome { name: plan.name.clone(), path: plan.path.clone(), ..Default::default() };
-        Applier { plan, root, now, dry, phase, out, xbuf: Vec::new(), shard_locked: false, referenced: Vec::new(), live }
+    fn new(
+        plan: &'a CachePlan,
+        root: &'a Dir,
+        now: i64,
+        dry: bool,
+        phase: Phase,
+        live: &'a [u64],
+    ) -> Self {
+        let out = CacheOutcome {
+            name: plan.name.clone(),
+            path: plan.path.clone(),
+            ..Default::default()
+        };
+        Applier {
+            plan,
+            root,
+            now,
+            dry,
+            phase,
+            out,
+            xbuf: Vec::new(),
+            shard_locked: false,
+            referenced: Vec::new(),
+            live,
+        }
     }
 
     fn fix(&self) -> bool {
@@ -287,11 +351,18 @@ impl<'a> Applier<'a> {
         if age < ev.floor_secs || age < ev.cutoff_age_secs || self.shard_locked {
             return None;
         }
-        Some(if ev.max_age_secs.is_some_and(|m| age >= m) { Reason::Age } else { Reason::Size })
+        Some(if ev.max_age_secs.is_some_and(|m| age >= m) {
+            Reason::Age
+        } else {
+            Reason::Size
+        })
     }
 
     fn floor(&self) -> i64 {
-        self.plan.eviction.as_ref().map_or(i64::MAX, |e| e.floor_secs)
+        self.plan
+            .eviction
+            .as_ref()
+            .map_or(i64::MAX, |e| e.floor_secs)
     }
 
     fn refuse(&mut self, v: Violation, e: &Entry) {
@@ -328,7 +399,14 @@ impl<'a> Applier<'a> {
     }
 
     /// Removes an executable output directory (Go 1.24+): its files, then itself.
-    fn remove_exec(&mut self, parent: &Dir, name: &CStr, st: &Stat, dir: &Dir, rel: &std::path::Path) -> Option<u64> {
+    fn remove_exec(
+        &mut self,
+        parent: &Dir,
+        name: &CStr,
+        st: &Stat,
+        dir: &Dir,
+        rel: &std::path::Path,
+    ) -> Option<u64> {
         let names = match dir.list() {
             Ok(n) => n,
             Err(e) => {
@@ -348,11 +426,20 @@ impl<'a> Applier<'a> {
                 }
             };
             if cst.kind() == Kind::Dir {
-                fail(&mut self.out, &crel, "evict", &io::Error::other("unexpected directory inside an executable output"));
+                fail(
+                    &mut self.out,
+                    &crel,
+                    "evict",
+                    &io::Error::other("unexpected directory inside an executable output"),
+                );
                 return None;
             }
             if cst.kind() == Kind::File && cst.nlink > 1 {
-                self.out.refused.entry(Violation::Hardlink).or_default().note(crel);
+                self.out
+                    .refused
+                    .entry(Violation::Hardlink)
+                    .or_default()
+                    .note(crel);
                 return None;
             }
             if !self.remove_file(dir, n, &cst, &crel) && !self.dry {
@@ -375,14 +462,24 @@ impl<'a> Applier<'a> {
 
     /// The output an evicted action names goes with it, unless it is younger than the floor.
     fn evict_paired_output(&mut self, record: &[u8], reason: Reason) {
-        let Some(out) = layout::action_output(record) else { return };
-        let Some(ev) = &self.plan.eviction else { return };
+        let Some(out) = layout::action_output(record) else {
+            return;
+        };
+        let Some(ev) = &self.plan.eviction else {
+            return;
+        };
         let floor = ev.floor_secs;
         let mut name = out.to_vec();
         name.extend_from_slice(b"-d");
-        let (Ok(shard), Ok(name)) = (CString::new(&out[..2]), CString::new(name)) else { return };
-        let Ok(sst) = self.root.stat(&shard) else { return };
-        let Ok(sdir) = self.root.open_dir(&shard, &sst) else { return };
+        let (Ok(shard), Ok(name)) = (CString::new(&out[..2]), CString::new(name)) else {
+            return;
+        };
+        let Ok(sst) = self.root.stat(&shard) else {
+            return;
+        };
+        let Ok(sdir) = self.root.open_dir(&shard, &sst) else {
+            return;
+        };
         let Ok(st) = sdir.stat(&name) else { return };
         if self.now - st.last_use() < floor {
             return;
@@ -398,10 +495,10 @@ impl<'a> Applier<'a> {
                 }
             }
             Kind::Dir => {
-                if let Ok(d) = sdir.open_dir(&name, &st) {
-                    if let Some(b) = self.remove_exec(&sdir, &name, &st, &d, &rel) {
-                        self.count_evicted(reason, b);
-                    }
+                if let Ok(d) = sdir.open_dir(&name, &st)
+                    && let Some(b) = self.remove_exec(&sdir, &name, &st, &d, &rel)
+                {
+                    self.count_evicted(reason, b);
                 }
             }
             _ => {}
@@ -414,10 +511,10 @@ impl<'a> Applier<'a> {
         if self.verdict(e.st.last_use()).is_some() && self.evict_file(e, Class::Action) {
             return;
         }
-        if let Ok(rec) = parent.read_small(e.name, e.st, 512) {
-            if let Some(p) = layout::action_output(&rec).and_then(|o| id_prefix(&o)) {
-                self.referenced.push(p);
-            }
+        if let Ok(rec) = parent.read_small(e.name, e.st, 512)
+            && let Some(p) = layout::action_output(&rec).and_then(|o| id_prefix(&o))
+        {
+            self.referenced.push(p);
         }
     }
 
@@ -425,20 +522,26 @@ impl<'a> Applier<'a> {
     /// and read after it, so our read never refreshes what we are judging, and its output
     /// goes too. Returns `false` if the entry is not due.
     fn evict_file(&mut self, e: &Entry, class: Class) -> bool {
-        let Some(reason) = self.verdict(e.st.last_use()) else { return false };
+        let Some(reason) = self.verdict(e.st.last_use()) else {
+            return false;
+        };
         let Some(parent) = e.parent else { return false };
         if e.st.nlink > 1 {
             self.refuse(Violation::Hardlink, e);
             return true;
         }
         let rel = e.rel();
-        let record = if class == Class::Action { parent.open_read(e.name, e.st).ok() } else { None };
+        let record = if class == Class::Action {
+            parent.open_read(e.name, e.st).ok()
+        } else {
+            None
+        };
         if self.remove_file(parent, e.name, e.st, &rel) {
             self.count_evicted(reason, e.st.alloc);
-            if let Some(f) = record {
-                if let Ok(r) = safefs::read_up_to(f, 512) {
-                    self.evict_paired_output(&r, reason);
-                }
+            if let Some(f) = record
+                && let Ok(r) = safefs::read_up_to(f, 512)
+            {
+                self.evict_paired_output(&r, reason);
             }
         }
         true
@@ -456,7 +559,13 @@ impl<'a> Applier<'a> {
         if is_dir && p.setgid && st.mode & libc::S_ISGID == 0 {
             todo.push(Violation::Setgid);
         }
-        let other_want = p.other.map(|o| if is_dir || st.mode & 0o100 != 0 { o } else { o.without_x() });
+        let other_want = p.other.map(|o| {
+            if is_dir || st.mode & 0o100 != 0 {
+                o
+            } else {
+                o.without_x()
+            }
+        });
         if other_want.is_some_and(|o| (st.mode & 7) as u8 != o.bits()) {
             todo.push(Violation::OtherAccess);
         }
@@ -495,7 +604,11 @@ impl<'a> Applier<'a> {
         }
         if self.dry {
             for v in todo {
-                tracing::debug!("would fix {} of {}", v.as_str(), crate::scan::display_path(&rel));
+                tracing::debug!(
+                    "would fix {} of {}",
+                    v.as_str(),
+                    crate::scan::display_path(&rel)
+                );
                 *self.out.fixed.entry(v).or_default() += 1;
             }
             return;
@@ -541,7 +654,12 @@ impl<'a> Applier<'a> {
                 mode = (mode & !0o7) | u32::from(o.bits());
             }
             if mode != now.perm_bits() {
-                nix::sys::stat::fchmodat(nix::fcntl::AT_FDCWD, path.as_str(), nix::sys::stat::Mode::from_bits_truncate(mode), nix::sys::stat::FchmodatFlags::FollowSymlink)?;
+                nix::sys::stat::fchmodat(
+                    nix::fcntl::AT_FDCWD,
+                    path.as_str(),
+                    nix::sys::stat::Mode::from_bits_truncate(mode),
+                    nix::sys::stat::FchmodatFlags::FollowSymlink,
+                )?;
             }
             Ok(())
         })();

@@ -6,10 +6,10 @@
 //! fields are only ever added.
 
 use crate::goenv::{self, GoEnv, Identity};
+use crate::policy::value::{human_bytes, human_duration};
 use crate::policy::{CacheKind, CachePath, CachePolicy, Policy, Scope};
 use crate::safefs::{self, Dir, FsStat};
 use crate::scan::{self, InspectOptions, Observed, Violation};
-use crate::policy::value::{human_bytes, human_duration};
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -65,15 +65,33 @@ pub fn targets(policy: &Policy, env: &GoEnv) -> (Vec<Target>, goenv::Resolution)
         .caches
         .iter()
         .map(|c| match &c.path {
-            CachePath::Fixed(p) => Target { policy: c.clone(), path: Ok(p.clone()), source: "policy".into(), owner_uid: None },
+            CachePath::Fixed(p) => Target {
+                policy: c.clone(),
+                path: Ok(p.clone()),
+                source: "policy".into(),
+                owner_uid: None,
+            },
             CachePath::Auto => {
-                let r = if c.kind == CacheKind::Build { &res.gocache } else { &res.gomodcache };
+                let r = if c.kind == CacheKind::Build {
+                    &res.gocache
+                } else {
+                    &res.gomodcache
+                };
                 let path = match &r.setting {
                     goenv::Setting::Path { path } => Ok(path.clone()),
-                    goenv::Setting::Off => Err("GOCACHE=off: go has no cache (every build fails)".to_string()),
-                    goenv::Setting::Invalid { value, reason } => Err(format!("{value:?}: {reason}")),
+                    goenv::Setting::Off => {
+                        Err("GOCACHE=off: go has no cache (every build fails)".to_string())
+                    }
+                    goenv::Setting::Invalid { value, reason } => {
+                        Err(format!("{value:?}: {reason}"))
+                    }
                 };
-                Target { policy: c.clone(), path, source: format!("auto: {}", r.source), owner_uid: Some(uid) }
+                Target {
+                    policy: c.clone(),
+                    path,
+                    source: format!("auto: {}", r.source),
+                    owner_uid: Some(uid),
+                }
             }
         })
         .collect();
@@ -113,7 +131,9 @@ pub struct Report {
 }
 
 pub fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 pub fn user_name(uid: u32) -> String {
@@ -143,13 +163,23 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
     let path = match &t.path {
         Ok(p) => p,
         Err(why) => {
-            r.findings.push(finding("unresolved", Severity::Error, 1, why.clone(), "set GOCACHE to an absolute directory (e.g. in the unit or ~/.config/go/env)".into(), false));
+            r.findings.push(finding(
+                "unresolved",
+                Severity::Error,
+                1,
+                why.clone(),
+                "set GOCACHE to an absolute directory (e.g. in the unit or ~/.config/go/env)"
+                    .into(),
+                false,
+            ));
             return r;
         }
     };
-    if let Some(g) = &p.group {
-        if p.group_access.is_some_and(|a| !a.has(crate::policy::Perm::W)) {
-            r.findings.push(finding(
+    if let Some(g) = &p.group
+        && p.group_access
+            .is_some_and(|a| !a.has(crate::policy::Perm::W))
+    {
+        r.findings.push(finding(
                 "read-only-group-grant",
                 Severity::Error,
                 1,
@@ -161,27 +191,50 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
                 "set group_access = \"rwx\" in the policy (go needs write access to share a cache)".into(),
                 false,
             ));
-        }
     }
     let root = match Dir::open_root(path) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let (sev, fix, auto) = if p.create {
-                (Severity::Warning, "create it with the policy's owner, group, mode and ACLs".to_string(), true)
+                (
+                    Severity::Warning,
+                    "create it with the policy's owner, group, mode and ACLs".to_string(),
+                    true,
+                )
             } else if t.owner_uid.is_some() {
-                (Severity::Info, "nothing to do: go creates it on first use".to_string(), false)
+                (
+                    Severity::Info,
+                    "nothing to do: go creates it on first use".to_string(),
+                    false,
+                )
             } else {
-                (Severity::Warning, "create it, or set create = true in the policy".to_string(), false)
+                (
+                    Severity::Warning,
+                    "create it, or set create = true in the policy".to_string(),
+                    false,
+                )
             };
-            r.findings.push(finding("missing", sev, 1, format!("{} does not exist", path.display()), fix, auto));
+            r.findings.push(finding(
+                "missing",
+                sev,
+                1,
+                format!("{} does not exist", path.display()),
+                fix,
+                auto,
+            ));
             return r;
         }
-        Err(e) if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::ENOTDIR) => {
+        Err(e)
+            if e.raw_os_error() == Some(libc::ELOOP) || e.raw_os_error() == Some(libc::ENOTDIR) =>
+        {
             r.findings.push(finding(
                 "root-not-directory",
                 Severity::Error,
                 1,
-                format!("{} is not a directory (a symlink is never followed): {e}", path.display()),
+                format!(
+                    "{} is not a directory (a symlink is never followed): {e}",
+                    path.display()
+                ),
                 "replace it with a real directory".into(),
                 false,
             ));
@@ -195,10 +248,20 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
     r.exists = true;
     let fs = safefs::fs_stat(&root).ok();
     r.filesystem = fs;
-    let limit = p.max_size.map(|l| l.resolve(fs.map_or(0, |f| f.size_bytes)));
+    let limit = p
+        .max_size
+        .map(|l| l.resolve(fs.map_or(0, |f| f.size_bytes)));
     r.limit_bytes = limit;
     r.low_water_bytes = limit.map(|l| (l as f64 * p.low_water_percent / 100.0) as u64);
-    let obs = scan::inspect(&root, p, InspectOptions { now, owner_uid: t.owner_uid, histogram: true });
+    let obs = scan::inspect(
+        &root,
+        p,
+        InspectOptions {
+            now,
+            owner_uid: t.owner_uid,
+            histogram: true,
+        },
+    );
     explain(&mut r, p, &obs, now);
     for uid in obs.owners.keys() {
         r.owner_names.insert(*uid, user_name(*uid));
@@ -207,8 +270,24 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
     r
 }
 
-fn finding(kind: &str, severity: Severity, count: u64, message: String, fix: String, auto_fix: bool) -> Finding {
-    Finding { kind: kind.into(), severity, count, bytes: None, message, fix, auto_fix, examples: vec![] }
+fn finding(
+    kind: &str,
+    severity: Severity,
+    count: u64,
+    message: String,
+    fix: String,
+    auto_fix: bool,
+) -> Finding {
+    Finding {
+        kind: kind.into(),
+        severity,
+        count,
+        bytes: None,
+        message,
+        fix,
+        auto_fix,
+        examples: vec![],
+    }
 }
 
 fn explain(r: &mut CacheReport, p: &CachePolicy, obs: &Observed, now: i64) {
@@ -231,53 +310,124 @@ fn explain(r: &mut CacheReport, p: &CachePolicy, obs: &Observed, now: i64) {
             Violation::Unreadable => (Severity::Warning, "entries that could not be read".into(), "check their permissions; shared caches need root".into()),
         };
         let mut f = finding(v.as_str(), sev, tally.count, msg, fix, v.fixable());
-        f.examples = tally.examples.iter().map(|e| scan::display_path(e)).collect();
+        f.examples = tally
+            .examples
+            .iter()
+            .map(|e| scan::display_path(e))
+            .collect();
         r.findings.push(f);
     }
     if let Some(limit) = r.limit_bytes {
         if obs.allocated_bytes > limit {
             let low = r.low_water_bytes.unwrap_or(limit);
-            let cut = obs.histogram.as_ref().map(|h| h.cutoff(obs.allocated_bytes - low, p.min_age.as_secs() as i64));
+            let cut = obs
+                .histogram
+                .as_ref()
+                .map(|h| h.cutoff(obs.allocated_bytes - low, p.min_age.as_secs() as i64));
             let (fix, auto) = match cut {
-                Some(c) if c.floor_limited => (format!("evict everything unused for {} or more ({}), which is not enough: the min_age floor keeps the rest", human_duration(Duration::from_secs(c.min_age_secs as u64)), human_bytes(c.bytes)), true),
-                Some(c) => (format!("evict the least recently used {} entries ({}) down to low_water {}", c.entries, human_bytes(c.bytes), human_bytes(low)), true),
+                Some(c) if c.floor_limited => (
+                    format!(
+                        "evict everything unused for {} or more ({}), which is not enough: the min_age floor keeps the rest",
+                        human_duration(Duration::from_secs(c.min_age_secs as u64)),
+                        human_bytes(c.bytes)
+                    ),
+                    true,
+                ),
+                Some(c) => (
+                    format!(
+                        "evict the least recently used {} entries ({}) down to low_water {}",
+                        c.entries,
+                        human_bytes(c.bytes),
+                        human_bytes(low)
+                    ),
+                    true,
+                ),
                 None => ("evict least recently used entries".into(), true),
             };
-            let mut f = finding("over-size", Severity::Warning, 1, format!("uses {} of its {} limit ({})", human_bytes(obs.allocated_bytes), human_bytes(limit), p.max_size.map_or(String::new(), |m| m.to_string())), fix, auto);
+            let mut f = finding(
+                "over-size",
+                Severity::Warning,
+                1,
+                format!(
+                    "uses {} of its {} limit ({})",
+                    human_bytes(obs.allocated_bytes),
+                    human_bytes(limit),
+                    p.max_size.map_or(String::new(), |m| m.to_string())
+                ),
+                fix,
+                auto,
+            );
             f.bytes = Some(obs.allocated_bytes - limit);
             r.findings.push(f);
         } else if obs.allocated_bytes as f64 >= limit as f64 * p.alert_size_percent / 100.0 {
-            r.findings.push(finding("near-limit", Severity::Info, 1, format!("uses {} of its {} limit", human_bytes(obs.allocated_bytes), human_bytes(limit)), "nothing yet; eviction starts above the limit".into(), false));
+            r.findings.push(finding(
+                "near-limit",
+                Severity::Info,
+                1,
+                format!(
+                    "uses {} of its {} limit",
+                    human_bytes(obs.allocated_bytes),
+                    human_bytes(limit)
+                ),
+                "nothing yet; eviction starts above the limit".into(),
+                false,
+            ));
         }
     }
     if obs.past_max_age.entries > 0 {
         let max = p.max_age.unwrap_or_default();
-        let mut f = finding("past-max-age", Severity::Warning, obs.past_max_age.entries, format!("{} entries ({}) unused for more than max_age {}", obs.past_max_age.entries, human_bytes(obs.past_max_age.bytes), human_duration(max)), "evict them (an action record goes with its output)".into(), true);
+        let mut f = finding(
+            "past-max-age",
+            Severity::Warning,
+            obs.past_max_age.entries,
+            format!(
+                "{} entries ({}) unused for more than max_age {}",
+                obs.past_max_age.entries,
+                human_bytes(obs.past_max_age.bytes),
+                human_duration(max)
+            ),
+            "evict them (an action record goes with its output)".into(),
+            true,
+        );
         f.bytes = Some(obs.past_max_age.bytes);
         r.findings.push(f);
     }
-    if let Some(fs) = r.filesystem {
-        if fs.inodes_total > 0 {
-            let used = (fs.inodes_total - fs.inodes_free) as f64 / fs.inodes_total as f64 * 100.0;
-            if used >= p.alert_inode_percent {
-                r.findings.push(finding("inodes", Severity::Warning, 1, format!("filesystem inode use {used:.0}% is at or above {:.0}%", p.alert_inode_percent), "evict entries or lower max_age; small entries use inodes faster than bytes".into(), false));
-            }
+    if let Some(fs) = r.filesystem
+        && fs.inodes_total > 0
+    {
+        let used = (fs.inodes_total - fs.inodes_free) as f64 / fs.inodes_total as f64 * 100.0;
+        if used >= p.alert_inode_percent {
+            r.findings.push(finding(
+                "inodes",
+                Severity::Warning,
+                1,
+                format!(
+                    "filesystem inode use {used:.0}% is at or above {:.0}%",
+                    p.alert_inode_percent
+                ),
+                "evict entries or lower max_age; small entries use inodes faster than bytes".into(),
+                false,
+            ));
         }
     }
-    if p.kind == CacheKind::Build && p.rewrite_trim {
-        if let Some(age) = obs.trim_age_secs {
-            if age > 5 * 86400 {
-                r.findings.push(finding("trim-stale", Severity::Info, 1, format!("trim.txt was last written {} ago: nothing trims this cache", human_duration(Duration::from_secs(age.max(0) as u64))), "enforce rewrites trim.txt on every sweep so users' go never runs its own (possibly failing) trim".into(), true));
-            }
-        }
+    if p.kind == CacheKind::Build
+        && p.rewrite_trim
+        && let Some(age) = obs.trim_age_secs
+        && age > 5 * 86400
+    {
+        r.findings.push(finding("trim-stale", Severity::Info, 1, format!("trim.txt was last written {} ago: nothing trims this cache", human_duration(Duration::from_secs(age.max(0) as u64))), "enforce rewrites trim.txt on every sweep so users' go never runs its own (possibly failing) trim".into(), true));
     }
     let _ = now;
-    r.findings.sort_by(|a, b| a.severity.cmp(&b.severity).then(b.count.cmp(&a.count)));
+    r.findings
+        .sort_by(|a, b| a.severity.cmp(&b.severity).then(b.count.cmp(&a.count)));
 }
 
 /// The uid owning most bytes, for messages about foreign owners.
 fn r_owner(obs: &Observed) -> u32 {
-    obs.owners.iter().max_by_key(|(_, u)| u.bytes).map_or(0, |(uid, _)| *uid)
+    obs.owners
+        .iter()
+        .max_by_key(|(_, u)| u.bytes)
+        .map_or(0, |(uid, _)| *uid)
 }
 
 /// Environment findings as report findings.
@@ -286,14 +436,40 @@ pub fn environment(env: &GoEnv, res: &goenv::Resolution) -> Vec<Finding> {
         .into_iter()
         .map(|f| {
             let (kind, sev, fix) = match &f {
-                goenv::Finding::GoRefuses { .. } => ("go-refuses", Severity::Error, "fix the environment go complains about"),
-                goenv::Finding::CacheOff { .. } => ("gocache-off", Severity::Error, "unset GOCACHE=off: since Go 1.12 builds need a cache"),
-                goenv::Finding::Invalid { .. } => ("invalid-cache-path", Severity::Error, "set an absolute path"),
-                goenv::Finding::Unwritable { .. } => ("unwritable", Severity::Error, "fix ownership or ACLs (enforce does for policy caches)"),
-                goenv::Finding::StrayCache { .. } => ("stray-cache", Severity::Warning, "remove it once nothing uses it (or point GOCACHE at it)"),
-                goenv::Finding::StrayWorkDir { .. } => ("stray-workdir", Severity::Info, "remove it if no build is running"),
+                goenv::Finding::GoRefuses { .. } => (
+                    "go-refuses",
+                    Severity::Error,
+                    "fix the environment go complains about",
+                ),
+                goenv::Finding::CacheOff { .. } => (
+                    "gocache-off",
+                    Severity::Error,
+                    "unset GOCACHE=off: since Go 1.12 builds need a cache",
+                ),
+                goenv::Finding::Invalid { .. } => (
+                    "invalid-cache-path",
+                    Severity::Error,
+                    "set an absolute path",
+                ),
+                goenv::Finding::Unwritable { .. } => (
+                    "unwritable",
+                    Severity::Error,
+                    "fix ownership or ACLs (enforce does for policy caches)",
+                ),
+                goenv::Finding::StrayCache { .. } => (
+                    "stray-cache",
+                    Severity::Warning,
+                    "remove it once nothing uses it (or point GOCACHE at it)",
+                ),
+                goenv::Finding::StrayWorkDir { .. } => (
+                    "stray-workdir",
+                    Severity::Info,
+                    "remove it if no build is running",
+                ),
                 goenv::Finding::EnvFile { .. } => ("env-file", Severity::Warning, "fix the line"),
-                goenv::Finding::CheckFailed { .. } => ("check-failed", Severity::Warning, "check permissions"),
+                goenv::Finding::CheckFailed { .. } => {
+                    ("check-failed", Severity::Warning, "check permissions")
+                }
             };
             finding(kind, sev, 1, f.to_string(), fix.into(), false)
         })
@@ -305,14 +481,30 @@ pub fn run(policy: &Policy, scope: Scope, env: &GoEnv) -> Report {
     let now = now();
     let (targets, res) = targets(policy, env);
     let caches: Vec<CacheReport> = targets.iter().map(|t| inspect_target(t, now)).collect();
-    let environment = if policy.caches.iter().any(|c| c.path == CachePath::Auto) { environment(env, &res) } else { vec![] };
+    let environment = if policy.caches.iter().any(|c| c.path == CachePath::Auto) {
+        environment(env, &res)
+    } else {
+        vec![]
+    };
     let counts = |f: &Finding| f.severity != Severity::Info;
-    let violations = caches.iter().flat_map(|c| &c.findings).chain(&environment).any(counts);
+    let violations = caches
+        .iter()
+        .flat_map(|c| &c.findings)
+        .chain(&environment)
+        .any(counts);
     let failed = caches.iter().any(|c| c.inspect_error.is_some());
-    let exit_code = if failed { 3 } else if violations { 1 } else { 0 };
+    let exit_code = if failed {
+        3
+    } else if violations {
+        1
+    } else {
+        0
+    };
     Report {
         schema: SCHEMA,
-        host: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+        host: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         scope,
         generated_at: now,
         policy_sources: policy.sources.clone(),
@@ -333,9 +525,24 @@ fn sev_mark(s: Severity) -> &'static str {
 
 fn render_findings(out: &mut String, fs: &[Finding]) {
     for f in fs {
-        let count = if f.count > 1 { format!(" ({} entries)", f.count) } else { String::new() };
-        let _ = writeln!(out, "    {} {}{}: {}", sev_mark(f.severity), f.kind, count, f.message);
-        let who = if f.auto_fix { "enforce would" } else { "to fix" };
+        let count = if f.count > 1 {
+            format!(" ({} entries)", f.count)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "    {} {}{}: {}",
+            sev_mark(f.severity),
+            f.kind,
+            count,
+            f.message
+        );
+        let who = if f.auto_fix {
+            "enforce would"
+        } else {
+            "to fix"
+        };
         let _ = writeln!(out, "            {who}: {}", f.fix);
         for e in &f.examples {
             let _ = writeln!(out, "            e.g. {e}");
@@ -346,39 +553,102 @@ fn render_findings(out: &mut String, fs: &[Finding]) {
 /// The human report: sizes formatted, worst problems first, each with its fix.
 pub fn render(r: &Report) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "gocache-warden check ({} scope) on {}", match r.scope { Scope::System => "system", Scope::User => "user" }, r.host);
+    let _ = writeln!(
+        out,
+        "gocache-warden check ({} scope) on {}",
+        match r.scope {
+            Scope::System => "system",
+            Scope::User => "user",
+        },
+        r.host
+    );
     let _ = writeln!(out, "policy: {}", r.policy_sources.join(", "));
     for c in &r.caches {
         let _ = writeln!(out);
-        let path = c.path.as_ref().map_or("(none)".to_string(), |p| scan::display_path(p));
-        let _ = writeln!(out, "{} cache \"{}\": {}  [{}]", c.kind, c.name, path, c.source);
+        let path = c
+            .path
+            .as_ref()
+            .map_or("(none)".to_string(), |p| scan::display_path(p));
+        let _ = writeln!(
+            out,
+            "{} cache \"{}\": {}  [{}]",
+            c.kind, c.name, path, c.source
+        );
         if let Some(e) = &c.inspect_error {
             let _ = writeln!(out, "    error: could not inspect: {e}");
         }
         if let Some(o) = &c.observed {
             let limit = c.limit_bytes.map_or("no limit".to_string(), |l| {
-                format!("of {} limit ({:.0}%)", human_bytes(l), o.allocated_bytes as f64 * 100.0 / l.max(1) as f64)
+                format!(
+                    "of {} limit ({:.0}%)",
+                    human_bytes(l),
+                    o.allocated_bytes as f64 * 100.0 / l.max(1) as f64
+                )
             });
-            let _ = writeln!(out, "  size       {} allocated, {} apparent, {limit}", human_bytes(o.allocated_bytes), human_bytes(o.apparent_bytes));
+            let _ = writeln!(
+                out,
+                "  size       {} allocated, {} apparent, {limit}",
+                human_bytes(o.allocated_bytes),
+                human_bytes(o.apparent_bytes)
+            );
             let cls = |k| o.classes.get(&k).map_or(0, |u: &scan::Usage| u.entries);
             use scan::layout::Class;
             let _ = write!(out, "  entries    {} files, {} dirs", o.files, o.dirs);
             if c.kind == CacheKind::Build {
-                let _ = write!(out, "; {} actions, {} outputs, {} executables, {} foreign", cls(Class::Action), cls(Class::Output), cls(Class::Exec), cls(Class::Foreign));
+                let _ = write!(
+                    out,
+                    "; {} actions, {} outputs, {} executables, {} foreign",
+                    cls(Class::Action),
+                    cls(Class::Output),
+                    cls(Class::Exec),
+                    cls(Class::Foreign)
+                );
             }
             let _ = writeln!(out);
             if let Some(fs) = &c.filesystem {
-                let iu = if fs.inodes_total > 0 { (fs.inodes_total - fs.inodes_free) * 100 / fs.inodes_total } else { 0 };
-                let _ = writeln!(out, "  filesystem {} free of {}, inodes {}% used", human_bytes(fs.avail_bytes), human_bytes(fs.size_bytes), iu);
+                let iu = ((fs.inodes_total - fs.inodes_free) * 100)
+                    .checked_div(fs.inodes_total)
+                    .unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "  filesystem {} free of {}, inodes {}% used",
+                    human_bytes(fs.avail_bytes),
+                    human_bytes(fs.size_bytes),
+                    iu
+                );
             }
             if let (Some(old), Some(new)) = (o.oldest_use, o.newest_use) {
-                let ago = |t: i64| human_duration(Duration::from_secs((r.generated_at - t).max(0) as u64));
-                let _ = writeln!(out, "  last use   oldest {} ago, newest {} ago", ago(old), ago(new));
+                let ago = |t: i64| {
+                    human_duration(Duration::from_secs((r.generated_at - t).max(0) as u64))
+                };
+                let _ = writeln!(
+                    out,
+                    "  last use   oldest {} ago, newest {} ago",
+                    ago(old),
+                    ago(new)
+                );
             }
             let mut owners: Vec<_> = o.owners.iter().collect();
-            owners.sort_by(|a, b| b.1.bytes.cmp(&a.1.bytes));
-            let list: Vec<String> = owners.iter().take(5).map(|(uid, u)| format!("{} {}", c.owner_names.get(uid).cloned().unwrap_or_else(|| uid.to_string()), human_bytes(u.bytes))).collect();
-            let more = if owners.len() > 5 { format!(" (+{} more)", owners.len() - 5) } else { String::new() };
+            owners.sort_by_key(|o| std::cmp::Reverse(o.1.bytes));
+            let list: Vec<String> = owners
+                .iter()
+                .take(5)
+                .map(|(uid, u)| {
+                    format!(
+                        "{} {}",
+                        c.owner_names
+                            .get(uid)
+                            .cloned()
+                            .unwrap_or_else(|| uid.to_string()),
+                        human_bytes(u.bytes)
+                    )
+                })
+                .collect();
+            let more = if owners.len() > 5 {
+                format!(" (+{} more)", owners.len() - 5)
+            } else {
+                String::new()
+            };
             let _ = writeln!(out, "  owners     {}{more}", list.join(", "));
         }
         if c.findings.is_empty() && c.inspect_error.is_none() {

@@ -5,8 +5,8 @@
 //! 2 usage or policy error, 3 a cache could not be inspected.
 
 use crate::check;
-use crate::plan::Plan;
 use crate::goenv::GoEnv;
+use crate::plan::Plan;
 use crate::policy::{self, PolicyError, Scope};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -111,7 +111,10 @@ pub fn main() -> i32 {
         }
     };
     let scope = cli.scope.unwrap_or_else(Scope::detect);
-    let log = crate::logging::Options { verbose: cli.verbose, ..Default::default() };
+    let log = crate::logging::Options {
+        verbose: cli.verbose,
+        ..Default::default()
+    };
     if let Err(e) = crate::logging::init(&log) {
         eprintln!("error: {e}");
         return EXIT_USAGE;
@@ -123,7 +126,11 @@ pub fn main() -> i32 {
             for cause in e.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }
-            if e.downcast_ref::<PolicyError>().is_some() { EXIT_USAGE } else { EXIT_INSPECT }
+            if e.downcast_ref::<PolicyError>().is_some() {
+                EXIT_USAGE
+            } else {
+                EXIT_INSPECT
+            }
         }
     }
 }
@@ -134,7 +141,12 @@ fn run(cli: &Cli, scope: Scope) -> anyhow::Result<i32> {
             let explicit = if paths.is_empty() { &cli.policy } else { paths };
             match policy::load_for(scope, explicit) {
                 Ok(p) => {
-                    println!("policy ok: {} cache(s), {} unit rule(s) from {}", p.caches.len(), p.units.len(), p.sources.join(", "));
+                    println!(
+                        "policy ok: {} cache(s), {} unit rule(s) from {}",
+                        p.caches.len(),
+                        p.units.len(),
+                        p.sources.join(", ")
+                    );
                     Ok(EXIT_OK)
                 }
                 Err(e) => {
@@ -164,7 +176,11 @@ fn run(cli: &Cli, scope: Scope) -> anyhow::Result<i32> {
             }
             Ok(EXIT_OK)
         }
-        Command::Enforce { dry_run, json, detailed_exitcode } => {
+        Command::Enforce {
+            dry_run,
+            json,
+            detailed_exitcode,
+        } => {
             let p = match policy::load_for(scope, &cli.policy) {
                 Ok(p) => p,
                 Err(e) => {
@@ -193,21 +209,40 @@ fn run(cli: &Cli, scope: Scope) -> anyhow::Result<i32> {
     }
 }
 
-fn enforce(p: &policy::Policy, scope: Scope, dry_run: bool, json: bool, detailed: bool) -> anyhow::Result<i32> {
+fn enforce(
+    p: &policy::Policy,
+    scope: Scope,
+    dry_run: bool,
+    json: bool,
+    detailed: bool,
+) -> anyhow::Result<i32> {
     let (targets, _) = check::targets(p, &GoEnv::from_process());
     let now = check::now();
-    let reports: Vec<_> = targets.iter().map(|t| check::inspect_target(t, now)).collect();
+    let reports: Vec<_> = targets
+        .iter()
+        .map(|t| check::inspect_target(t, now))
+        .collect();
     let inspect_failed = reports.iter().any(|r| r.inspect_error.is_some());
     let plan = Plan {
         schema: crate::plan::SCHEMA,
-        host: nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default(),
+        host: nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         scope,
         now,
-        caches: targets.iter().zip(&reports).filter_map(|(t, r)| crate::plan::plan_cache(&t.policy, r, t.owner_uid)).collect(),
+        caches: targets
+            .iter()
+            .zip(&reports)
+            .filter_map(|(t, r)| crate::plan::plan_cache(&t.policy, r, t.owner_uid))
+            .collect(),
     };
     crate::failpoint::pause("before-apply", std::path::Path::new("."));
     let outcome = (!dry_run || json).then(|| crate::apply::apply(&plan, dry_run));
-    let changed = if dry_run { !plan.is_empty() } else { outcome.as_ref().is_some_and(|o| o.changed()) };
+    let changed = if dry_run {
+        !plan.is_empty()
+    } else {
+        outcome.as_ref().is_some_and(|o| o.changed())
+    };
     let failures = outcome.as_ref().map_or(0, |o| o.failures());
     if json {
         let doc = serde_json::json!({
@@ -230,7 +265,11 @@ fn enforce(p: &policy::Policy, scope: Scope, dry_run: bool, json: bool, detailed
                     println!("  left alone: {} {} entries", t.count, v.as_str());
                 }
                 if c.locked_skipped > 0 {
-                    println!("  skipped {} locked shard(s) in {}", c.locked_skipped, c.path.display());
+                    println!(
+                        "  skipped {} locked shard(s) in {}",
+                        c.locked_skipped,
+                        c.path.display()
+                    );
                 }
             }
         }

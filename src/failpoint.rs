@@ -28,7 +28,13 @@ fn config() -> Option<&'static Point> {
             Some((n, k)) => (n.to_string(), k.parse().ok()?),
             None => (v.split(':').next()?.to_string(), 1),
         };
-        Some(Point { name, nth, hits: 0.into(), rel: it.next()?.to_string(), dir: PathBuf::from(it.next()?) })
+        Some(Point {
+            name,
+            nth,
+            hits: 0.into(),
+            rel: it.next()?.to_string(),
+            dir: PathBuf::from(it.next()?),
+        })
     })
     .as_ref()
 }
@@ -48,7 +54,10 @@ pub fn pause(name: &str, rel: &Path) {
         return;
     }
     let go = p.dir.join(format!("{name}.go"));
-    let _ = std::fs::write(p.dir.join(format!("{name}.ready")), rel.as_os_str().as_encoded_bytes());
+    let _ = std::fs::write(
+        p.dir.join(format!("{name}.ready")),
+        rel.as_os_str().as_encoded_bytes(),
+    );
     let start = Instant::now();
     while !go.exists() && start.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(10));

@@ -3,12 +3,12 @@
 //! The binary is a thin shell over this library so integration tests and benchmarks can
 //! drive the same code. See README.md ("Architecture") for the map and its invariants.
 
+/// POSIX ACLs: decoding, expectations from policy, writing through pinned fds.
+pub mod acl;
 /// Alerts: evaluation, re-notify tracking, webhook and exec sinks.
 pub mod alert;
 /// `apply`: the only code that changes caches.
 pub mod apply;
-/// POSIX ACLs: decoding, expectations from policy, writing through pinned fds.
-pub mod acl;
 /// `check`: resolve the policy's caches, inspect them, explain deviations.
 pub mod check;
 /// Command-line interface and exit codes.

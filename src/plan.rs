@@ -101,7 +101,10 @@ pub struct Eviction {
 
 impl CachePlan {
     pub fn is_empty(&self) -> bool {
-        let evicts = self.eviction.as_ref().is_some_and(|e| !e.expected.is_empty());
+        let evicts = self
+            .eviction
+            .as_ref()
+            .is_some_and(|e| !e.expected.is_empty());
         self.create.is_none() && !evicts && self.fixes.is_empty() && !self.rewrite_trim
     }
 }
@@ -192,63 +195,123 @@ pub fn plan_cache(p: &CachePolicy, r: &CacheReport, owner_uid: Option<u32>) -> O
         }
     }
     if p.kind == CacheKind::Build {
-        plan.rewrite_trim = p.rewrite_trim && obs.trim_age_secs.is_none_or(|a| !(0..TRIM_REWRITE_AFTER_SECS).contains(&a));
+        plan.rewrite_trim = p.rewrite_trim
+            && obs
+                .trim_age_secs
+                .is_none_or(|a| !(0..TRIM_REWRITE_AFTER_SECS).contains(&a));
         plan.eviction = plan_eviction(p, r, obs);
     }
     Some(plan)
 }
 
-fn plan_eviction(p: &CachePolicy, r: &CacheReport, obs: &crate::scan::Observed) -> Option<Eviction> {
+fn plan_eviction(
+    p: &CachePolicy,
+    r: &CacheReport,
+    obs: &crate::scan::Observed,
+) -> Option<Eviction> {
     let h = obs.histogram.as_ref()?;
     let floor = secs(p.min_age);
     let max_age = p.max_age.map(secs);
     let mut cutoff: Option<i64> = max_age.map(|m| m.max(floor));
     let (mut target, mut floor_limited) = (None, false);
-    if let (Some(limit), Some(low)) = (r.limit_bytes, r.low_water_bytes) {
-        if obs.allocated_bytes > limit {
-            let c = h.cutoff(obs.allocated_bytes - low, floor);
-            cutoff = Some(cutoff.map_or(c.min_age_secs, |a| a.min(c.min_age_secs)));
-            target = Some(low);
-            floor_limited = c.floor_limited;
-        }
+    if let (Some(limit), Some(low)) = (r.limit_bytes, r.low_water_bytes)
+        && obs.allocated_bytes > limit
+    {
+        let c = h.cutoff(obs.allocated_bytes - low, floor);
+        cutoff = Some(cutoff.map_or(c.min_age_secs, |a| a.min(c.min_age_secs)));
+        target = Some(low);
+        floor_limited = c.floor_limited;
     }
     let cutoff = cutoff?;
     let (all_n, all_b) = h.at_least(cutoff);
     let mut expected = BTreeMap::new();
     let (age_n, age_b) = max_age.map_or((0, 0), |m| h.at_least(m.max(cutoff)));
     if age_n > 0 {
-        expected.insert(Reason::Age, Usage { entries: age_n, bytes: age_b });
+        expected.insert(
+            Reason::Age,
+            Usage {
+                entries: age_n,
+                bytes: age_b,
+            },
+        );
     }
     if all_n > age_n {
-        expected.insert(Reason::Size, Usage { entries: all_n - age_n, bytes: all_b - age_b });
+        expected.insert(
+            Reason::Size,
+            Usage {
+                entries: all_n - age_n,
+                bytes: all_b - age_b,
+            },
+        );
     }
     if expected.is_empty() && target.is_none() {
         return None;
     }
-    Some(Eviction { cutoff_age_secs: cutoff, floor_secs: floor, max_age_secs: max_age, expected, target_bytes: target, floor_limited })
+    Some(Eviction {
+        cutoff_age_secs: cutoff,
+        floor_secs: floor,
+        max_age_secs: max_age,
+        expected,
+        target_bytes: target,
+        floor_limited,
+    })
 }
 
 impl fmt::Display for Plan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "plan: {}", self.summary())?;
         for c in &self.caches {
-            writeln!(f, "\n{} cache \"{}\": {}", c.kind, c.name, crate::scan::display_path(&c.path))?;
+            writeln!(
+                f,
+                "\n{} cache \"{}\": {}",
+                c.kind,
+                c.name,
+                crate::scan::display_path(&c.path)
+            )?;
             if let Some(s) = &c.skipped {
                 writeln!(f, "  skipped: {s}")?;
             }
             if let Some(cr) = &c.create {
-                writeln!(f, "  would create it: owner {} group {} mode {:o}, then apply its ACLs", cr.uid, cr.gid, cr.mode)?;
+                writeln!(
+                    f,
+                    "  would create it: owner {} group {} mode {:o}, then apply its ACLs",
+                    cr.uid, cr.gid, cr.mode
+                )?;
             }
             if let Some(e) = &c.eviction {
                 let ago = |s: i64| human_duration(Duration::from_secs(s.max(0) as u64));
                 for (reason, u) in &e.expected {
-                    writeln!(f, "  would evict ~{} entries ({}) for {}: unused for {} or more", u.entries, human_bytes(u.bytes), match reason { Reason::Age => "age", Reason::Size => "size" }, ago(e.cutoff_age_secs.max(if *reason == Reason::Age { e.max_age_secs.unwrap_or(0) } else { 0 })))?;
+                    writeln!(
+                        f,
+                        "  would evict ~{} entries ({}) for {}: unused for {} or more",
+                        u.entries,
+                        human_bytes(u.bytes),
+                        match reason {
+                            Reason::Age => "age",
+                            Reason::Size => "size",
+                        },
+                        ago(e.cutoff_age_secs.max(if *reason == Reason::Age {
+                            e.max_age_secs.unwrap_or(0)
+                        } else {
+                            0
+                        }))
+                    )?;
                 }
                 if let Some(t) = e.target_bytes {
-                    writeln!(f, "  size {} of limit {}, cleaning to {}", human_bytes(c.size_bytes), human_bytes(c.limit_bytes.unwrap_or(0)), human_bytes(t))?;
+                    writeln!(
+                        f,
+                        "  size {} of limit {}, cleaning to {}",
+                        human_bytes(c.size_bytes),
+                        human_bytes(c.limit_bytes.unwrap_or(0)),
+                        human_bytes(t)
+                    )?;
                 }
                 if e.floor_limited {
-                    writeln!(f, "  note: the min_age floor ({}) keeps the cache above its target", ago(e.floor_secs))?;
+                    writeln!(
+                        f,
+                        "  note: the min_age floor ({}) keeps the cache above its target",
+                        ago(e.floor_secs)
+                    )?;
                 }
             }
             for (v, t) in &c.fixes {
@@ -258,10 +321,18 @@ impl fmt::Display for Plan {
                 }
             }
             for (v, t) in &c.refused {
-                writeln!(f, "  will not touch {} entries: {} (see `check`)", t.count, v.as_str())?;
+                writeln!(
+                    f,
+                    "  will not touch {} entries: {} (see `check`)",
+                    t.count,
+                    v.as_str()
+                )?;
             }
             if c.rewrite_trim {
-                writeln!(f, "  would rewrite trim.txt (keeps users' go from running its own trim)")?;
+                writeln!(
+                    f,
+                    "  would rewrite trim.txt (keeps users' go from running its own trim)"
+                )?;
             }
             if c.is_empty() && c.skipped.is_none() {
                 writeln!(f, "  nothing to do")?;

@@ -138,9 +138,16 @@ impl Pinned {
     /// already verified to be a regular file with a single name.
     pub fn reopen(&self, flags: OFlag) -> io::Result<std::fs::File> {
         if self.st.kind() != Kind::File || self.st.nlink != 1 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file with a single name"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file with a single name",
+            ));
         }
-        let fd = nix::fcntl::open(self.proc_path().as_str(), flags | OFlag::O_CLOEXEC, Mode::empty())?;
+        let fd = nix::fcntl::open(
+            self.proc_path().as_str(),
+            flags | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
         Ok(std::fs::File::from(fd))
     }
 }
@@ -177,17 +184,24 @@ impl Dir {
     }
 
     fn open_beneath(&self, name: &CStr, flags: OFlag) -> io::Result<OwnedFd> {
-        let how = OpenHow::new().flags(flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_XDEV
-                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-        );
+        let how = OpenHow::new()
+            .flags(flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+            .resolve(
+                ResolveFlag::RESOLVE_BENEATH
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS
+                    | ResolveFlag::RESOLVE_NO_XDEV
+                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            );
         match nix::fcntl::openat2(self.fd.as_fd(), name, how) {
             Ok(fd) => Ok(fd),
             // Kernels before 5.6: openat with O_NOFOLLOW; the caller's (dev, ino) check and
             // the mount-root attribute stand in for RESOLVE_NO_XDEV.
-            Err(Errno::ENOSYS) => Ok(nix::fcntl::openat(self.fd.as_fd(), name, flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())?),
+            Err(Errno::ENOSYS) => Ok(nix::fcntl::openat(
+                self.fd.as_fd(),
+                name,
+                flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?),
             Err(e) => Err(e.into()),
         }
     }
@@ -231,10 +245,24 @@ impl Dir {
     /// Creates regular file `name` (it must not exist) beneath this directory.
     pub fn create_file(&self, name: &CStr, mode: u32) -> io::Result<std::fs::File> {
         let how = OpenHow::new()
-            .flags(OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+            .flags(
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+            )
             .mode(Mode::from_bits_truncate(mode))
-            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_XDEV);
-        Ok(std::fs::File::from(nix::fcntl::openat2(self.fd.as_fd(), name, how)?))
+            .resolve(
+                ResolveFlag::RESOLVE_BENEATH
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS
+                    | ResolveFlag::RESOLVE_NO_XDEV,
+            );
+        Ok(std::fs::File::from(nix::fcntl::openat2(
+            self.fd.as_fd(),
+            name,
+            how,
+        )?))
     }
 
     /// `flock(LOCK_EX | LOCK_NB)` on this directory: `false` if someone else holds a lock.
@@ -246,7 +274,11 @@ impl Dir {
             return Ok(true);
         }
         let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EWOULDBLOCK) { Ok(false) } else { Err(e) }
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(false)
+        } else {
+            Err(e)
+        }
     }
 
     /// Lists the children's names (without `.` and `..`) through a fresh open file
@@ -255,7 +287,12 @@ impl Dir {
         // O_NOATIME where permitted: listing must not make a directory (an executable output)
         // look used.
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
-        let fd = match nix::fcntl::openat(self.fd.as_fd(), c".", flags | OFlag::O_NOATIME, Mode::empty()) {
+        let fd = match nix::fcntl::openat(
+            self.fd.as_fd(),
+            c".",
+            flags | OFlag::O_NOATIME,
+            Mode::empty(),
+        ) {
             Err(Errno::EPERM) => nix::fcntl::openat(self.fd.as_fd(), c".", flags, Mode::empty())?,
             r => r?,
         };
@@ -283,7 +320,7 @@ impl Dir {
             now.same_entry(expect)
         };
         if !same {
-            return Err(io::Error::new(io::ErrorKind::Other, "entry changed since it was planned"));
+            return Err(io::Error::other("entry changed since it was planned"));
         }
         let flag = if now.kind() == Kind::Dir {
             nix::unistd::UnlinkatFlags::RemoveDir
@@ -303,7 +340,12 @@ impl Dir {
 
     /// Reads an extended attribute of child `name` without following it and without a
     /// second path walk from `/` (through this directory's fd). `None` when absent.
-    pub fn get_xattr(&self, name: &CStr, attr: &CStr, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+    pub fn get_xattr(
+        &self,
+        name: &CStr,
+        attr: &CStr,
+        buf: &mut Vec<u8>,
+    ) -> io::Result<Option<usize>> {
         let mut p = format!("/proc/self/fd/{}/", self.fd.as_raw_fd()).into_bytes();
         p.extend_from_slice(name.to_bytes());
         let p = CString::new(p).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
@@ -315,10 +357,11 @@ impl Dir {
     pub fn get_own_xattr(&self, attr: &CStr, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
         let fd = self.fd.as_raw_fd();
         // SAFETY: buffer pointer/len describe memory we own; fd is open.
-        xattr_loop(buf, |b| unsafe { libc::fgetxattr(fd, attr.as_ptr(), b.as_mut_ptr().cast(), b.len()) })
+        xattr_loop(buf, |b| unsafe {
+            libc::fgetxattr(fd, attr.as_ptr(), b.as_mut_ptr().cast(), b.len())
+        })
     }
 }
-
 
 /// Reads at most `max` bytes from `f`.
 pub fn read_up_to(f: std::fs::File, max: usize) -> io::Result<Vec<u8>> {
@@ -330,11 +373,16 @@ pub fn read_up_to(f: std::fs::File, max: usize) -> io::Result<Vec<u8>> {
 
 fn get_xattr_path(p: &CStr, attr: &CStr, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
     // SAFETY: buffer pointer/len describe memory we own; both strings are valid C strings.
-    xattr_loop(buf, |b| unsafe { libc::lgetxattr(p.as_ptr(), attr.as_ptr(), b.as_mut_ptr().cast(), b.len()) })
+    xattr_loop(buf, |b| unsafe {
+        libc::lgetxattr(p.as_ptr(), attr.as_ptr(), b.as_mut_ptr().cast(), b.len())
+    })
 }
 
 /// Calls a `getxattr`-family function, growing `buf` on ERANGE; `None` when absent.
-fn xattr_loop(buf: &mut Vec<u8>, mut call: impl FnMut(&mut [u8]) -> isize) -> io::Result<Option<usize>> {
+fn xattr_loop(
+    buf: &mut Vec<u8>,
+    mut call: impl FnMut(&mut [u8]) -> isize,
+) -> io::Result<Option<usize>> {
     if buf.len() < 256 {
         buf.resize(256, 0);
     }
@@ -357,7 +405,7 @@ fn xattr_loop(buf: &mut Vec<u8>, mut call: impl FnMut(&mut [u8]) -> isize) -> io
 
 fn check_identity(st: &Stat, expect: &Stat, parent_dev: u64) -> io::Result<()> {
     if st.dev != expect.dev || st.ino != expect.ino || st.kind() != expect.kind() {
-        return Err(io::Error::new(io::ErrorKind::Other, "entry was replaced since it was listed"));
+        return Err(io::Error::other("entry was replaced since it was listed"));
     }
     if st.dev != parent_dev || st.mount_root {
         // EXDEV, as openat2's RESOLVE_NO_XDEV says it: callers treat both the same.

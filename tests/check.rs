@@ -9,12 +9,24 @@ use std::process::Command;
 use support::{json, mkcache, policy, run, stderr, stdout, tempdir};
 
 fn check_json(policy: &Path) -> (i32, serde_json::Value) {
-    let o = run(["--policy".to_string(), policy.display().to_string(), "check".into(), "--json".into()], &[]);
+    let o = run(
+        [
+            "--policy".to_string(),
+            policy.display().to_string(),
+            "check".into(),
+            "--json".into(),
+        ],
+        &[],
+    );
     (o.status.code().unwrap_or(-1), json(&o))
 }
 
 fn find_count(root: &Path, args: &[&str]) -> u64 {
-    let o = Command::new("find").arg(root).args(args).output().expect("find");
+    let o = Command::new("find")
+        .arg(root)
+        .args(args)
+        .output()
+        .expect("find");
     o.stdout.iter().filter(|b| **b == b'\n').count() as u64
 }
 
@@ -23,31 +35,70 @@ fn totals_match_du_and_find_on_a_mkcache_tree() {
     let d = tempdir();
     let cache = d.path().join("cache");
     mkcache(&cache, 3000, 7);
-    let p = policy(d.path(), "p.toml", &format!("[cache.t]\npath = \"{}\"\nmax_age = \"30d\"\n", cache.display()));
+    let p = policy(
+        d.path(),
+        "p.toml",
+        &format!(
+            "[cache.t]\npath = \"{}\"\nmax_age = \"30d\"\n",
+            cache.display()
+        ),
+    );
     let (code, v) = check_json(&p);
     assert_eq!(v["schema"], "gocache-warden.check/v1");
     let c = &v["caches"][0];
     let o = &c["observed"];
-    assert_eq!(o["allocated_bytes"].as_u64(), Some(support::du_bytes(&cache)), "allocated bytes = du -sB1");
-    assert_eq!(o["files"].as_u64(), Some(find_count(&cache, &["-type", "f"])), "files = find -type f");
-    assert_eq!(o["dirs"].as_u64(), Some(find_count(&cache, &["-type", "d"])), "dirs = find -type d");
+    assert_eq!(
+        o["allocated_bytes"].as_u64(),
+        Some(support::du_bytes(&cache)),
+        "allocated bytes = du -sB1"
+    );
+    assert_eq!(
+        o["files"].as_u64(),
+        Some(find_count(&cache, &["-type", "f"])),
+        "files = find -type f"
+    );
+    assert_eq!(
+        o["dirs"].as_u64(),
+        Some(find_count(&cache, &["-type", "d"])),
+        "dirs = find -type d"
+    );
     let inodes = o["files"].as_u64().unwrap_or(0) + o["dirs"].as_u64().unwrap_or(0);
-    assert_eq!(inodes, find_count(&cache, &[]), "every entry = find | wc -l");
+    assert_eq!(
+        inodes,
+        find_count(&cache, &[]),
+        "every entry = find | wc -l"
+    );
     assert_eq!(o["classes"]["action"]["entries"], 3000);
     assert_eq!(o["classes"]["output"]["entries"], 3000);
     assert_eq!(o["classes"]["shard"]["entries"], 256);
     assert_eq!(o["classes"]["meta"]["entries"], 2, "README and trim.txt");
     let apparent: u64 = walk_sizes(&cache);
-    assert_eq!(o["apparent_bytes"].as_u64(), Some(apparent), "apparent = sum of st_size");
+    assert_eq!(
+        o["apparent_bytes"].as_u64(),
+        Some(apparent),
+        "apparent = sum of st_size"
+    );
     // mkcache spreads last use over 60 days: some entries are past 30d, which is a violation.
-    let past = c["findings"].as_array().expect("findings").iter().find(|f| f["kind"] == "past-max-age").expect("past-max-age finding");
+    let past = c["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .find(|f| f["kind"] == "past-max-age")
+        .expect("past-max-age finding");
     assert!(past["count"].as_u64().expect("count") > 0);
     assert_eq!(code, 1, "violations → exit 1");
 }
 
 fn walk_sizes(p: &Path) -> u64 {
-    let o = Command::new("find").arg(p).args(["-printf", "%s\\n"]).output().expect("find");
-    String::from_utf8_lossy(&o.stdout).lines().filter_map(|l| l.parse::<u64>().ok()).sum()
+    let o = Command::new("find")
+        .arg(p)
+        .args(["-printf", "%s\\n"])
+        .output()
+        .expect("find");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter_map(|l| l.parse::<u64>().ok())
+        .sum()
 }
 
 #[test]
@@ -55,10 +106,28 @@ fn compliant_cache_exits_0_and_says_so() {
     let d = tempdir();
     let cache = d.path().join("cache");
     mkcache(&cache, 200, 3);
-    let p = policy(d.path(), "p.toml", &format!("[cache.t]\npath = \"{}\"\nmax_size = \"1GiB\"\n", cache.display()));
-    let o = run(["--policy".to_string(), p.display().to_string(), "check".into()], &[]);
+    let p = policy(
+        d.path(),
+        "p.toml",
+        &format!(
+            "[cache.t]\npath = \"{}\"\nmax_size = \"1GiB\"\n",
+            cache.display()
+        ),
+    );
+    let o = run(
+        [
+            "--policy".to_string(),
+            p.display().to_string(),
+            "check".into(),
+        ],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
-    assert!(stdout(&o).contains("compliant with the policy"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("compliant with the policy"),
+        "{}",
+        stdout(&o)
+    );
 }
 
 #[test]
@@ -72,28 +141,77 @@ fn finds_the_users_real_gocache_with_no_policy_file() {
     std::fs::create_dir_all(&home).expect("mkdir");
     std::fs::create_dir_all(&src).expect("mkdir");
     std::fs::write(src.join("go.mod"), "module example.com/hello\n\ngo 1.21\n").expect("write");
-    std::fs::write(src.join("main.go"), "package main\n\nimport \"fmt\"\n\nfunc main() { fmt.Println(\"hi\") }\n").expect("write");
+    std::fs::write(
+        src.join("main.go"),
+        "package main\n\nimport \"fmt\"\n\nfunc main() { fmt.Println(\"hi\") }\n",
+    )
+    .expect("write");
     let path = format!("{}:/usr/bin:/bin", go.parent().expect("bin dir").display());
-    let env = [("HOME", home.to_str().expect("utf8")), ("PATH", path.as_str()), ("GOTELEMETRY", "off"), ("GOTOOLCHAIN", "local"), ("GOFLAGS", "-mod=mod"), ("GOPROXY", "off")];
-    let b = Command::new(&go).args(["build", "-o", "/dev/null", "."]).current_dir(&src).env_clear().envs(env).output().expect("go build");
-    assert!(b.status.success(), "go build: {}", String::from_utf8_lossy(&b.stderr));
+    let env = [
+        ("HOME", home.to_str().expect("utf8")),
+        ("PATH", path.as_str()),
+        ("GOTELEMETRY", "off"),
+        ("GOTOOLCHAIN", "local"),
+        ("GOFLAGS", "-mod=mod"),
+        ("GOPROXY", "off"),
+    ];
+    let b = Command::new(&go)
+        .args(["build", "-o", "/dev/null", "."])
+        .current_dir(&src)
+        .env_clear()
+        .envs(env)
+        .output()
+        .expect("go build");
+    assert!(
+        b.status.success(),
+        "go build: {}",
+        String::from_utf8_lossy(&b.stderr)
+    );
     let mut c = Command::new(support::bin());
-    c.args(["--scope", "user", "check", "--json"]).env_clear().envs(env).env("XDG_CONFIG_HOME", d.path().join("noconfig"));
+    c.args(["--scope", "user", "check", "--json"])
+        .env_clear()
+        .envs(env)
+        .env("XDG_CONFIG_HOME", d.path().join("noconfig"));
     let o = c.output().expect("run");
     let v = json(&o);
     let build = &v["caches"][0];
     assert_eq!(build["name"], "build");
-    assert_eq!(build["path"].as_str(), Some(home.join(".cache/go-build").to_str().expect("utf8")));
+    assert_eq!(
+        build["path"].as_str(),
+        Some(home.join(".cache/go-build").to_str().expect("utf8"))
+    );
     assert_eq!(build["source"], "auto: Go's default");
-    assert!(build["observed"]["classes"]["action"]["entries"].as_u64().expect("actions") > 10);
-    assert_eq!(build["observed"]["allocated_bytes"].as_u64(), Some(support::du_bytes(&home.join(".cache/go-build"))));
-    assert_eq!(v["exit_code"], 0, "{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    assert!(
+        build["observed"]["classes"]["action"]["entries"]
+            .as_u64()
+            .expect("actions")
+            > 10
+    );
+    assert_eq!(
+        build["observed"]["allocated_bytes"].as_u64(),
+        Some(support::du_bytes(&home.join(".cache/go-build")))
+    );
+    assert_eq!(
+        v["exit_code"],
+        0,
+        "{}",
+        serde_json::to_string_pretty(&v).unwrap_or_default()
+    );
     assert_eq!(o.status.code(), Some(0));
     // The human report names the path and the sizes.
     let mut c = Command::new(support::bin());
-    c.args(["--scope", "user", "check"]).env_clear().envs(env).env("XDG_CONFIG_HOME", d.path().join("noconfig"));
+    c.args(["--scope", "user", "check"])
+        .env_clear()
+        .envs(env)
+        .env("XDG_CONFIG_HOME", d.path().join("noconfig"));
     let text = stdout(&c.output().expect("run"));
-    assert!(text.contains(&format!("build cache \"build\": {}", home.join(".cache/go-build").display())), "{text}");
+    assert!(
+        text.contains(&format!(
+            "build cache \"build\": {}",
+            home.join(".cache/go-build").display()
+        )),
+        "{text}"
+    );
     assert!(text.contains("allocated"), "{text}");
 }
 
@@ -110,7 +228,12 @@ fn gocache_off_is_an_error_with_exit_1() {
         .expect("run");
     let v = json(&o);
     assert_eq!(o.status.code(), Some(1));
-    let kinds: Vec<&str> = v["environment"].as_array().expect("env").iter().filter_map(|f| f["kind"].as_str()).collect();
+    let kinds: Vec<&str> = v["environment"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .filter_map(|f| f["kind"].as_str())
+        .collect();
     assert!(kinds.contains(&"gocache-off"), "{kinds:?}");
     assert_eq!(v["caches"][0]["findings"][0]["kind"], "unresolved");
 }
@@ -126,9 +249,17 @@ fn symlink_and_bind_mount_inside_are_reported_not_followed() {
     std::fs::write(outside.join("big"), vec![7u8; 4 << 20]).expect("write");
     let before = support::sentinel(&outside.join("big"));
     std::os::unix::fs::symlink(&outside, cache.join("aa/link-out")).expect("symlink");
-    std::os::unix::fs::symlink(outside.join("big"), cache.join("ab").join(format!("{}-d", "b".repeat(64)))).expect("symlink");
+    std::os::unix::fs::symlink(
+        outside.join("big"),
+        cache.join("ab").join(format!("{}-d", "b".repeat(64))),
+    )
+    .expect("symlink");
     std::fs::create_dir_all(cache.join("ac/mnt")).expect("mkdir");
-    let p = policy(d.path(), "p.toml", &format!("[cache.t]\npath = \"{}\"\n", cache.display()));
+    let p = policy(
+        d.path(),
+        "p.toml",
+        &format!("[cache.t]\npath = \"{}\"\n", cache.display()),
+    );
     let script = format!(
         "mount --bind '{out}' '{cache}/ac/mnt'\n'{bin}' --policy '{p}' check --json > '{dir}/report.json' || true\n'{bin}' --policy '{p}' check > '{dir}/report.txt' || true\n",
         out = outside.display(),
@@ -139,16 +270,28 @@ fn symlink_and_bind_mount_inside_are_reported_not_followed() {
     );
     let o = support::in_mount_ns(&script);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(d.path().join("report.json")).expect("report")).expect("json");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.path().join("report.json")).expect("report"))
+            .expect("json");
     let c = &v["caches"][0];
-    let find = |k: &str| c["findings"].as_array().expect("findings").iter().find(|f| f["kind"] == k).cloned();
+    let find = |k: &str| {
+        c["findings"]
+            .as_array()
+            .expect("findings")
+            .iter()
+            .find(|f| f["kind"] == k)
+            .cloned()
+    };
     let sym = find("symlink").expect("symlink finding");
     assert_eq!(sym["count"], 2);
     assert_eq!(sym["severity"], "error");
     let mnt = find("mount").expect("mount finding");
     assert_eq!(mnt["count"], 1);
     assert_eq!(mnt["examples"][0], "ac/mnt");
-    assert!(c["observed"]["allocated_bytes"].as_u64().expect("bytes") < 4 << 20, "the 4 MiB file outside was not counted");
+    assert!(
+        c["observed"]["allocated_bytes"].as_u64().expect("bytes") < 4 << 20,
+        "the 4 MiB file outside was not counted"
+    );
     assert_eq!(v["exit_code"], 1);
     let text = std::fs::read_to_string(d.path().join("report.txt")).expect("text");
     assert!(text.contains("mount point inside the cache"), "{text}");
@@ -162,17 +305,43 @@ fn read_only_group_grant_is_called_out() {
     let d = tempdir();
     let cache = d.path().join("cache");
     mkcache(&cache, 20, 1);
-    let p = policy(d.path(), "p.toml", &format!("[cache.t]\npath = \"{}\"\ngroup = \"gwt-readers\"\ngroup_access = \"r-x\"\n", cache.display()));
-    let o = run(["--policy".to_string(), p.display().to_string(), "check".into()], &[]);
+    let p = policy(
+        d.path(),
+        "p.toml",
+        &format!(
+            "[cache.t]\npath = \"{}\"\ngroup = \"gwt-readers\"\ngroup_access = \"r-x\"\n",
+            cache.display()
+        ),
+    );
+    let o = run(
+        [
+            "--policy".to_string(),
+            p.display().to_string(),
+            "check".into(),
+        ],
+        &[],
+    );
     assert_eq!(o.status.code(), Some(1));
     let text = stdout(&o);
-    assert!(text.contains("read-only-group-grant") && text.contains("permission denied") && text.contains("group_access = \"rwx\""), "{text}");
+    assert!(
+        text.contains("read-only-group-grant")
+            && text.contains("permission denied")
+            && text.contains("group_access = \"rwx\""),
+        "{text}"
+    );
 }
 
 #[test]
 fn missing_fixed_cache_with_create_is_a_warning_enforce_fixes() {
     let d = tempdir();
-    let p = policy(d.path(), "p.toml", &format!("[cache.t]\npath = \"{}/new-cache\"\ncreate = true\n", d.path().display()));
+    let p = policy(
+        d.path(),
+        "p.toml",
+        &format!(
+            "[cache.t]\npath = \"{}/new-cache\"\ncreate = true\n",
+            d.path().display()
+        ),
+    );
     let (code, v) = check_json(&p);
     assert_eq!(code, 1);
     let f = &v["caches"][0]["findings"][0];

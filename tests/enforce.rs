@@ -10,7 +10,11 @@ use std::path::{Path, PathBuf};
 use support::{age, json, mkcache, policy, run, stderr, stdout, tempdir};
 
 fn enforce(p: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["--policy".to_string(), p.display().to_string(), "enforce".into()];
+    let mut args = vec![
+        "--policy".to_string(),
+        p.display().to_string(),
+        "enforce".into(),
+    ];
     args.extend(extra.iter().map(|s| s.to_string()));
     run(args, &[])
 }
@@ -43,7 +47,11 @@ fn hex(i: usize, salt: u8) -> String {
 /// Writes the units; returns, per unit, the paths that make it up.
 fn build(root: &Path, units: &[Unit]) -> Vec<Vec<PathBuf>> {
     std::fs::create_dir_all(root).expect("mkdir");
-    std::fs::write(root.join("README"), "This directory holds cached build artifacts from the Go build system.\n").expect("write");
+    std::fs::write(
+        root.join("README"),
+        "This directory holds cached build artifacts from the Go build system.\n",
+    )
+    .expect("write");
     std::fs::write(root.join("trim.txt"), support::now().to_string()).expect("write");
     let mut out = Vec::new();
     for (i, u) in units.iter().enumerate() {
@@ -76,8 +84,18 @@ fn build(root: &Path, units: &[Unit]) -> Vec<Vec<PathBuf>> {
 
 fn units_strategy() -> impl Strategy<Value = Vec<Unit>> {
     prop::collection::vec(
-        (1i64..2000, 1usize..48 * 1024, prop::bool::weighted(0.15), prop::bool::ANY)
-            .prop_map(|(age_hours, size, exec, other_shard)| Unit { age_hours, size, exec, other_shard }),
+        (
+            1i64..2000,
+            1usize..48 * 1024,
+            prop::bool::weighted(0.15),
+            prop::bool::ANY,
+        )
+            .prop_map(|(age_hours, size, exec, other_shard)| Unit {
+                age_hours,
+                size,
+                exec,
+                other_shard,
+            }),
         8..40,
     )
 }
@@ -139,19 +157,54 @@ proptest! {
 fn second_run_plans_nothing_and_detailed_exitcode_says_changed_once() {
     let d = tempdir();
     let root = d.path().join("cache");
-    let units: Vec<Unit> = (0..40).map(|i| Unit { age_hours: 24 * (i % 20 + 2) + 5, size: 8000, exec: i % 9 == 0, other_shard: i % 2 == 0 }).collect();
+    let units: Vec<Unit> = (0..40)
+        .map(|i| Unit {
+            age_hours: 24 * (i % 20 + 2) + 5,
+            size: 8000,
+            exec: i % 9 == 0,
+            other_shard: i % 2 == 0,
+        })
+        .collect();
     build(&root, &units);
     std::fs::write(root.join("trim.txt"), "1").expect("stale trim.txt");
-    let p = policy(d.path(), "p.toml", &format!("[cache.t]\npath = \"{}\"\nmax_size = \"500KiB\"\nmax_age = \"15d\"\n", root.display()));
+    let p = policy(
+        d.path(),
+        "p.toml",
+        &format!(
+            "[cache.t]\npath = \"{}\"\nmax_size = \"500KiB\"\nmax_age = \"15d\"\n",
+            root.display()
+        ),
+    );
     let first = enforce(&p, &["--detailed-exitcode"]);
-    assert_eq!(first.status.code(), Some(2), "changed: {}{}", stdout(&first), stderr(&first));
-    let trim: i64 = std::fs::read_to_string(root.join("trim.txt")).expect("trim").parse().expect("unix seconds, as go writes");
-    assert!((support::now() - trim).abs() < 60, "trim.txt rewritten with now");
+    assert_eq!(
+        first.status.code(),
+        Some(2),
+        "changed: {}{}",
+        stdout(&first),
+        stderr(&first)
+    );
+    let trim: i64 = std::fs::read_to_string(root.join("trim.txt"))
+        .expect("trim")
+        .parse()
+        .expect("unix seconds, as go writes");
+    assert!(
+        (support::now() - trim).abs() < 60,
+        "trim.txt rewritten with now"
+    );
     let second = enforce(&p, &["--detailed-exitcode", "--json"]);
-    assert_eq!(second.status.code(), Some(0), "no change: {}", stdout(&second));
+    assert_eq!(
+        second.status.code(),
+        Some(0),
+        "no change: {}",
+        stdout(&second)
+    );
     let v = json(&second);
     assert_eq!(v["changed"], false);
-    assert!(v["plan"]["caches"][0]["eviction"].is_null(), "{}", v["plan"]);
+    assert!(
+        v["plan"]["caches"][0]["eviction"].is_null(),
+        "{}",
+        v["plan"]
+    );
     let dry = enforce(&p, &["--dry-run", "--detailed-exitcode"]);
     assert_eq!(dry.status.code(), Some(0));
     assert!(stdout(&dry).contains("nothing to do"), "{}", stdout(&dry));
@@ -180,18 +233,33 @@ fn dry_run_changes_nothing_and_prints_the_plan() {
     let d = tempdir();
     let root = d.path().join("cache");
     mkcache(&root, 500, 11);
-    let p = policy(d.path(), "p.toml", &format!("[cache.t]\npath = \"{}\"\nmax_size = \"1MiB\"\nmax_age = \"10d\"\ngroup = \"gwt-enf\"\ngroup_access = \"rwx\"\nother = \"---\"\n", root.display()));
+    let p = policy(
+        d.path(),
+        "p.toml",
+        &format!(
+            "[cache.t]\npath = \"{}\"\nmax_size = \"1MiB\"\nmax_age = \"10d\"\ngroup = \"gwt-enf\"\ngroup_access = \"rwx\"\nother = \"---\"\n",
+            root.display()
+        ),
+    );
     let before = snapshot(&root);
     let o = enforce(&p, &["--dry-run"]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let text = stdout(&o);
-    assert!(text.contains("would evict") && text.contains("would fix") && text.contains("acl"), "{text}");
+    assert!(
+        text.contains("would evict") && text.contains("would fix") && text.contains("acl"),
+        "{text}"
+    );
     assert_eq!(snapshot(&root), before, "dry-run changed the tree");
     let j = enforce(&p, &["--dry-run", "--json"]);
     let v = json(&j);
     assert_eq!(v["schema"], "gocache-warden.enforce/v1");
     assert_eq!(v["dry_run"], true);
-    assert!(v["plan"]["caches"][0]["fixes"]["group"]["count"].as_u64().expect("group fixes") > 500);
+    assert!(
+        v["plan"]["caches"][0]["fixes"]["group"]["count"]
+            .as_u64()
+            .expect("group fixes")
+            > 500
+    );
     assert_eq!(snapshot(&root), before, "dry-run --json changed the tree");
 }
 
@@ -200,20 +268,47 @@ fn an_entry_that_cannot_be_removed_is_reported_and_the_sweep_goes_on() {
     support::require_root();
     let d = tempdir();
     let root = d.path().join("cache");
-    let units: Vec<Unit> = (0..30).map(|i| Unit { age_hours: 24 * 40 + i, size: 5000, exec: false, other_shard: false }).collect();
+    let units: Vec<Unit> = (0..30)
+        .map(|i| Unit {
+            age_hours: 24 * 40 + i,
+            size: 5000,
+            exec: false,
+            other_shard: false,
+        })
+        .collect();
     let paths = build(&root, &units);
     // An immutable file cannot be unlinked, even by root (EPERM).
     let stuck = &paths[3][1];
-    let st = std::process::Command::new("chattr").arg("+i").arg(stuck).status().expect("chattr (e2fsprogs)");
+    let st = std::process::Command::new("chattr")
+        .arg("+i")
+        .arg(stuck)
+        .status()
+        .expect("chattr (e2fsprogs)");
     assert!(st.success(), "chattr +i needs ext4/xfs/btrfs under /tmp");
-    let p = policy(d.path(), "p.toml", &format!("[cache.t]\npath = \"{}\"\nmax_age = \"30d\"\n", root.display()));
+    let p = policy(
+        d.path(),
+        "p.toml",
+        &format!(
+            "[cache.t]\npath = \"{}\"\nmax_age = \"30d\"\n",
+            root.display()
+        ),
+    );
     let o = enforce(&p, &["--json"]);
-    let _ = std::process::Command::new("chattr").arg("-i").arg(stuck).status();
+    let _ = std::process::Command::new("chattr")
+        .arg("-i")
+        .arg(stuck)
+        .status();
     assert_eq!(o.status.code(), Some(1), "some actions failed → exit 1");
     let v = json(&o);
     let c = &v["outcome"]["caches"][0];
     assert_eq!(c["failed"]["count"], 1);
-    assert!(c["failed"]["examples"][0].as_str().expect("example").contains("Operation not permitted"), "{c}");
+    assert!(
+        c["failed"]["examples"][0]
+            .as_str()
+            .expect("example")
+            .contains("Operation not permitted"),
+        "{c}"
+    );
     let gone = paths.iter().flatten().filter(|p| !p.exists()).count();
     assert_eq!(gone, 59, "everything else was evicted");
 }
@@ -223,13 +318,27 @@ fn a_locked_shard_is_skipped() {
     use std::os::fd::AsRawFd;
     let d = tempdir();
     let root = d.path().join("cache");
-    let units: Vec<Unit> = (0..20).map(|i| Unit { age_hours: 24 * 60 + i, size: 100, exec: false, other_shard: false }).collect();
+    let units: Vec<Unit> = (0..20)
+        .map(|i| Unit {
+            age_hours: 24 * 60 + i,
+            size: 100,
+            exec: false,
+            other_shard: false,
+        })
+        .collect();
     let paths = build(&root, &units);
     let locked = paths[0][0].parent().expect("shard").to_path_buf();
     let f = std::fs::File::open(&locked).expect("open shard");
     // SAFETY: flock on an fd we own; released when `f` drops.
     assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) }, 0);
-    let p = policy(d.path(), "p.toml", &format!("[cache.t]\npath = \"{}\"\nmax_age = \"30d\"\n", root.display()));
+    let p = policy(
+        d.path(),
+        "p.toml",
+        &format!(
+            "[cache.t]\npath = \"{}\"\nmax_age = \"30d\"\n",
+            root.display()
+        ),
+    );
     let o = enforce(&p, &[]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(stdout(&o).contains("locked shard"), "{}", stdout(&o));
@@ -246,18 +355,41 @@ fn creates_a_shared_cache_from_the_policy_alone() {
     let gid = support::ensure_group("gwt-create");
     let d = tempdir();
     let root = d.path().join("srv-gocache");
-    let p = policy(d.path(), "p.toml", &format!("[cache.s]\npath = \"{}\"\ncreate = true\nowner = \"root\"\ngroup = \"gwt-create\"\nsetgid = true\ngroup_access = \"rwx\"\nother = \"---\"\n", root.display()));
+    let p = policy(
+        d.path(),
+        "p.toml",
+        &format!(
+            "[cache.s]\npath = \"{}\"\ncreate = true\nowner = \"root\"\ngroup = \"gwt-create\"\nsetgid = true\ngroup_access = \"rwx\"\nother = \"---\"\n",
+            root.display()
+        ),
+    );
     let o = enforce(&p, &["--detailed-exitcode"]);
     assert_eq!(o.status.code(), Some(2), "{}{}", stdout(&o), stderr(&o));
     use std::os::unix::fs::MetadataExt;
     let md = std::fs::metadata(&root).expect("created");
     assert_eq!(md.gid(), gid);
     assert_eq!(md.mode() & 0o7777, 0o2770, "rwxrws---");
-    let acl = std::process::Command::new("getfacl").args(["-p", "-n"]).arg(&root).output().expect("getfacl");
+    let acl = std::process::Command::new("getfacl")
+        .args(["-p", "-n"])
+        .arg(&root)
+        .output()
+        .expect("getfacl");
     let acl = String::from_utf8_lossy(&acl.stdout);
-    for want in [format!("group:{gid}:rwx"), "mask::rwx".into(), format!("default:group:{gid}:rwx"), "default:mask::rwx".into(), "default:other::---".into(), "other::---".into()] {
+    for want in [
+        format!("group:{gid}:rwx"),
+        "mask::rwx".into(),
+        format!("default:group:{gid}:rwx"),
+        "default:mask::rwx".into(),
+        "default:other::---".into(),
+        "other::---".into(),
+    ] {
         assert!(acl.lines().any(|l| l == want), "missing {want} in\n{acl}");
     }
     let again = enforce(&p, &["--detailed-exitcode"]);
-    assert_eq!(again.status.code(), Some(0), "idempotent: {}", stdout(&again));
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "idempotent: {}",
+        stdout(&again)
+    );
 }

@@ -31,7 +31,11 @@ thread_local! {
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for L<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = Spanned::<T>::deserialize(d)?;
-        Ok(L { span: s.span(), value: s.into_inner(), file: CURRENT_FILE.with(Cell::get) })
+        Ok(L {
+            span: s.span(),
+            value: s.into_inner(),
+            file: CURRENT_FILE.with(Cell::get),
+        })
     }
 }
 
@@ -146,8 +150,22 @@ impl Fragment {
         for (name, c) in later.cache {
             let base = self.cache.entry(name).or_default();
             overlay!(
-                base, c, enabled, path, kind, max_size, low_water, max_age, min_age, owner, group,
-                setgid, group_access, other, create, rewrite_trim
+                base,
+                c,
+                enabled,
+                path,
+                kind,
+                max_size,
+                low_water,
+                max_age,
+                min_age,
+                owner,
+                group,
+                setgid,
+                group_access,
+                other,
+                create,
+                rewrite_trim
             );
             if let Some(a) = c.alerts {
                 let b = base.alerts.get_or_insert_with(Default::default);
@@ -156,7 +174,16 @@ impl Fragment {
         }
         for (name, u) in later.units {
             let base = self.units.entry(name).or_default();
-            overlay!(base, u, enabled, patterns, managers, require_gocache, gocache, remediation);
+            overlay!(
+                base,
+                u,
+                enabled,
+                patterns,
+                managers,
+                require_gocache,
+                gocache,
+                remediation
+            );
         }
         if let Some(m) = later.metrics {
             let base = self.metrics.get_or_insert_with(Default::default);
@@ -164,7 +191,9 @@ impl Fragment {
         }
         for (name, a) in later.alert {
             let base = self.alert.entry(name).or_default();
-            overlay!(base, a, enabled, kind, url_file, credential, command, renotify);
+            overlay!(
+                base, a, enabled, kind, url_file, credential, command, renotify
+            );
         }
     }
 }

@@ -43,7 +43,11 @@ pub enum Scope {
 impl Scope {
     /// System when running as root, user otherwise.
     pub fn detect() -> Scope {
-        if nix::unistd::geteuid().is_root() { Scope::System } else { Scope::User }
+        if nix::unistd::geteuid().is_root() {
+            Scope::System
+        } else {
+            Scope::User
+        }
     }
 }
 
@@ -60,7 +64,10 @@ pub enum PolicyError {
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<Located>),
     #[error("cannot read policy {path:?}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A message with the place in a policy file it is about.
@@ -93,7 +100,10 @@ pub fn user_dir() -> Option<PathBuf> {
 /// `--policy` files/directories (which replace the drop-in directories, so tests and
 /// `policy validate` see exactly what they name), or the scope's drop-in directories.
 pub fn collect(scope: Scope, explicit: &[PathBuf]) -> Result<Vec<Source>, PolicyError> {
-    let mut out = vec![Source { name: DEFAULT_NAME.into(), text: DEFAULT_POLICY.into() }];
+    let mut out = vec![Source {
+        name: DEFAULT_NAME.into(),
+        text: DEFAULT_POLICY.into(),
+    }];
     let mut files: Vec<PathBuf> = Vec::new();
     if explicit.is_empty() {
         let dirs: Vec<PathBuf> = match scope {
@@ -120,9 +130,14 @@ pub fn collect(scope: Scope, explicit: &[PathBuf]) -> Result<Vec<Source>, Policy
         }
     }
     for f in files {
-        let text = std::fs::read_to_string(&f)
-            .map_err(|source| PolicyError::Io { path: f.clone(), source })?;
-        out.push(Source { name: f.display().to_string(), text });
+        let text = std::fs::read_to_string(&f).map_err(|source| PolicyError::Io {
+            path: f.clone(),
+            source,
+        })?;
+        out.push(Source {
+            name: f.display().to_string(),
+            text,
+        });
     }
     Ok(out)
 }
@@ -131,11 +146,19 @@ fn toml_files_in(dir: &Path, must_exist: bool) -> Result<Vec<PathBuf>, PolicyErr
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => return Ok(vec![]),
-        Err(source) => return Err(PolicyError::Io { path: dir.into(), source }),
+        Err(source) => {
+            return Err(PolicyError::Io {
+                path: dir.into(),
+                source,
+            });
+        }
     };
     let mut v = Vec::new();
     for e in rd {
-        let e = e.map_err(|source| PolicyError::Io { path: dir.into(), source })?;
+        let e = e.map_err(|source| PolicyError::Io {
+            path: dir.into(),
+            source,
+        })?;
         let p = e.path();
         if p.extension().is_some_and(|x| x == "toml") {
             v.push(p);

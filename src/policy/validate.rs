@@ -20,7 +20,12 @@ impl Ctx<'_> {
         let before = &src.text[..offset.min(src.text.len())];
         let line = before.matches('\n').count() + 1;
         let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-        Located { file: src.name.clone(), line, col, msg: String::new() }
+        Located {
+            file: src.name.clone(),
+            line,
+            col,
+            msg: String::new(),
+        }
     }
 
     fn err<T>(&mut self, at: &L<T>, msg: impl Into<String>) {
@@ -30,7 +35,11 @@ impl Ctx<'_> {
     }
 
     /// Applies `parse` to a located value, recording its error at the value's location.
-    fn parse<T, U>(&mut self, v: &Option<L<T>>, parse: impl FnOnce(&T) -> Result<U, String>) -> Option<U> {
+    fn parse<T, U>(
+        &mut self,
+        v: &Option<L<T>>,
+        parse: impl FnOnce(&T) -> Result<U, String>,
+    ) -> Option<U> {
         let l = v.as_ref()?;
         match parse(&l.value) {
             Ok(u) => Some(u),
@@ -43,7 +52,10 @@ impl Ctx<'_> {
 }
 
 pub(super) fn load(sources: &[Source]) -> Result<Policy, PolicyError> {
-    let mut ctx = Ctx { sources, errors: Vec::new() };
+    let mut ctx = Ctx {
+        sources,
+        errors: Vec::new(),
+    };
     let mut merged = Fragment::default();
     for (i, src) in sources.iter().enumerate() {
         match fragment::parse(&src.text, i) {
@@ -59,7 +71,11 @@ pub(super) fn load(sources: &[Source]) -> Result<Policy, PolicyError> {
         return Err(PolicyError::Invalid(ctx.errors));
     }
     let policy = build(&mut ctx, merged);
-    if ctx.errors.is_empty() { Ok(policy) } else { Err(PolicyError::Invalid(ctx.errors)) }
+    if ctx.errors.is_empty() {
+        Ok(policy)
+    } else {
+        Err(PolicyError::Invalid(ctx.errors))
+    }
 }
 
 fn build(ctx: &mut Ctx, m: Fragment) -> Policy {
@@ -70,29 +86,47 @@ fn build(ctx: &mut Ctx, m: Fragment) -> Policy {
             continue;
         }
         if let Some(cp) = cache(ctx, name, c) {
-            if let (CachePath::Fixed(p), Some(at)) = (&cp.path, &c.path) {
-                if let Some(other) = seen_paths.insert((p.clone(), cp.kind), name.clone()) {
-                    ctx.err(at, format!("cache \"{name}\" has the same path as cache \"{other}\""));
-                }
+            if let (CachePath::Fixed(p), Some(at)) = (&cp.path, &c.path)
+                && let Some(other) = seen_paths.insert((p.clone(), cp.kind), name.clone())
+            {
+                ctx.err(
+                    at,
+                    format!("cache \"{name}\" has the same path as cache \"{other}\""),
+                );
             }
             caches.push(cp);
         }
     }
-    let units = m.units.iter().filter_map(|(n, u)| units(ctx, n, u)).collect();
-    let alerts = m.alert.iter().filter_map(|(n, a)| alert(ctx, n, a)).collect();
+    let units = m
+        .units
+        .iter()
+        .filter_map(|(n, u)| units(ctx, n, u))
+        .collect();
+    let alerts = m
+        .alert
+        .iter()
+        .filter_map(|(n, a)| alert(ctx, n, a))
+        .collect();
     let a = m.agent.unwrap_or_default();
-    let interval = ctx.parse(&a.interval, |s| parse_duration(s)).unwrap_or(Duration::from_secs(3600));
-    if let Some(at) = &a.interval {
-        if interval < Duration::from_secs(1) {
-            ctx.err(at, "interval must be at least 1s");
-        }
+    let interval = ctx
+        .parse(&a.interval, |s| parse_duration(s))
+        .unwrap_or(Duration::from_secs(3600));
+    if let Some(at) = &a.interval
+        && interval < Duration::from_secs(1)
+    {
+        ctx.err(at, "interval must be at least 1s");
     }
-    let agent = AgentPolicy { interval, watch: a.watch.map_or(true, |w| w.value) };
+    let agent = AgentPolicy {
+        interval,
+        watch: a.watch.is_none_or(|w| w.value),
+    };
     let mf = m.metrics.unwrap_or_default();
     let metrics = MetricsPolicy {
         textfile: ctx.parse(&mf.textfile, |s| absolute(s, "textfile")),
         listen: ctx.parse(&mf.listen, |s| {
-            s.parse().map_err(|_| format!("invalid listen address {s:?}: expected e.g. \"127.0.0.1:9731\""))
+            s.parse().map_err(|_| {
+                format!("invalid listen address {s:?}: expected e.g. \"127.0.0.1:9731\"")
+            })
         }),
         top_users: ctx
             .parse(&mf.top_users, |n| {
@@ -118,7 +152,9 @@ fn absolute(s: &str, what: &str) -> Result<PathBuf, String> {
     if !p.is_absolute() {
         return Err(format!("{what} {s:?} must be an absolute path"));
     }
-    if p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+    if p.components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
         return Err(format!("{what} {s:?} must not contain \"..\""));
     }
     Ok(p.to_path_buf())
@@ -130,7 +166,11 @@ fn anchor<'a>(fields: &[Option<&'a L<()>>]) -> Option<&'a L<()>> {
 }
 
 fn unit_anchor<T>(l: &Option<L<T>>) -> Option<L<()>> {
-    l.as_ref().map(|l| L { value: (), file: l.file, span: l.span.clone() })
+    l.as_ref().map(|l| L {
+        value: (),
+        file: l.file,
+        span: l.span.clone(),
+    })
 }
 
 fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<CachePolicy> {
@@ -139,7 +179,9 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
         .parse(&c.kind, |k| match k.as_str() {
             "build" => Ok(CacheKind::Build),
             "module" => Ok(CacheKind::Module),
-            _ => Err(format!("unknown cache kind {k:?}: expected \"build\" or \"module\"")),
+            _ => Err(format!(
+                "unknown cache kind {k:?}: expected \"build\" or \"module\""
+            )),
         })
         .unwrap_or(CacheKind::Build);
     let path = match &c.path {
@@ -155,7 +197,10 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
             ];
             let refs: Vec<Option<&L<()>>> = anchors.iter().map(Option::as_ref).collect();
             if let Some(a) = anchor(&refs) {
-                ctx.err(a, format!("cache \"{name}\" has no path (an absolute path or \"auto\")"));
+                ctx.err(
+                    a,
+                    format!("cache \"{name}\" has no path (an absolute path or \"auto\")"),
+                );
             }
             None
         }
@@ -165,36 +210,49 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
         SizeValue::Int(n) => Err(format!("max_size must be greater than zero, not {n}")),
         SizeValue::Str(s) => value::parse_size_limit(s),
     });
-    let low_water_percent = ctx.parse(&c.low_water, |s| parse_percent(s)).unwrap_or(90.0);
+    let low_water_percent = ctx
+        .parse(&c.low_water, |s| parse_percent(s))
+        .unwrap_or(90.0);
     let max_age = ctx.parse(&c.max_age, |s| parse_duration(s));
-    let min_age = ctx.parse(&c.min_age, |s| parse_duration(s)).unwrap_or(Duration::from_secs(86400));
-    if let (Some(max), Some(at)) = (max_age, &c.min_age) {
-        if min_age > max {
-            ctx.err(at, format!(
+    let min_age = ctx
+        .parse(&c.min_age, |s| parse_duration(s))
+        .unwrap_or(Duration::from_secs(86400));
+    if let (Some(max), Some(at)) = (max_age, &c.min_age)
+        && min_age > max
+    {
+        ctx.err(
+            at,
+            format!(
                 "min_age ({}) is longer than max_age ({}): entries could never be evicted by age",
                 humantime::format_duration(min_age),
                 humantime::format_duration(max)
-            ));
-        }
+            ),
+        );
     }
     if let (None, Some(at)) = (max_size, &c.low_water) {
         ctx.err(at, "low_water has no effect without max_size");
     }
     let group = ctx.parse(&c.group, |g| match nix::unistd::Group::from_name(g) {
-        Ok(Some(gr)) => Ok(GroupSpec { name: g.clone(), gid: gr.gid.as_raw() }),
+        Ok(Some(gr)) => Ok(GroupSpec {
+            name: g.clone(),
+            gid: gr.gid.as_raw(),
+        }),
         Ok(None) => Err(format!("unknown group {g:?}")),
         Err(e) => Err(format!("cannot look up group {g:?}: {e}")),
     });
     let owner = ctx.parse(&c.owner, |u| match nix::unistd::User::from_name(u) {
-        Ok(Some(us)) => Ok(UserSpec { name: u.clone(), uid: us.uid.as_raw() }),
+        Ok(Some(us)) => Ok(UserSpec {
+            name: u.clone(),
+            uid: us.uid.as_raw(),
+        }),
         Ok(None) => Err(format!("unknown user {u:?}")),
         Err(e) => Err(format!("cannot look up user {u:?}: {e}")),
     });
     let setgid = c.setgid.as_ref().map_or(c.group.is_some(), |s| s.value);
-    if let (Some(at), None) = (&c.setgid, &c.group) {
-        if at.value {
-            ctx.err(at, "setgid needs a group to inherit: set `group`");
-        }
+    if let (Some(at), None) = (&c.setgid, &c.group)
+        && at.value
+    {
+        ctx.err(at, "setgid needs a group to inherit: set `group`");
     }
     let group_access = ctx.parse(&c.group_access, |s| parse_perm(s));
     if let (Some(at), None) = (&c.group_access, &c.group) {
@@ -202,20 +260,33 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
     }
     let other = ctx.parse(&c.other, |s| parse_perm(s));
     let create = c.create.as_ref().is_some_and(|c| c.value);
-    if let (Some(at), Some(CachePath::Auto)) = (&c.create, &path) {
-        if at.value {
-            ctx.err(at, "create is for fixed paths; an \"auto\" cache is created by go itself");
-        }
+    if let (Some(at), Some(CachePath::Auto)) = (&c.create, &path)
+        && at.value
+    {
+        ctx.err(
+            at,
+            "create is for fixed paths; an \"auto\" cache is created by go itself",
+        );
     }
-    let rewrite_trim = c.rewrite_trim.as_ref().map_or(kind == CacheKind::Build, |r| r.value);
-    if let (Some(at), CacheKind::Module) = (&c.rewrite_trim, kind) {
-        if at.value {
-            ctx.err(at, "rewrite_trim applies to build caches only (module caches have no trim.txt)");
-        }
+    let rewrite_trim = c
+        .rewrite_trim
+        .as_ref()
+        .map_or(kind == CacheKind::Build, |r| r.value);
+    if let (Some(at), CacheKind::Module) = (&c.rewrite_trim, kind)
+        && at.value
+    {
+        ctx.err(
+            at,
+            "rewrite_trim applies to build caches only (module caches have no trim.txt)",
+        );
     }
     let alerts = c.alerts.clone().unwrap_or_default();
-    let alert_size_percent = ctx.parse(&alerts.size_percent, |s| parse_percent(s)).unwrap_or(90.0);
-    let alert_inode_percent = ctx.parse(&alerts.inode_percent, |s| parse_percent(s)).unwrap_or(90.0);
+    let alert_size_percent = ctx
+        .parse(&alerts.size_percent, |s| parse_percent(s))
+        .unwrap_or(90.0);
+    let alert_inode_percent = ctx
+        .parse(&alerts.inode_percent, |s| parse_percent(s))
+        .unwrap_or(90.0);
     if ctx.errors.len() != before {
         return None;
     }
@@ -260,27 +331,36 @@ fn units(ctx: &mut Ctx, name: &str, u: &fragment::UnitsFragment) -> Option<UnitP
             "all" => Ok(Managers::All),
             "system" => Ok(Managers::System),
             "user" => Ok(Managers::User),
-            _ => Err(format!("unknown managers {m:?}: expected \"all\", \"system\" or \"user\"")),
+            _ => Err(format!(
+                "unknown managers {m:?}: expected \"all\", \"system\" or \"user\""
+            )),
         })
         .unwrap_or(Managers::All);
     let remediation = ctx
         .parse(&u.remediation, |m| match m.as_str() {
             "report" => Ok(Remediation::Report),
             "drop-in" => Ok(Remediation::DropIn),
-            _ => Err(format!("unknown remediation {m:?}: expected \"report\" or \"drop-in\"")),
+            _ => Err(format!(
+                "unknown remediation {m:?}: expected \"report\" or \"drop-in\""
+            )),
         })
         .unwrap_or(Remediation::Report);
     let gocache = ctx.parse(&u.gocache, |v| {
         if v.starts_with('/') || v.starts_with('%') {
             Ok(v.clone())
         } else {
-            Err(format!("gocache {v:?} must be an absolute path (specifiers such as %h allowed)"))
+            Err(format!(
+                "gocache {v:?} must be an absolute path (specifiers such as %h allowed)"
+            ))
         }
     });
-    if let (Some(at), None) = (&u.remediation, &gocache) {
-        if remediation == Remediation::DropIn {
-            ctx.err(at, "remediation \"drop-in\" needs `gocache`, the value to set");
-        }
+    if let (Some(at), None) = (&u.remediation, &gocache)
+        && remediation == Remediation::DropIn
+    {
+        ctx.err(
+            at,
+            "remediation \"drop-in\" needs `gocache`, the value to set",
+        );
     }
     if ctx.errors.len() != before {
         return None;
@@ -304,12 +384,22 @@ fn alert(ctx: &mut Ctx, name: &str, a: &fragment::AlertFragment) -> Option<Alert
         "slack" => Ok(AlertKind::Slack),
         "webhook" => Ok(AlertKind::Webhook),
         "exec" => Ok(AlertKind::Exec),
-        _ => Err(format!("unknown alert kind {k:?}: expected \"slack\", \"webhook\" or \"exec\"")),
+        _ => Err(format!(
+            "unknown alert kind {k:?}: expected \"slack\", \"webhook\" or \"exec\""
+        )),
     });
     let url_file = ctx.parse(&a.url_file, |s| absolute(s, "url_file"));
-    let renotify = ctx.parse(&a.renotify, |s| parse_duration(s)).unwrap_or(Duration::from_secs(6 * 3600));
-    let command = a.command.as_ref().map(|c| c.value.clone()).unwrap_or_default();
-    let anchor = unit_anchor(&a.kind).or_else(|| unit_anchor(&a.url_file)).or_else(|| unit_anchor(&a.command));
+    let renotify = ctx
+        .parse(&a.renotify, |s| parse_duration(s))
+        .unwrap_or(Duration::from_secs(6 * 3600));
+    let command = a
+        .command
+        .as_ref()
+        .map(|c| c.value.clone())
+        .unwrap_or_default();
+    let anchor = unit_anchor(&a.kind)
+        .or_else(|| unit_anchor(&a.url_file))
+        .or_else(|| unit_anchor(&a.command));
     match (kind, &anchor) {
         (None, Some(at)) if a.kind.is_none() => ctx.err(at, format!("alert \"{name}\" needs a kind")),
         (Some(AlertKind::Exec), Some(at)) if command.is_empty() => {

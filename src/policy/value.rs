@@ -41,7 +41,9 @@ pub fn parse_size_limit(s: &str) -> Result<SizeLimit, String> {
     if let Some(p) = t.strip_suffix('%') {
         let pct = parse_percent_number(p)?;
         if pct <= 0.0 || pct > 100.0 {
-            return Err(format!("percentage {t:?} must be above 0% and at most 100%"));
+            return Err(format!(
+                "percentage {t:?} must be above 0% and at most 100%"
+            ));
         }
         return Ok(SizeLimit::Percent(pct));
     }
@@ -65,7 +67,9 @@ pub fn parse_percent(s: &str) -> Result<f64, String> {
     let t = s.trim();
     let pct = parse_percent_number(t.strip_suffix('%').unwrap_or(t))?;
     if pct <= 0.0 || pct > 100.0 {
-        return Err(format!("percentage {t:?} must be above 0% and at most 100%"));
+        return Err(format!(
+            "percentage {t:?} must be above 0% and at most 100%"
+        ));
     }
     Ok(pct)
 }
@@ -107,7 +111,13 @@ impl Perm {
 impl fmt::Display for Perm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let c = |bit, ch| if self.has(bit) { ch } else { '-' };
-        write!(f, "{}{}{}", c(Perm::R, 'r'), c(Perm::W, 'w'), c(Perm::X, 'x'))
+        write!(
+            f,
+            "{}{}{}",
+            c(Perm::R, 'r'),
+            c(Perm::W, 'w'),
+            c(Perm::X, 'x')
+        )
     }
 }
 
@@ -121,7 +131,9 @@ impl Serialize for Perm {
 /// their owner has it, as `setfacl`'s `X`).
 pub fn parse_perm(s: &str) -> Result<Perm, String> {
     let b = s.as_bytes();
-    let bad = || format!("invalid access {s:?}: expected three characters like \"rwx\", \"r-x\" or \"---\"");
+    let bad = || {
+        format!("invalid access {s:?}: expected three characters like \"rwx\", \"r-x\" or \"---\"")
+    };
     if b.len() != 3 {
         return Err(bad());
     }
@@ -146,7 +158,11 @@ pub fn human_bytes(b: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[i]) }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
 }
 
 /// Formats a duration coarsely for reports (`"3d 4h"`, `"25m"`).
@@ -168,7 +184,10 @@ mod tests {
     #[test]
     fn sizes() {
         assert_eq!(parse_size_limit("10GiB"), Ok(SizeLimit::Bytes(10 << 30)));
-        assert_eq!(parse_size_limit("10G"), Ok(SizeLimit::Bytes(10_000_000_000)));
+        assert_eq!(
+            parse_size_limit("10G"),
+            Ok(SizeLimit::Bytes(10_000_000_000))
+        );
         assert_eq!(parse_size_limit("15%"), Ok(SizeLimit::Percent(15.0)));
         assert!(parse_size_limit("150%").is_err());
         assert!(parse_size_limit("0").is_err());

@@ -55,7 +55,8 @@ impl Observed {
         }
         self.oldest_use = min_opt(self.oldest_use, o.oldest_use);
         self.newest_use = self.newest_use.max(o.newest_use);
-        self.past_max_age.add(o.past_max_age.entries, o.past_max_age.bytes);
+        self.past_max_age
+            .add(o.past_max_age.entries, o.past_max_age.bytes);
         for (k, v) in o.owners {
             self.owners.entry(k).or_default().add(v.entries, v.bytes);
         }
@@ -100,13 +101,26 @@ pub struct Inspector<'p> {
 
 impl<'p> Inspector<'p> {
     pub fn new(policy: &'p CachePolicy, opts: InspectOptions) -> Self {
-        let obs = Observed { histogram: opts.histogram.then(Box::default), ..Observed::default() };
-        Inspector { policy, opts, obs, xbuf: Vec::new(), exec: None }
+        let obs = Observed {
+            histogram: opts.histogram.then(Box::default),
+            ..Observed::default()
+        };
+        Inspector {
+            policy,
+            opts,
+            obs,
+            xbuf: Vec::new(),
+            exec: None,
+        }
     }
 
     fn class(&self, e: &Entry) -> Class {
         if self.policy.kind == CacheKind::Module {
-            return if e.depth == 0 { Class::Root } else { Class::Module };
+            return if e.depth == 0 {
+                Class::Root
+            } else {
+                Class::Module
+            };
         }
         let stack: Vec<&[u8]> = e.stack.iter().map(|s| s.to_bytes()).collect();
         layout::classify(e.depth, &stack, e.name.to_bytes(), e.st.kind() == Kind::Dir)
@@ -160,26 +174,32 @@ impl<'p> Inspector<'p> {
     fn check_perms(&mut self, e: &Entry, dir: Option<&Dir>) {
         let st = e.st;
         let is_dir = dir.is_some();
-        if let Some(uid) = self.opts.owner_uid {
-            if st.uid != uid {
-                self.flag(Violation::ForeignOwner, e);
-            }
+        if let Some(uid) = self.opts.owner_uid
+            && st.uid != uid
+        {
+            self.flag(Violation::ForeignOwner, e);
         }
-        if let Some(g) = &self.policy.group {
-            if st.gid != g.gid {
-                self.flag(Violation::Group, e);
-            }
+        if let Some(g) = &self.policy.group
+            && st.gid != g.gid
+        {
+            self.flag(Violation::Group, e);
         }
         if is_dir && self.policy.setgid && st.mode & libc::S_ISGID == 0 {
             self.flag(Violation::Setgid, e);
         }
         if let Some(o) = self.policy.other {
-            let want = if is_dir || st.mode & 0o100 != 0 { o } else { o.without_x() };
+            let want = if is_dir || st.mode & 0o100 != 0 {
+                o
+            } else {
+                o.without_x()
+            };
             if (st.mode & 7) as u8 != want.bits() {
                 self.flag(Violation::OtherAccess, e);
             }
         }
-        let Some(want) = Want::for_entry(self.policy, is_dir, st.mode) else { return };
+        let Some(want) = Want::for_entry(self.policy, is_dir, st.mode) else {
+            return;
+        };
         let access = match (dir, e.parent) {
             (Some(d), _) => d.get_own_xattr(acl::XATTR_ACCESS, &mut self.xbuf),
             (None, Some(p)) => p.get_xattr(e.name, acl::XATTR_ACCESS, &mut self.xbuf),
@@ -187,7 +207,9 @@ impl<'p> Inspector<'p> {
         };
         match access {
             Ok(n) => {
-                let acl = n.and_then(|n| Acl::decode(&self.xbuf[..n])).unwrap_or_else(|| Acl::from_mode(st.mode));
+                let acl = n
+                    .and_then(|n| Acl::decode(&self.xbuf[..n]))
+                    .unwrap_or_else(|| Acl::from_mode(st.mode));
                 if !want.access_ok(&acl) {
                     self.flag(Violation::Acl, e);
                 }
@@ -248,10 +270,10 @@ impl Visit for Inspector<'_> {
     }
 
     fn leave(&mut self, e: &Entry, _dir: &Dir) {
-        if e.depth == 2 {
-            if let Some((b, t)) = self.exec.take() {
-                self.unit(t, b);
-            }
+        if e.depth == 2
+            && let Some((b, t)) = self.exec.take()
+        {
+            self.unit(t, b);
         }
     }
 
@@ -265,6 +287,10 @@ impl Visit for Inspector<'_> {
     }
 
     fn error(&mut self, rel: PathBuf, _err: &std::io::Error) {
-        self.obs.violations.entry(Violation::Unreadable).or_default().note(rel);
+        self.obs
+            .violations
+            .entry(Violation::Unreadable)
+            .or_default()
+            .note(rel);
     }
 }

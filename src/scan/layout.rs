@@ -28,7 +28,8 @@ pub enum Class {
 pub const META_FILES: [&[u8]; 4] = [b"README", b"trim.txt", b"testexpire.txt", b"log.txt"];
 
 fn is_hex(b: &[u8]) -> bool {
-    b.iter().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+    b.iter()
+        .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
 }
 
 pub fn is_shard(name: &[u8]) -> bool {
@@ -37,7 +38,11 @@ pub fn is_shard(name: &[u8]) -> bool {
 
 /// `Some(b'a')` / `Some(b'd')` for `<64 hex>-a` / `<64 hex>-d`.
 pub fn entry_suffix(name: &[u8]) -> Option<u8> {
-    if name.len() == 66 && name[64] == b'-' && is_hex(&name[..64]) && matches!(name[65], b'a' | b'd') {
+    if name.len() == 66
+        && name[64] == b'-'
+        && is_hex(&name[..64])
+        && matches!(name[65], b'a' | b'd')
+    {
         Some(name[65])
     } else {
         None
@@ -61,7 +66,9 @@ pub fn classify(depth: usize, stack: &[&[u8]], name: &[u8], is_dir: bool) -> Cla
             (Some(b'd'), true) => Class::Exec,
             _ => Class::Foreign,
         },
-        3 if !is_dir && stack.get(1).is_some_and(|s| entry_suffix(s) == Some(b'd')) => Class::ExecContent,
+        3 if !is_dir && stack.get(1).is_some_and(|s| entry_suffix(s) == Some(b'd')) => {
+            Class::ExecContent
+        }
         _ => Class::Foreign,
     }
 }
@@ -97,14 +104,23 @@ mod tests {
         assert_eq!(classify(2, &[b"aa"], &a, false), Class::Action);
         assert_eq!(classify(2, &[b"aa"], &d, false), Class::Output);
         assert_eq!(classify(2, &[b"aa"], &d, true), Class::Exec);
-        assert_eq!(classify(3, &[b"aa", &d], b"prog", false), Class::ExecContent);
+        assert_eq!(
+            classify(3, &[b"aa", &d], b"prog", false),
+            Class::ExecContent
+        );
         assert_eq!(classify(3, &[b"fuzz", b"x"], b"y", false), Class::Fuzz);
         assert_eq!(classify(2, &[b"aa"], b"notes.txt", false), Class::Foreign);
     }
 
     #[test]
     fn output_of_action() {
-        let rec = format!("v1 {} {} {:20} {:20}\n", "a".repeat(64), "b".repeat(64), 5, 7);
+        let rec = format!(
+            "v1 {} {} {:20} {:20}\n",
+            "a".repeat(64),
+            "b".repeat(64),
+            5,
+            7
+        );
         assert_eq!(rec.len(), 175);
         assert_eq!(action_output(rec.as_bytes()), Some([b'b'; 64]));
         assert_eq!(action_output(b"v2 x y"), None);

@@ -18,20 +18,31 @@ pub struct Histogram {
 
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram { bytes: vec![0; BUCKETS], count: vec![0; BUCKETS] }
+        Histogram {
+            bytes: vec![0; BUCKETS],
+            count: vec![0; BUCKETS],
+        }
     }
 }
 
 fn bucket(age_secs: i64) -> usize {
     let m = (age_secs.max(0) as u64) / 60;
-    let b = if m < MINUTE_BUCKETS { m } else { MINUTE_BUCKETS + ((m - MINUTE_BUCKETS) / 60).min(HOUR_BUCKETS - 1) };
+    let b = if m < MINUTE_BUCKETS {
+        m
+    } else {
+        MINUTE_BUCKETS + ((m - MINUTE_BUCKETS) / 60).min(HOUR_BUCKETS - 1)
+    };
     b as usize
 }
 
 /// The smallest age (seconds) that falls into bucket `b`.
 fn lower_bound(b: usize) -> i64 {
     let b = b as u64;
-    let mins = if b < MINUTE_BUCKETS { b } else { MINUTE_BUCKETS + (b - MINUTE_BUCKETS) * 60 };
+    let mins = if b < MINUTE_BUCKETS {
+        b
+    } else {
+        MINUTE_BUCKETS + (b - MINUTE_BUCKETS) * 60
+    };
     (mins * 60) as i64
 }
 
@@ -83,12 +94,22 @@ impl Histogram {
             bytes += self.bytes[b];
             entries += u64::from(self.count[b]);
             if bytes >= need {
-                return Cutoff { min_age_secs: lower_bound(b), entries, bytes, floor_limited: false };
+                return Cutoff {
+                    min_age_secs: lower_bound(b),
+                    entries,
+                    bytes,
+                    floor_limited: false,
+                };
             }
         }
         // Not enough above the floor: take everything old enough to go, and say so.
         let (fe, fb) = self.at_least(floor_secs);
-        Cutoff { min_age_secs: floor_secs, entries: fe, bytes: fb, floor_limited: true }
+        Cutoff {
+            min_age_secs: floor_secs,
+            entries: fe,
+            bytes: fb,
+            floor_limited: true,
+        }
     }
 }
 

@@ -72,7 +72,11 @@ impl Violation {
     pub fn fixable(self) -> bool {
         matches!(
             self,
-            Violation::Group | Violation::Setgid | Violation::Acl | Violation::DefaultAcl | Violation::OtherAccess
+            Violation::Group
+                | Violation::Setgid
+                | Violation::Acl
+                | Violation::DefaultAcl
+                | Violation::OtherAccess
         )
     }
 }
@@ -119,8 +123,14 @@ impl Tally {
 }
 
 /// Walks the cache at `root` and returns what it found.
-pub fn inspect(root: &crate::safefs::Dir, policy: &crate::policy::CachePolicy, opts: InspectOptions) -> Observed {
-    let visitors = walk::walk(root, walk::WalkOptions::default(), || inspect::Inspector::new(policy, opts));
+pub fn inspect(
+    root: &crate::safefs::Dir,
+    policy: &crate::policy::CachePolicy,
+    opts: InspectOptions,
+) -> Observed {
+    let visitors = walk::walk(root, walk::WalkOptions::default(), || {
+        inspect::Inspector::new(policy, opts)
+    });
     let mut it = visitors.into_iter();
     let mut obs = it.next().map(|v| v.obs).unwrap_or_default();
     for v in it {

@@ -82,8 +82,13 @@ pub struct WalkOptions {
 
 impl Default for WalkOptions {
     fn default() -> Self {
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8);
-        WalkOptions { threads, max_depth: 1024 }
+        let threads = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .min(8);
+        WalkOptions {
+            threads,
+            max_depth: 1024,
+        }
     }
 }
 
@@ -99,7 +104,13 @@ where
     F: Fn() -> V + Sync,
 {
     let mut first = make();
-    let root_entry = Entry { parent: None, name: c".", st: &root.st, depth: 0, stack: &[] };
+    let root_entry = Entry {
+        parent: None,
+        name: c".",
+        st: &root.st,
+        depth: 0,
+        stack: &[],
+    };
     if !first.enter(&root_entry, root) {
         return vec![first];
     }
@@ -134,14 +145,11 @@ where
             })
             .collect();
         work(&mut first);
-        for h in handles {
-            match h {
-                Ok(h) => match h.join() {
-                    Ok(v) => out.push(v),
-                    Err(p) => std::panic::resume_unwind(p),
-                },
-                // Could not start a thread: the remaining work was done by the others.
-                Err(_) => {}
+        // A thread that could not start left its share to the others.
+        for h in handles.into_iter().flatten() {
+            match h.join() {
+                Ok(v) => out.push(v),
+                Err(p) => std::panic::resume_unwind(p),
             }
         }
     });
@@ -150,7 +158,14 @@ where
     out
 }
 
-fn visit_child<V: Visit>(v: &mut V, parent: &Dir, name: &CStr, stack: &mut Vec<CString>, depth: usize, max_depth: usize) {
+fn visit_child<V: Visit>(
+    v: &mut V,
+    parent: &Dir,
+    name: &CStr,
+    stack: &mut Vec<CString>,
+    depth: usize,
+    max_depth: usize,
+) {
     if !v.wants(depth, name) {
         return;
     }
@@ -158,12 +173,24 @@ fn visit_child<V: Visit>(v: &mut V, parent: &Dir, name: &CStr, stack: &mut Vec<C
         Ok(s) => s,
         Err(e) if vanished(&e) => return,
         Err(e) => {
-            let e2 = Entry { parent: Some(parent), name, st: &Stat::default(), depth, stack };
+            let e2 = Entry {
+                parent: Some(parent),
+                name,
+                st: &Stat::default(),
+                depth,
+                stack,
+            };
             v.error(e2.rel(), &e);
             return;
         }
     };
-    let e = Entry { parent: Some(parent), name, st: &st, depth, stack };
+    let e = Entry {
+        parent: Some(parent),
+        name,
+        st: &st,
+        depth,
+        stack,
+    };
     if st.kind() != Kind::Dir {
         v.file(&e);
         return;
@@ -206,6 +233,12 @@ fn visit_child<V: Visit>(v: &mut V, parent: &Dir, name: &CStr, stack: &mut Vec<C
         visit_child(v, &dir, n, stack, depth + 1, max_depth);
     }
     let name = stack.pop().unwrap_or_default();
-    let e = Entry { parent: Some(parent), name: &name, st: &st, depth, stack };
+    let e = Entry {
+        parent: Some(parent),
+        name: &name,
+        st: &st,
+        depth,
+        stack,
+    };
     v.leave(&e, &dir);
 }

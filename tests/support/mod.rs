@@ -16,7 +16,10 @@ pub fn bin() -> PathBuf {
 
 /// Fails (never skips) when not root: these tests exercise root-only behaviour.
 pub fn require_root() {
-    assert!(nix::unistd::geteuid().is_root(), "this test must run as root (it exercises ownership, ACLs and mounts)");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test must run as root (it exercises ownership, ACLs and mounts)"
+    );
 }
 
 /// Runs the binary with `args` and extra environment; returns its output.
@@ -43,13 +46,23 @@ pub fn stderr(o: &Output) -> String {
 
 /// Parses stdout as JSON, with the whole output in the panic message if it is not.
 pub fn json(o: &Output) -> serde_json::Value {
-    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\nstdout: {}\nstderr: {}", stdout(o), stderr(o)))
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}):\nstdout: {}\nstderr: {}",
+            stdout(o),
+            stderr(o)
+        )
+    })
 }
 
 /// The repository's shared/ tools live beside the checkout.
 pub fn mkcache_script() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/mkcache.py");
-    assert!(p.exists(), "missing {} (CI clones the repo with shared/ beside it)", p.display());
+    assert!(
+        p.exists(),
+        "missing {} (CI clones the repo with shared/ beside it)",
+        p.display()
+    );
     p
 }
 
@@ -58,23 +71,36 @@ pub fn mkcache(root: &Path, entries: usize, seed: u64) {
     let o = Command::new("python3")
         .arg(mkcache_script())
         .arg(root)
-        .args(["--entries", &entries.to_string(), "--seed", &seed.to_string()])
+        .args([
+            "--entries",
+            &entries.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ])
         .output()
         .expect("run python3 mkcache.py");
-    assert!(o.status.success(), "mkcache failed: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "mkcache failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
 
 /// A policy that switches off the embedded default caches and adds `body`.
 pub fn policy(dir: &Path, name: &str, body: &str) -> PathBuf {
     let p = dir.join(name);
-    let text = format!("[cache.build]\nenabled = false\n[cache.modules]\nenabled = false\n\n{body}");
+    let text =
+        format!("[cache.build]\nenabled = false\n[cache.modules]\nenabled = false\n\n{body}");
     std::fs::write(&p, text).expect("write policy");
     p
 }
 
 /// A throwaway directory under /tmp (not /tmp itself: tests chmod and mount inside it).
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("gcw-test-").tempdir().expect("tempdir")
+    tempfile::Builder::new()
+        .prefix("gcw-test-")
+        .tempdir()
+        .expect("tempdir")
 }
 
 /// Serializes edits of the user and group databases across test processes.
@@ -92,9 +118,21 @@ pub fn ensure_group(name: &str) -> u32 {
         if let Ok(Some(g)) = nix::unistd::Group::from_name(name) {
             return g.gid.as_raw();
         }
-        let o = Command::new("groupadd").arg(name).output().expect("groupadd");
-        assert!(o.status.success(), "groupadd {name}: {}", String::from_utf8_lossy(&o.stderr));
-        nix::unistd::Group::from_name(name).ok().flatten().expect("group exists").gid.as_raw()
+        let o = Command::new("groupadd")
+            .arg(name)
+            .output()
+            .expect("groupadd");
+        assert!(
+            o.status.success(),
+            "groupadd {name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        nix::unistd::Group::from_name(name)
+            .ok()
+            .flatten()
+            .expect("group exists")
+            .gid
+            .as_raw()
     })
 }
 
@@ -104,7 +142,10 @@ pub fn ensure_user(name: &str, groups: &[&str]) -> u32 {
     with_db_lock(|| {
         if let Ok(Some(u)) = nix::unistd::User::from_name(name) {
             if !groups.is_empty() {
-                let _ = Command::new("usermod").args(["-a", "-G", &groups.join(",")]).arg(name).output();
+                let _ = Command::new("usermod")
+                    .args(["-a", "-G", &groups.join(",")])
+                    .arg(name)
+                    .output();
             }
             return u.uid.as_raw();
         }
@@ -114,26 +155,48 @@ pub fn ensure_user(name: &str, groups: &[&str]) -> u32 {
             c.args(["-G", &groups.join(",")]);
         }
         let o = c.arg(name).output().expect("useradd");
-        assert!(o.status.success(), "useradd {name}: {}", String::from_utf8_lossy(&o.stderr));
-        nix::unistd::User::from_name(name).ok().flatten().expect("user exists").uid.as_raw()
+        assert!(
+            o.status.success(),
+            "useradd {name}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        nix::unistd::User::from_name(name)
+            .ok()
+            .flatten()
+            .expect("user exists")
+            .uid
+            .as_raw()
     })
 }
 
 /// Sets atime and mtime of `p` (not following symlinks) to `secs_ago` before now.
 pub fn age(p: &Path, secs_ago: i64) {
     let t = nix::sys::time::TimeSpec::new(now() - secs_ago, 0);
-    nix::sys::stat::utimensat(nix::fcntl::AT_FDCWD, p, &t, &t, nix::sys::stat::UtimensatFlags::NoFollowSymlink)
-        .unwrap_or_else(|e| panic!("utimensat {}: {e}", p.display()));
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        p,
+        &t,
+        &t,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )
+    .unwrap_or_else(|e| panic!("utimensat {}: {e}", p.display()));
 }
 
 pub fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() as i64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
 }
 
 /// `du -sB1 PATH` as a number.
 pub fn du_bytes(p: &Path) -> u64 {
     let o = Command::new("du").arg("-sB1").arg(p).output().expect("du");
-    String::from_utf8_lossy(&o.stdout).split_whitespace().next().and_then(|s| s.parse().ok()).expect("du output")
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("du output")
 }
 
 /// Everything observable about a file outside the cache that a test must see unchanged.
@@ -150,9 +213,18 @@ pub struct Sentinel {
 
 /// Snapshot of a sentinel path (not following a final symlink).
 pub fn sentinel(p: &Path) -> Sentinel {
-    let md = std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("sentinel {}: {e}", p.display()));
-    let content = if md.is_file() { std::fs::read(p).unwrap_or_default() } else { Vec::new() };
-    let acl = Command::new("getfacl").args(["-P", "-n", "--absolute-names"]).arg(p).output().expect("getfacl (apt-get install acl)");
+    let md =
+        std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("sentinel {}: {e}", p.display()));
+    let content = if md.is_file() {
+        std::fs::read(p).unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let acl = Command::new("getfacl")
+        .args(["-P", "-n", "--absolute-names"])
+        .arg(p)
+        .output()
+        .expect("getfacl (apt-get install acl)");
     Sentinel {
         content,
         mode: md.mode(),
@@ -179,7 +251,10 @@ pub fn go_binary() -> PathBuf {
     if let Some(g) = std::env::var_os("GO") {
         return PathBuf::from(g);
     }
-    if let Ok(o) = Command::new("python3").args(["-c", "import go, os; print(os.path.dirname(go.__file__))"]).output() {
+    if let Ok(o) = Command::new("python3")
+        .args(["-c", "import go, os; print(os.path.dirname(go.__file__))"])
+        .output()
+    {
         let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()).join("bin/go");
         if o.status.success() && p.exists() {
             return p;
