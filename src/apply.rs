@@ -35,6 +35,8 @@ pub struct CacheOutcome {
     pub refused: BTreeMap<Violation, Tally>,
     /// Actions that failed ("path: error" examples).
     pub failed: Tally,
+    /// Failures by what was being done (evict, fix, read, stat, …).
+    pub failed_by_kind: BTreeMap<String, u64>,
     /// Shards skipped for eviction because someone held a lock on them.
     pub locked_skipped: u64,
     pub trim_rewritten: bool,
@@ -52,6 +54,9 @@ impl CacheOutcome {
             self.refused.entry(k).or_default().merge(v);
         }
         self.failed.merge(o.failed);
+        for (k, v) in o.failed_by_kind {
+            *self.failed_by_kind.entry(k).or_default() += v;
+        }
         self.locked_skipped += o.locked_skipped;
     }
 
@@ -112,6 +117,7 @@ pub fn apply(plan: &Plan, dry_run: bool) -> Outcome {
 fn fail(out: &mut CacheOutcome, rel: &std::path::Path, what: &str, e: &io::Error) {
     tracing::error!(gocache_warden_action = action::EVICT_FAILED, cache_path = %out.path.display(), error = %e, "{what} {} failed: {e}", crate::scan::display_path(rel));
     out.failed.count += 1;
+    *out.failed_by_kind.entry(what.to_string()).or_default() += 1;
     if out.failed.examples.len() < crate::scan::MAX_EXAMPLES {
         out.failed.examples.push(PathBuf::from(format!(
             "{}: {what}: {e}",

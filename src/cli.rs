@@ -6,7 +6,6 @@
 
 use crate::check;
 use crate::goenv::GoEnv;
-use crate::plan::Plan;
 use crate::policy::{self, PolicyError, Scope};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -72,6 +71,21 @@ pub enum Command {
         /// --dry-run), 1 on failure: for Ansible/Salt/Puppet `changed` detection.
         #[arg(long)]
         detailed_exitcode: bool,
+    },
+    /// Run as the agent (a Type=notify systemd service): sweep on a timer and on growth,
+    /// reload on SIGHUP, stop on SIGTERM.
+    Run,
+    /// List service units that lack the policy's GOCACHE (or point elsewhere).
+    #[command(
+        after_help = "Exit codes:\n  0  no findings\n  1  findings (or a failed remediation)\n  2  usage or policy error"
+    )]
+    Units {
+        /// Machine-readable findings.
+        #[arg(long)]
+        json: bool,
+        /// Write the drop-ins of rules with remediation = "drop-in", reload, verify.
+        #[arg(long)]
+        fix: bool,
     },
     /// Validate and show policies.
     #[command(subcommand)]
@@ -190,6 +204,20 @@ fn run(cli: &Cli, scope: Scope) -> anyhow::Result<i32> {
             };
             enforce(&p, scope, *dry_run, *json, *detailed_exitcode)
         }
+        Command::Run => crate::daemon::run(crate::daemon::Options {
+            scope,
+            policy_paths: cli.policy.clone(),
+        }),
+        Command::Units { json, fix } => {
+            let p = match policy::load_for(scope, &cli.policy) {
+                Ok(p) => p,
+                Err(e) => {
+                    print_policy_error(&e);
+                    return Ok(EXIT_USAGE);
+                }
+            };
+            units_cmd(&p, scope, *json, *fix)
+        }
         Command::Check { json } => {
             let p = match policy::load_for(scope, &cli.policy) {
                 Ok(p) => p,
@@ -216,28 +244,12 @@ fn enforce(
     json: bool,
     detailed: bool,
 ) -> anyhow::Result<i32> {
-    let (targets, _) = check::targets(p, &GoEnv::from_process());
-    let now = check::now();
-    let reports: Vec<_> = targets
-        .iter()
-        .map(|t| check::inspect_target(t, now))
-        .collect();
-    let inspect_failed = reports.iter().any(|r| r.inspect_error.is_some());
-    let plan = Plan {
-        schema: crate::plan::SCHEMA,
-        host: nix::unistd::gethostname()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        scope,
-        now,
-        caches: targets
-            .iter()
-            .zip(&reports)
-            .filter_map(|(t, r)| crate::plan::plan_cache(&t.policy, r, t.owner_uid))
-            .collect(),
-    };
-    crate::failpoint::pause("before-apply", std::path::Path::new("."));
-    let outcome = (!dry_run || json).then(|| crate::apply::apply(&plan, dry_run));
+    let mut sweep = crate::sweep::run(p, scope, &GoEnv::from_process(), dry_run);
+    if dry_run && json {
+        // The JSON of a dry run also carries what apply would do, entry rule by entry rule.
+        sweep.outcome = Some(crate::apply::apply(&sweep.plan, true));
+    }
+    let (plan, outcome, inspect_failed) = (&sweep.plan, &sweep.outcome, sweep.inspect_failed());
     let changed = if dry_run {
         !plan.is_empty()
     } else {
@@ -251,6 +263,7 @@ fn enforce(
             "changed": changed,
             "plan": plan,
             "outcome": outcome,
+            "duration_seconds": sweep.duration.as_secs_f64(),
         });
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
@@ -280,6 +293,64 @@ fn enforce(
         EXIT_INSPECT
     } else if detailed && changed {
         2
+    } else {
+        EXIT_OK
+    })
+}
+
+fn units_cmd(p: &policy::Policy, scope: Scope, json: bool, fix: bool) -> anyhow::Result<i32> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let r = rt.block_on(crate::units::inspect(p, scope, fix));
+    let findings = r.inspection.findings();
+    let failed = r
+        .remediations
+        .iter()
+        .any(|m| !matches!(m.outcome, crate::systemd::Outcome::Fixed { .. }));
+    let open = findings
+        .iter()
+        .filter(|f| {
+            !r.remediations.iter().any(|m| {
+                m.unit == f.unit && matches!(m.outcome, crate::systemd::Outcome::Fixed { .. })
+            })
+        })
+        .count();
+    if json {
+        let doc = serde_json::json!({
+            "schema": "gocache-warden.units/v1",
+            "findings": findings,
+            "units": r.inspection.units,
+            "manager_errors": r.inspection.manager_errors,
+            "unit_errors": r.inspection.unit_errors,
+            "plan": r.plan,
+            "remediations": r.remediations,
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        if p.units.is_empty() {
+            println!("no [units.*] rules in the policy: nothing to inspect");
+        }
+        println!(
+            "{} unit(s) inspected, {} finding(s)",
+            r.inspection.units.len(),
+            findings.len()
+        );
+        for f in &findings {
+            println!("  {f}");
+        }
+        for e in &r.inspection.manager_errors {
+            println!("  cannot reach {}: {}", e.target, e.msg);
+        }
+        if !fix && !r.plan.dropins.is_empty() {
+            print!("{}", r.plan);
+        }
+        for m in &r.remediations {
+            println!("  {m}");
+        }
+    }
+    Ok(if open > 0 || failed {
+        EXIT_VIOLATIONS
     } else {
         EXIT_OK
     })

@@ -13,6 +13,8 @@ pub mod apply;
 pub mod check;
 /// Command-line interface and exit codes.
 pub mod cli;
+/// The agent: one event loop, sd_notify, inotify growth, reload, stop.
+pub mod daemon;
 /// Deterministic pauses for race tests (inactive unless an env var is set).
 pub mod failpoint;
 /// Where `go` puts its caches for an environment, and what is wrong with that setup.
@@ -29,3 +31,9 @@ pub mod policy;
 pub mod safefs;
 /// Walking and measuring caches (read-only).
 pub mod scan;
+/// One sweep (inspect, plan, apply), shared by `enforce` and the daemon.
+pub mod sweep;
+/// Everything that speaks D-Bus to systemd: unit inspection, drop-ins.
+pub mod systemd;
+/// Policy unit rules ↔ the systemd subsystem.
+pub mod units;

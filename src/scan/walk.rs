@@ -92,6 +92,19 @@ impl Default for WalkOptions {
     }
 }
 
+static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Asks every walk in this process to stop at the next entry (the daemon on SIGTERM). Each
+/// change a visitor makes is a single syscall on one entry, so stopping between entries
+/// leaves nothing half-done.
+pub fn request_stop() {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+pub fn stop_requested() -> bool {
+    STOP.load(Ordering::Relaxed)
+}
+
 fn vanished(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound
 }
@@ -124,7 +137,7 @@ where
     let next = AtomicUsize::new(0);
     let work = |v: &mut V| {
         let mut stack = Vec::new();
-        loop {
+        while !stop_requested() {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let Some(n) = names.get(i) else { break };
             visit_child(v, root, n, &mut stack, 1, opts.max_depth);
@@ -230,6 +243,9 @@ fn visit_child<V: Visit>(
     };
     stack.push(name.to_owned());
     for n in &names {
+        if stop_requested() {
+            break;
+        }
         visit_child(v, &dir, n, stack, depth + 1, max_depth);
     }
     let name = stack.pop().unwrap_or_default();

@@ -1,0 +1,361 @@
+//! `gocache-warden run`: the long-running agent, as a `Type=notify` systemd service (system or
+//! user instance).
+//!
+//! One event loop (tokio, current thread) over a closed set of [`Event`]s: the sweep timer,
+//! growth seen by inotify, signals, systemd manager signals, the watchdog, and the end of a
+//! sweep. Sweeps run on the blocking pool so the loop keeps answering signals and the
+//! watchdog while one is in progress; at most one runs at a time, and requests that arrive
+//! meanwhile collapse into one follow-up sweep. Idle, the loop wakes only for its timers.
+//! systemd protocol: READY=1 after the policy is valid and the first sweep is done; STATUS=
+//! after every sweep; WATCHDOG=1 from the loop itself; RELOADING=1 + MONOTONIC_USEC then
+//! READY=1 on SIGHUP (a bad policy is logged and the old one kept); STOPPING=1 on SIGTERM,
+//! which also stops a sweep at its next entry.
+
+pub mod growth;
+pub mod observe;
+
+use crate::alert::UnitRef;
+use crate::goenv::GoEnv;
+use crate::logging::action;
+use crate::policy::{self, CacheKind, Policy, Scope};
+use crate::sweep::Sweep;
+use anyhow::Context;
+use sd_notify::NotifyState;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+
+/// Everything that can make the daemon act.
+#[derive(Debug)]
+pub enum Event {
+    /// The periodic sweep timer fired.
+    Tick,
+    /// A cache grew past its trigger, or its watches were lost (`rescan`).
+    Grew {
+        rescan: bool,
+    },
+    Signal(Sig),
+    /// A systemd manager announced a new unit or a reload.
+    Units,
+    /// Time to tell systemd we are alive.
+    Watchdog,
+    /// A sweep finished (on the blocking pool).
+    SweepDone(Box<Sweep>, Vec<UnitRef>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sig {
+    Reload,
+    Stop,
+}
+
+pub struct Options {
+    pub scope: Scope,
+    pub policy_paths: Vec<PathBuf>,
+}
+
+fn notify(states: &[NotifyState]) {
+    // Not under systemd (NOTIFY_SOCKET unset) this is a no-op; a send error is not fatal.
+    if let Err(e) = sd_notify::notify(false, states) {
+        tracing::debug!("sd_notify failed: {e}");
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT; returns the exit code.
+pub fn run(opts: Options) -> anyhow::Result<i32> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the event loop")?;
+    rt.block_on(main_loop(opts))
+}
+
+/// Watches the build caches of the last sweep, triggering at the alert share of their limit.
+fn watched(policy: &Policy, sweep: &Sweep) -> Vec<growth::Watched> {
+    sweep
+        .reports
+        .iter()
+        .filter(|r| r.kind == CacheKind::Build && r.exists)
+        .filter_map(|r| {
+            let path = r.path.clone()?;
+            let limit = r.limit_bytes?;
+            // Crossing the alert share of the limit sweeps too, so alerts and metrics follow
+            // growth; the sweep evicts only above the limit itself.
+            let share = policy
+                .caches
+                .iter()
+                .find(|c| c.name == r.name)
+                .map_or(100.0, |c| c.alert_size_percent.min(100.0));
+            let trigger_bytes = (limit as f64 * share / 100.0) as u64;
+            Some(growth::Watched {
+                estimate: sweep.size_after(&path).unwrap_or(0),
+                trigger_bytes,
+                path,
+            })
+        })
+        .collect()
+}
+
+fn spawn_signals(tx: UnboundedSender<Event>) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    tokio::spawn(async move {
+        loop {
+            let ev = tokio::select! {
+                _ = hup.recv() => Sig::Reload,
+                _ = term.recv() => Sig::Stop,
+                _ = int.recv() => Sig::Stop,
+            };
+            if tx.send(Event::Signal(ev)).is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+fn spawn_growth(g: Arc<Mutex<growth::Growth>>, tx: UnboundedSender<Event>) -> anyhow::Result<()> {
+    let fd = {
+        let guard = g
+            .lock()
+            .map_err(|_| anyhow::anyhow!("growth watcher poisoned"))?;
+        guard
+            .fd()
+            .try_clone_to_owned()
+            .context("cannot duplicate the inotify fd")?
+    };
+    // SAFETY: `fd` is an OwnedFd moved into the AsyncFd, so it stays open and names the same
+    // inotify instance for the AsyncFd's whole life.
+    let afd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    }
+    .map_err(|e| anyhow::anyhow!("cannot poll inotify: {e}"))?;
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut ready) = afd.readable().await else {
+                break;
+            };
+            let verdict = match g.lock() {
+                Ok(mut g) => g.drain(),
+                Err(_) => break,
+            };
+            ready.clear_ready();
+            if (!verdict.crossed.is_empty() || verdict.rescan)
+                && tx
+                    .send(Event::Grew {
+                        rescan: verdict.rescan && verdict.crossed.is_empty(),
+                    })
+                    .is_err()
+            {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+fn spawn_every(
+    period: Duration,
+    tx: UnboundedSender<Event>,
+    make: fn() -> Event,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        // A missed tick (suspend, a long stall) fires once, not in a burst.
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            t.tick().await;
+            if tx.send(make()).is_err() {
+                break;
+            }
+        }
+    })
+}
+
+struct State {
+    policy: Arc<Policy>,
+    scope: Scope,
+    running: bool,
+    pending: bool,
+    ready: bool,
+    stopping: bool,
+}
+
+impl State {
+    fn request_sweep(&mut self, tx: &UnboundedSender<Event>) {
+        if self.stopping {
+            return;
+        }
+        if self.running {
+            self.pending = true;
+            return;
+        }
+        self.running = true;
+        self.pending = false;
+        let (policy, scope, tx) = (self.policy.clone(), self.scope, tx.clone());
+        tokio::spawn(async move {
+            let p = policy.clone();
+            let sweep = tokio::task::spawn_blocking(move || {
+                crate::sweep::run(&p, scope, &GoEnv::from_process(), false)
+            })
+            .await;
+            let units = if crate::scan::walk::stop_requested() {
+                Vec::new()
+            } else {
+                crate::units::missing_refs(&policy, scope).await
+            };
+            match sweep {
+                Ok(s) => {
+                    let _ = tx.send(Event::SweepDone(Box::new(s), units));
+                }
+                Err(e) => tracing::error!("sweep panicked: {e}"),
+            }
+        });
+    }
+}
+
+async fn main_loop(opts: Options) -> anyhow::Result<i32> {
+    let policy = match policy::load_for(opts.scope, &opts.policy_paths) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(gocache_warden_action = action::RELOAD_FAILED, error = %e, "invalid policy, not starting: {e}");
+            return Ok(2);
+        }
+    };
+    let mut obs =
+        observe::Observability::new(&policy).context("cannot set up metrics and alerts")?;
+    let (tx, mut rx) = unbounded_channel();
+    spawn_signals(tx.clone())?;
+    let http = match policy.metrics.listen {
+        Some(addr) => Some(crate::metrics::http::listener(addr)?),
+        None => crate::metrics::http::activated_listener()?
+            .map(|l| (l, crate::metrics::http::ListenerOrigin::SocketActivation)),
+    };
+    let (stop_http_tx, stop_http) = tokio::sync::oneshot::channel::<()>();
+    if let Some((l, _)) = http {
+        let reg = obs.registry.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::http::serve(l, reg, async {
+                let _ = stop_http.await;
+            })
+            .await
+            {
+                tracing::error!(error = %e, "metrics listener failed: {e:#}");
+            }
+        });
+    }
+    let growth = Arc::new(Mutex::new(
+        growth::Growth::new().context("cannot start inotify")?,
+    ));
+    if policy.agent.watch {
+        spawn_growth(growth.clone(), tx.clone())?;
+    }
+    let mut timer = spawn_every(policy.agent.interval, tx.clone(), || Event::Tick);
+    let mut wd_usec = 0u64;
+    if sd_notify::watchdog_enabled(false, &mut wd_usec) && wd_usec > 0 {
+        spawn_every(Duration::from_micros(wd_usec / 2), tx.clone(), || {
+            Event::Watchdog
+        });
+    }
+    crate::units::spawn_watch(&policy, opts.scope, tx.clone());
+    tracing::info!(
+        gocache_warden_action = action::STARTUP,
+        "starting: {} cache(s) in policy, sweep every {}",
+        policy.caches.len(),
+        humantime::format_duration(policy.agent.interval)
+    );
+    let mut st = State {
+        policy: Arc::new(policy),
+        scope: opts.scope,
+        running: false,
+        pending: false,
+        ready: false,
+        stopping: false,
+    };
+    st.request_sweep(&tx);
+    while let Some(ev) = rx.recv().await {
+        match ev {
+            Event::Tick | Event::Units => st.request_sweep(&tx),
+            Event::Grew { rescan } => {
+                if !rescan {
+                    tracing::info!("a cache grew past its limit: sweeping now");
+                }
+                st.request_sweep(&tx);
+            }
+            Event::Watchdog => notify(&[NotifyState::Watchdog]),
+            Event::Signal(Sig::Reload) => {
+                let mono = NotifyState::monotonic_usec_now().ok();
+                let mut states = vec![NotifyState::Reloading];
+                states.extend(mono);
+                notify(&states);
+                match policy::load_for(opts.scope, &opts.policy_paths) {
+                    Ok(p) => {
+                        if let Err(e) = obs.reload(&p) {
+                            tracing::error!(gocache_warden_action = action::RELOAD_FAILED, error = %format!("{e:#}"), "reload failed, keeping the running policy: {e:#}");
+                        } else {
+                            timer.abort();
+                            timer = spawn_every(p.agent.interval, tx.clone(), || Event::Tick);
+                            tracing::info!(
+                                gocache_warden_action = action::RELOAD,
+                                "reloaded the policy from {}",
+                                p.sources.join(", ")
+                            );
+                            st.policy = Arc::new(p);
+                            st.request_sweep(&tx);
+                        }
+                    }
+                    Err(e) => {
+                        let msg = e.to_string().replace('\n', "; ");
+                        tracing::error!(gocache_warden_action = action::RELOAD_FAILED, error = %msg, "invalid policy, keeping the running one: {msg}");
+                    }
+                }
+                notify(&[NotifyState::Ready]);
+            }
+            Event::Signal(Sig::Stop) => {
+                notify(&[NotifyState::Stopping]);
+                st.stopping = true;
+                crate::scan::walk::request_stop();
+                if !st.running {
+                    break;
+                }
+                tracing::info!("stopping: waiting for the current sweep to reach its next entry");
+            }
+            Event::SweepDone(sweep, units) => {
+                st.running = false;
+                if st.stopping {
+                    break;
+                }
+                let status = sweep.status_line();
+                tracing::info!(
+                    gocache_warden_action = action::SWEEP,
+                    entries = sweep.outcome.as_ref().map_or(0, |o| o
+                        .caches
+                        .iter()
+                        .flat_map(|c| c.evicted.values())
+                        .map(|u| u.entries)
+                        .sum::<u64>()),
+                    "{status}"
+                );
+                if let Ok(mut g) = growth.lock() {
+                    g.set(watched(&st.policy, &sweep));
+                }
+                obs.after_sweep(&sweep, &units);
+                notify(&[NotifyState::Status(&status)]);
+                if !st.ready {
+                    st.ready = true;
+                    notify(&[NotifyState::Ready]);
+                }
+                if st.pending {
+                    st.request_sweep(&tx);
+                }
+            }
+        }
+    }
+    let _ = stop_http_tx.send(());
+    obs.shutdown(Duration::from_secs(1));
+    tracing::info!("stopped");
+    Ok(0)
+}

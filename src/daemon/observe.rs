@@ -1,0 +1,328 @@
+//! After each sweep: metrics (registry, textfile, HTTP), alerts (evaluate, track, dispatch).
+//!
+//! The daemon's only link to the `metrics` and `alert` subsystems; it translates what a
+//! sweep saw and did into their plain input types. Nothing here blocks on the network:
+//! alert delivery happens on the dispatcher's own threads.
+
+use crate::alert::{
+    self, AlertTracker, Dispatcher, ExecSink, SecretSource, SecretUrl, Sink, UnitRef,
+    WebhookFormat, WebhookSink,
+};
+use crate::check::CacheReport;
+use crate::metrics::{
+    self, CacheKind as MKind, CacheSnapshot, EvictReason, Evicted, Metrics, MetricsConfig,
+    OwnerUsage, SweepOutcome,
+};
+use crate::plan::Reason;
+use crate::policy::{AlertKind, CacheKind, Policy};
+use crate::scan::Violation;
+use crate::sweep::Sweep;
+use anyhow::Context;
+use prometheus::Registry;
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+pub struct Observability {
+    pub registry: Registry,
+    metrics: Metrics,
+    textfile: Option<metrics::textfile::TextfileWriter>,
+    tracker: AlertTracker,
+    dispatcher: Option<Dispatcher>,
+    thresholds: alert::Thresholds,
+}
+
+fn mkind(k: CacheKind) -> MKind {
+    match k {
+        CacheKind::Build => MKind::Build,
+        CacheKind::Module => MKind::Module,
+    }
+}
+
+fn config(policy: &Policy) -> MetricsConfig {
+    let mut violations: Vec<String> = Violation::ALL
+        .iter()
+        .map(|v| v.as_str().to_string())
+        .collect();
+    violations.extend(["over-size", "past-max-age"].map(String::from));
+    MetricsConfig {
+        top_users: policy.metrics.top_users,
+        violation_kinds: violations,
+        fix_kinds: Violation::ALL
+            .iter()
+            .filter(|v| v.fixable())
+            .map(|v| v.as_str().to_string())
+            .collect(),
+        error_kinds: [
+            "evict", "fix", "pin", "read", "stat", "open", "create", "rewrite", "inspect",
+        ]
+        .map(String::from)
+        .to_vec(),
+        ..MetricsConfig::default()
+    }
+}
+
+fn sinks(policy: &Policy) -> anyhow::Result<Vec<Box<dyn Sink>>> {
+    let mut out: Vec<Box<dyn Sink>> = Vec::new();
+    for a in &policy.alerts {
+        let timeout = Duration::from_secs(10);
+        match a.kind {
+            AlertKind::Slack | AlertKind::Webhook => {
+                let src = match (&a.url_file, &a.credential) {
+                    (Some(f), _) => SecretSource::File(f.clone()),
+                    (None, Some(c)) => SecretSource::Credential(c.clone()),
+                    (None, None) => {
+                        anyhow::bail!("alert \"{}\" has no url_file or credential", a.name)
+                    }
+                };
+                let url = SecretUrl::load(&src).with_context(|| format!("alert \"{}\"", a.name))?;
+                let fmt = if a.kind == AlertKind::Slack {
+                    WebhookFormat::Slack
+                } else {
+                    WebhookFormat::Json
+                };
+                out.push(Box::new(WebhookSink::new(
+                    a.name.clone(),
+                    fmt,
+                    url,
+                    timeout,
+                )));
+            }
+            AlertKind::Exec => {
+                let (prog, args) = a
+                    .command
+                    .split_first()
+                    .with_context(|| format!("alert \"{}\" has an empty command", a.name))?;
+                out.push(Box::new(ExecSink::new(
+                    a.name.clone(),
+                    prog,
+                    args.to_vec(),
+                    Duration::from_secs(60),
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn thresholds(policy: &Policy) -> alert::Thresholds {
+    alert::Thresholds {
+        near_limit_percent: policy
+            .caches
+            .iter()
+            .map(|c| c.alert_size_percent)
+            .fold(90.0, f64::min),
+        inode_percent: policy
+            .caches
+            .iter()
+            .map(|c| c.alert_inode_percent)
+            .fold(90.0, f64::min),
+    }
+}
+
+impl Observability {
+    pub fn new(policy: &Policy) -> anyhow::Result<Observability> {
+        let registry = Registry::new();
+        let metrics = Metrics::new(&registry, config(policy))?;
+        let textfile = match &policy.metrics.textfile {
+            Some(p) => Some(metrics::textfile::TextfileWriter::new(p.clone())?),
+            None => None,
+        };
+        let sinks = sinks(policy)?;
+        let dispatcher = if sinks.is_empty() {
+            None
+        } else {
+            Some(Dispatcher::start(
+                sinks,
+                alert::RetryPolicy::default(),
+                64,
+                Some(&registry),
+            )?)
+        };
+        let renotify = policy
+            .alerts
+            .iter()
+            .map(|a| a.renotify)
+            .min()
+            .unwrap_or(Duration::from_secs(6 * 3600));
+        Ok(Observability {
+            registry,
+            metrics,
+            textfile,
+            tracker: AlertTracker::new(renotify),
+            dispatcher,
+            thresholds: thresholds(policy),
+        })
+    }
+
+    /// Applies a reloaded policy: textfile path, alert sinks, thresholds. The metric families
+    /// themselves stay registered (the HTTP listener serves the same registry); a changed
+    /// `top_users` takes effect at the next restart.
+    pub fn reload(&mut self, policy: &Policy) -> anyhow::Result<()> {
+        let textfile = match &policy.metrics.textfile {
+            Some(p) => Some(metrics::textfile::TextfileWriter::new(p.clone())?),
+            None => None,
+        };
+        let sinks = sinks(policy)?;
+        let dispatcher = if sinks.is_empty() {
+            None
+        } else {
+            Some(Dispatcher::start(
+                sinks,
+                alert::RetryPolicy::default(),
+                64,
+                None,
+            )?)
+        };
+        if let Some(old) = std::mem::replace(&mut self.dispatcher, dispatcher) {
+            old.shutdown(Duration::from_secs(1));
+        }
+        self.textfile = textfile;
+        self.thresholds = thresholds(policy);
+        Ok(())
+    }
+
+    /// Stops alert delivery, giving queued alerts `grace` to go out.
+    pub fn shutdown(self, grace: Duration) {
+        if let Some(d) = self.dispatcher {
+            d.shutdown(grace);
+        }
+    }
+
+    /// Publishes what a sweep saw and did.
+    pub fn after_sweep(&mut self, sweep: &Sweep, units_missing: &[UnitRef]) {
+        let caches: Vec<_> = sweep
+            .reports
+            .iter()
+            .filter_map(|r| Some((r.path.clone()?, mkind(r.kind))))
+            .collect();
+        self.metrics.set_caches(&caches);
+        let mut obs = alert::Observation {
+            host: crate::sweep::hostname(),
+            caches: Vec::new(),
+            units_missing_gocache: units_missing.to_vec(),
+        };
+        for r in &sweep.reports {
+            let Some(snap) = snapshot(r, sweep) else {
+                continue;
+            };
+            self.metrics.observe_snapshot(&snap);
+            let outcome = sweep_outcome(r, sweep);
+            if let Some(o) = &outcome {
+                self.metrics.observe_sweep(o);
+            }
+            let root = alert::describe_root(&snap.path).ok();
+            obs.caches.push(alert::CacheObservation {
+                snapshot: snap,
+                last_sweep: outcome,
+                root,
+                units: Vec::new(),
+            });
+        }
+        self.metrics
+            .set_units_missing_gocache(units_missing.len() as u64);
+        if let Some(t) = &self.textfile
+            && let Err(e) = t.write(&self.registry)
+        {
+            tracing::error!(error = %e, "cannot write the metrics textfile {}: {e:#}", t.path().display());
+        }
+        let alerts = self
+            .tracker
+            .update(alert::evaluate(&obs, &self.thresholds), SystemTime::now());
+        if let Some(d) = &self.dispatcher {
+            for a in alerts {
+                d.enqueue(a);
+            }
+        }
+    }
+}
+
+/// The metrics view of one cache, as it is after the sweep.
+pub fn snapshot(r: &CacheReport, sweep: &Sweep) -> Option<CacheSnapshot> {
+    let path = r.path.clone()?;
+    let o = r.observed.as_ref()?;
+    let fs = r.filesystem.unwrap_or_default();
+    let mut violations: BTreeMap<String, u64> = o
+        .violations
+        .iter()
+        .map(|(v, t)| (v.as_str().to_string(), t.count))
+        .collect();
+    for f in &r.findings {
+        if f.kind == "over-size" || f.kind == "past-max-age" {
+            violations.insert(f.kind.clone(), f.count);
+        }
+    }
+    Some(CacheSnapshot {
+        allocated_bytes: sweep.size_after(&path).unwrap_or(o.allocated_bytes),
+        path,
+        kind: mkind(r.kind),
+        apparent_bytes: o.apparent_bytes,
+        files: o.files,
+        dirs: o.dirs,
+        fs_inodes_used: fs.inodes_total.saturating_sub(fs.inodes_free),
+        fs_inodes_total: fs.inodes_total,
+        fs_free_bytes: fs.avail_bytes,
+        fs_size_bytes: fs.size_bytes,
+        limit_bytes: r.limit_bytes,
+        oldest_age_seconds: o.oldest_use.map(|t| (sweep.started - t).max(0) as f64),
+        bytes_by_owner: o
+            .owners
+            .iter()
+            .map(|(uid, u)| OwnerUsage {
+                uid: *uid,
+                name: r
+                    .owner_names
+                    .get(uid)
+                    .cloned()
+                    .unwrap_or_else(|| uid.to_string()),
+                bytes: u.bytes,
+            })
+            .collect(),
+        violations,
+    })
+}
+
+fn sweep_outcome(r: &CacheReport, sweep: &Sweep) -> Option<SweepOutcome> {
+    let path = r.path.clone()?;
+    let c = sweep
+        .outcome
+        .as_ref()?
+        .caches
+        .iter()
+        .find(|c| c.path == path)?;
+    let evicted = c
+        .evicted
+        .iter()
+        .map(|(k, u)| {
+            (
+                if *k == Reason::Age {
+                    EvictReason::Age
+                } else {
+                    EvictReason::Size
+                },
+                Evicted {
+                    bytes: u.bytes,
+                    entries: u.entries,
+                },
+            )
+        })
+        .collect();
+    let fixes = c
+        .fixed
+        .iter()
+        .map(|(v, n)| (v.as_str().to_string(), *n))
+        .collect();
+    let mut errors = c.failed_by_kind.clone();
+    if r.inspect_error.is_some() {
+        *errors.entry("inspect".into()).or_default() += 1;
+    }
+    Some(SweepOutcome {
+        path,
+        kind: mkind(r.kind),
+        evicted,
+        fixes,
+        success: c.failed.count == 0 && r.inspect_error.is_none(),
+        errors,
+        duration: sweep.duration,
+        finished_at: SystemTime::now(),
+    })
+}

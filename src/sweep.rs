@@ -1,0 +1,101 @@
+//! One sweep: inspect every cache of the policy, plan, apply. Shared by `enforce` (once) and
+//! the daemon (on its timer, on growth, on demand), so both do exactly the same thing.
+
+use crate::apply::{self, Outcome};
+use crate::check::{self, CacheReport};
+use crate::goenv::GoEnv;
+use crate::plan::{self, Plan};
+use crate::policy::{Policy, Scope};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct Sweep {
+    /// What each cache looked like before any change.
+    pub reports: Vec<CacheReport>,
+    pub plan: Plan,
+    /// `None` for a plan-only (dry-run) sweep.
+    pub outcome: Option<Outcome>,
+    pub duration: Duration,
+    /// Unix seconds when the sweep started.
+    pub started: i64,
+}
+
+impl Sweep {
+    pub fn inspect_failed(&self) -> bool {
+        self.reports.iter().any(|r| r.inspect_error.is_some())
+    }
+
+    /// Allocated bytes per cache path after the sweep (before minus what was evicted).
+    pub fn size_after(&self, path: &std::path::Path) -> Option<u64> {
+        let r = self
+            .reports
+            .iter()
+            .find(|r| r.path.as_deref() == Some(path))?;
+        let before = r.observed.as_ref()?.allocated_bytes;
+        let evicted: u64 = self
+            .outcome
+            .as_ref()
+            .and_then(|o| o.caches.iter().find(|c| c.path == path))
+            .map_or(0, |c| c.evicted.values().map(|u| u.bytes).sum());
+        Some(before.saturating_sub(evicted))
+    }
+
+    /// A one-line summary for logs and systemd's STATUS=.
+    pub fn status_line(&self) -> String {
+        let total: u64 = self
+            .reports
+            .iter()
+            .filter_map(|r| r.path.as_ref().and_then(|p| self.size_after(p)))
+            .sum();
+        let outcome = self
+            .outcome
+            .as_ref()
+            .map_or_else(|| self.plan.summary(), Outcome::summary);
+        format!(
+            "{} cache(s), {} in use; last sweep: {} in {:.1}s",
+            self.reports.len(),
+            crate::policy::value::human_bytes(total),
+            outcome,
+            self.duration.as_secs_f64()
+        )
+    }
+}
+
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Inspects, plans and (unless `dry_run`) applies.
+pub fn run(policy: &Policy, scope: Scope, env: &GoEnv, dry_run: bool) -> Sweep {
+    let start = Instant::now();
+    let (targets, _) = check::targets(policy, env);
+    let now = check::now();
+    let reports: Vec<CacheReport> = targets
+        .iter()
+        .map(|t| check::inspect_target(t, now))
+        .collect();
+    let plan = Plan {
+        schema: plan::SCHEMA,
+        host: hostname(),
+        scope,
+        now,
+        caches: targets
+            .iter()
+            .zip(&reports)
+            .filter_map(|(t, r)| plan::plan_cache(&t.policy, r, t.owner_uid))
+            .collect(),
+    };
+    crate::failpoint::pause("before-apply", std::path::Path::new("."));
+    // A stop during inspection leaves partial observations: plan them, apply nothing.
+    let stopped = crate::scan::walk::stop_requested();
+    let outcome = (!dry_run && !stopped).then(|| apply::apply(&plan, false));
+    Sweep {
+        reports,
+        plan,
+        outcome,
+        duration: start.elapsed(),
+        started: now,
+    }
+}
