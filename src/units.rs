@@ -104,13 +104,13 @@ pub async fn inspect(policy: &Policy, scope: Scope, remediate: bool) -> Report {
     let mut inspection = systemd::inspect(&conns, &rules, resolver).await;
     inspection.manager_errors.extend(errors);
     // A rule for `system` (or `user`) managers only judges units of those managers.
-    inspection
-        .units
-        .retain(|u| match (which.get(u.rule), &u.unit.manager) {
-            (Some(Managers::System), systemd::ManagerId::User { .. }) => false,
-            (Some(Managers::User), systemd::ManagerId::System) => false,
-            _ => true,
-        });
+    inspection.units.retain(|u| {
+        !matches!(
+            (which.get(u.rule), &u.unit.manager),
+            (Some(Managers::System), systemd::ManagerId::User { .. })
+                | (Some(Managers::User), systemd::ManagerId::System)
+        )
+    });
     let plan = systemd::plan(&inspection, &rules);
     let remediations = if remediate && !plan.dropins.is_empty() {
         systemd::apply(&plan, &conns, &inspection, &rules, resolver).await
