@@ -90,6 +90,12 @@ pub enum Command {
     /// Validate and show policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Write the man page and shell completions (bash, zsh, fish) into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateAssets {
+        /// Output directory (created).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -203,6 +209,10 @@ fn run(cli: &Cli, scope: Scope) -> anyhow::Result<i32> {
                 }
             };
             enforce(&p, scope, *dry_run, *json, *detailed_exitcode)
+        }
+        Command::GenerateAssets { dir } => {
+            generate_assets(dir)?;
+            Ok(EXIT_OK)
         }
         Command::Run => crate::daemon::run(crate::daemon::Options {
             scope,
@@ -354,4 +364,42 @@ fn units_cmd(p: &policy::Policy, scope: Scope, json: bool, fix: bool) -> anyhow:
     } else {
         EXIT_OK
     })
+}
+
+/// The man page (every subcommand in one page, as `git`-style tools do not need) and the
+/// completions, generated from the same clap definitions the binary parses with.
+fn generate_assets(dir: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create \"{}\"", dir.display()))?;
+    let cmd = Cli::command();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+    // One page documents every subcommand: a section each, with its synopsis and options.
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let full = format!("gocache-warden {}", sub.get_name());
+        page.extend_from_slice(format!(".SH \"{}\"\n", full.to_uppercase()).as_bytes());
+        let man = clap_mangen::Man::new(sub.clone().bin_name(full));
+        man.render_description_section(&mut page)?;
+        man.render_synopsis_section(&mut page)?;
+        man.render_options_section(&mut page)?;
+        if sub.has_subcommands() {
+            man.render_subcommands_section(&mut page)?;
+        }
+        man.render_extra_section(&mut page)?;
+    }
+    let path = dir.join("gocache-warden.1");
+    std::fs::write(&path, page).with_context(|| format!("cannot write \"{}\"", path.display()))?;
+    for (shell, file) in [
+        (clap_complete::Shell::Bash, "gocache-warden.bash"),
+        (clap_complete::Shell::Zsh, "_gocache-warden"),
+        (clap_complete::Shell::Fish, "gocache-warden.fish"),
+    ] {
+        let mut buf = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "gocache-warden", &mut buf);
+        let path = dir.join(file);
+        std::fs::write(&path, buf)
+            .with_context(|| format!("cannot write \"{}\"", path.display()))?;
+    }
+    Ok(())
 }

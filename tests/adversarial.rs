@@ -16,7 +16,7 @@ use serde_json::Value;
 use std::cell::Cell;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -755,9 +755,10 @@ fn events(ino: &nix::sys::inotify::Inotify) -> Vec<String> {
     }
 }
 
-// 4. A FIFO and a character device named like entries, old: never opened, left alone.
+// 4. A FIFO, a character device and a socket named like entries, old: never opened, left
+// alone.
 #[test]
-fn fifos_and_device_nodes_are_never_opened() {
+fn fifos_device_nodes_and_sockets_are_never_opened() {
     let mut c = Case::new(&["ab", "cd"]);
     let (h1, h2) = (id("ab", 1), id("ab", 2));
     let fifo = c.cache.join(format!("ab/{h1}-d"));
@@ -770,7 +771,17 @@ fn fifos_and_device_nodes_are_never_opened() {
         nix::sys::stat::makedev(1, 3),
     )
     .expect("mknod c 1 3");
-    for p in [&fifo, &dev] {
+    let sock = c.cache.join(format!("cd/{}-d", id("cd", 6)));
+    let listener = std::os::unix::net::UnixListener::bind(&sock).expect("bind socket");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let ino = watch(&[&fifo, &dev, &sock]);
+    // The watch sees opens: prove it on the device node, then start from a clean slate.
+    drop(std::fs::File::open(&dev).expect("open c 1 3"));
+    assert!(
+        events(&ino).iter().any(|e| e.contains("IN_OPEN")),
+        "inotify does not report opens here"
+    );
+    for p in [&fifo, &dev, &sock] {
         age(p, OLD);
         c.guard(p);
     }
@@ -779,18 +790,23 @@ fn fifos_and_device_nodes_are_never_opened() {
     let old = c.unit(&id("cd", 2), &id("cd", 3), OLD);
     let fresh = c.unit(&id("cd", 4), &id("cd", 5), FRESH);
     c.seal();
-    let ino = watch(&[&fifo, &dev]);
+    events(&ino);
 
-    let (rf, rd) = (rel_of(&c, &fifo).to_string(), rel_of(&c, &dev).to_string());
+    let rels = [&fifo, &dev, &sock].map(|p| rel_of(&c, p).to_string());
+    let rels: Vec<&str> = rels.iter().map(String::as_str).collect();
     let chk = c.check();
-    assert_finding(&chk, "special", 2, &[&rf, &rd]);
+    assert_finding(&chk, "special", 3, &rels);
     let e = c.enforce(0);
-    assert_refused(&e, "special", &[&rf, &rd]);
+    assert_refused(&e, "special", &rels);
     assert_no_failures(&e);
     assert_eq!(
         events(&ino),
         Vec::<String>::new(),
-        "the FIFO or device node was opened or changed"
+        "a FIFO, device node or socket was opened or changed"
+    );
+    assert!(
+        listener.accept().is_err(),
+        "someone connected to the socket"
     );
     for p in [&namer, &old.a, &old.d] {
         assert_gone(p);
@@ -1071,6 +1087,63 @@ fn shard_swapped_between_stat_and_open_in_the_fix_walk() {
         assert_gone(p);
     }
     c.assert_fixed(&u[3].d);
+}
+
+// 6d. Entries (not directories) swapped after planning: an old output for a hard link to a
+// root-owned file outside, an old action for a symlink, a fresh output (planned for a fix)
+// for a FIFO. Apply judges what is there when it acts.
+#[test]
+fn entries_swapped_after_planning() {
+    let mut c = Case::new(&["ab", "cd"]);
+    // Not guarded by the case: the race links it, so it is snapshotted then.
+    let secret = c.outside.join("secret");
+    std::fs::write(&secret, b"root only").expect("write");
+    make_unfixed(&secret, 0o600);
+    age(&secret, OLD);
+    let mut secret_snap = None;
+    let target = c.outside_file("target-a", b"v1 not yours");
+    let old = c.unit(&id("ab", 1), &id("ab", 2), OLD);
+    let fresh = c.unit(&id("ab", 3), &id("ab", 4), FRESH);
+    let other = c.unit(&id("cd", 1), &id("cd", 2), OLD);
+    c.seal();
+    let r = c.enforce_racing("before-apply:.", || {
+        std::fs::remove_file(&old.d).expect("rm");
+        std::fs::hard_link(&secret, &old.d).expect("link");
+        secret_snap = Some(Case::snap(&secret));
+        std::fs::remove_file(&old.a).expect("rm");
+        std::os::unix::fs::symlink(&target, &old.a).expect("symlink");
+        std::fs::remove_file(&fresh.d).expect("rm");
+        nix::unistd::mkfifo(&fresh.d, nix::sys::stat::Mode::from_bits_truncate(0o666))
+            .expect("mkfifo");
+    });
+    let e = c.enforce_done(r, 0);
+    assert_eq!(
+        Some(Case::snap(&secret)),
+        secret_snap,
+        "{} changed",
+        secret.display()
+    );
+    assert_refused(&e, "hardlink", &[rel_of(&c, &old.d)]);
+    assert_refused(&e, "symlink", &[rel_of(&c, &old.a)]);
+    assert_refused(&e, "special", &[rel_of(&c, &fresh.d)]);
+    assert_no_failures(&e);
+    assert_eq!(std::fs::read_link(&old.a).expect("symlink kept"), target);
+    assert_eq!(
+        std::fs::symlink_metadata(&old.d)
+            .expect("link kept")
+            .nlink(),
+        2
+    );
+    assert!(
+        std::fs::symlink_metadata(&fresh.d)
+            .expect("fifo kept")
+            .file_type()
+            .is_fifo()
+    );
+    for p in [&other.a, &other.d] {
+        assert_gone(p);
+    }
+    c.assert_fixed(&fresh.a);
 }
 
 /// Names with newlines and control characters, or with invalid UTF-8 too, in a shard and as
