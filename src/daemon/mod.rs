@@ -339,6 +339,24 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                         .sum::<u64>()),
                     "{status}"
                 );
+                for r in &sweep.reports {
+                    for f in r
+                        .findings
+                        .iter()
+                        .filter(|f| f.severity != crate::check::Severity::Info)
+                    {
+                        tracing::warn!(
+                            gocache_warden_action = action::VIOLATION,
+                            cache_path = %r.path.as_deref().unwrap_or(std::path::Path::new("")).display(),
+                            reason = %f.kind,
+                            entries = f.count,
+                            "{}: {} ({})",
+                            r.path.as_deref().map_or_else(|| r.name.clone(), |p| p.display().to_string()),
+                            f.message,
+                            f.kind
+                        );
+                    }
+                }
                 if let Ok(mut g) = growth.lock() {
                     g.set(watched(&st.policy, &sweep));
                 }
