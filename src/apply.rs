@@ -161,6 +161,9 @@ fn apply_cache(c: &CachePlan, now: i64, dry: bool) -> CacheOutcome {
     // outputs along; surviving ones say which outputs are still referenced, so phase 2
     // never evicts an output a live action names (a build may have resolved it already:
     // golang/go#31948) and does evict orphans.
+    if let (CacheKind::Module, Some(ev)) = (c.kind, &c.eviction) {
+        evict_modules(&mut out, &root, ev, now, dry);
+    }
     let mut referenced = Vec::new();
     if c.eviction.is_some() && c.kind == CacheKind::Build {
         let visitors = walk::walk(&root, walk::WalkOptions::default(), || {
@@ -173,7 +176,7 @@ fn apply_cache(c: &CachePlan, now: i64, dry: bool) -> CacheOutcome {
         referenced.sort_unstable();
         referenced.dedup();
     }
-    if c.eviction.is_some() || fix {
+    if (c.eviction.is_some() && c.kind == CacheKind::Build) || fix {
         let visitors = walk::walk(&root, walk::WalkOptions::default(), || {
             Applier::new(c, &root, now, dry, Phase::Rest { fix }, &referenced)
         });
@@ -204,6 +207,36 @@ fn apply_cache(c: &CachePlan, now: i64, dry: bool) -> CacheOutcome {
             "{} {} of {n} entries in {}", verb(dry, "fixed", "would fix"), v.as_str(), c.path.display());
     }
     out
+}
+
+/// Module caches: every module version at least as old as the cutoff goes, whole.
+fn evict_modules(
+    out: &mut CacheOutcome,
+    root: &Dir,
+    ev: &crate::plan::Eviction,
+    now: i64,
+    dry: bool,
+) {
+    let cutoff = ev.cutoff_age_secs.max(ev.floor_secs);
+    for u in crate::modcache::units(root) {
+        let age = now - u.last_use;
+        if age < cutoff {
+            continue;
+        }
+        let reason = if ev.max_age_secs.is_some_and(|m| age >= m) {
+            Reason::Age
+        } else {
+            Reason::Size
+        };
+        match crate::modcache::evict(root, &u, now, ev.floor_secs, dry) {
+            Ok(Some(bytes)) => {
+                tracing::debug!("{} module {}", verb(dry, "evicted", "would evict"), u.name);
+                out.evicted.entry(reason).or_default().add(1, bytes);
+            }
+            Ok(None) => {}
+            Err(e) => fail(out, std::path::Path::new(&u.name), "evict", &e),
+        }
+    }
 }
 
 fn fix_action(v: Violation) -> &'static str {

@@ -253,7 +253,7 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
         .map(|l| l.resolve(fs.map_or(0, |f| f.size_bytes)));
     r.limit_bytes = limit;
     r.low_water_bytes = limit.map(|l| (l as f64 * p.low_water_percent / 100.0) as u64);
-    let obs = scan::inspect(
+    let mut obs = scan::inspect(
         &root,
         p,
         InspectOptions {
@@ -262,6 +262,22 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
             histogram: true,
         },
     );
+    if p.kind == CacheKind::Module {
+        // A module cache's eviction unit is a module version, not a file: rebuild the
+        // histogram and the age figures from those.
+        let mut h = scan::lru::Histogram::default();
+        obs.past_max_age = Default::default();
+        for u in crate::modcache::units(&root) {
+            let age = now - u.last_use;
+            h.add(age, u.bytes);
+            if p.max_age.is_some_and(|m| age >= m.as_secs() as i64)
+                && age >= p.min_age.as_secs() as i64
+            {
+                obs.past_max_age.add(1, u.bytes);
+            }
+        }
+        obs.histogram = Some(Box::new(h));
+    }
     explain(&mut r, p, &obs, now);
     for uid in obs.owners.keys() {
         r.owner_names.insert(*uid, user_name(*uid));

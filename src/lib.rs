@@ -23,6 +23,8 @@ pub mod goenv;
 pub mod logging;
 /// Prometheus metrics: the model, textfile and HTTP outputs.
 pub mod metrics;
+/// Go's module cache: module versions as eviction units.
+pub mod modcache;
 /// The plan: what `enforce` will change, as a value.
 pub mod plan;
 /// Policy files: fragments, merging, validation.

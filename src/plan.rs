@@ -199,8 +199,8 @@ pub fn plan_cache(p: &CachePolicy, r: &CacheReport, owner_uid: Option<u32>) -> O
             && obs
                 .trim_age_secs
                 .is_none_or(|a| !(0..TRIM_REWRITE_AFTER_SECS).contains(&a));
-        plan.eviction = plan_eviction(p, r, obs);
     }
+    plan.eviction = plan_eviction(p, r, obs);
     Some(plan)
 }
 
