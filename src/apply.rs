@@ -473,6 +473,16 @@ impl<'a> Applier<'a> {
                 );
                 return None;
             }
+            if matches!(cst.kind(), Kind::Symlink | Kind::Special) {
+                // Go puts one regular file here; anything else is for a person to look at.
+                let v = if cst.kind() == Kind::Symlink {
+                    Violation::Symlink
+                } else {
+                    Violation::Special
+                };
+                self.out.refused.entry(v).or_default().note(crel);
+                return None;
+            }
             if cst.kind() == Kind::File && cst.nlink > 1 {
                 self.out
                     .refused

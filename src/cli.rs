@@ -120,8 +120,20 @@ fn print_policy_error(e: &PolicyError) {
     }
 }
 
+/// Raises the soft open-file limit to the hard one: a walk keeps one directory open per
+/// level, and a hostile tree can be deeper than systemd's default soft limit of 1024.
+fn raise_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
+    raise_nofile();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -99,6 +99,8 @@ impl Usage {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Tally {
     pub count: u64,
+    /// Escaped for display (a name may hold newlines or bytes that are not UTF-8).
+    #[serde(serialize_with = "ser_paths")]
     pub examples: Vec<PathBuf>,
 }
 
@@ -148,4 +150,8 @@ pub fn display_path(p: &Path) -> String {
     } else {
         s.into_owned()
     }
+}
+
+fn ser_paths<S: serde::Serializer>(v: &[PathBuf], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|p| display_path(p)))
 }

@@ -204,12 +204,13 @@ fn visit_child<V: Visit>(
         depth,
         stack,
     };
-    if st.kind() != Kind::Dir {
-        v.file(&e);
-        return;
-    }
+    // Before anything else: a file can be a mount point too (a bind mount of one file).
     if st.mount_root || st.dev != parent.st.dev {
         v.skipped(&e, &Skip::Mount);
+        return;
+    }
+    if st.kind() != Kind::Dir {
+        v.file(&e);
         return;
     }
     if depth >= max_depth {

@@ -64,8 +64,11 @@ pub trait Manager {
     #[zbus(property)]
     fn environment(&self) -> zbus::Result<Vec<String>>;
 
+    /// Bus connections only: on a peer-to-peer connection zbus's signal streams ask the absent
+    /// bus for the sender's owner. Use [`watch`], which works on both.
     #[zbus(signal)]
     fn unit_new(&self, id: String, unit: OwnedObjectPath) -> zbus::Result<()>;
+    /// Bus connections only, see `unit_new`.
     #[zbus(signal)]
     fn reloading(&self, active: bool) -> zbus::Result<()>;
 }
@@ -190,6 +193,17 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long any method call may take; `Reload` on a large system is the slowest one.
 pub const METHOD_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Runs a connection step with [`CONNECT_TIMEOUT`], so a wedged peer cannot stall a sweep.
+async fn timed<T, E>(step: impl Future<Output = std::result::Result<T, E>>) -> Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    match tokio::time::timeout(CONNECT_TIMEOUT, step).await {
+        Ok(r) => Ok(r?),
+        Err(_) => bail!("no answer within {CONNECT_TIMEOUT:?}"),
+    }
+}
+
 async fn build_bus(
     builder: zbus::Result<zbus::connection::Builder<'static>>,
     what: &str,
@@ -198,10 +212,8 @@ async fn build_bus(
         .with_context(|| format!("cannot find the {what}"))?
         .method_timeout(METHOD_TIMEOUT)
         .build();
-    tokio::time::timeout(CONNECT_TIMEOUT, build)
+    timed(build)
         .await
-        .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_TIMEOUT:?}"))
-        .and_then(|r| r.map_err(anyhow::Error::from))
         .with_context(|| format!("cannot connect to the {what}"))
 }
 
@@ -239,10 +251,8 @@ pub async fn connect_private(socket: &Path, uid: u32) -> Result<ManagerConn> {
             socket.display()
         );
     }
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::UnixStream::connect(socket))
+    let stream = timed(tokio::net::UnixStream::connect(socket))
         .await
-        .map_err(|_| anyhow::anyhow!("no answer within {CONNECT_TIMEOUT:?}"))
-        .and_then(|r| r.map_err(anyhow::Error::from))
         .with_context(|| format!("cannot connect to \"{}\"", socket.display()))?;
     let peer = stream
         .peer_cred()
@@ -254,14 +264,17 @@ pub async fn connect_private(socket: &Path, uid: u32) -> Result<ManagerConn> {
             peer.uid()
         );
     }
-    let build = zbus::connection::Builder::unix_stream(stream)
+    let (read, write) = stream.into_split();
+    let split: zbus::connection::socket::BoxedSplit = zbus::connection::socket::Split::new(
+        Box::new(super::p2p::SenderFix::new(read)),
+        Box::new(write),
+    );
+    let build = zbus::connection::Builder::socket(split)
         .p2p()
         .method_timeout(METHOD_TIMEOUT)
         .build();
-    let conn = tokio::time::timeout(CONNECT_TIMEOUT, build)
+    let conn = timed(build)
         .await
-        .map_err(|_| anyhow::anyhow!("no D-Bus handshake within {CONNECT_TIMEOUT:?}"))
-        .and_then(|r| r.map_err(anyhow::Error::from))
         .with_context(|| format!("D-Bus handshake on \"{}\" failed", socket.display()))?;
     Ok(ManagerConn {
         id: ManagerId::User {
@@ -432,15 +445,15 @@ pub async fn service_info(mgr: &ManagerConn, name: &str) -> Result<ServiceInfo, 
         .map_err(|e| err(Some("Manager.LoadUnit"), e.to_string()))?;
     let unit = UnitProxy::builder(&mgr.conn)
         .path(path.clone())
-        .map(|b| b.cache_properties(CacheProperties::No))
         .map_err(|e| err(None, e.to_string()))?
+        .cache_properties(CacheProperties::No)
         .build()
         .await
         .map_err(|e| err(None, e.to_string()))?;
     let service = ServiceProxy::builder(&mgr.conn)
         .path(path.clone())
-        .map(|b| b.cache_properties(CacheProperties::No))
         .map_err(|e| err(None, e.to_string()))?
+        .cache_properties(CacheProperties::No)
         .build()
         .await
         .map_err(|e| err(None, e.to_string()))?;
@@ -542,40 +555,44 @@ pub enum ManagerEvent {
 
 /// Subscribes to `mgr` and yields its `UnitNew` and `Reloading` signals. The stream ends when
 /// the connection closes; a signal with an unexpected body is skipped, not fatal.
+///
+/// zbus's generated `receive_*` streams cannot be used here: on a peer-to-peer connection they
+/// ask the (absent) bus for the owner of `org.freedesktop.systemd1`. A plain match rule works on
+/// both kinds of connection; on a bus the daemon enforces its sender.
 pub async fn watch(mgr: &ManagerConn) -> Result<impl Stream<Item = ManagerEvent> + use<>> {
-    let proxy = mgr.manager().await?;
-    let new = proxy
-        .receive_unit_new()
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .sender("org.freedesktop.systemd1")?
+        .path("/org/freedesktop/systemd1")?
+        .interface("org.freedesktop.systemd1.Manager")?
+        .build();
+    let stream = zbus::MessageStream::for_match_rule(rule, &mgr.conn, None)
         .await
-        .with_context(|| format!("{}: cannot watch UnitNew", mgr.id))?;
-    let reloading = proxy
-        .receive_reloading()
-        .await
-        .with_context(|| format!("{}: cannot watch Reloading", mgr.id))?;
-    // Subscribe after installing the match rules so that no early signal is lost.
-    proxy
+        .with_context(|| format!("{}: cannot watch manager signals", mgr.id))?;
+    // Subscribe after installing the match rule so that no early signal is lost.
+    mgr.manager()
+        .await?
         .subscribe()
         .await
         .with_context(|| format!("{}: Subscribe failed", mgr.id))?;
-    let id_new = mgr.id.clone();
-    let id_rel = mgr.id.clone();
-    let new = new.filter_map(move |sig| {
-        let manager = id_new.clone();
-        async move {
-            sig.args().ok().map(|a| ManagerEvent::UnitNew {
-                manager,
-                unit: a.id,
-            })
+    let id = mgr.id.clone();
+    Ok(stream.filter_map(move |msg| {
+        let manager = id.clone();
+        async move { signal_event(manager, &msg.ok()?) }
+    }))
+}
+
+fn signal_event(manager: ManagerId, msg: &zbus::Message) -> Option<ManagerEvent> {
+    let header = msg.header();
+    match header.member()?.as_str() {
+        "UnitNew" => {
+            let (unit, _path): (String, OwnedObjectPath) = msg.body().deserialize().ok()?;
+            Some(ManagerEvent::UnitNew { manager, unit })
         }
-    });
-    let reloading = reloading.filter_map(move |sig| {
-        let manager = id_rel.clone();
-        async move {
-            sig.args().ok().map(|a| ManagerEvent::Reloading {
-                manager,
-                active: a.active,
-            })
+        "Reloading" => {
+            let active: bool = msg.body().deserialize().ok()?;
+            Some(ManagerEvent::Reloading { manager, active })
         }
-    });
-    Ok(futures_util::stream::select(new, reloading))
+        _ => None,
+    }
 }

@@ -14,6 +14,8 @@ pub mod dbus;
 pub mod dropin;
 /// `EnvironmentFile=` parser, faithful to systemd 252.
 pub mod envfile;
+/// Socket adapter that makes zbus accept systemd's private-socket messages.
+pub mod p2p;
 /// Plan/apply/verify of drop-in remediations.
 pub mod remediate;
 /// The unit specifiers a policy value may use, and their expansion.

@@ -325,6 +325,16 @@ pub async fn inspect(
                         Err(e) => out.unit_errors.push(e),
                     }
                 }
+                // A unit file systemd could not parse is worth reporting; masked and
+                // not-found units are not.
+                Ok(svc) if matches!(svc.load_state.as_str(), "bad-setting" | "error") => {
+                    out.unit_errors.push(UnitError {
+                        manager: mgr.id.clone(),
+                        unit: svc.id,
+                        property: Some("Unit.LoadState".to_owned()),
+                        msg: format!("systemd could not load the unit ({})", svc.load_state),
+                    });
+                }
                 Ok(_) => {}
                 Err(e) => out.unit_errors.push(e),
             }

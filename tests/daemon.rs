@@ -1,0 +1,289 @@
+//! The agent as systemd runs it: the real `units/user/gocache-warden.service` in a real user
+//! manager (READY only after the first sweep, reload, a bad reload kept out, a stop in the
+//! middle of a sweep), and growth from a real `go build` driving an eviction through inotify
+//! while the sweep timer is an hour away.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::usermgr::{TestUser, UserManager};
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn chown_r(p: &Path, uid: u32, gid: u32) {
+    let st = Command::new("chown")
+        .arg("-R")
+        .arg(format!("{uid}:{gid}"))
+        .arg(p)
+        .status()
+        .expect("chown");
+    assert!(st.success());
+}
+
+#[test]
+fn user_unit_ready_reload_bad_reload_and_stop_mid_sweep() {
+    support::require_root();
+    let user = TestUser::create().expect("test user");
+    let home = user.home.clone();
+    let cache = home.join("cache");
+    support::mkcache(&cache, 300, 9);
+    let fp1 = home.join("fp1");
+    let fp3 = home.join("fp3");
+    for d in [&fp1, &fp3] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    let good = format!(
+        "[cache.build]\nenabled = false\n[cache.modules]\nenabled = false\n[cache.t]\npath = \"{}\"\nmax_size = \"1GiB\"\n[agent]\ninterval = \"1h\"\n",
+        cache.display()
+    );
+    let policy = home.join("policy.toml");
+    std::fs::write(&policy, &good).expect("policy");
+    chown_r(&home, user.uid, user.gid);
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("units/user/gocache-warden.service"),
+    )
+    .expect("unit");
+    user.install_unit("gocache-warden.service", &unit)
+        .expect("install unit");
+    let log = home.join("daemon.log");
+    // The shipped unit, with ExecStart pointed at the binary under test and failpoints: the
+    // first sweep pauses before applying (so READY can be seen to wait for it), and so does
+    // the third (so a stop can arrive in the middle of a sweep).
+    let dropin = format!(
+        "[Service]\nExecStart=\nExecStart={} --scope user --policy {} run\nEnvironment=GOCACHE_WARDEN_FAILPOINT=before-apply:.:{},before-apply#3:.:{}\nStandardError=append:{}\n",
+        support::bin().display(),
+        policy.display(),
+        fp1.display(),
+        fp3.display(),
+        log.display()
+    );
+    user.write_file(
+        ".config/systemd/user/gocache-warden.service.d/50-test.conf",
+        dropin,
+    )
+    .expect("drop-in");
+    let mgr = UserManager::start(user).expect("user manager");
+    let state = |m: &UserManager| {
+        m.show("gocache-warden.service", "ActiveState")
+            .unwrap_or_default()
+    };
+    let logtext = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    mgr.systemctl(&["start", "--no-block", "gocache-warden.service"])
+        .expect("start");
+    wait_for(
+        "the first sweep to reach its failpoint",
+        Duration::from_secs(30),
+        || fp1.join("before-apply.ready").exists(),
+    );
+    assert_eq!(
+        state(&mgr),
+        "activating",
+        "not active before READY (first sweep still running)"
+    );
+    std::fs::write(fp1.join("before-apply.go"), "").expect("release");
+    wait_for("active (running)", Duration::from_secs(30), || {
+        state(&mgr) == "active"
+    });
+    let status = mgr
+        .show("gocache-warden.service", "StatusText")
+        .expect("status");
+    assert!(
+        status.contains("1 cache(s)"),
+        "STATUS= after the sweep: {status}"
+    );
+    let pid = mgr.show("gocache-warden.service", "MainPID").expect("pid");
+
+    // A good reload: systemctl waits for RELOADING=1 … READY=1.
+    mgr.systemctl(&["reload", "gocache-warden.service"])
+        .expect("reload");
+    assert_eq!(state(&mgr), "active");
+    wait_for("the reload to be logged", Duration::from_secs(10), || {
+        logtext().contains("reloaded the policy")
+    });
+
+    // A bad reload: logged, the running policy kept, the service untouched.
+    std::fs::write(&policy, "[cache.t]\nmax_sise = 1\n").expect("break policy");
+    mgr.systemctl(&["reload", "gocache-warden.service"])
+        .expect("reload with a bad policy");
+    wait_for(
+        "the bad reload to be logged",
+        Duration::from_secs(10),
+        || logtext().contains("invalid policy, keeping the running one"),
+    );
+    assert!(
+        logtext().contains("unknown field `max_sise`"),
+        "{}",
+        logtext()
+    );
+    assert_eq!(state(&mgr), "active");
+    assert_eq!(
+        mgr.show("gocache-warden.service", "MainPID").expect("pid"),
+        pid,
+        "same process"
+    );
+
+    // Sweep #3 (after another good reload) pauses mid-sweep; stop must finish quickly.
+    std::fs::write(&policy, &good).expect("fix policy");
+    mgr.systemctl(&["reload", "gocache-warden.service"])
+        .expect("reload");
+    wait_for("sweep 3 to pause", Duration::from_secs(30), || {
+        fp3.join("before-apply.ready").exists()
+    });
+    let t = Instant::now();
+    mgr.systemctl(&["stop", "gocache-warden.service"])
+        .expect("stop");
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "stop took {took:?} (TimeoutStopSec=10s)"
+    );
+    assert_eq!(state(&mgr), "inactive", "clean stop, not failed");
+    assert!(logtext().contains("stopped"), "{}", logtext());
+}
+
+fn go_env(home: &Path, cache: &Path) -> Vec<(String, String)> {
+    let go = support::go_binary();
+    vec![
+        ("HOME".into(), home.display().to_string()),
+        (
+            "PATH".into(),
+            format!("{}:/usr/bin:/bin", go.parent().expect("bin").display()),
+        ),
+        ("GOCACHE".into(), cache.display().to_string()),
+        ("GOTOOLCHAIN".into(), "local".into()),
+        ("GOTELEMETRY".into(), "off".into()),
+        ("GOFLAGS".into(), "-mod=mod".into()),
+        ("GOPROXY".into(), "off".into()),
+    ]
+}
+
+fn go_build(dir: &Path, env: &[(String, String)], imports: &[&str]) {
+    std::fs::create_dir_all(dir).expect("mkdir");
+    std::fs::write(dir.join("go.mod"), "module example.com/p\n\ngo 1.21\n").expect("go.mod");
+    let body: String = imports
+        .iter()
+        .map(|i| format!("import _ \"{i}\"\n"))
+        .collect();
+    std::fs::write(
+        dir.join("main.go"),
+        format!("package main\n\n{body}\nfunc main() {{}}\n"),
+    )
+    .expect("main.go");
+    let o = Command::new(support::go_binary())
+        .args(["build", "-o", "/dev/null", "."])
+        .current_dir(dir)
+        .env_clear()
+        .envs(env.iter().cloned())
+        .output()
+        .expect("go build");
+    assert!(
+        o.status.success(),
+        "go build: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn all_files(p: &Path, out: &mut Vec<PathBuf>) {
+    if let Ok(rd) = std::fs::read_dir(p) {
+        for e in rd.flatten() {
+            let path = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                all_files(&path, out);
+            }
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn growth_from_a_real_go_build_triggers_eviction_before_the_timer() {
+    let d = support::tempdir();
+    let home = d.path().join("home");
+    let cache = d.path().join("gocache");
+    std::fs::create_dir_all(&home).expect("mkdir");
+    let env = go_env(&home, &cache);
+    go_build(&d.path().join("p1"), &env, &["net/http"]);
+    // Yesterday's entries: evictable (the floor is 1h); today's build comes next.
+    let mut files = Vec::new();
+    all_files(&cache, &mut files);
+    for f in files.iter().filter(|f| f.is_file()) {
+        support::age(f, 3 * 86400);
+    }
+    let size = support::du_bytes(&cache);
+    let limit = size + (2 << 20);
+    let policy = support::policy(
+        d.path(),
+        "p.toml",
+        &format!(
+            "[cache.g]\npath = \"{}\"\nmax_size = {limit}\nlow_water = \"50%\"\nmin_age = \"1h\"\n[cache.g.alerts]\nsize_percent = \"100%\"\n[agent]\ninterval = \"1h\"\n",
+            cache.display()
+        ),
+    );
+    let log = d.path().join("daemon.log");
+    let mut child = Command::new(support::bin())
+        .args(["--policy".as_ref(), policy.as_os_str(), "run".as_ref()])
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("daemon");
+    let logtext = || std::fs::read_to_string(&log).unwrap_or_default();
+    let started = Instant::now();
+    wait_for("the first sweep", Duration::from_secs(60), || {
+        logtext().contains("in use; last sweep")
+    });
+    let evicted = format!("from {} for size", cache.display());
+    assert!(
+        !logtext().contains(&evicted),
+        "under the limit at first: {}",
+        logtext()
+    );
+    // A new program brings new packages: the cache crosses its limit.
+    go_build(
+        &d.path().join("p2"),
+        &env,
+        &[
+            "encoding/json",
+            "crypto/tls",
+            "text/template",
+            "go/parser",
+            "database/sql",
+        ],
+    );
+    // The daemon may already have evicted while go was still writing: the log tells.
+    wait_for(
+        "an eviction driven by growth",
+        Duration::from_secs(60),
+        || logtext().contains("a cache grew past its limit") && logtext().contains(&evicted),
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3000),
+        "long before the 1h timer"
+    );
+    wait_for("the sweep to finish", Duration::from_secs(30), || {
+        logtext().matches("in use; last sweep").count() >= 2
+    });
+    let after = support::du_bytes(&cache);
+    assert!(
+        after <= limit,
+        "evicted back under the limit: {after} > {limit}\n{}",
+        logtext()
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("kill");
+    let st = child.wait().expect("wait");
+    assert!(st.success(), "clean exit on SIGTERM: {st:?}\n{}", logtext());
+}
