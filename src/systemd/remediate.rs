@@ -116,9 +116,8 @@ pub fn plan(inspection: &Inspection, rules: &[UnitRule]) -> Plan {
                 continue;
             }
         };
-        if !expected.starts_with('/')
-            || (!rule.allowed.is_empty() && !is_allowed(expected.as_ref(), &rule.allowed))
-        {
+        let allowed = units::allowed_for(rule, mgr);
+        if !expected.starts_with('/') || (!allowed.is_empty() && !is_allowed(expected.as_ref(), &allowed)) {
             out.skipped.push(skip(format!(
                 "the rule's value {value:?} expands to {expected:?}, which the rule itself does \
                  not allow"

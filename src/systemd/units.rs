@@ -510,6 +510,7 @@ pub fn inspect_unit(
     resolve: Resolver<'_>,
 ) -> Result<InspectedUnit, UnitError> {
     let env = effective_env(mgr, svc)?;
+    let allowed = allowed_for(rule, mgr);
     let mut findings = env.env_file_findings.clone();
     let explicit = env.vars.get("GOCACHE").filter(|v| !v.is_empty()).map(|v| {
         (
@@ -524,7 +525,7 @@ pub fn inspect_unit(
     };
     match &explicit {
         Some((value, source)) => {
-            if let Some(kind) = judge_value(value, source.clone(), &rule.allowed) {
+            if let Some(kind) = judge_value(value, source.clone(), &allowed) {
                 findings.push(kind);
             }
         }
@@ -533,7 +534,7 @@ pub fn inspect_unit(
         }),
         None => match &gocache {
             Some((value, source)) => {
-                if let Some(kind) = judge_value(value, source.clone(), &rule.allowed) {
+                if let Some(kind) = judge_value(value, source.clone(), &allowed) {
                     findings.push(kind);
                 }
             }
@@ -572,6 +573,20 @@ fn judge_value(value: &str, source: GocacheSource, allowed: &[PathBuf]) -> Optio
         });
     }
     None
+}
+
+/// The paths a unit of `mgr` may point GOCACHE at: the rule's list plus the rule's own value
+/// as this manager expands it (`%h/gocache` is a different path for every user). An empty
+/// list stays empty: no allow-list means any absolute path is fine.
+pub fn allowed_for(rule: &UnitRule, mgr: &ManagerInfo) -> Vec<PathBuf> {
+    let mut allowed = rule.allowed.clone();
+    if allowed.is_empty() {
+        return allowed;
+    }
+    if let Some(Ok(v)) = rule.value.as_ref().map(|v| super::specifiers::expand(v, &mgr.specifiers)) {
+        allowed.push(PathBuf::from(v));
+    }
+    allowed
 }
 
 /// Whether `path` equals one of `allowed` after lexical normalisation (`//`, `.` and a trailing
