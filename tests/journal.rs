@@ -18,16 +18,29 @@ fn every_kind_of_event_reaches_the_journal_with_its_fields() {
     // one immutable entry (evict-failed).
     let a = d.path().join("a");
     support::mkcache(&a, 200, 4);
-    let stuck = std::fs::read_dir(a.join("00")).expect("shard").flatten().map(|e| e.path()).find(|p| p.to_string_lossy().ends_with("-d")).expect("an output");
+    let stuck = std::fs::read_dir(a.join("00"))
+        .expect("shard")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-d"))
+        .expect("an output");
     support::age(&stuck, 50 * 86400);
-    assert!(std::process::Command::new("chattr").arg("+i").arg(&stuck).status().expect("chattr").success());
+    assert!(
+        std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(&stuck)
+            .status()
+            .expect("chattr")
+            .success()
+    );
     // Cache "b": a symlink the agent must leave alone and report (violation).
     let b = d.path().join("b");
     support::mkcache(&b, 20, 5);
     std::os::unix::fs::symlink("/etc", b.join("ab/escape")).expect("symlink");
     // A service without GOCACHE in a real user manager (unit-missing-gocache, unit-drop-in).
     let user = TestUser::create().expect("user");
-    user.install_unit("gwt-jsvc.service", "[Service]\nExecStart=/bin/true\n").expect("unit");
+    user.install_unit("gwt-jsvc.service", "[Service]\nExecStart=/bin/true\n")
+        .expect("unit");
     let mgr = UserManager::start(user).expect("manager");
     let pdir = d.path().join("policy.d");
     std::fs::create_dir_all(&pdir).expect("mkdir");
@@ -63,16 +76,33 @@ kill -TERM $pid; wait $pid
         .timeout(Duration::from_secs(120))
         .run()
         .expect("journald run");
-    let _ = std::process::Command::new("chattr").arg("-i").arg(&stuck).status();
+    let _ = std::process::Command::new("chattr")
+        .arg("-i")
+        .arg(&stuck)
+        .status();
     drop(mgr);
     let ours = out.entries_from("gocache-warden");
-    assert!(!ours.is_empty(), "no entries: {}\n{}", out.stderr, out.diagnostics);
-    let of = |action: &str| ours.iter().filter(|e| field(e, "GOCACHE_WARDEN_ACTION") == Some(action)).copied().collect::<Vec<_>>();
+    assert!(
+        !ours.is_empty(),
+        "no entries: {}\n{}",
+        out.stderr,
+        out.diagnostics
+    );
+    let of = |action: &str| {
+        ours.iter()
+            .filter(|e| field(e, "GOCACHE_WARDEN_ACTION") == Some(action))
+            .copied()
+            .collect::<Vec<_>>()
+    };
     // (action, priority, fields every such entry must carry)
     let expect: &[(&str, &str, &[&str])] = &[
         ("startup", "6", &[]),
         ("sweep", "6", &["ENTRIES"]),
-        ("evict", "6", &["CACHE_PATH", "BYTES", "ENTRIES", "REASON", "DRY_RUN"]),
+        (
+            "evict",
+            "6",
+            &["CACHE_PATH", "BYTES", "ENTRIES", "REASON", "DRY_RUN"],
+        ),
         ("evict-failed", "3", &["CACHE_PATH", "ERROR"]),
         ("group-fix", "6", &["CACHE_PATH", "ENTRIES"]),
         ("acl-fix", "6", &["CACHE_PATH", "ENTRIES"]),
@@ -92,7 +122,10 @@ kill -TERM $pid; wait $pid
         }
         for e in &es {
             if field(e, "PRIORITY") != Some(*prio) {
-                missing.push(format!("{action}: PRIORITY {:?}, want {prio}", field(e, "PRIORITY")));
+                missing.push(format!(
+                    "{action}: PRIORITY {:?}, want {prio}",
+                    field(e, "PRIORITY")
+                ));
             }
             for f in *fields {
                 if field(e, f).is_none() {
@@ -104,12 +137,36 @@ kill -TERM $pid; wait $pid
             }
         }
     }
-    assert!(missing.is_empty(), "{}\nentries:\n{}", missing.join("\n"), ours.iter().map(|e| format!("{} {}", field(e, "GOCACHE_WARDEN_ACTION").unwrap_or("-"), field(e, "MESSAGE").unwrap_or(""))).collect::<Vec<_>>().join("\n"));
+    assert!(
+        missing.is_empty(),
+        "{}\nentries:\n{}",
+        missing.join("\n"),
+        ours.iter()
+            .map(|e| format!(
+                "{} {}",
+                field(e, "GOCACHE_WARDEN_ACTION").unwrap_or("-"),
+                field(e, "MESSAGE").unwrap_or("")
+            ))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     let v = of("violation");
-    assert!(v.iter().any(|e| field(e, "REASON") == Some("symlink") && field(e, "CACHE_PATH") == Some(b.to_str().expect("utf8"))), "symlink violation for cache b");
+    assert!(
+        v.iter().any(|e| field(e, "REASON") == Some("symlink")
+            && field(e, "CACHE_PATH") == Some(b.to_str().expect("utf8"))),
+        "symlink violation for cache b"
+    );
     let u = of("unit-missing-gocache");
-    assert!(u.iter().any(|e| field(e, "UNIT") == Some("gwt-jsvc.service")), "the unit is named");
+    assert!(
+        u.iter()
+            .any(|e| field(e, "UNIT") == Some("gwt-jsvc.service")),
+        "the unit is named"
+    );
     let _ = gid;
     // Nothing went to stderr as well (the journal was chosen; no double logging).
-    assert!(!out.stderr.contains("evicted"), "double logging on stderr: {}", out.stderr);
+    assert!(
+        !out.stderr.contains("evicted"),
+        "double logging on stderr: {}",
+        out.stderr
+    );
 }

@@ -117,7 +117,9 @@ pub fn plan(inspection: &Inspection, rules: &[UnitRule]) -> Plan {
             }
         };
         let allowed = units::allowed_for(rule, mgr);
-        if !expected.starts_with('/') || (!allowed.is_empty() && !is_allowed(expected.as_ref(), &allowed)) {
+        if !expected.starts_with('/')
+            || (!allowed.is_empty() && !is_allowed(expected.as_ref(), &allowed))
+        {
             out.skipped.push(skip(format!(
                 "the rule's value {value:?} expands to {expected:?}, which the rule itself does \
                  not allow"

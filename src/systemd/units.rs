@@ -583,7 +583,11 @@ pub fn allowed_for(rule: &UnitRule, mgr: &ManagerInfo) -> Vec<PathBuf> {
     if allowed.is_empty() {
         return allowed;
     }
-    if let Some(Ok(v)) = rule.value.as_ref().map(|v| super::specifiers::expand(v, &mgr.specifiers)) {
+    if let Some(Ok(v)) = rule
+        .value
+        .as_ref()
+        .map(|v| super::specifiers::expand(v, &mgr.specifiers))
+    {
         allowed.push(PathBuf::from(v));
     }
     allowed
