@@ -177,9 +177,14 @@ def count_files(root):
     return n
 
 
-def copy_tree(src, dst):
+def copy_tree(src, dst, view):
+    """`cp -a` that leaves the source's atimes alone. Reading a file whose atime is not newer
+    than its mtime moves the atime under relatime, and last use is max(atime, mtime): a plain
+    `cp -a` would make every later copy look freshly used. So cp reads through a read-only
+    noatime bind mount of the source, in a private mount namespace that dies with it."""
     rmtree(dst)
-    subprocess.run(["cp", "-a", src, dst], check=True)
+    script = 'mount --bind "$1" "$2" && mount -o remount,bind,ro,noatime "$2" && exec cp -a "$2" "$3"'
+    subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh", src, view, dst], check=True)
     # Write back the copy now, so its writeback does not land in a measured run.
     subprocess.run(["sync"], check=True)
 
@@ -215,7 +220,9 @@ class Bench:
         self.bin = os.path.abspath(a.bin)
         self.work = a.workdir
         self.trees = os.path.join(self.work, "trees")
+        self.view = os.path.join(self.work, "view")
         os.makedirs(self.trees, exist_ok=True)
+        os.makedirs(self.view, exist_ok=True)
         self.rows = []  # (section, figure, ours, other, ratio, cmd)
         self.notes = []
         self.policies = {}  # name -> text, for the appendix
@@ -361,11 +368,11 @@ class Bench:
         left = None
         for r in range(1 if in_place else reps):
             log(f"evict {label}: copying (rep {r + 1}/{reps})")
-            copy_tree(root, b)
+            copy_tree(root, b, self.view)
             if in_place:
                 self.spoil(root)
             else:
-                copy_tree(root, a)
+                copy_tree(root, a, self.view)
             runs = [("ours", self.ours(pol, "enforce", "--json")), ("find", find_cmd)]
             if r % 2:
                 runs.reverse()
@@ -445,7 +452,7 @@ class Bench:
             k = r % len(tools)
             for name, cmd, _ in tools[k:] + tools[:k]:
                 log(f"perms {label}: {name} (rep {r + 1}/{reps})")
-                copy_tree(root, dst)
+                copy_tree(root, dst, self.view)
                 s[name].append(timed(cmd))
                 if r == 0:
                     # How far from the policy each leaves the tree, by our own check.
@@ -485,7 +492,7 @@ class Bench:
         # A compliant ACL tree: ours repairs a copy, then check must find nothing to do.
         comp = os.path.join(self.work, "compliant")
         pol = self.policy("perms-compliant", comp, group=GROUP, group_access="rwx", other="---")
-        copy_tree(root, comp)
+        copy_tree(root, comp, self.view)
         perm_counts = strace_counts(self.ours(pol, "enforce", "--json"))
         out = timed(self.ours(pol, "check", "--json"), ok=(0, 1), capture=True).out
         obs = json.loads(out)["caches"][0]["observed"]
@@ -540,7 +547,7 @@ class Bench:
             extra=[("getfacl", ["getfacl", "-R", "-p", comp], (0,), "getfacl -R -p $CACHE >/dev/null")],
         )
         # Permission repair from scratch: ours vs setfacl.
-        copy_tree(root, comp)
+        copy_tree(root, comp, self.view)
         acl = f"g:{GROUP}:rwX,m::rwX"
         q = shlex.quote(comp)
         sf = strace_counts(["bash", "-c", f"setfacl -R -m {acl} {q} && find {q} -type d -exec setfacl -d -m {acl} {{}} +"])
@@ -575,12 +582,12 @@ class Bench:
         days = round(60 / 2 ** 1.5)
         a = os.path.join(self.work, "evict-ours")
         pol = self.policy("evict", a, max_age=f"{days}d", min_age="1h")
-        copy_tree(root, a)
+        copy_tree(root, a, self.view)
         files = count_files(a)
         ec = strace_counts(self.ours(pol, "enforce", "--json"))
         gone_o = files - count_files(a)
         rmtree(a)
-        copy_tree(root, a)
+        copy_tree(root, a, self.view)
         fc = strace_counts(["find", a, "-type", "f", "-mtime", f"+{days - 1}", "-delete"])
         gone_f = files - count_files(a)
         rmtree(a)
@@ -606,7 +613,7 @@ class Bench:
     def daemon(self, label, src, quiet_secs, trials):
         root = os.path.join(self.work, "daemon-cache")
         log(f"daemon: copying {label}")
-        copy_tree(src, root)
+        copy_tree(src, root, self.view)
         size = du_bytes(root)
         limit = size + 64 * MIB
         pol = self.policy("daemon", root, max_size=limit, min_age="1h", size_percent="100%")
@@ -940,7 +947,7 @@ class Inotify:
 def preflight(a):
     if os.geteuid() != 0:
         die("run as root: it drops the page cache, changes groups and ACLs, and runs the daemon")
-    missing = [t for t in ("strace", "setfacl", "getfacl", "du", "find", "cp", "go") if not shutil.which(t)]
+    missing = [t for t in ("strace", "setfacl", "getfacl", "du", "find", "cp", "unshare", "go") if not shutil.which(t)]
     if not os.access(TIME, os.X_OK):
         missing.append("GNU time (/usr/bin/time)")
     if missing:

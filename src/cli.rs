@@ -28,7 +28,9 @@ Exit codes:
   1  some actions failed (listed)
   2  usage or policy error
   3  a cache could not be inspected
-With --detailed-exitcode: 0 no change, 2 changed (or would change), 1 failed.";
+
+With --detailed-exitcode: 0 no change, 2 changed (or would change), 1 failed
+(including a policy error).";
 
 #[derive(Debug, Parser)]
 #[command(name = "gocache-warden", version, about = "Keeps Go build and module caches healthy: size limits, LRU eviction, shared-cache permissions", after_help = EXIT_CODES_HELP)]
@@ -217,7 +219,12 @@ fn run(cli: &Cli, scope: Scope) -> anyhow::Result<i32> {
                 Ok(p) => p,
                 Err(e) => {
                     print_policy_error(&e);
-                    return Ok(EXIT_USAGE);
+                    // 2 means "changed" under --detailed-exitcode: a policy error is a failure.
+                    return Ok(if *detailed_exitcode {
+                        EXIT_VIOLATIONS
+                    } else {
+                        EXIT_USAGE
+                    });
                 }
             };
             enforce(&p, scope, *dry_run, *json, *detailed_exitcode)
@@ -378,28 +385,44 @@ fn units_cmd(p: &policy::Policy, scope: Scope, json: bool, fix: bool) -> anyhow:
     })
 }
 
-/// The man page (every subcommand in one page, as `git`-style tools do not need) and the
-/// completions, generated from the same clap definitions the binary parses with.
+fn render_subcommands(page: &mut Vec<u8>, cmd: &clap::Command, prefix: &str) -> anyhow::Result<()> {
+    for sub in cmd
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+    {
+        let full = format!("{prefix} {}", sub.get_name());
+        page.extend_from_slice(format!(".SH \"{}\"\n", full.to_uppercase()).as_bytes());
+        let man = clap_mangen::Man::new(sub.clone().bin_name(&full));
+        man.render_description_section(page)?;
+        man.render_synopsis_section(page)?;
+        man.render_options_section(page)?;
+        if sub.get_after_help().is_some() {
+            man.render_extra_section(page)?;
+        }
+        render_subcommands(page, sub, &full)?;
+    }
+    Ok(())
+}
+
+/// The man page (every subcommand in one page) and the completions, generated from the same
+/// clap definitions the binary parses with, so they never drift from it.
 fn generate_assets(dir: &std::path::Path) -> anyhow::Result<()> {
     use anyhow::Context;
     use clap::CommandFactory;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create \"{}\"", dir.display()))?;
-    let cmd = Cli::command();
+    let mut cmd = Cli::command();
+    cmd.build();
+    let man = clap_mangen::Man::new(cmd.clone());
     let mut page = Vec::new();
-    clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
-    // One page documents every subcommand: a section each, with its synopsis and options.
-    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
-        let full = format!("gocache-warden {}", sub.get_name());
-        page.extend_from_slice(format!(".SH \"{}\"\n", full.to_uppercase()).as_bytes());
-        let man = clap_mangen::Man::new(sub.clone().bin_name(full));
-        man.render_description_section(&mut page)?;
-        man.render_synopsis_section(&mut page)?;
-        man.render_options_section(&mut page)?;
-        if sub.has_subcommands() {
-            man.render_subcommands_section(&mut page)?;
-        }
-        man.render_extra_section(&mut page)?;
-    }
+    man.render_title(&mut page)?;
+    man.render_name_section(&mut page)?;
+    man.render_synopsis_section(&mut page)?;
+    man.render_description_section(&mut page)?;
+    man.render_options_section(&mut page)?;
+    man.render_extra_section(&mut page)?;
+    // One page documents every subcommand, nested ones included: a section each.
+    render_subcommands(&mut page, &cmd, "gocache-warden")?;
+    man.render_version_section(&mut page)?;
     let path = dir.join("gocache-warden.1");
     std::fs::write(&path, page).with_context(|| format!("cannot write \"{}\"", path.display()))?;
     for (shell, file) in [

@@ -149,39 +149,57 @@ impl World {
     }
 }
 
-/// Everything enforce could change, for every entry under `root`: a dry run must leave it
-/// identical.
-fn snapshot(root: &Path) -> (Vec<(PathBuf, u32, u32, u32, u64, i64, i64)>, String) {
-    fn walk(p: &Path, out: &mut Vec<(PathBuf, u32, u32, u32, u64, i64, i64)>) {
+/// What enforce could change about one entry.
+#[derive(Debug, PartialEq, Eq)]
+struct Entry {
+    path: PathBuf,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    mtime: (i64, i64),
+}
+
+/// Every entry under `root` and all their ACLs: a dry run must leave them identical.
+#[derive(Debug, PartialEq, Eq)]
+struct Snapshot {
+    entries: Vec<Entry>,
+    acls: String,
+}
+
+fn snapshot(root: &Path) -> Snapshot {
+    fn walk(p: &Path, out: &mut Vec<Entry>) {
         let md = std::fs::symlink_metadata(p).expect("stat");
-        out.push((
-            p.to_path_buf(),
-            md.mode(),
-            md.uid(),
-            md.gid(),
-            md.size(),
-            md.mtime(),
-            md.mtime_nsec(),
-        ));
+        out.push(Entry {
+            path: p.to_path_buf(),
+            mode: md.mode(),
+            uid: md.uid(),
+            gid: md.gid(),
+            size: md.size(),
+            mtime: (md.mtime(), md.mtime_nsec()),
+        });
         if md.is_dir() {
-            let mut entries: Vec<_> = std::fs::read_dir(p)
+            let mut children: Vec<_> = std::fs::read_dir(p)
                 .expect("read_dir")
                 .map(|e| e.expect("entry").path())
                 .collect();
-            entries.sort();
-            for e in entries {
-                walk(&e, out);
+            children.sort();
+            for c in children {
+                walk(&c, out);
             }
         }
     }
-    let mut v = Vec::new();
-    walk(root, &mut v);
+    let mut entries = Vec::new();
+    walk(root, &mut entries);
     let acl = Command::new("getfacl")
         .args(["-R", "-P", "-n", "--absolute-names"])
         .arg(root)
         .output()
         .expect("getfacl (apt-get install acl)");
-    (v, text(&acl.stdout))
+    Snapshot {
+        entries,
+        acls: text(&acl.stdout),
+    }
 }
 
 #[test]

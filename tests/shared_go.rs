@@ -34,10 +34,8 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(240);
 /// each makes at least (the first round may recompile what eviction took).
 const LOOP_FOR: Duration = Duration::from_secs(40);
 const MIN_ROUNDS: u64 = 3;
-/// The pause between two `enforce` runs while the builds go on; the first starts when the
-/// builds are under way (resolving entries, compiling, linking).
+/// The pause between two `enforce` runs while the builds go on.
 const ENFORCE_EVERY: Duration = Duration::from_secs(2);
-const ENFORCE_AFTER: Duration = Duration::from_secs(1);
 /// The policy's min_age: entries used more recently are never evicted.
 const FLOOR_SECS: i64 = 3600;
 
@@ -132,10 +130,10 @@ fn members() -> (Member, Member) {
 const PROGRAMS: &str = r#"
 hello   | HELLO           | os strings            | os.Stdout.WriteString(strings.ToUpper("hello\n"))
 web     | teapot          | fmt net/http          | fmt.Println(http.StatusText(http.StatusTeapot))
+types   | int true        | fmt go/doc go/importer go/types | fmt.Println(types.Typ[types.Int], importer.Default() != nil); _ = doc.New
 tls     | TLS 1.3         | crypto/tls fmt        | fmt.Println(tls.VersionName(tls.VersionTLS13))
 json    | {"answer":42}   | encoding/json fmt     | b, _ := json.Marshal(map[string]int{"answer": 42}); fmt.Println(string(b))
 text    | text template   | os text/template      | template.Must(template.New("t").Parse("{{.}} template\n")).Execute(os.Stdout, "text")
-parser  | parsed true <nil> | fmt go/format go/parser | e, err := parser.ParseExpr("1+2*3"); _ = format.Source; fmt.Println("parsed", e != nil, err)
 sql     | drivers 0       | database/sql fmt      | fmt.Println("drivers", len(sql.Drivers()))
 bigcsv  | 2 1267650600228229401496703205376 | encoding/csv fmt math/big strings | r, _ := csv.NewReader(strings.NewReader("a,b\n")).Read(); fmt.Println(len(r), new(big.Int).Lsh(big.NewInt(1), 100))
 "#;
@@ -374,6 +372,29 @@ fn entry_files(cache: &Path) -> Vec<(PathBuf, std::fs::Metadata)> {
     all.filter(|(_, m)| m.is_file()).collect()
 }
 
+fn last_use(m: &std::fs::Metadata) -> i64 {
+    m.atime().max(m.mtime())
+}
+
+/// Waits until some build has used (or added) an entry of the aged cache; `false` if none
+/// did within BUILD_TIMEOUT.
+fn wait_for_first_use(cache: &Path) -> bool {
+    let t = Instant::now();
+    let used = || {
+        let now = support::now();
+        entry_files(cache)
+            .iter()
+            .any(|(_, m)| now - last_use(m) < FLOOR_SECS)
+    };
+    while !used() {
+        if t.elapsed() > BUILD_TIMEOUT {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    true
+}
+
 /// Ages every entry in the shards (files, and executable outputs with their files) by two
 /// to four days, spread by name so that LRU order means something. Returns how many.
 fn age_entries(cache: &Path) -> usize {
@@ -608,7 +629,10 @@ struct EnforceRun {
 }
 
 fn enforce_run(lab: &Lab) -> EnforceRun {
-    let o = lab.warden(&["enforce", "--json"]);
+    enforce_outcome(&lab.warden(&["enforce", "--json"]))
+}
+
+fn enforce_outcome(o: &Output) -> EnforceRun {
     let v: Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
     let c = v["outcome"]["caches"][0].clone();
     let ev = c["evicted"].as_object().cloned().unwrap_or_default();
@@ -617,7 +641,7 @@ fn enforce_run(lab: &Lab) -> EnforceRun {
     let code = o.status.code();
     let mut detail = String::new();
     if failed > 0 || code != Some(0) {
-        detail = format!("{}\n{}", support::stdout(&o), support::stderr(&o));
+        detail = format!("{}\n{}", support::stdout(o), support::stderr(o));
     }
     let (evicted, evicted_bytes) = (sum("entries"), sum("bytes"));
     EnforceRun {
@@ -627,6 +651,55 @@ fn enforce_run(lab: &Lab) -> EnforceRun {
         evicted_bytes,
         failed,
         detail,
+    }
+}
+
+/// An `enforce --json` stopped at its `before-apply` failpoint: it has planned (and so
+/// judged every entry by the ages it saw then) but changed nothing yet.
+struct PausedEnforce {
+    child: std::process::Child,
+    release: PathBuf,
+}
+
+impl PausedEnforce {
+    fn start(lab: &Lab) -> PausedEnforce {
+        let dir = lab.dir.path().join("failpoint");
+        std::fs::create_dir(&dir).expect("mkdir failpoint");
+        let mut c = Command::new(support::bin());
+        c.args([
+            "--policy",
+            lab.policy.to_str().expect("utf-8"),
+            "enforce",
+            "--json",
+        ]);
+        c.env(
+            "GOCACHE_WARDEN_FAILPOINT",
+            format!("before-apply:.:{}", dir.display()),
+        );
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c.spawn().expect("spawn enforce");
+        let t = Instant::now();
+        while !dir.join("before-apply.ready").exists() && t.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if !dir.join("before-apply.ready").exists() {
+            let _ = child.kill();
+            let o = child.wait_with_output().expect("wait for enforce");
+            panic!(
+                "enforce never reached before-apply: {}",
+                support::stderr(&o)
+            );
+        }
+        PausedEnforce {
+            child,
+            release: dir.join("before-apply.go"),
+        }
+    }
+
+    /// Lets it apply its plan; returns what it did.
+    fn finish(self) -> EnforceRun {
+        std::fs::write(&self.release, "").expect("release the failpoint");
+        enforce_outcome(&self.child.wait_with_output().expect("wait for enforce"))
     }
 }
 
@@ -676,7 +749,7 @@ fn concurrent_eviction_never_fails_members_builds() {
     );
     assert_policy_acls(&lab, "after enforce created the cache");
 
-    let fill = [(&alice, "web json sql"), (&bob, "tls text parser")];
+    let fill = [(&alice, "web json types"), (&bob, "tls text sql")];
     for (m, names) in fill {
         for p in names.split(' ').map(program) {
             let what = format!("{} building {} into the new cache", m.name, p.name);
@@ -693,13 +766,17 @@ fn concurrent_eviction_never_fails_members_builds() {
     );
 
     // Two loops per member, each over its own copy of a program whose dependencies both
-    // members built. The rest (web and tls above all) is not rebuilt: it must go.
+    // members built. The rest (web, tls and types above all) is not rebuilt: it must go.
     let loops = [
         (&alice, "json"),
-        (&alice, "sql"),
+        (&alice, "hello"),
         (&bob, "text"),
-        (&bob, "hello"),
+        (&bob, "sql"),
     ];
+    // The first sweep plans while every entry is still stale, so its plan covers the
+    // dependencies the loops are about to use; it applies that plan while they resolve,
+    // compile and link. Apply must re-check each entry and spare what they touched.
+    let paused = PausedEnforce::start(&lab);
     let finished = AtomicUsize::new(0);
     let start = Instant::now();
     let (builds, enforces) = std::thread::scope(|s| {
@@ -714,12 +791,14 @@ fn concurrent_eviction_never_fails_members_builds() {
         };
         let handles: Vec<_> = loops.iter().map(spawn).collect();
         let enforcer = s.spawn(|| {
-            let mut runs = Vec::new();
-            std::thread::sleep(ENFORCE_AFTER);
+            let used = wait_for_first_use(&lab.cache);
+            let mut t = Instant::now();
+            let mut runs = vec![paused.finish()];
+            assert!(used, "no build touched the cache");
             while finished.load(Ordering::SeqCst) < loops.len() {
-                let t = Instant::now();
-                runs.push(enforce_run(lab));
                 std::thread::sleep(ENFORCE_EVERY.saturating_sub(t.elapsed()));
+                t = Instant::now();
+                runs.push(enforce_run(lab));
             }
             runs
         });
@@ -735,10 +814,8 @@ fn concurrent_eviction_never_fails_members_builds() {
     let last = enforce_run(&lab);
     let after = support::du_bytes(&lab.cache);
     let now = support::now();
-    let stale = entry_files(&lab.cache).into_iter().filter(|(_, m)| {
-        let last_use = m.atime().max(m.mtime());
-        now - last_use >= FLOOR_SECS
-    });
+    let stale = entry_files(&lab.cache).into_iter();
+    let stale = stale.filter(|(_, m)| now - last_use(m) >= FLOOR_SECS);
     let stale: Vec<String> = stale.map(|(p, _)| p.display().to_string()).collect();
 
     let failed: Vec<String> = builds
