@@ -119,25 +119,37 @@ fn thresholds(policy: &Policy) -> alert::Thresholds {
     }
 }
 
+/// The textfile writer and the alert dispatcher a policy asks for.
+fn outputs(
+    policy: &Policy,
+    registry: Option<&Registry>,
+) -> anyhow::Result<(
+    Option<metrics::textfile::TextfileWriter>,
+    Option<Dispatcher>,
+)> {
+    let textfile = match &policy.metrics.textfile {
+        Some(p) => Some(metrics::textfile::TextfileWriter::new(p.clone())?),
+        None => None,
+    };
+    let sinks = sinks(policy)?;
+    let dispatcher = if sinks.is_empty() {
+        None
+    } else {
+        Some(Dispatcher::start(
+            sinks,
+            alert::RetryPolicy::default(),
+            64,
+            registry,
+        )?)
+    };
+    Ok((textfile, dispatcher))
+}
+
 impl Observability {
     pub fn new(policy: &Policy) -> anyhow::Result<Observability> {
         let registry = Registry::new();
         let metrics = Metrics::new(&registry, config(policy))?;
-        let textfile = match &policy.metrics.textfile {
-            Some(p) => Some(metrics::textfile::TextfileWriter::new(p.clone())?),
-            None => None,
-        };
-        let sinks = sinks(policy)?;
-        let dispatcher = if sinks.is_empty() {
-            None
-        } else {
-            Some(Dispatcher::start(
-                sinks,
-                alert::RetryPolicy::default(),
-                64,
-                Some(&registry),
-            )?)
-        };
+        let (textfile, dispatcher) = outputs(policy, Some(&registry))?;
         let renotify = policy
             .alerts
             .iter()
@@ -158,21 +170,8 @@ impl Observability {
     /// themselves stay registered (the HTTP listener serves the same registry); a changed
     /// `top_users` takes effect at the next restart.
     pub fn reload(&mut self, policy: &Policy) -> anyhow::Result<()> {
-        let textfile = match &policy.metrics.textfile {
-            Some(p) => Some(metrics::textfile::TextfileWriter::new(p.clone())?),
-            None => None,
-        };
-        let sinks = sinks(policy)?;
-        let dispatcher = if sinks.is_empty() {
-            None
-        } else {
-            Some(Dispatcher::start(
-                sinks,
-                alert::RetryPolicy::default(),
-                64,
-                None,
-            )?)
-        };
+        // The notification counter stays registered from the start; a second one would clash.
+        let (textfile, dispatcher) = outputs(policy, None)?;
         if let Some(old) = std::mem::replace(&mut self.dispatcher, dispatcher) {
             old.shutdown(Duration::from_secs(1));
         }
