@@ -92,12 +92,22 @@ pub enum Command {
     /// Validate and show policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Alert sinks.
+    #[command(subcommand)]
+    Alert(AlertCommand),
     /// Write the man page and shell completions (bash, zsh, fish) into DIR (for packaging).
     #[command(hide = true)]
     GenerateAssets {
         /// Output directory (created).
         dir: PathBuf,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertCommand {
+    /// Send a test alert (about the policy's first cache, with its real figures) through
+    /// every [alert.*] sink, once, and say how each delivery went. Exit 0 if all succeeded.
+    Test,
 }
 
 #[derive(Debug, Subcommand)]
@@ -246,6 +256,16 @@ fn run(cli: &Cli, scope: Scope) -> anyhow::Result<i32> {
                 }
             };
             units_cmd(&p, scope, *json, *fix)
+        }
+        Command::Alert(AlertCommand::Test) => {
+            let p = match policy::load_for(scope, &cli.policy) {
+                Ok(p) => p,
+                Err(e) => {
+                    print_policy_error(&e);
+                    return Ok(EXIT_USAGE);
+                }
+            };
+            alert_test(&p)
         }
         Command::Check { json } => {
             let p = match policy::load_for(scope, &cli.policy) {
@@ -437,4 +457,74 @@ fn generate_assets(dir: &std::path::Path) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write \"{}\"", path.display()))?;
     }
     Ok(())
+}
+
+fn alert_test(p: &policy::Policy) -> anyhow::Result<i32> {
+    use crate::alert::{Alert, AlertKind, AlertStatus, Severity};
+    let mut sinks = crate::daemon::observe::sinks(p)?;
+    if sinks.is_empty() {
+        println!("no [alert.*] sinks in the policy: nothing to test");
+        return Ok(EXIT_VIOLATIONS);
+    }
+    let (targets, _) = check::targets(p, &GoEnv::from_process());
+    let report = targets
+        .first()
+        .map(|t| check::inspect_target(t, check::now()));
+    let path = report.as_ref().and_then(|r| r.path.clone());
+    let root = path
+        .as_deref()
+        .and_then(|p| crate::alert::describe_root(p).ok());
+    let size = report
+        .as_ref()
+        .and_then(|r| r.observed.as_ref())
+        .map(|o| o.allocated_bytes);
+    let limit = report.as_ref().and_then(|r| r.limit_bytes);
+    let host = crate::sweep::hostname();
+    let alert = Alert {
+        id: "test".into(),
+        kind: AlertKind::Test,
+        status: AlertStatus::Firing,
+        severity: Severity::Warning,
+        summary: format!(
+            "Test alert from gocache-warden on {host}: delivery works; nothing is wrong."
+        ),
+        host,
+        cache_kind: report.as_ref().map(|r| match r.kind {
+            policy::CacheKind::Build => crate::metrics::CacheKind::Build,
+            policy::CacheKind::Module => crate::metrics::CacheKind::Module,
+        }),
+        cache: path,
+        uid: root.as_ref().map(|r| r.uid),
+        user: root.as_ref().map(|r| r.user.clone()),
+        size_bytes: size,
+        limit_bytes: limit,
+        percent_of_limit: size
+            .zip(limit)
+            .map(|(s, l)| s as f64 * 100.0 / l.max(1) as f64),
+        inodes_used: None,
+        inodes_total: None,
+        top_users: Vec::new(),
+        violations: Default::default(),
+        errors: Default::default(),
+        root,
+        units: Vec::new(),
+        actions: vec!["none: this is a test".into()],
+        since: None,
+        sent_at: Some(chrono::Utc::now().to_rfc3339()),
+    };
+    let mut failed = 0;
+    for s in &mut sinks {
+        match s.deliver(&alert) {
+            Ok(()) => println!("{}: delivered", s.name()),
+            Err(e) => {
+                failed += 1;
+                println!("{}: failed: {}", s.name(), e.reason);
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        EXIT_OK
+    } else {
+        EXIT_VIOLATIONS
+    })
 }

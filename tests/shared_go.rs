@@ -858,7 +858,11 @@ fn concurrent_eviction_never_fails_members_builds() {
             e.detail
         );
     }
-    assert!(evicted > 0, "enforce evicted nothing while the builds ran");
+    let first = enforces[0].evicted;
+    assert!(
+        first > 0,
+        "the sweep applied while the builds ran evicted nothing"
+    );
     assert!(
         stale.is_empty(),
         "over its limit, the cache kept {} stale files: {:?}",

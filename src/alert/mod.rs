@@ -41,6 +41,8 @@ pub enum AlertKind {
     Violations,
     UnitsMissingGocache,
     SweepFailed,
+    /// Sent by `gocache-warden alert test` to check delivery.
+    Test,
 }
 
 impl AlertKind {
@@ -52,6 +54,7 @@ impl AlertKind {
             AlertKind::Violations => "violations",
             AlertKind::UnitsMissingGocache => "units_missing_gocache",
             AlertKind::SweepFailed => "sweep_failed",
+            AlertKind::Test => "test",
         }
     }
 
@@ -64,6 +67,7 @@ impl AlertKind {
             AlertKind::Violations => "Go cache compliance violations",
             AlertKind::UnitsMissingGocache => "Units run Go without GOCACHE",
             AlertKind::SweepFailed => "Go cache sweep failed",
+            AlertKind::Test => "gocache-warden test alert",
         }
     }
 }

@@ -61,7 +61,7 @@ fn config(policy: &Policy) -> MetricsConfig {
     }
 }
 
-fn sinks(policy: &Policy) -> anyhow::Result<Vec<Box<dyn Sink>>> {
+pub fn sinks(policy: &Policy) -> anyhow::Result<Vec<Box<dyn Sink>>> {
     let mut out: Vec<Box<dyn Sink>> = Vec::new();
     for a in &policy.alerts {
         let timeout = Duration::from_secs(10);
