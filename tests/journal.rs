@@ -42,6 +42,43 @@ fn every_kind_of_event_reaches_the_journal_with_its_fields() {
     user.install_unit("gwt-jsvc.service", "[Service]\nExecStart=/bin/true\n")
         .expect("unit");
     let mgr = UserManager::start(user).expect("manager");
+    // A webhook that fails its first request: the retry must be journaled, the URL never.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let port = listener.local_addr().expect("addr").port();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let server = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut s, _)) => {
+                        let _ = s.set_nonblocking(false);
+                        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                        let mut buf = [0u8; 65536];
+                        let _ = s.read(&mut buf);
+                        n += 1;
+                        let reply: &[u8] = if n == 1 {
+                            b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        } else {
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        };
+                        let _ = s.write_all(reply);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+            n
+        })
+    };
+    let url_file = d.path().join("hook-url");
+    std::fs::write(
+        &url_file,
+        format!("http://127.0.0.1:{port}/secret-hook-path\n"),
+    )
+    .expect("url");
     let pdir = d.path().join("policy.d");
     std::fs::create_dir_all(&pdir).expect("mkdir");
     let body = format!(
@@ -49,9 +86,11 @@ fn every_kind_of_event_reaches_the_journal_with_its_fields() {
          [cache.a]\npath = \"{}\"\nmax_age = \"30d\"\nmin_age = \"1h\"\ngroup = \"gwt-journal\"\ngroup_access = \"rwx\"\nother = \"---\"\n\
          [cache.b]\npath = \"{}\"\n\
          [units.svc]\nmatch = [\"gwt-*.service\"]\ngocache = \"%h/gocache\"\nremediation = \"drop-in\"\n\
+         [alert.hook]\nkind = \"webhook\"\nurl_file = \"{}\"\n\
          [agent]\ninterval = \"1h\"\n",
         a.display(),
-        b.display()
+        b.display(),
+        url_file.display()
     );
     std::fs::write(pdir.join("50-test.toml"), body).expect("policy");
     let bin = support::bin();
@@ -64,6 +103,7 @@ for i in $(seq 1 100); do journalctl -D /run/log/journal -t gocache-warden GOCAC
 kill -HUP $pid; sleep 1
 printf 'not = [valid toml\n' > "$P/90-broken.toml"
 kill -HUP $pid; sleep 1
+for i in $(seq 1 100); do journalctl -D /run/log/journal -t gocache-warden -q -o cat 2>/dev/null | grep -q "alert delivered" && break; sleep 0.1; done
 kill -TERM $pid; wait $pid
 "#,
         bin = bin.display(),
@@ -81,6 +121,8 @@ kill -TERM $pid; wait $pid
         .arg(&stuck)
         .status();
     drop(mgr);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let requests = server.join().expect("server");
     let ours = out.entries_from("gocache-warden");
     assert!(
         !ours.is_empty(),
@@ -163,6 +205,28 @@ kill -TERM $pid; wait $pid
         "the unit is named"
     );
     let _ = gid;
+    // The alert retry: failed once (500), then delivered; the secret URL appears nowhere.
+    assert!(
+        requests >= 2,
+        "the webhook was retried ({requests} requests)"
+    );
+    let hook = |msg: &str| {
+        ours.iter().any(|e| {
+            field(e, "SINK") == Some("hook") && field(e, "MESSAGE").is_some_and(|m| m.contains(msg))
+        })
+    };
+    assert!(
+        hook("alert delivery failed") || hook("retry"),
+        "a journaled retry of sink hook"
+    );
+    assert!(hook("alert delivered"), "a journaled delivery of sink hook");
+    for e in &ours {
+        let text = serde_json::to_string(e).unwrap_or_default();
+        assert!(
+            !text.contains("secret-hook-path") && !text.contains(&format!(":{port}")),
+            "the URL leaked into the journal: {text}"
+        );
+    }
     // Nothing went to stderr as well (the journal was chosen; no double logging).
     assert!(
         !out.stderr.contains("evicted"),

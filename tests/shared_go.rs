@@ -543,13 +543,15 @@ fn policy_mismatches(f: &Facl, is_dir: bool, gid: u32, access: u8) -> Vec<String
             bad.push(format!("{p}: {what} {got}, want {wanted}"));
         }
     }
-    let extra =
-        |((t, q), _): &(&(String, String), &u8)| !q.is_empty() && !(t == "group" && *q == g);
-    for ((t, q), v) in f.access.iter().filter(extra) {
-        bad.push(format!(
-            "{p}: unexpected entry {t}:{q}:{}",
-            perm_str(Some(*v))
-        ));
+    // Only the owner, the owning group, the policy's group, the mask and other.
+    for ((t, q), v) in &f.access {
+        let expected = q.is_empty() || (t == "group" && *q == g);
+        if !expected {
+            bad.push(format!(
+                "{p}: unexpected entry {t}:{q}:{}",
+                perm_str(Some(*v))
+            ));
+        }
     }
     let mut want_default = AclMap::new();
     if is_dir {

@@ -24,6 +24,9 @@ use std::time::{Duration, SystemTime};
 
 pub struct Observability {
     pub registry: Registry,
+    /// The alert sinks' configuration, to keep the dispatcher (and its in-flight retries)
+    /// across a reload that does not change it.
+    alerts_cfg: String,
     metrics: Metrics,
     textfile: Option<metrics::textfile::TextfileWriter>,
     tracker: AlertTracker,
@@ -119,6 +122,10 @@ fn thresholds(policy: &Policy) -> alert::Thresholds {
     }
 }
 
+fn alerts_cfg(policy: &Policy) -> String {
+    serde_json::to_string(&policy.alerts).unwrap_or_default()
+}
+
 /// The textfile writer and the alert dispatcher a policy asks for.
 fn outputs(
     policy: &Policy,
@@ -157,6 +164,7 @@ impl Observability {
             .min()
             .unwrap_or(Duration::from_secs(6 * 3600));
         Ok(Observability {
+            alerts_cfg: alerts_cfg(policy),
             registry,
             metrics,
             textfile,
@@ -170,12 +178,22 @@ impl Observability {
     /// themselves stay registered (the HTTP listener serves the same registry); a changed
     /// `top_users` takes effect at the next restart.
     pub fn reload(&mut self, policy: &Policy) -> anyhow::Result<()> {
-        // The notification counter stays registered from the start; a second one would clash.
-        let (textfile, dispatcher) = outputs(policy, None)?;
-        if let Some(old) = std::mem::replace(&mut self.dispatcher, dispatcher) {
-            old.shutdown(Duration::from_secs(1));
+        let cfg = alerts_cfg(policy);
+        if cfg == self.alerts_cfg {
+            self.textfile = match &policy.metrics.textfile {
+                Some(p) => Some(metrics::textfile::TextfileWriter::new(p.clone())?),
+                None => None,
+            };
+        } else {
+            // The notification counter stays registered from the start; a second one would
+            // clash. Alerts queued for the old sinks are given a second to go out.
+            let (textfile, dispatcher) = outputs(policy, None)?;
+            if let Some(old) = std::mem::replace(&mut self.dispatcher, dispatcher) {
+                old.shutdown(Duration::from_secs(1));
+            }
+            self.textfile = textfile;
+            self.alerts_cfg = cfg;
         }
-        self.textfile = textfile;
         self.thresholds = thresholds(policy);
         Ok(())
     }
