@@ -86,6 +86,16 @@ fn goroot() -> &'static Path {
         use std::os::fd::AsRawFd;
         let src = source_goroot();
         let want = std::fs::read_to_string(src.join("VERSION")).expect("read VERSION");
+        // Go 1.24+ caches executables (`go run`), which the ACL test looks at.
+        let minor = want
+            .strip_prefix("go1.")
+            .and_then(|v| v.split('.').next()?.parse().ok());
+        let version = want.lines().next().unwrap_or_default();
+        assert!(
+            minor >= Some(24),
+            "need Go 1.24+, {} has {version}; {INSTALL_GO}",
+            src.display()
+        );
         let dst = Path::new(SHARED_GOROOT);
         let lock = std::fs::File::create("/tmp/gocache-warden-test-go.lock").expect("lock file");
         // SAFETY: flock on an fd we own; released when `lock` drops.
@@ -201,13 +211,12 @@ impl Lab {
             cache.display().to_string()
         );
         let policy = support::policy(dir.path(), "policy.toml", &body);
-        let access = perm_bits(access);
         Lab {
+            access: perm_bits(access),
             dir,
             cache,
             policy,
             gid,
-            access,
         }
     }
 
@@ -254,31 +263,16 @@ impl Lab {
     /// switch, no cgo: builds do not depend on a C compiler).
     fn go(&self, m: &Member, dir: &Path, args: &[&str]) -> Output {
         let mut c = Command::new("setpriv");
-        let (uid, gid) = (m.uid.to_string(), m.gid.to_string());
-        c.args([
-            "--reuid",
-            &uid,
-            "--regid",
-            &gid,
-            "--init-groups",
-            "env",
-            "-i",
-        ]);
+        let ids = format!("--reuid {} --regid {} --init-groups env -i", m.uid, m.gid);
+        c.args(ids.split(' '));
         c.arg(format!("HOME={}", self.home(m).display()));
         c.arg(format!("USER={}", m.name));
         c.arg(format!("PATH={}/bin:/usr/bin:/bin", goroot().display()));
         c.arg(format!("GOCACHE={}", self.cache.display()));
-        c.arg(format!(
-            "GOTMPDIR={}",
-            self.dir.path().join("gotmp").display()
-        ));
-        c.args([
-            "GOFLAGS=-mod=mod",
-            "GOPROXY=off",
-            "GOSUMDB=off",
-            "GOTELEMETRY=off",
-        ]);
-        c.args(["GOTOOLCHAIN=local", "CGO_ENABLED=0", "go"]);
+        let tmp = self.dir.path().join("gotmp");
+        c.arg(format!("GOTMPDIR={}", tmp.display()));
+        let go = "GOFLAGS=-mod=mod GOPROXY=off GOSUMDB=off GOTELEMETRY=off GOTOOLCHAIN=local";
+        c.args(go.split(' ')).args(["CGO_ENABLED=0", "go"]);
         c.args(args).current_dir(dir);
         run_bounded(c, BUILD_TIMEOUT)
     }
@@ -298,12 +292,7 @@ impl Lab {
     /// `enforce --json`, which must succeed without failed actions; its outcome for the cache.
     fn enforce(&self) -> Value {
         let r = enforce_run(self);
-        assert_eq!(
-            (r.code, r.failed),
-            (Some(0), 0),
-            "enforce failed: {}",
-            r.detail
-        );
+        r.assert_ok();
         r.outcome
     }
 }
@@ -330,11 +319,8 @@ fn run_bounded(mut c: Command, limit: Duration) -> Output {
     let out = child.wait_with_output().expect("wait for child");
     let _ = done.send(());
     let killed = watchdog.join().expect("watchdog");
-    assert!(
-        !killed,
-        "{c:?} ran over {limit:?}, killed:\n{}",
-        text(&out.stderr)
-    );
+    let err = text(&out.stderr);
+    assert!(!killed, "{c:?} ran over {limit:?}, killed:\n{err}");
     out
 }
 
@@ -380,13 +366,8 @@ fn last_use(m: &std::fs::Metadata) -> i64 {
 /// did within BUILD_TIMEOUT.
 fn wait_for_first_use(cache: &Path) -> bool {
     let t = Instant::now();
-    let used = || {
-        let now = support::now();
-        entry_files(cache)
-            .iter()
-            .any(|(_, m)| now - last_use(m) < FLOOR_SECS)
-    };
-    while !used() {
+    let fresh = |m: &std::fs::Metadata| support::now() - last_use(m) < FLOOR_SECS;
+    while !entry_files(cache).iter().any(|(_, m)| fresh(m)) {
         if t.elapsed() > BUILD_TIMEOUT {
             return false;
         }
@@ -399,25 +380,22 @@ fn wait_for_first_use(cache: &Path) -> bool {
 /// to four days, spread by name so that LRU order means something. Returns how many.
 fn age_entries(cache: &Path) -> usize {
     let base = cache.components().count();
-    let mut n = 0;
-    // Deepest first, so that an executable output gets the age of its file.
-    for p in walk(cache)
-        .iter()
-        .rev()
+    let entries: Vec<PathBuf> = walk(cache)
+        .into_iter()
         .filter(|p| p.components().count() >= base + 2)
-    {
-        let name = p.components().nth(base + 1).expect("entry name");
-        let hex = name
-            .as_os_str()
-            .to_string_lossy()
-            .chars()
-            .take(4)
-            .collect::<String>();
+        .collect();
+    // Deepest first, so that an executable output gets the age of its file.
+    for p in entries.iter().rev() {
+        let name = p
+            .components()
+            .nth(base + 1)
+            .expect("entry name")
+            .as_os_str();
+        let hex: String = name.to_string_lossy().chars().take(4).collect();
         let hours = i64::from_str_radix(&hex, 16).unwrap_or(0) % 48;
         support::age(p, 2 * 86400 + hours * 3600);
-        n += 1;
     }
-    n
+    entries.len()
 }
 
 // --- getfacl, parsed -------------------------------------------------------------------------
@@ -459,14 +437,15 @@ fn getfacl_tree(root: &Path) -> Vec<Facl> {
     let o = o.expect("getfacl (apt-get install acl)");
     must(&o, &format!("getfacl -R {}", root.display()));
     let mut out = Vec::new();
-    for block in text(&o.stdout)
-        .split("\n\n")
-        .filter(|b| !b.trim().is_empty())
-    {
+    let stdout = text(&o.stdout);
+    for block in stdout.split("\n\n").filter(|b| !b.trim().is_empty()) {
         let mut f = Facl::default();
         for line in block.lines() {
             if let Some(p) = line.strip_prefix("# file: ") {
-                f.path = PathBuf::from(unescape(p));
+                // getfacl escapes unusual bytes as `\ooo`; cache names are hex, and the
+                // lab's path is plain.
+                assert!(!p.contains('\\'), "unexpected escape in {p:?}");
+                f.path = PathBuf::from(p);
             } else if let Some(g) = line.strip_prefix("# group: ") {
                 f.gid = g.trim().parse().ok();
             } else if let Some(flags) = line.strip_prefix("# flags: ") {
@@ -484,25 +463,6 @@ fn getfacl_tree(root: &Path) -> Vec<Facl> {
         out.push(f);
     }
     out
-}
-
-/// getfacl writes unusual bytes in names as `\ooo`.
-fn unescape(s: &str) -> String {
-    let (b, mut out, mut i) = (s.as_bytes(), Vec::new(), 0);
-    while i < b.len() {
-        let octal = |o: &&[u8]| o.iter().all(|c| (b'0'..=b'7').contains(c));
-        match b.get(i + 1..i + 4).filter(octal) {
-            Some(o) if b[i] == b'\\' => {
-                out.push((o[0] - b'0') << 6 | (o[1] - b'0') << 3 | (o[2] - b'0'));
-                i += 4;
-            }
-            _ => {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-    }
-    text(&out)
 }
 
 /// How `f` differs from the policy: group `gid`, setgid on directories, the group class
@@ -526,15 +486,11 @@ fn policy_mismatches(f: &Facl, is_dir: bool, gid: u32, access: u8) -> Vec<String
     }
     let mask = get("mask", "");
     let effective = |x: Option<u8>| x.map(|x| x & mask.unwrap_or(7));
-    let named = effective(get("group", &g));
+    let (named, owning) = (effective(get("group", &g)), effective(get("group", "")));
     let checks = [
         ("mask", mask, Some(want)),
         ("named group effective", named, Some(want)),
-        (
-            "owning group effective",
-            effective(get("group", "")),
-            Some(want),
-        ),
+        ("owning group effective", owning, Some(want)),
         ("other", get("other", ""), Some(0)),
     ];
     for (what, got, wanted) in checks {
@@ -546,30 +502,22 @@ fn policy_mismatches(f: &Facl, is_dir: bool, gid: u32, access: u8) -> Vec<String
     // Only the owner, the owning group, the policy's group, the mask and other.
     for ((t, q), v) in &f.access {
         let expected = q.is_empty() || (t == "group" && *q == g);
+        let v = perm_str(Some(*v));
         if !expected {
-            bad.push(format!(
-                "{p}: unexpected entry {t}:{q}:{}",
-                perm_str(Some(*v))
-            ));
+            bad.push(format!("{p}: unexpected entry {t}:{q}:{v}"));
         }
     }
     let mut want_default = AclMap::new();
     if is_dir {
-        let e = [
-            ("user", "", 7),
-            ("group", "", access),
-            ("group", &g, access),
-        ];
-        let e = e
-            .into_iter()
-            .chain([("mask", "", access), ("other", "", 0)]);
-        want_default = e.map(|(t, q, v)| (key(t, q), v)).collect();
+        want_default.insert(key("user", ""), 7);
+        want_default.insert(key("group", ""), access);
+        want_default.insert(key("group", &g), access);
+        want_default.insert(key("mask", ""), access);
+        want_default.insert(key("other", ""), 0);
     }
     if f.default != want_default {
-        bad.push(format!(
-            "{p}: default ACL {:?}, want {want_default:?}",
-            f.default
-        ));
+        let got = &f.default;
+        bad.push(format!("{p}: default ACL {got:?}, want {want_default:?}"));
     }
     bad
 }
@@ -580,20 +528,14 @@ fn assert_policy_acls(lab: &Lab, when: &str) -> (usize, usize) {
     let facls = getfacl_tree(&lab.cache);
     let mut listed: Vec<PathBuf> = facls.iter().map(|f| f.path.clone()).collect();
     listed.sort();
-    assert_eq!(
-        listed,
-        walk(&lab.cache),
-        "{when}: getfacl -R did not list every entry"
-    );
+    let all = walk(&lab.cache);
+    assert_eq!(listed, all, "{when}: getfacl -R did not list every entry");
     let (mut bad, mut dirs, mut deviating) = (Vec::new(), 0, 0);
     for f in &facls {
         let md = f.path.symlink_metadata();
         let md = md.unwrap_or_else(|e| panic!("{}: {e}", f.path.display()));
-        assert!(
-            md.is_dir() || md.is_file(),
-            "{when}: {} is special",
-            f.path.display()
-        );
+        let p = f.path.display();
+        assert!(md.is_dir() || md.is_file(), "{when}: {p} is special");
         dirs += usize::from(md.is_dir());
         let m = policy_mismatches(f, md.is_dir(), lab.gid, lab.access);
         deviating += usize::from(!m.is_empty());
@@ -601,10 +543,8 @@ fn assert_policy_acls(lab: &Lab, when: &str) -> (usize, usize) {
     }
     let examples = bad.iter().take(25).cloned().collect::<Vec<_>>().join("\n");
     let n = facls.len();
-    assert!(
-        bad.is_empty(),
-        "{when}: {deviating} of {n} entries deviate:\n{examples}"
-    );
+    let what = format!("{when}: {deviating} of {n} entries deviate:\n{examples}");
+    assert!(bad.is_empty(), "{what}");
     (n, dirs)
 }
 
@@ -656,6 +596,14 @@ fn enforce_outcome(o: &Output) -> EnforceRun {
     }
 }
 
+impl EnforceRun {
+    /// Exit 0 and no failed action.
+    fn assert_ok(&self) {
+        let ok = self.code == Some(0) && self.failed == 0;
+        assert!(ok, "enforce failed: {}", self.detail);
+    }
+}
+
 /// An `enforce --json` stopped at its `before-apply` failpoint: it has planned (and so
 /// judged every entry by the ages it saw then) but changed nothing yet.
 struct PausedEnforce {
@@ -668,34 +616,23 @@ impl PausedEnforce {
         let dir = lab.dir.path().join("failpoint");
         std::fs::create_dir(&dir).expect("mkdir failpoint");
         let mut c = Command::new(support::bin());
-        c.args([
-            "--policy",
-            lab.policy.to_str().expect("utf-8"),
-            "enforce",
-            "--json",
-        ]);
-        c.env(
-            "GOCACHE_WARDEN_FAILPOINT",
-            format!("before-apply:.:{}", dir.display()),
-        );
+        c.arg("--policy").arg(&lab.policy);
+        c.args(["enforce", "--json"]);
+        let point = format!("before-apply:.:{}", dir.display());
+        c.env("GOCACHE_WARDEN_FAILPOINT", point);
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = c.spawn().expect("spawn enforce");
-        let t = Instant::now();
-        while !dir.join("before-apply.ready").exists() && t.elapsed() < Duration::from_secs(60) {
+        let (t, ready) = (Instant::now(), dir.join("before-apply.ready"));
+        while !ready.exists() && t.elapsed() < Duration::from_secs(60) {
             std::thread::sleep(Duration::from_millis(10));
         }
-        if !dir.join("before-apply.ready").exists() {
+        if !ready.exists() {
             let _ = child.kill();
             let o = child.wait_with_output().expect("wait for enforce");
-            panic!(
-                "enforce never reached before-apply: {}",
-                support::stderr(&o)
-            );
+            panic!("enforce never paused before apply: {}", support::stderr(&o));
         }
-        PausedEnforce {
-            child,
-            release: dir.join("before-apply.go"),
-        }
+        let release = dir.join("before-apply.go");
+        PausedEnforce { child, release }
     }
 
     /// Lets it apply its plan; returns what it did.
@@ -716,16 +653,12 @@ fn build_loop(lab: &Lab, m: &Member, name: &str, start: Instant) -> Vec<BuildRun
         }
         let t = Instant::now();
         let o = lab.build(m, &p, i);
-        let who = format!("{} {} #{i} ({})", m.name, p.name, o.status);
-        let (ok, stderr, secs) = (
-            o.status.success(),
-            text(&o.stderr),
-            t.elapsed().as_secs_f64(),
-        );
+        let secs = t.elapsed().as_secs_f64();
+        let who = format!("{} {} #{i} ({}, {secs:.1}s)", m.name, p.name, o.status);
         runs.push(BuildRun {
             who,
-            ok,
-            stderr,
+            ok: o.status.success(),
+            stderr: text(&o.stderr),
             secs,
         });
     }
@@ -745,14 +678,10 @@ fn concurrent_eviction_never_fails_members_builds() {
     let (alice, bob) = members();
     let lab = Lab::new("root", "rwx", "max_size = \"20MiB\"\nlow_water = \"50%\"\n");
     let created = lab.enforce();
-    assert_eq!(
-        created["created"], true,
-        "enforce must create the cache: {created}"
-    );
+    assert_eq!(created["created"], true, "enforce must create the cache");
     assert_policy_acls(&lab, "after enforce created the cache");
 
-    let fill = [(&alice, "web json types"), (&bob, "tls text sql")];
-    for (m, names) in fill {
+    for (m, names) in [(&alice, "web json types"), (&bob, "tls text sql")] {
         for p in names.split(' ').map(program) {
             let what = format!("{} building {} into the new cache", m.name, p.name);
             must(&lab.build(m, &p, 0), &what);
@@ -761,11 +690,8 @@ fn concurrent_eviction_never_fails_members_builds() {
     let natural = support::du_bytes(&lab.cache);
     let aged = age_entries(&lab.cache);
     let mib = |b: u64| b >> 20;
-    eprintln!(
-        "filled in {:.1?}: {} MiB, {aged} entries aged",
-        t0.elapsed(),
-        mib(natural)
-    );
+    let filled = format!("filled in {:.1?}: {} MiB", t0.elapsed(), mib(natural));
+    eprintln!("{filled}, {aged} entries aged");
 
     // Two loops per member, each over its own copy of a program whose dependencies both
     // members built. The rest (web, tls and types above all) is not rebuilt: it must go.
@@ -776,8 +702,8 @@ fn concurrent_eviction_never_fails_members_builds() {
         (&bob, "sql"),
     ];
     // The first sweep plans while every entry is still stale, so its plan covers the
-    // dependencies the loops are about to use; it applies that plan while they resolve,
-    // compile and link. Apply must re-check each entry and spare what they touched.
+    // dependencies the loops are about to use; it applies that plan as soon as they start
+    // using the cache. Apply must re-check each entry and spare what they touched.
     let paused = PausedEnforce::start(&lab);
     let finished = AtomicUsize::new(0);
     let start = Instant::now();
@@ -820,82 +746,63 @@ fn concurrent_eviction_never_fails_members_builds() {
     let stale = stale.filter(|(_, m)| now - last_use(m) >= FLOOR_SECS);
     let stale: Vec<String> = stale.map(|(p, _)| p.display().to_string()).collect();
 
-    let failed: Vec<String> = builds
-        .iter()
-        .filter(|b| !b.ok)
+    let failed = builds.iter().filter(|b| !b.ok);
+    let failed: Vec<String> = failed
         .map(|b| format!("{}:\n{}", b.who, b.stderr))
         .collect();
     let evicted: u64 = enforces.iter().map(|e| e.evicted).sum();
     let evicted_mib = mib(enforces.iter().map(|e| e.evicted_bytes).sum());
     let slowest = builds.iter().map(|b| b.secs).fold(0.0, f64::max);
-    let per_run: Vec<String> = enforces
+    let per_run = enforces
         .iter()
-        .map(|e| format!("{:?}/{}", e.code, e.evicted))
-        .collect();
+        .map(|e| format!("{:?}/{}", e.code, e.evicted));
+    let per_run = per_run.collect::<Vec<_>>().join(" ");
+    let (n, nf, ne) = (builds.len(), failed.len(), enforces.len());
+    eprintln!("{n} builds in {concurrent:.1?} (slowest {slowest:.1}s), {nf} failed");
+    eprintln!("{ne} enforce runs evicted {evicted} entries ({evicted_mib} MiB) during them");
+    eprintln!("  exit/evicted per run: {per_run}");
     eprintln!(
-        "{} builds in {concurrent:.1?} (slowest {slowest:.1}s), {} failed; {} enforce runs \
-         evicted {evicted} entries ({evicted_mib} MiB), exit/evicted: {}; then {} more; \
-         {} MiB -> {} MiB",
-        builds.len(),
-        failed.len(),
-        enforces.len(),
-        per_run.join(" "),
+        "then {} more; {} MiB -> {} MiB",
         last.evicted,
         mib(natural),
         mib(after)
     );
 
-    let n = builds.len();
+    let failures = failed.join("\n");
     assert!(
         failed.is_empty(),
-        "{} of {n} builds failed during eviction:\n{}",
-        failed.len(),
-        failed.join("\n")
+        "{nf} of {n} builds failed during eviction:\n{failures}"
     );
-    for e in enforces.iter().chain([&last]) {
-        assert_eq!(
-            (e.code, e.failed),
-            (Some(0), 0),
-            "enforce failed: {}",
-            e.detail
-        );
-    }
+    enforces
+        .iter()
+        .chain([&last])
+        .for_each(EnforceRun::assert_ok);
     let first = enforces[0].evicted;
     assert!(
         first > 0,
         "the sweep applied while the builds ran evicted nothing"
     );
-    assert!(
-        stale.is_empty(),
-        "over its limit, the cache kept {} stale files: {:?}",
-        stale.len(),
-        &stale[..stale.len().min(10)]
+    let examples = &stale[..stale.len().min(10)];
+    let kept = format!(
+        "over its limit, the cache kept {} stale files: {examples:?}",
+        stale.len()
     );
-    assert!(
-        after * 3 < natural * 2,
-        "the cache ended at {after} bytes of its natural {natural}"
-    );
+    assert!(stale.is_empty(), "{kept}");
+    let size = format!("the cache ended at {after} bytes of its natural {natural}");
+    assert!(after * 3 < natural * 2, "{size}");
 
     // What the loops built last still runs.
     for (m, name) in &loops {
         let p = program(name);
         let bin = lab.src(m, &p).join(p.name);
-        let o = Command::new(&bin)
-            .output()
-            .unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+        let o = Command::new(&bin).output().expect("run a built program");
         must(&o, &bin.display().to_string());
-        assert!(
-            text(&o.stdout).contains(p.prints),
-            "{}: {:?}",
-            bin.display(),
-            text(&o.stdout)
-        );
+        let out = text(&o.stdout);
+        assert!(out.contains(p.prints), "{}: {out:?}", bin.display());
     }
     let (entries, dirs) = assert_policy_acls(&lab, "after eviction under concurrent builds");
-    eprintln!(
-        "policy ACLs on all {entries} entries ({dirs} dirs); took {:.1?}",
-        t0.elapsed()
-    );
+    let took = t0.elapsed();
+    eprintln!("policy ACLs on all {entries} entries ({dirs} dirs); took {took:.1?}");
 }
 
 /// After `enforce`, `getfacl` shows exactly the policy on every directory and file of an
@@ -913,16 +820,14 @@ fn getfacl_shows_the_policy_on_every_entry() {
     must(&lab.build(&alice, &hello, 0), "alice's build");
     must(&lab.build(&bob, &text_prog, 0), "bob's build");
     // `go run` caches the executable (Go 1.24+): a directory holding an executable file.
-    must(
-        &lab.go(&bob, &lab.src(&bob, &text_prog), &["run", "."]),
-        "bob's go run",
-    );
+    let d = lab.src(&bob, &text_prog);
+    must(&lab.go(&bob, &d, &["run", "."]), "bob's go run");
     let depth = lab.cache.components().count() + 2;
-    let exec_dirs = walk(&lab.cache)
+    let exec = walk(&lab.cache)
         .into_iter()
         .filter(|p| p.components().count() == depth);
     assert!(
-        exec_dirs.filter(|p| p.is_dir()).count() > 0,
+        exec.filter(|p| p.is_dir()).count() > 0,
         "go run cached no executable"
     );
 
@@ -939,35 +844,27 @@ fn getfacl_shows_the_policy_on_every_entry() {
     sh("chmod", &["g-s", &shard]);
     let fixed = lab.enforce()["fixed"].clone();
     for v in ["acl", "group", "setgid", "default-acl", "other-access"] {
-        assert!(
-            fixed[v].as_u64().is_some_and(|n| n > 0),
-            "enforce did not fix {v}: {fixed}"
-        );
+        let done = fixed[v].as_u64().is_some_and(|n| n > 0);
+        assert!(done, "enforce did not fix {v}: {fixed}");
     }
     let (n1, d1) = assert_policy_acls(&lab, "after enforce");
 
     // New entries after enforce: bob builds a new program and runs it (which caches its
     // executable too). No enforce in between: default ACLs and setgid must do it alone.
-    let before: BTreeSet<PathBuf> = entry_files(&lab.cache)
-        .into_iter()
-        .map(|(p, _)| p)
-        .collect();
+    let before: BTreeSet<PathBuf> = entry_files(&lab.cache).into_iter().map(|e| e.0).collect();
     let d = lab.program(&bob, &bigcsv, 0);
     must(
-        &lab.go(&bob, &d, &["build", "-o", bigcsv.name, "."]),
+        &lab.go(&bob, &d, &["build", "-o", "bigcsv", "."]),
         "bob's new build",
     );
     let o = lab.go(&bob, &d, &["run", "."]);
     must(&o, "bob's go run of the new program");
-    assert!(
-        text(&o.stdout).contains(bigcsv.prints),
-        "go run: {:?}",
-        text(&o.stdout)
-    );
-    let new: Vec<_> = entry_files(&lab.cache)
+    let out = text(&o.stdout);
+    assert!(out.contains(bigcsv.prints), "go run printed {out:?}");
+    let new = entry_files(&lab.cache)
         .into_iter()
-        .filter(|(p, _)| !before.contains(p))
-        .collect();
+        .filter(|(p, _)| !before.contains(p));
+    let new: Vec<_> = new.collect();
     let by_bob = new.iter().filter(|(_, m)| m.uid() == bob.uid).count();
     assert!(
         by_bob > 10,
@@ -986,11 +883,11 @@ fn getfacl_shows_the_policy_on_every_entry() {
         json!({}),
         "entries go made under the default ACLs needed fixing"
     );
+    let took = t0.elapsed();
+    eprintln!("policy ACLs on {n1} entries ({d1} dirs) after enforce (fixed {fixed}),");
     eprintln!(
-        "policy ACLs on {n1} entries ({d1} dirs) after enforce (fixed {fixed}), on {n2} \
-         ({d2} dirs) with {} new files; took {:.1?}",
-        new.len(),
-        t0.elapsed()
+        "on {n2} ({d2} dirs) with {} new files; took {took:.1?}",
+        new.len()
     );
 }
 
@@ -1023,48 +920,37 @@ fn read_only_group_grant_fails_members_builds_as_check_warns() {
     assert_eq!(
         o.status.code(),
         Some(1),
-        "bob's build must fail with exit 1: {err}"
+        "bob's build must fail with exit 1"
     );
     assert!(
         err.contains("permission denied"),
-        "bob's build must be denied: {err}"
+        "bob's build must be denied"
     );
     let cache = lab.cache.display().to_string();
-    assert!(
-        err.contains(&cache),
-        "the error must name a cache entry: {err}"
-    );
+    assert!(err.contains(&cache), "the error must name a cache entry");
 
     let o = lab.warden(&["check"]);
     let report = support::stdout(&o);
     assert_eq!(o.status.code(), Some(1), "check must fail:\n{report}");
     let line = report.lines().find(|l| l.contains("read-only-group-grant"));
     let line = line.unwrap_or_else(|| panic!("no read-only-group-grant in:\n{report}"));
-    assert!(
-        line.trim_start().starts_with("error"),
-        "not an error: {line}"
-    );
+    let error = line.trim_start().starts_with("error");
+    assert!(error, "not an error: {line}");
     let says = line.contains(GROUP) && line.contains("permission denied");
     assert!(says, "the finding must say members' builds fail: {line}");
 
     let o = lab.warden(&["check", "--json"]);
     let v = support::json(&o);
     assert_eq!(o.status.code(), Some(1), "{v}");
-    assert_eq!(
-        (&v["exit_code"], &v["compliant"]),
-        (&json!(1), &json!(false)),
-        "{v}"
-    );
+    let verdict = (&v["exit_code"], &v["compliant"]);
+    assert_eq!(verdict, (&json!(1), &json!(false)), "{v}");
     let findings = v["caches"][0]["findings"].as_array().expect("findings");
     let f = findings
         .iter()
         .find(|f| f["kind"] == "read-only-group-grant");
     let f = f.unwrap_or_else(|| panic!("no read-only-group-grant finding: {v}"));
-    assert_eq!(
-        (&f["severity"], &f["auto_fix"]),
-        (&json!("error"), &json!(false)),
-        "{f}"
-    );
+    let sev = (&f["severity"], &f["auto_fix"]);
+    assert_eq!(sev, (&json!("error"), &json!(false)), "{f}");
     let message = f["message"].as_str().unwrap_or_default();
     assert!(message.contains("permission denied"), "{f}");
     eprintln!("r-x test took {:.1?}", t0.elapsed());
