@@ -110,7 +110,11 @@ fn user_unit_ready_reload_bad_reload_and_stop_mid_sweep() {
         .expect("reload");
     // systemd 252 finishes the reload job when ExecReload's kill exits; our RELOADING=1 …
     // READY=1 may come just after: "reloading" for a moment, then active again.
-    wait_for("active again after the reload", Duration::from_secs(15), || state(&mgr) == "active");
+    wait_for(
+        "active again after the reload",
+        Duration::from_secs(15),
+        || state(&mgr) == "active",
+    );
     wait_for("the reload to be logged", Duration::from_secs(10), || {
         logtext().contains("reloaded the policy")
     });
@@ -131,7 +135,11 @@ fn user_unit_ready_reload_bad_reload_and_stop_mid_sweep() {
     );
     // systemd 252 finishes the reload job when ExecReload's kill exits; our RELOADING=1 …
     // READY=1 may come just after: "reloading" for a moment, then active again.
-    wait_for("active again after the reload", Duration::from_secs(15), || state(&mgr) == "active");
+    wait_for(
+        "active again after the reload",
+        Duration::from_secs(15),
+        || state(&mgr) == "active",
+    );
     assert_eq!(
         mgr.show("gocache-warden.service", "MainPID").expect("pid"),
         pid,
@@ -236,11 +244,13 @@ fn growth_from_a_real_go_build_triggers_eviction_before_the_timer() {
         ),
     );
     let log = d.path().join("daemon.log");
-    let mut child = Command::new(support::bin())
-        .args(["--policy".as_ref(), policy.as_os_str(), "run".as_ref()])
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("daemon");
+    let mut child = support::KillOnDrop(
+        Command::new(support::bin())
+            .args(["--policy".as_ref(), policy.as_os_str(), "run".as_ref()])
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("daemon"),
+    );
     let logtext = || std::fs::read_to_string(&log).unwrap_or_default();
     let started = Instant::now();
     wait_for("the first sweep", Duration::from_secs(60), || {
@@ -284,10 +294,10 @@ fn growth_from_a_real_go_build_triggers_eviction_before_the_timer() {
         logtext()
     );
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::unistd::Pid::from_raw(child.0.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
     )
     .expect("kill");
-    let st = child.wait().expect("wait");
+    let st = child.0.wait().expect("wait");
     assert!(st.success(), "clean exit on SIGTERM: {st:?}\n{}", logtext());
 }

@@ -69,11 +69,13 @@ fn agent_metrics_pass_promtool_and_the_textfile_is_always_whole() {
         ),
     );
     let log = d.path().join("log");
-    let mut child = Command::new(support::bin())
-        .args(["--policy".as_ref(), p.as_os_str(), "run".as_ref()])
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("agent");
+    let mut child = support::KillOnDrop(
+        Command::new(support::bin())
+            .args(["--policy".as_ref(), p.as_os_str(), "run".as_ref()])
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("agent"),
+    );
     let start = Instant::now();
     while !prom.exists() {
         assert!(
@@ -135,7 +137,7 @@ fn agent_metrics_pass_promtool_and_the_textfile_is_always_whole() {
             reads
         })
     };
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let pid = nix::unistd::Pid::from_raw(child.0.id() as i32);
     let before = std::fs::read_to_string(&log)
         .unwrap_or_default()
         .matches("in use; last sweep")
@@ -160,5 +162,5 @@ fn agent_metrics_pass_promtool_and_the_textfile_is_always_whole() {
         "the reader read while it was rewritten ({reads} reads)"
     );
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("term");
-    assert!(child.wait().expect("wait").success());
+    assert!(child.0.wait().expect("wait").success());
 }

