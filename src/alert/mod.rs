@@ -379,21 +379,8 @@ fn cache_checks(host: &str, c: &CacheObservation, th: &Thresholds, out: &mut Vec
     }
 }
 
-/// Formats bytes with binary units, e.g. `1.5 GiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < UNITS.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
-}
+/// Formats bytes with binary units, e.g. `1.5 GiB` (the same wording as every report).
+pub use crate::policy::value::human_bytes;
 
 #[cfg(test)]
 mod tests;
