@@ -89,7 +89,7 @@ def strace_counts(cmd, ok=(0,), env=None):
     for line in txt.splitlines():
         t = line.split()
         # "% time seconds usecs/call calls [errors] syscall"
-        if len(t) in (5, 6) and re.fullmatch(r"[0-9.]+", t[0]) and t[3].isdigit():
+        if len(t) in (5, 6) and re.fullmatch(r"[0-9.]+", t[0]) and t[3].isdigit() and t[-1] != "total":
             counts[t[-1]] = int(t[3])
     return counts
 
@@ -144,6 +144,14 @@ def count_files(root):
     n = 0
     for _dp, _dn, fn in os.walk(root):
         n += len(fn)
+    return n
+
+
+def count_inodes(root):
+    """Files and directories, the root included (what a walk visits)."""
+    n = 1
+    for _dp, dn, fn in os.walk(root):
+        n += len(dn) + len(fn)
     return n
 
 

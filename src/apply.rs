@@ -538,6 +538,10 @@ impl<'a> Applier<'a> {
             Kind::File => {
                 if self.remove_file(&sdir, &name, &st, &rel) {
                     self.count_evicted(reason, st.alloc);
+                    if self.dry {
+                        // Still there in a dry run: keep phase 2 from counting it again.
+                        self.referenced.extend(id_prefix(&out));
+                    }
                 } else if let Some(p) = id_prefix(&out) {
                     // Not removed (failed, or in use again): phase 2 must not try again.
                     self.referenced.push(p);
