@@ -127,7 +127,8 @@ def fmt_mib(kib):
 
 
 def ratio(other, ours):
-    if not ours or ours != ours or other != other:
+    # 0 is what GNU time reports below its 10 ms resolution: no ratio from that.
+    if not ours or not other or ours != ours or other != other:
         return "—"
     return f"{other / ours:.2f}×"
 

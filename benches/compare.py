@@ -11,7 +11,7 @@ Sections (all by default; `--quick` = 100k entries only, fewer repetitions, no 1
             /proc/sys/vm/drop_caches is writable), on 100k/1M synthetic trees and a real
             Go-built cache; `check` on an ACL tree vs `getfacl -R`
   evict     `enforce` (max_age hitting ~half) vs `find -type f -mtime +N -delete`, each on
-            its own `cp -a` copy
+            its own `cp -a` copy, page cache dropped before each (cold, when possible)
   perms     `enforce` with a group/ACL policy vs `setfacl -R ... && find -exec setfacl -d`
             and vs `chgrp -R ... && find -exec chmod g+s`
   syscalls  `strace -c -f`: stat-family, getxattr-family, getdents64, unlink calls per inode
@@ -237,6 +237,10 @@ class Bench:
                 runs.reverse()
             for name, cmd in runs:
                 log(f"evict {label}: {name}")
+                # Both start from disk, with the copies' writeback finished: otherwise the
+                # first to run pays for the other's copy and the second finds a warm tree.
+                if self.cold:
+                    drop_caches()
                 if name == "ours":
                     x = timed(cmd, capture=True)
                     so.append(x)
@@ -249,9 +253,10 @@ class Bench:
             rmtree(a)
             rmtree(b)
         reps = len(so)
+        temp = "cold" if self.cold else "warm"
         self.row(
             "evict",
-            f"evict ~half of {label}: wall, median of {reps}",
+            f"evict ~half of {label}, {temp}: wall, median of {reps}",
             fmt_s(med([x.wall for x in so])),
             f"find -delete: {fmt_s(med([x.wall for x in sf]))}",
             ratio(med([x.wall for x in sf]), med([x.wall for x in so])),
@@ -259,7 +264,7 @@ class Bench:
         )
         self.row(
             "evict",
-            f"evict ~half of {label}: CPU user+sys, median of {reps}",
+            f"evict ~half of {label}, {temp}: CPU user+sys, median of {reps}",
             fmt_s(med([x.cpu for x in so])),
             f"find -delete: {fmt_s(med([x.cpu for x in sf]))}",
             ratio(med([x.cpu for x in sf]), med([x.cpu for x in so])),

@@ -1,8 +1,11 @@
 //! `apply`: the only code that changes a cache.
 //!
-//! Phases per cache, as systemd-tmpfiles orders them: create a missing root; one walk that
-//! evicts (units at least as old as the plan's cutoff, never younger than the floor) and then
-//! fixes group, ACLs, setgid and other access children-first; finally rewrite trim.txt.
+//! Phases per cache, as systemd-tmpfiles orders them: create a missing root; for a build cache
+//! with eviction, a walk over the action records only (evict those at least as old as the
+//! plan's cutoff, never younger than the floor; learn which outputs the evicted and the
+//! surviving ones name); one walk over the rest that evicts outputs (their own age, or their
+//! evicted action's, never one a survivor names) and fixes group, ACLs, setgid and other
+//! access children-first; finally rewrite trim.txt.
 //! Every change goes through `safefs` (fd-based, re-checked identity, no symlinks, no mounts,
 //! no hardlinked files). A failing entry is counted and the walk goes on. In dry-run mode the
 //! same decisions are made and logged as "would …" but no syscall that changes anything runs.
@@ -17,7 +20,7 @@ use crate::scan::walk::{self, Entry, Skip, Visit};
 use crate::scan::{Tally, Usage, Violation};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::ffi::{CStr, CString};
+use std::ffi::CStr;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -157,28 +160,29 @@ fn apply_cache(c: &CachePlan, now: i64, dry: bool) -> CacheOutcome {
         }
     };
     let fix = !c.fixes.is_empty() || out.created;
-    // Phase 1 (build caches with eviction): action records. Evicted actions take their
-    // outputs along; surviving ones say which outputs are still referenced, so phase 2
+    // Phase 1 (build caches with eviction): action records. Evicted actions mark their
+    // outputs to go too; surviving ones say which outputs are still referenced, so phase 2
     // never evicts an output a live action names (a build may have resolved it already:
-    // golang/go#31948) and does evict orphans.
+    // golang/go#31948) and does evict orphans. Phase 2 meets every output in its own shard
+    // anyway, so pairing costs no extra open, stat or lock there.
     if let (CacheKind::Module, Some(ev)) = (c.kind, &c.eviction) {
         evict_modules(&mut out, &root, ev, now, dry);
     }
-    let mut referenced = Vec::new();
+    let mut names = OutputNames::default();
     if c.eviction.is_some() && c.kind == CacheKind::Build {
+        let none = OutputNames::default();
         let visitors = walk::walk(&root, walk::WalkOptions::default(), || {
-            Applier::new(c, &root, now, dry, Phase::Actions, &[])
+            Applier::new(c, now, dry, Phase::Actions { then_fix: fix }, &none)
         });
         for v in visitors {
-            referenced.extend_from_slice(&v.referenced);
+            names.absorb(v.found);
             out.merge(v.out);
         }
-        referenced.sort_unstable();
-        referenced.dedup();
+        names.seal();
     }
     if (c.eviction.is_some() && c.kind == CacheKind::Build) || fix {
         let visitors = walk::walk(&root, walk::WalkOptions::default(), || {
-            Applier::new(c, &root, now, dry, Phase::Rest { fix }, &referenced)
+            Applier::new(c, now, dry, Phase::Rest { fix }, &names)
         });
         for v in visitors {
             out.merge(v.out);
@@ -308,23 +312,82 @@ fn rewrite_trim(root: &Dir, now: i64) -> io::Result<()> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Action records only: evict old ones with their outputs, note what survivors name.
-    Actions,
+    /// Action records only: evict old ones (marking their outputs), note what survivors
+    /// name. `then_fix`: phase 2 will look at every entry, not just outputs.
+    Actions { then_fix: bool },
     /// Everything else: orphaned or unreferenced old outputs, then permission fixes.
     Rest { fix: bool },
 }
 
-/// The first 16 hex digits of an output id: enough to tell outputs apart in a set that
-/// costs 8 bytes per action.
-fn id_prefix(hex: &[u8]) -> Option<u64> {
-    std::str::from_utf8(hex.get(..16)?)
-        .ok()
-        .and_then(|s| u64::from_str_radix(s, 16).ok())
+/// What phase 1 learns about outputs from the action records, by [`id_key`].
+#[derive(Default)]
+struct OutputNames {
+    /// Named by a surviving action: never evicted.
+    live: Vec<u64>,
+    /// Named by an action evicted for age or for size: goes the same way (if not live and
+    /// past the floor), whatever its own age.
+    paired_age: Vec<u64>,
+    paired_size: Vec<u64>,
+}
+
+impl OutputNames {
+    fn absorb(&mut self, o: OutputNames) {
+        self.live.extend_from_slice(&o.live);
+        self.paired_age.extend_from_slice(&o.paired_age);
+        self.paired_size.extend_from_slice(&o.paired_size);
+    }
+
+    fn seal(&mut self) {
+        for v in [&mut self.live, &mut self.paired_age, &mut self.paired_size] {
+            v.sort_unstable();
+            v.dedup();
+        }
+    }
+
+    fn note(&mut self, record: &[u8], evicted_for: Option<Reason>) {
+        let Some(p) = layout::action_output(record).and_then(|o| id_key(&o)) else {
+            return;
+        };
+        match evicted_for {
+            None => self.live.push(p),
+            Some(Reason::Age) => self.paired_age.push(p),
+            Some(Reason::Size) => self.paired_size.push(p),
+        }
+    }
+
+    fn is_live(&self, name: &CStr) -> bool {
+        id_key(name.to_bytes()).is_some_and(|p| self.live.binary_search(&p).is_ok())
+    }
+
+    fn paired(&self, name: &CStr) -> Option<Reason> {
+        let p = id_key(name.to_bytes())?;
+        if self.paired_age.binary_search(&p).is_ok() {
+            Some(Reason::Age)
+        } else if self.paired_size.binary_search(&p).is_ok() {
+            Some(Reason::Size)
+        } else {
+            None
+        }
+    }
+}
+
+/// An 8-byte key for an output id (64 hex digits, from a record or before `-d` in a name):
+/// a hash of all of it, so a set costs 8 bytes per action and ids that share a prefix (test
+/// fixtures, hand-made names) still differ. A collision can only keep an output (live) or
+/// let it go with an evicted action past the floor, never delete anything outside the rules.
+fn id_key(hex_or_name: &[u8]) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let id = hex_or_name.get(..64)?;
+    if hex_or_name.len() > 64 && hex_or_name.get(64) != Some(&b'-') {
+        return None;
+    }
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    Some(h.finish())
 }
 
 struct Applier<'a> {
     plan: &'a CachePlan,
-    root: &'a Dir,
     now: i64,
     dry: bool,
     phase: Phase,
@@ -332,21 +395,14 @@ struct Applier<'a> {
     xbuf: Vec<u8>,
     /// The current shard is locked by someone else: evict nothing in it.
     shard_locked: bool,
-    /// Phase 1: outputs named by surviving actions (this thread's share).
-    referenced: Vec<u64>,
-    /// Phase 2: all of them, sorted.
-    live: &'a [u64],
+    /// Phase 1: what this thread's action records name.
+    found: OutputNames,
+    /// Phase 2: what all of them named, sealed.
+    names: &'a OutputNames,
 }
 
 impl<'a> Applier<'a> {
-    fn new(
-        plan: &'a CachePlan,
-        root: &'a Dir,
-        now: i64,
-        dry: bool,
-        phase: Phase,
-        live: &'a [u64],
-    ) -> Self {
+    fn new(plan: &'a CachePlan, now: i64, dry: bool, phase: Phase, names: &'a OutputNames) -> Self {
         let out = CacheOutcome {
             name: plan.name.clone(),
             path: plan.path.clone(),
@@ -354,15 +410,14 @@ impl<'a> Applier<'a> {
         };
         Applier {
             plan,
-            root,
             now,
             dry,
             phase,
             out,
             xbuf: Vec::new(),
             shard_locked: false,
-            referenced: Vec::new(),
-            live,
+            found: OutputNames::default(),
+            names,
         }
     }
 
@@ -370,9 +425,19 @@ impl<'a> Applier<'a> {
         matches!(self.phase, Phase::Rest { fix: true })
     }
 
-    /// Is the output `name` (`<hex>-d`) named by a surviving action?
-    fn is_live(&self, name: &CStr) -> bool {
-        id_prefix(name.to_bytes()).is_some_and(|p| self.live.binary_search(&p).is_ok())
+    /// Should output `name` (`<hex>-d`, a file or an executable's directory) last used at
+    /// `last_use` go? Never if a surviving action names it; if an evicted one does, for the
+    /// same reason once past the floor; otherwise by its own age.
+    fn output_verdict(&self, name: &CStr, last_use: i64) -> Option<Reason> {
+        if self.plan.eviction.is_none() || self.names.is_live(name) {
+            return None;
+        }
+        self.verdict(last_use).or_else(|| {
+            if self.shard_locked || self.now - last_use < self.floor() {
+                return None;
+            }
+            self.names.paired(name)
+        })
     }
 
     fn class(&self, e: &Entry) -> Class {
@@ -422,13 +487,9 @@ impl<'a> Applier<'a> {
             tracing::debug!("would evict {}", crate::scan::display_path(rel));
             return true;
         }
-        match dir.stat(name) {
-            Ok(fresh) if self.now - fresh.last_use() < self.floor() => return false,
-            Ok(_) => {}
-            Err(_) => return false,
-        }
-        match dir.remove(name, st) {
-            Ok(()) => true,
+        let (now, floor) = (self.now, self.floor());
+        match dir.remove_if(name, st, |fresh| now - fresh.last_use() >= floor) {
+            Ok(removed) => removed,
             Err(e) if e.kind() == io::ErrorKind::NotFound => false,
             Err(e) => {
                 fail(&mut self.out, rel, "evict", &e);
@@ -509,94 +570,35 @@ impl<'a> Applier<'a> {
         }
     }
 
-    /// The output an evicted action names goes with it, unless it is younger than the floor.
-    fn evict_paired_output(&mut self, record: &[u8], reason: Reason) {
-        let Some(out) = layout::action_output(record) else {
-            return;
-        };
-        let Some(ev) = &self.plan.eviction else {
-            return;
-        };
-        let floor = ev.floor_secs;
-        let mut name = out.to_vec();
-        name.extend_from_slice(b"-d");
-        let (Ok(shard), Ok(name)) = (CString::new(&out[..2]), CString::new(name)) else {
-            return;
-        };
-        let Ok(sst) = self.root.stat(&shard) else {
-            return;
-        };
-        let Ok(sdir) = self.root.open_dir(&shard, &sst) else {
-            return;
-        };
-        let Ok(st) = sdir.stat(&name) else { return };
-        if self.now - st.last_use() < floor {
-            return;
-        }
-        let rel = PathBuf::from(safefs::name_os(&shard)).join(safefs::name_os(&name));
-        match st.kind() {
-            Kind::File => {
-                if self.remove_file(&sdir, &name, &st, &rel) {
-                    self.count_evicted(reason, st.alloc);
-                    if self.dry {
-                        // Still there in a dry run: keep phase 2 from counting it again.
-                        self.referenced.extend(id_prefix(&out));
-                    }
-                } else if let Some(p) = id_prefix(&out) {
-                    // Not removed (failed, or in use again): phase 2 must not try again.
-                    self.referenced.push(p);
-                }
-            }
-            Kind::Dir => {
-                if let Ok(d) = sdir.open_dir(&name, &st)
-                    && let Some(b) = self.remove_exec(&sdir, &name, &st, &d, &rel)
-                {
-                    self.count_evicted(reason, b);
-                }
-            }
-            _ => {}
-        }
-    }
-
     /// Phase 1 for one action record: evict it (with its output) or note what it names.
+    /// An action record is opened before the unlink and read after it, so our read never
+    /// refreshes what we are judging. Evicted, it marks its output to go the same way; kept
+    /// (not due, hardlinked, in use again, failed), it keeps its output.
     fn visit_action(&mut self, e: &Entry) {
         let Some(parent) = e.parent else { return };
-        if self.verdict(e.st.last_use()).is_some() && self.evict_file(e, Class::Action) {
+        let Ok(record) = parent.open_read(e.name, e.st) else {
             return;
-        }
-        if let Ok(rec) = parent.read_small(e.name, e.st, 512)
-            && let Some(p) = layout::action_output(&rec).and_then(|o| id_prefix(&o))
-        {
-            self.referenced.push(p);
+        };
+        let evicted = self
+            .verdict(e.st.last_use())
+            .filter(|&reason| self.evict_file(e, reason));
+        if let Ok(r) = safefs::read_up_to(record, 512, e.st.size) {
+            self.found.note(&r, evicted);
         }
     }
 
-    /// Evicts an old action record or output. An action's record is opened before the unlink
-    /// and read after it, so our read never refreshes what we are judging, and its output
-    /// goes too. Returns `false` if the entry is not due.
-    fn evict_file(&mut self, e: &Entry, class: Class) -> bool {
-        let Some(reason) = self.verdict(e.st.last_use()) else {
-            return false;
-        };
+    /// Evicts an action record or output file for `reason`; `true` if it went (or would, in
+    /// a dry run).
+    fn evict_file(&mut self, e: &Entry, reason: Reason) -> bool {
         let Some(parent) = e.parent else { return false };
         if e.st.nlink > 1 {
             self.refuse(Violation::Hardlink, e);
-            return true;
+            return false;
         }
-        let rel = e.rel();
-        let record = if class == Class::Action {
-            parent.open_read(e.name, e.st).ok()
-        } else {
-            None
-        };
-        if self.remove_file(parent, e.name, e.st, &rel) {
-            self.count_evicted(reason, e.st.alloc);
-            if let Some(f) = record
-                && let Ok(r) = safefs::read_up_to(f, 512)
-            {
-                self.evict_paired_output(&r, reason);
-            }
+        if !self.remove_file(parent, e.name, e.st, &e.rel()) {
+            return false;
         }
+        self.count_evicted(reason, e.st.alloc);
         true
     }
 
@@ -730,25 +732,33 @@ impl<'a> Applier<'a> {
 impl Visit for Applier<'_> {
     fn wants(&self, depth: usize, name: &CStr) -> bool {
         match self.phase {
-            Phase::Actions => depth == 1 || (depth == 2 && name.to_bytes().ends_with(b"-a")),
-            Phase::Rest { .. } => true,
+            Phase::Actions { .. } => depth == 1 || (depth == 2 && name.to_bytes().ends_with(b"-a")),
+            // Phase 1 has seen (and refused, if need be) every action record already.
+            Phase::Rest { fix: false } => !(depth == 2 && name.to_bytes().ends_with(b"-a")),
+            Phase::Rest { fix: true } => true,
         }
     }
 
     fn file(&mut self, e: &Entry) {
         let class = self.class(e);
-        if self.phase == Phase::Actions {
+        // Each entry is refused once: in phase 2 if it sees everything, else action records
+        // in phase 1.
+        let sees_all_later = matches!(self.phase, Phase::Actions { then_fix: true });
+        match e.st.kind() {
+            Kind::Symlink if !sees_all_later => return self.refuse(Violation::Symlink, e),
+            Kind::Special if !sees_all_later => return self.refuse(Violation::Special, e),
+            _ => {}
+        }
+        if let Phase::Actions { .. } = self.phase {
             if class == Class::Action && e.st.kind() == Kind::File {
                 self.visit_action(e);
             }
             return;
         }
-        match e.st.kind() {
-            Kind::Symlink => return self.refuse(Violation::Symlink, e),
-            Kind::Special => return self.refuse(Violation::Special, e),
-            _ => {}
-        }
-        if class == Class::Output && !self.is_live(e.name) && self.evict_file(e, class) {
+        if class == Class::Output
+            && let Some(reason) = self.output_verdict(e.name, e.st.last_use())
+            && (self.evict_file(e, reason) || e.st.nlink > 1)
+        {
             return;
         }
         if self.fix() {
@@ -764,10 +774,10 @@ impl Visit for Applier<'_> {
                 self.out.locked_skipped += 1;
             }
         }
-        if self.phase == Phase::Actions {
+        if matches!(self.phase, Phase::Actions { .. }) {
             return e.depth == 0 || class == Class::Shard;
         }
-        if class == Class::Exec && !self.is_live(e.name) && self.plan.eviction.is_some() {
+        if class == Class::Exec && self.plan.eviction.is_some() && !self.names.is_live(e.name) {
             // The directory's own atime moves whenever anyone lists it; its use is its file's.
             let mut last = e.st.mtime;
             if let Ok(names) = dir.list() {
@@ -777,7 +787,7 @@ impl Visit for Applier<'_> {
                     }
                 }
             }
-            if let (Some(reason), Some(parent)) = (self.verdict(last), e.parent) {
+            if let (Some(reason), Some(parent)) = (self.output_verdict(e.name, last), e.parent) {
                 if !dir.try_lock().unwrap_or(false) {
                     self.out.locked_skipped += 1;
                     return true;
@@ -801,7 +811,7 @@ impl Visit for Applier<'_> {
     }
 
     fn skipped(&mut self, e: &Entry, why: &Skip) {
-        if self.phase == Phase::Actions {
+        if matches!(self.phase, Phase::Actions { .. }) {
             return;
         }
         match why {

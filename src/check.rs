@@ -265,7 +265,7 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
     if p.kind == CacheKind::Module {
         // A module cache's eviction unit is a module version, not a file: rebuild the
         // histogram and the age figures from those.
-        let mut h = scan::lru::Histogram::default();
+        let h = scan::lru::Histogram::default();
         obs.past_max_age = Default::default();
         for u in crate::modcache::units(&root) {
             let age = now - u.last_use;
@@ -276,7 +276,7 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
                 obs.past_max_age.add(1, u.bytes);
             }
         }
-        obs.histogram = Some(Box::new(h));
+        obs.histogram = Some(std::sync::Arc::new(h));
     }
     explain(&mut r, p, &obs, now);
     for uid in obs.owners.keys() {

@@ -239,7 +239,7 @@ impl Dir {
     /// Reads up to `max` bytes of regular file `name` (e.g. an action record); see
     /// [`Dir::open_read`].
     pub fn read_small(&self, name: &CStr, expect: &Stat, max: usize) -> io::Result<Vec<u8>> {
-        read_up_to(self.open_read(name, expect)?, max)
+        read_up_to(self.open_read(name, expect)?, max, expect.size)
     }
 
     /// Creates regular file `name` (it must not exist) beneath this directory.
@@ -312,7 +312,21 @@ impl Dir {
     /// still the entry described by `expect`. `unlinkat` never follows a symlink, so the
     /// worst a race can do is make us skip.
     pub fn remove(&self, name: &CStr, expect: &Stat) -> io::Result<()> {
+        self.remove_if(name, expect, |_| true).map(drop)
+    }
+
+    /// [`Dir::remove`], after asking `still_due` about the entry as it is now (one `statx`
+    /// serves both questions); `Ok(false)` if it said no and nothing was removed.
+    pub fn remove_if(
+        &self,
+        name: &CStr,
+        expect: &Stat,
+        still_due: impl FnOnce(&Stat) -> bool,
+    ) -> io::Result<bool> {
         let now = self.stat(name)?;
+        if !still_due(&now) {
+            return Ok(false);
+        }
         // A directory's mtime moves when its children go; its identity is (dev, ino, type).
         let same = if now.kind() == Kind::Dir {
             now.dev == expect.dev && now.ino == expect.ino && expect.kind() == Kind::Dir
@@ -328,7 +342,7 @@ impl Dir {
             nix::unistd::UnlinkatFlags::NoRemoveDir
         };
         nix::unistd::unlinkat(self.fd.as_fd(), name, flag)?;
-        Ok(())
+        Ok(true)
     }
 
     /// Creates a child directory with `mode` (umask applies) and opens it.
@@ -363,11 +377,28 @@ impl Dir {
     }
 }
 
-/// Reads at most `max` bytes from `f`.
-pub fn read_up_to(f: std::fs::File, max: usize) -> io::Result<Vec<u8>> {
+/// Reads at most `max` bytes from `f`, a regular file `expect_len` bytes long when it was
+/// listed. Stops as soon as that many bytes are in: on the hot path (one action record per
+/// entry) this saves the extra `read` that only confirms end of file.
+pub fn read_up_to(mut f: std::fs::File, max: usize, expect_len: u64) -> io::Result<Vec<u8>> {
     use std::io::Read;
-    let mut buf = Vec::with_capacity(max.min(4096));
-    f.take(max as u64).read_to_end(&mut buf)?;
+    let want = usize::try_from(expect_len).map_or(max, |n| n.min(max));
+    let mut buf = vec![0; max];
+    let mut got = 0;
+    while got < max {
+        match f.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                got += n;
+                if got >= want {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(got);
     Ok(buf)
 }
 

@@ -1072,9 +1072,10 @@ fn shard_swapped_between_stat_and_open_in_the_fix_walk() {
     let mut moved = Vec::new();
     let r = c.enforce_racing("walk-open#3:ab", || moved = swap_shard(&c, &target));
     let e = c.enforce_done(r, 1);
-    // The actions walk already ran on the real shard (ab's old unit went); what is left of it
-    // is outside the cache now and must stay as it is.
-    assert_moved_unchanged(&moved, 2);
+    // The actions walk already ran on the real shard (ab's old action went; its output is
+    // the second walk's to evict); what is left of it (that output and the fresh unit) is
+    // outside the cache now and must stay as it is.
+    assert_moved_unchanged(&moved, 3);
     let o = outcome(&e);
     assert!(
         examples(&o["failed"]).iter().any(|f| f.starts_with("ab:")),

@@ -12,6 +12,7 @@ use crate::safefs::{Dir, Kind};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Everything one walk learned about a cache.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -34,8 +35,9 @@ pub struct Observed {
     pub violations: BTreeMap<Violation, Tally>,
     /// Age of trim.txt's mtime in seconds (build caches).
     pub trim_age_secs: Option<i64>,
+    /// Shared by all of one walk's inspectors.
     #[serde(skip)]
-    pub histogram: Option<Box<Histogram>>,
+    pub histogram: Option<Arc<Histogram>>,
 }
 
 impl Observed {
@@ -64,10 +66,8 @@ impl Observed {
             self.violations.entry(k).or_default().merge(v);
         }
         self.trim_age_secs = self.trim_age_secs.or(o.trim_age_secs);
-        match (&mut self.histogram, o.histogram) {
-            (Some(a), Some(b)) => a.merge(&b),
-            (a @ None, b) => *a = b,
-            _ => {}
+        if self.histogram.is_none() {
+            self.histogram = o.histogram;
         }
     }
 }
@@ -100,9 +100,14 @@ pub struct Inspector<'p> {
 }
 
 impl<'p> Inspector<'p> {
-    pub fn new(policy: &'p CachePolicy, opts: InspectOptions) -> Self {
+    /// `histogram`: where this walk's evictable units are counted, if anywhere.
+    pub fn new(
+        policy: &'p CachePolicy,
+        opts: InspectOptions,
+        histogram: Option<Arc<Histogram>>,
+    ) -> Self {
         let obs = Observed {
-            histogram: opts.histogram.then(Box::default),
+            histogram,
             ..Observed::default()
         };
         Inspector {
@@ -159,7 +164,7 @@ impl<'p> Inspector<'p> {
     /// Records an evictable unit (action, output, whole executable directory).
     fn unit(&mut self, last_use: i64, bytes: u64) {
         let age = self.opts.now - last_use;
-        if let Some(h) = &mut self.obs.histogram {
+        if let Some(h) = &self.obs.histogram {
             h.add(age, bytes);
         }
         if let Some(max) = self.policy.max_age {

@@ -4,23 +4,31 @@
 //! the age cutoff that frees enough bytes, oldest first. A second pass removes every unit at
 //! least that old. Because the decision is a single age threshold, the order is exactly LRU:
 //! nothing kept is older than anything removed. Buckets are one minute wide for 60 days and
-//! one hour wide up to 10 years (about 2 MiB), so over-eviction is at most one bucket.
+//! one hour wide up to 10 years (about 2 MiB), so over-eviction is at most one bucket. The
+//! walk's threads share one histogram (relaxed atomic adds; two entries rarely land in the
+//! same minute at the same instant), so memory does not grow with the thread count.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 
 const MINUTE_BUCKETS: u64 = 60 * 24 * 60;
 const HOUR_BUCKETS: u64 = 24 * 365 * 10;
 const BUCKETS: usize = (MINUTE_BUCKETS + HOUR_BUCKETS) as usize;
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Histogram {
-    bytes: Vec<u64>,
-    count: Vec<u32>,
+    bytes: Vec<AtomicU64>,
+    count: Vec<AtomicU32>,
 }
 
 impl Default for Histogram {
     fn default() -> Self {
         Histogram {
-            bytes: vec![0; BUCKETS],
-            count: vec![0; BUCKETS],
+            bytes: std::iter::repeat_with(AtomicU64::default)
+                .take(BUCKETS)
+                .collect(),
+            count: std::iter::repeat_with(AtomicU32::default)
+                .take(BUCKETS)
+                .collect(),
         }
     }
 }
@@ -59,26 +67,26 @@ pub struct Cutoff {
 }
 
 impl Histogram {
-    pub fn add(&mut self, age_secs: i64, bytes: u64) {
+    pub fn add(&self, age_secs: i64, bytes: u64) {
         let b = bucket(age_secs);
-        self.bytes[b] += bytes;
-        self.count[b] = self.count[b].saturating_add(1);
+        self.bytes[b].fetch_add(bytes, Relaxed);
+        // 4 billion units of one minute would wrap; saturate instead.
+        let _ = self.count[b].fetch_update(Relaxed, Relaxed, |c| c.checked_add(1));
     }
 
-    pub fn merge(&mut self, o: &Histogram) {
-        for (a, b) in self.bytes.iter_mut().zip(&o.bytes) {
-            *a += b;
-        }
-        for (a, b) in self.count.iter_mut().zip(&o.count) {
-            *a = a.saturating_add(*b);
-        }
+    fn bytes_at(&self, b: usize) -> u64 {
+        self.bytes[b].load(Relaxed)
+    }
+
+    fn count_at(&self, b: usize) -> u64 {
+        u64::from(self.count[b].load(Relaxed))
     }
 
     /// Units and bytes at least `age` old (whole buckets from the one `age` falls in).
     pub fn at_least(&self, age: i64) -> (u64, u64) {
         let from = bucket(age);
-        let bytes = self.bytes[from..].iter().sum();
-        let count = self.count[from..].iter().map(|c| u64::from(*c)).sum();
+        let bytes = (from..BUCKETS).map(|b| self.bytes_at(b)).sum();
+        let count = (from..BUCKETS).map(|b| self.count_at(b)).sum();
         (count, bytes)
     }
 
@@ -91,8 +99,8 @@ impl Histogram {
             if b < floor_bucket || (b == floor_bucket && lower_bound(b) < floor_secs) {
                 break;
             }
-            bytes += self.bytes[b];
-            entries += u64::from(self.count[b]);
+            bytes += self.bytes_at(b);
+            entries += self.count_at(b);
             if bytes >= need {
                 return Cutoff {
                     min_age_secs: lower_bound(b),
@@ -119,7 +127,7 @@ mod tests {
 
     #[test]
     fn cutoff_oldest_first() {
-        let mut h = Histogram::default();
+        let h = Histogram::default();
         for d in 1..=10 {
             h.add(d * 86400, 100);
         }

@@ -130,8 +130,11 @@ pub fn inspect(
     policy: &crate::policy::CachePolicy,
     opts: InspectOptions,
 ) -> Observed {
+    let histogram = opts
+        .histogram
+        .then(|| std::sync::Arc::new(lru::Histogram::default()));
     let visitors = walk::walk(root, walk::WalkOptions::default(), || {
-        inspect::Inspector::new(policy, opts)
+        inspect::Inspector::new(policy, opts, histogram.clone())
     });
     let mut it = visitors.into_iter();
     let mut obs = it.next().map(|v| v.obs).unwrap_or_default();

@@ -1,7 +1,8 @@
 //! A parallel, fd-based walk of one cache.
 //!
-//! The root's children are shared out among threads (a Go build cache has 256 shards, so two
-//! cores stay busy); each thread descends depth-first through [`Dir`] handles. Symlinks are
+//! The root's children are shared out among threads (a Go build cache has 256 shards, so all
+//! threads stay busy; there are more threads than cores because a cold walk waits on the
+//! disk); each thread descends depth-first through [`Dir`] handles. Symlinks are
 //! reported, never followed; mount points (bind mounts of the same filesystem included) are
 //! reported, never entered; anything that vanishes mid-walk (go's own trim, a concurrent
 //! `go clean`) is silently passed over. Visitors see files as they come, directories before
@@ -82,9 +83,14 @@ pub struct WalkOptions {
 
 impl Default for WalkOptions {
     fn default() -> Self {
+        // A walk over a cold cache waits on the disk, not the CPU: more threads than cores
+        // keep more metadata reads and unlinks in flight. Measured on 2 cores with 400k files
+        // (benches/): eviction 27 s with 2 threads, 19 s with 8, no better with 16; a warm
+        // `check` is the same at 2, 8 and 16.
         let threads = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
-            .min(8);
+            .saturating_mul(4)
+            .clamp(4, 16);
         WalkOptions {
             threads,
             max_depth: 1024,
