@@ -30,7 +30,7 @@ Exit codes:
   3  a cache could not be inspected
 
 With --detailed-exitcode: 0 no change, 2 changed (or would change), 1 failed
-(including a policy error).";
+(including a usage or policy error).";
 
 #[derive(Debug, Parser)]
 #[command(name = "gocache-warden", version, about = "Keeps Go build and module caches healthy: size limits, LRU eviction, shared-cache permissions", after_help = EXIT_CODES_HELP)]
@@ -146,10 +146,18 @@ fn raise_nofile() {
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
     raise_nofile();
+    // Under --detailed-exitcode 2 means "changed": configuration management would read a
+    // usage error as a successful change. Decided from the raw arguments, since parsing is
+    // what failed.
+    let usage = if std::env::args_os().any(|a| a == "--detailed-exitcode") {
+        EXIT_VIOLATIONS
+    } else {
+        EXIT_USAGE
+    };
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
+            let code = if e.use_stderr() { usage } else { EXIT_OK };
             let _ = e.print();
             return code;
         }
@@ -161,7 +169,7 @@ pub fn main() -> i32 {
     };
     if let Err(e) = crate::logging::init(&log) {
         eprintln!("error: {e}");
-        return EXIT_USAGE;
+        return usage;
     }
     match run(&cli, scope) {
         Ok(code) => code,
@@ -170,7 +178,9 @@ pub fn main() -> i32 {
             for cause in e.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }
-            if e.downcast_ref::<PolicyError>().is_some() {
+            if usage == EXIT_VIOLATIONS {
+                usage
+            } else if e.downcast_ref::<PolicyError>().is_some() {
                 EXIT_USAGE
             } else {
                 EXIT_INSPECT

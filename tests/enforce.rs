@@ -395,3 +395,34 @@ fn creates_a_shared_cache_from_the_policy_alone() {
         stdout(&again)
     );
 }
+
+/// Configuration management maps `--detailed-exitcode`'s 2 to "changed": neither a usage error
+/// nor a policy error may ever exit 2 there, while without the flag both keep exit 2.
+#[test]
+fn detailed_exitcode_never_reports_an_error_as_changed() {
+    let d = tempdir();
+    let good = policy(d.path(), "good.toml", "");
+    let bad = policy(
+        d.path(),
+        "bad.toml",
+        "[cache.t]\npath = \"/nonexistent\"\nmax_size = \"lots\"\n",
+    );
+    let cases: [(&Path, &[&str], i32, i32); 3] = [
+        // (policy, extra args, exit without the flag, exit with it)
+        (&good, &["--no-such-option"], 2, 1),
+        (&good, &["--dry-run", "--json", "surplus-argument"], 2, 1),
+        (&bad, &["--dry-run"], 2, 1),
+    ];
+    for (p, extra, plain, detailed) in cases {
+        let o = enforce(p, extra);
+        assert_eq!(o.status.code(), Some(plain), "{extra:?}: {}", stderr(&o));
+        let mut with = extra.to_vec();
+        with.push("--detailed-exitcode");
+        let o = enforce(p, &with);
+        assert_eq!(o.status.code(), Some(detailed), "{with:?}: {}", stderr(&o));
+        assert!(!stderr(&o).is_empty(), "{with:?}: the error is explained");
+    }
+    // And a clean run with nothing to do is 0, not 2.
+    let o = enforce(&good, &["--detailed-exitcode"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+}
