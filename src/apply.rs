@@ -825,3 +825,59 @@ impl Visit for Applier<'_> {
         fail(&mut self.out, &rel, "stat", err);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hex(shard: &str, n: u64) -> String {
+        format!("{shard}{n:062x}")
+    }
+
+    fn record(output: &str) -> Vec<u8> {
+        format!("v1 {} {output} {:>20} {:>20}\n", hex("00", 1), 300, 1).into_bytes()
+    }
+
+    fn name(output: &str) -> std::ffi::CString {
+        std::ffi::CString::new(format!("{output}-d")).expect("no NUL")
+    }
+
+    #[test]
+    fn a_record_and_the_output_file_it_names_share_a_key() {
+        let o = hex("ab", 7);
+        assert_eq!(id_key(o.as_bytes()), id_key(name(&o).to_bytes()));
+        // Ids that share their first 16 (or 63) digits are still told apart.
+        assert_ne!(
+            id_key(hex("ab", 7).as_bytes()),
+            id_key(hex("ab", 8).as_bytes())
+        );
+        // Not an id: too short, or something other than `-d`/`-a` glued on.
+        assert_eq!(id_key(b"ab12"), None);
+        assert_eq!(id_key(format!("{o}x").as_bytes()), None);
+    }
+
+    #[test]
+    fn every_threads_names_are_merged_with_their_reasons() {
+        let (live, aged, sized, stranger) =
+            (hex("ab", 1), hex("ab", 2), hex("cd", 3), hex("ef", 4));
+        let mut per_thread = [OutputNames::default(), OutputNames::default()];
+        per_thread[0].note(&record(&live), None);
+        per_thread[0].note(&record(&aged), Some(Reason::Age));
+        per_thread[1].note(&record(&sized), Some(Reason::Size));
+        // Two actions name the same output and one survives: it is in both sets, and
+        // `output_verdict` asks `is_live` first, so the output stays.
+        per_thread[1].note(&record(&live), Some(Reason::Age));
+        per_thread[1].note(b"v1 garbage", Some(Reason::Age));
+        let mut all = OutputNames::default();
+        for t in per_thread {
+            all.absorb(t);
+        }
+        all.seal();
+        assert!(all.is_live(&name(&live)));
+        assert_eq!(all.paired(&name(&live)), Some(Reason::Age));
+        assert_eq!(all.paired(&name(&aged)), Some(Reason::Age));
+        assert_eq!(all.paired(&name(&sized)), Some(Reason::Size));
+        assert!(!all.is_live(&name(&stranger)));
+        assert_eq!(all.paired(&name(&stranger)), None);
+    }
+}
