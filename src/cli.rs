@@ -454,7 +454,20 @@ fn generate_assets(dir: &std::path::Path) -> anyhow::Result<()> {
     render_subcommands(&mut page, &cmd, "gocache-warden")?;
     man.render_version_section(&mut page)?;
     let path = dir.join("gocache-warden.1");
-    std::fs::write(&path, page).with_context(|| format!("cannot write \"{}\"", path.display()))?;
+    std::fs::write(&path, &page).with_context(|| format!("cannot write \"{}\"", path.display()))?;
+    // The packaged copy, compressed as Debian policy asks (`gzip -9n`: no name, no timestamp,
+    // so the .deb is reproducible).
+    let gz = dir.join("gocache-warden.1.gz");
+    let write_gz = || -> std::io::Result<()> {
+        use std::io::Write;
+        let f = std::fs::File::create(&gz)?;
+        let mut enc = flate2::GzBuilder::new()
+            .mtime(0)
+            .write(f, flate2::Compression::best());
+        enc.write_all(&page)?;
+        enc.finish()?.sync_all()
+    };
+    write_gz().with_context(|| format!("cannot write \"{}\"", gz.display()))?;
     for (shell, file) in [
         (clap_complete::Shell::Bash, "gocache-warden.bash"),
         (clap_complete::Shell::Zsh, "_gocache-warden"),

@@ -39,7 +39,7 @@ const FILES: [(&str, u32); 18] = [
         0o644,
     ),
     ("usr/lib/gocache-warden/examples/single-user.toml", 0o644),
-    ("usr/share/man/man1/gocache-warden.1", 0o644),
+    ("usr/share/man/man1/gocache-warden.1.gz", 0o644),
     (
         "usr/share/bash-completion/completions/gocache-warden",
         0o644,
@@ -108,7 +108,7 @@ const LEFTOVERS: [&str; 14] = [
     "/usr/lib/gocache-warden",
     "/usr/share/gocache-warden",
     "/usr/share/doc/gocache-warden",
-    "/usr/share/man/man1/gocache-warden.1",
+    "/usr/share/man/man1/gocache-warden.1.gz",
     "/usr/share/bash-completion/completions/gocache-warden",
     "/etc/gocache-warden",
     "/etc/systemd/system/multi-user.target.wants/gocache-warden.service",
@@ -521,7 +521,7 @@ fn check_installed() {
 
     // The page by file and by name (as Documentation=man:gocache-warden(1) resolves it).
     for args in [
-        vec!["-l", "/usr/share/man/man1/gocache-warden.1"],
+        vec!["-l", "/usr/share/man/man1/gocache-warden.1.gz"],
         vec!["gocache-warden"],
     ] {
         let o = ok(
@@ -666,6 +666,23 @@ fn man_page_documents_nested_subcommands() {
         "man -l",
     );
     let page = text(&o.stdout);
+    // The packaged copy is the same page, compressed as `gzip -9n` would: no file name and no
+    // timestamp in the header, so two builds give the same bytes.
+    let gz = std::fs::read(dir.path().join("gocache-warden.1.gz")).expect("read the .gz");
+    assert_eq!(gz[..3], [0x1f, 0x8b, 8], "a gzip stream");
+    assert_eq!(gz[3] & 0x08, 0, "no FNAME in the gzip header");
+    assert_eq!(gz[4..8], [0, 0, 0, 0], "mtime 0 in the gzip header");
+    let unzipped = ok(
+        Command::new("gzip")
+            .arg("-dc")
+            .arg(dir.path().join("gocache-warden.1.gz")),
+        "gzip -dc",
+    );
+    assert_eq!(
+        unzipped.stdout,
+        std::fs::read(dir.path().join("gocache-warden.1")).expect("read the page"),
+        "the .gz holds the page"
+    );
     for needle in [
         "GOCACHE-WARDEN POLICY VALIDATE",
         "GOCACHE-WARDEN POLICY CAT",
