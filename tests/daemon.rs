@@ -244,13 +244,7 @@ fn growth_from_a_real_go_build_triggers_eviction_before_the_timer() {
         ),
     );
     let log = d.path().join("daemon.log");
-    let mut child = support::KillOnDrop(
-        Command::new(support::bin())
-            .args(["--policy".as_ref(), policy.as_os_str(), "run".as_ref()])
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("daemon"),
-    );
+    let mut child = support::spawn_agent(&policy, &log);
     let logtext = || std::fs::read_to_string(&log).unwrap_or_default();
     let started = Instant::now();
     wait_for("the first sweep", Duration::from_secs(60), || {

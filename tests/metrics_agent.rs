@@ -69,13 +69,7 @@ fn agent_metrics_pass_promtool_and_the_textfile_is_always_whole() {
         ),
     );
     let log = d.path().join("log");
-    let mut child = support::KillOnDrop(
-        Command::new(support::bin())
-            .args(["--policy".as_ref(), p.as_os_str(), "run".as_ref()])
-            .stderr(std::fs::File::create(&log).expect("log"))
-            .spawn()
-            .expect("agent"),
-    );
+    let mut child = support::spawn_agent(&p, &log);
     let start = Instant::now();
     while !prom.exists() {
         assert!(

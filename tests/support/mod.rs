@@ -280,3 +280,17 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Starts `gocache-warden --policy POLICY run` in the foreground with its stderr (the log, as
+/// it is outside the journal) going to `log`; killed when the handle is dropped.
+pub fn spawn_agent(policy: &Path, log: &Path) -> KillOnDrop {
+    let stderr =
+        std::fs::File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+    KillOnDrop(
+        Command::new(bin())
+            .args(["--policy".as_ref(), policy.as_os_str(), "run".as_ref()])
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn the agent"),
+    )
+}
