@@ -678,7 +678,7 @@ class Bench:
             "on identical trees (`cp -a` copies for anything that changes the tree). Wall times are medians; "
             "ratio = other ÷ ours, so above 1 means ours is faster, smaller or makes fewer calls. "
             "\"Inode\" = every file and directory walked. Synthetic trees come from "
-            "`shared/tools/mkcache.py --seed 1 --days 60` (100k entries = 200k files; 1M = 2M files).",
+            "`tests/tools/mkcache.py --seed 1 --days 60` (100k entries = 200k files; 1M = 2M files).",
             "",
             self.table(),
             "## Targets",
@@ -707,7 +707,7 @@ def preflight(a):
     if not os.path.exists(a.bin):
         die(f"no binary at {a.bin}: run `cargo build --release` (benches/compare.sh does)")
     if not os.path.exists(a.mkcache):
-        die(f"no mkcache.py at {a.mkcache}: pass --mkcache (it lives in shared/tools/)")
+        die(f"no mkcache.py at {a.mkcache}: pass --mkcache")
     if subprocess.run(["getent", "group", GROUP], stdout=subprocess.DEVNULL).returncode != 0:
         subprocess.run(["groupadd", "--system", GROUP], check=True)
         log(f"created group {GROUP}")
@@ -717,9 +717,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="100k entries only, fewer repetitions, no 1M tree")
     p.add_argument("--bin", default=os.path.join(REPO, "target", "release", "gocache-warden"))
-    p.add_argument("--mkcache", default=os.environ.get("MKCACHE") or next(
-        (c for c in (os.path.join(REPO, "..", "shared", "tools", "mkcache.py"), "/work/shared/tools/mkcache.py") if os.path.exists(c)),
-        os.path.join(REPO, "..", "shared", "tools", "mkcache.py")))
+    p.add_argument("--mkcache", default=os.environ.get("MKCACHE") or os.path.join(REPO, "tests", "tools", "mkcache.py"))
     p.add_argument("--workdir", help="where the trees go (default: a fresh dir under /tmp, removed at the end)")
     p.add_argument("--keep", action="store_true", help="keep --workdir (trees are reused by the next run)")
     p.add_argument("--skip", default="", help="comma-separated: go,inspect,evict,perms,syscalls,daemon,1m")

@@ -56,18 +56,12 @@ pub fn json(o: &Output) -> serde_json::Value {
     })
 }
 
-/// The repository's shared/ tools live beside the checkout.
+/// The project's own synthetic-cache generator (tests/tools/mkcache.py).
 pub fn mkcache_script() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/tools/mkcache.py");
-    assert!(
-        p.exists(),
-        "missing {} (CI clones the repo with shared/ beside it)",
-        p.display()
-    );
-    p
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/mkcache.py")
 }
 
-/// A synthetic GOCACHE with `entries` actions (and as many outputs) via shared/tools/mkcache.py.
+/// A synthetic GOCACHE with `entries` actions (and as many outputs) via tests/tools/mkcache.py.
 pub fn mkcache(root: &Path, entries: usize, seed: u64) {
     let o = Command::new("python3")
         .arg(mkcache_script())
