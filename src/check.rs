@@ -12,7 +12,7 @@ use crate::safefs::{self, Dir, FsStat};
 use crate::scan::{self, InspectOptions, Observed, Violation};
 use serde::Serialize;
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const SCHEMA: &str = "gocache-warden.check/v1";
@@ -114,6 +114,11 @@ pub struct CacheReport {
     pub findings: Vec<Finding>,
     /// The cache could not be inspected (exit code 3).
     pub inspect_error: Option<String>,
+    /// The cache (or, when it is to be created, the directory it goes in) is on a read-only
+    /// mount: nothing is planned for it. Under the shipped unit this means its path is not in
+    /// `ReadWritePaths=`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -159,6 +164,7 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
         owner_names: Default::default(),
         findings: Vec::new(),
         inspect_error: None,
+        read_only: false,
     };
     let path = match &t.path {
         Ok(p) => p,
@@ -195,6 +201,13 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
     let root = match Dir::open_root(path) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if p.create
+                && let Some(at) = read_only_ancestor(path)
+            {
+                r.read_only = true;
+                r.findings.push(read_only_finding(path, &at));
+                return r;
+            }
             let (sev, fix, auto) = if p.create {
                 (
                     Severity::Warning,
@@ -246,6 +259,12 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
         }
     };
     r.exists = true;
+    if nix::sys::statvfs::fstatvfs(root.as_fd())
+        .is_ok_and(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
+    {
+        r.read_only = true;
+        r.findings.push(read_only_finding(path, path));
+    }
     let fs = safefs::fs_stat(&root).ok();
     r.filesystem = fs;
     let limit = p
@@ -284,6 +303,39 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
     }
     r.observed = Some(obs);
     r
+}
+
+/// The nearest existing ancestor of `path` when it is on a read-only mount.
+fn read_only_ancestor(path: &Path) -> Option<PathBuf> {
+    let existing = path.ancestors().skip(1).find(|a| a.is_dir())?;
+    nix::sys::statvfs::statvfs(existing)
+        .is_ok_and(|s| s.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
+        .then(|| existing.to_path_buf())
+}
+
+/// One clear finding instead of one EROFS per entry: the usual cause is the unit's
+/// `ProtectSystem=strict`, and the fix is one `systemctl edit` line.
+fn read_only_finding(cache: &Path, mount_at: &Path) -> Finding {
+    let under_systemd = std::env::var_os("INVOCATION_ID").is_some();
+    let why = if under_systemd {
+        "outside the service's ReadWritePaths= (ProtectSystem=strict makes everything else read-only)"
+    } else {
+        "a read-only filesystem"
+    };
+    finding(
+        "read-only-mount",
+        Severity::Error,
+        1,
+        format!(
+            "{} is on a read-only mount ({why}): nothing in it can be evicted, fixed or created",
+            mount_at.display()
+        ),
+        format!(
+            "`systemctl edit gocache-warden` (and gocache-warden-enforce if you use the timer), add \"[Service]\" and \"ReadWritePaths={}\", then `systemctl restart gocache-warden`",
+            cache.display()
+        ),
+        false,
+    )
 }
 
 fn finding(

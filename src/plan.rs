@@ -16,7 +16,7 @@ use crate::scan::{Tally, Usage, Violation};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const SCHEMA: &str = "gocache-warden.plan/v1";
@@ -169,7 +169,10 @@ pub fn plan_cache(p: &CachePolicy, r: &CacheReport, owner_uid: Option<u32>) -> O
         permissions,
         size_bytes: 0,
         limit_bytes: r.limit_bytes,
-        skipped: r.inspect_error.clone(),
+        skipped: r.inspect_error.clone().or_else(|| {
+            r.read_only
+                .then(|| format!("{} is on a read-only mount", r.path.as_deref().unwrap_or(Path::new("")).display()))
+        }),
         policy: p.clone(),
         owner_uid,
     };

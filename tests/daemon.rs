@@ -58,8 +58,9 @@ fn user_unit_ready_reload_bad_reload_and_stop_mid_sweep() {
         .expect("install unit");
     let log = home.join("daemon.log");
     // The shipped unit, with ExecStart pointed at the binary under test and failpoints: the
-    // first sweep pauses before applying (so READY can be seen to wait for it), and so does
-    // the third (so a stop can arrive in the middle of a sweep).
+    // first sweep pauses before applying (so READY can be seen not to wait for it: a cold
+    // first sweep can outlast any start timeout), and so does the third (so a stop can
+    // arrive in the middle of a sweep).
     let dropin = format!(
         "[Service]\nExecStart=\nExecStart={} --scope user --policy {} run\nEnvironment=GOCACHE_WARDEN_FAILPOINT=before-apply:.:{},before-apply#3:.:{}\nStandardError=append:{}\n",
         support::bin().display(),
@@ -87,22 +88,23 @@ fn user_unit_ready_reload_bad_reload_and_stop_mid_sweep() {
         Duration::from_secs(30),
         || fp1.join("before-apply.ready").exists(),
     );
-    assert_eq!(
-        state(&mgr),
-        "activating",
-        "not active before READY (first sweep still running)"
+    wait_for(
+        "active (READY=1) while the first sweep is still running",
+        Duration::from_secs(30),
+        || state(&mgr) == "active",
     );
-    std::fs::write(fp1.join("before-apply.go"), "").expect("release");
-    wait_for("active (running)", Duration::from_secs(30), || {
-        state(&mgr) == "active"
-    });
     let status = mgr
         .show("gocache-warden.service", "StatusText")
         .expect("status");
-    assert!(
-        status.contains("1 cache(s)"),
-        "STATUS= after the sweep: {status}"
+    assert_eq!(
+        status, "sweeping (first sweep since start)",
+        "STATUS= during the first sweep"
     );
+    std::fs::write(fp1.join("before-apply.go"), "").expect("release");
+    wait_for("STATUS= after the first sweep", Duration::from_secs(30), || {
+        mgr.show("gocache-warden.service", "StatusText")
+            .is_ok_and(|s| s.contains("1 cache(s)"))
+    });
     let pid = mgr.show("gocache-warden.service", "MainPID").expect("pid");
 
     // A good reload: systemctl waits for RELOADING=1 … READY=1.

@@ -157,4 +157,9 @@ fn agent_metrics_pass_promtool_and_the_textfile_is_always_whole() {
     );
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("term");
     assert!(child.0.wait().expect("wait").success());
+    // Stopped, the agent's figures are not current any more: the textfile goes with it.
+    assert!(
+        !prom.exists(),
+        "the textfile outlived the agent: node_exporter would export stale figures"
+    );
 }

@@ -6,8 +6,10 @@
 //! sweep. Sweeps run on the blocking pool so the loop keeps answering signals and the
 //! watchdog while one is in progress; at most one runs at a time, and requests that arrive
 //! meanwhile collapse into one follow-up sweep. Idle, the loop wakes only for its timers.
-//! systemd protocol: READY=1 after the policy is valid and the first sweep is done; STATUS=
-//! after every sweep; WATCHDOG=1 from the loop itself; RELOADING=1 + MONOTONIC_USEC then
+//! systemd protocol: READY=1 as soon as the policy is valid and the watches are set up, before
+//! the first sweep (a cold first sweep of millions of entries takes minutes, longer than any
+//! sensible start timeout); STATUS= when a sweep starts and after every sweep; WATCHDOG=1 from
+//! the loop itself; RELOADING=1 + MONOTONIC_USEC then
 //! READY=1 on SIGHUP (a bad policy is logged and the old one kept); STOPPING=1 on SIGTERM,
 //! which also stops a sweep at its next entry.
 
@@ -42,6 +44,8 @@ pub enum Event {
     Watchdog,
     /// A sweep finished (on the blocking pool).
     SweepDone(Box<Sweep>, Vec<UnitRef>),
+    /// A sweep ended without a result (it panicked): the loop must not wait for it.
+    SweepFailed(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -180,8 +184,10 @@ struct State {
     scope: Scope,
     running: bool,
     pending: bool,
-    ready: bool,
     stopping: bool,
+    last_status: Option<String>,
+    /// Caches already reported as read-only: said once per agent, not every sweep.
+    reported_read_only: std::collections::HashSet<PathBuf>,
 }
 
 impl State {
@@ -195,6 +201,10 @@ impl State {
         }
         self.running = true;
         self.pending = false;
+        notify(&[NotifyState::Status(&match &self.last_status {
+            Some(last) => format!("sweeping; {last}"),
+            None => "sweeping (first sweep since start)".to_string(),
+        })]);
         let (policy, scope, tx) = (self.policy.clone(), self.scope, tx.clone());
         tokio::spawn(async move {
             let p = policy.clone();
@@ -207,12 +217,10 @@ impl State {
             } else {
                 crate::units::missing_refs(&policy, scope).await
             };
-            match sweep {
-                Ok(s) => {
-                    let _ = tx.send(Event::SweepDone(Box::new(s), units));
-                }
-                Err(e) => tracing::error!("sweep panicked: {e}"),
-            }
+            let _ = match sweep {
+                Ok(s) => tx.send(Event::SweepDone(Box::new(s), units)),
+                Err(e) => tx.send(Event::SweepFailed(e.to_string())),
+            };
         });
     }
 }
@@ -272,9 +280,11 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
         scope: opts.scope,
         running: false,
         pending: false,
-        ready: false,
         stopping: false,
+        last_status: None,
+        reported_read_only: Default::default(),
     };
+    notify(&[NotifyState::Ready]);
     st.request_sweep(&tx);
     while let Some(ev) = rx.recv().await {
         match ev {
@@ -345,6 +355,13 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                         .iter()
                         .filter(|f| f.severity != crate::check::Severity::Info)
                     {
+                        if f.kind == "read-only-mount"
+                            && !st
+                                .reported_read_only
+                                .insert(r.path.clone().unwrap_or_default())
+                        {
+                            continue;
+                        }
                         tracing::warn!(
                             gocache_warden_action = action::VIOLATION,
                             cache_path = %r.path.as_deref().unwrap_or(std::path::Path::new("")).display(),
@@ -362,10 +379,25 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                 }
                 obs.after_sweep(&sweep, &units);
                 notify(&[NotifyState::Status(&status)]);
-                if !st.ready {
-                    st.ready = true;
-                    notify(&[NotifyState::Ready]);
+                st.last_status = Some(status);
+                if st.pending {
+                    st.request_sweep(&tx);
                 }
+            }
+            Event::SweepFailed(why) => {
+                st.running = false;
+                if st.stopping {
+                    break;
+                }
+                tracing::error!(
+                    gocache_warden_action = action::SWEEP,
+                    error = %why,
+                    "sweep failed without a result: {why}"
+                );
+                obs.sweep_failed();
+                let status = format!("last sweep failed: {why}");
+                notify(&[NotifyState::Status(&status)]);
+                st.last_status = Some(status);
                 if st.pending {
                     st.request_sweep(&tx);
                 }

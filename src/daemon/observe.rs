@@ -32,6 +32,9 @@ pub struct Observability {
     tracker: AlertTracker,
     dispatcher: Option<Dispatcher>,
     thresholds: alert::Thresholds,
+    /// The caches of the last completed sweep: a sweep that ends without a result is
+    /// counted as a failure of each of them.
+    last_caches: Vec<(std::path::PathBuf, MKind)>,
 }
 
 fn mkind(k: CacheKind) -> MKind {
@@ -171,6 +174,7 @@ impl Observability {
             tracker: AlertTracker::new(renotify),
             dispatcher,
             thresholds: thresholds(policy),
+            last_caches: Vec::new(),
         })
     }
 
@@ -203,6 +207,37 @@ impl Observability {
         if let Some(d) = self.dispatcher {
             d.shutdown(grace);
         }
+        // Only the running agent writes the textfile: left behind, node_exporter would go on
+        // exporting its last figures as if they were current. Gone, the series are absent and
+        // the shipped "agent absent" rule says so; a restart writes it again after its sweep.
+        if let Some(t) = &self.textfile
+            && let Err(e) = std::fs::remove_file(t.path())
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(error = %e, "cannot remove the metrics textfile {}: {e}", t.path().display());
+        }
+    }
+
+    /// Counts a sweep that ended without a result (it panicked) as a failed sweep of every
+    /// cache, so `gocache_warden_sweeps_total{result="failure"}` and the textfile show it.
+    pub fn sweep_failed(&mut self) {
+        for (path, kind) in &self.last_caches {
+            self.metrics.observe_sweep(&SweepOutcome {
+                path: path.clone(),
+                kind: *kind,
+                evicted: Default::default(),
+                fixes: Default::default(),
+                errors: [("panic".to_string(), 1)].into_iter().collect(),
+                duration: Duration::ZERO,
+                success: false,
+                finished_at: SystemTime::now(),
+            });
+        }
+        if let Some(t) = &self.textfile
+            && let Err(e) = t.write(&self.registry)
+        {
+            tracing::error!(error = %e, "cannot write the metrics textfile {}: {e:#}", t.path().display());
+        }
     }
 
     /// Publishes what a sweep saw and did.
@@ -213,6 +248,7 @@ impl Observability {
             .filter_map(|r| Some((r.path.clone()?, mkind(r.kind))))
             .collect();
         self.metrics.set_caches(&caches);
+        self.last_caches = caches;
         let mut obs = alert::Observation {
             host: crate::sweep::hostname(),
             caches: Vec::new(),

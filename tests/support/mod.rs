@@ -2,8 +2,10 @@
 //! create test users and groups. One helper per kind of setup so tests read as data.
 #![allow(dead_code)]
 
+pub mod deb;
 pub mod journald;
 pub mod usermgr;
+pub mod vm;
 
 use std::ffi::OsStr;
 use std::os::unix::fs::MetadataExt;

@@ -1,0 +1,317 @@
+#!/bin/bash
+# The system agent, installed from the .deb on a real Debian 12 with systemd as PID 1.
+# Run as root inside the VM by tests/vm.rs (through tests/vm/guest/vmtest-run), from the
+# shared folder /mnt/host, which holds the two .debs, mkcache.py and this script. Every
+# point is checked from outside the agent (systemctl, getfacl, stat, find, du, journalctl,
+# curl); each check writes `ok NAME` or `not ok NAME: why` to out/results and its evidence
+# to out/evidence/NAME.txt. The webhook receiver runs on the VM's host, reached at
+# 10.0.2.100:$HOOK_PORT (QEMU's guestfwd: not loopback as the guest sees it).
+set -u
+H=/mnt/host
+OUT=$H/out
+EV=$OUT/evidence
+R=$OUT/results
+mkdir -p "$EV"
+: > "$R"
+HOOK_PORT=$(cat "$H/hook-port")
+export PATH=/opt/go/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export SYSTEMD_PAGER= SYSTEMD_COLORS=0
+
+pass() { echo "ok $1" >> "$R"; }
+fail() { echo "not ok $1: $2" >> "$R"; }
+# expect NAME CMD…: CMD must succeed now.
+expect() {
+    local name=$1; shift
+    if "$@" > "$EV/$name.txt" 2>&1; then pass "$name"; else fail "$name" "$(tail -c 1500 "$EV/$name.txt" | tr '\n' '|')"; fi
+}
+# eventually NAME SECONDS CMD…: CMD must succeed within SECONDS.
+eventually() {
+    local name=$1 t=$2; shift 2
+    local end=$((SECONDS + t))
+    until "$@" > "$EV/$name.txt" 2>&1; do
+        if [ $SECONDS -ge $end ]; then
+            fail "$name" "not within ${t}s: $(tail -c 1500 "$EV/$name.txt" | tr '\n' '|')"
+            return 1
+        fi
+        sleep 1
+    done
+    pass "$name"
+}
+phase() { echo "== $1 ($(date +%T), ${SECONDS}s)" >> "$R"; }
+prop() { systemctl show "$1" -p "$2" --value; }
+uprop() { systemctl --user -M "$1@" show "$2" -p "$3" --value; }
+agent_warnings() { journalctl -u gocache-warden.service -p warning --no-pager -o cat "$@"; }
+journal_has() { journalctl --no-pager -o json "$@" | grep -q .; }
+
+# Files the package may leave behind are compared against this list after the purge.
+snapshot_files() {
+    find / -xdev \( -path /proc -o -path /sys -o -path /dev -o -path /run -o -path /tmp \
+        -o -path /mnt -o -path /home -o -path /srv -o -path /var/log -o -path /var/tmp \
+        -o -path /var/cache/apt -o -path /var/cache/debconf -o -path /var/cache/man \
+        -o -path /var/lib/apt -o -path /var/lib/dpkg -o -path /var/lib/systemd \
+        -o -path /var/cache/ldconfig -o -path /root -o -path /etc/ld.so.cache \
+        -o -path /etc/systemd/user/timers.target.wants \) -prune -o -print | LC_ALL=C sort
+}
+
+###############################################################################
+phase "install"
+# As the prometheus-node-exporter package would have it.
+install -d /var/lib/prometheus/node-exporter
+snapshot_files > "$OUT/files-before"
+expect install apt-get install -y --no-install-recommends "$H"/deb1/gocache-warden_*.deb
+eventually agent-active 60 test "$(prop gocache-warden ActiveState)" = active
+expect agent-type-notify test "$(prop gocache-warden Type)" = notify
+expect agent-no-restarts test "$(prop gocache-warden NRestarts)" = 0
+sleep 5
+expect default-policy-quiet bash -c '! agent_warnings | grep .'
+systemd-analyze security gocache-warden.service --no-pager > "$EV/security.txt" 2>&1
+expect exposure-at-most-2.5 python3 - "$EV/security.txt" <<'PY'
+import re, sys
+t = open(sys.argv[1]).read()
+m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", t)
+print(m.group(0) if m else "no exposure line")
+sys.exit(0 if m and float(m.group(1)) <= 2.5 else 1)
+PY
+
+###############################################################################
+phase "users and their build services"
+groupadd builders
+for u in alice bob carol; do
+    case $u in alice|bob) useradd -m -s /bin/bash -G builders "$u" ;; *) useradd -m -s /bin/bash "$u" ;; esac
+done
+cat > /usr/local/bin/build-loop <<'EOF'
+#!/bin/sh
+# One `go build` a second of a package that changes every time: new cache entries on
+# each build, its dependencies hit. Results go to ~/builds.log as `ok|fail GOCACHE`.
+mkdir -p "$HOME/proj" && cd "$HOME/proj" || exit 1
+[ -f go.mod ] || printf 'module example.com/proj\ngo 1.22\n' > go.mod
+i=0
+while :; do
+    i=$((i + 1))
+    printf 'package proj\n\nimport "strconv"\n\nconst N = %d\n\nfunc F() string { return strconv.Itoa(N) }\n' "$i" > p.go
+    if go build ./... 2>> "$HOME/builds.err"; then r=ok; else r=fail; fi
+    echo "$r ${GOCACHE:-unset} $(date +%s)" >> "$HOME/builds.log"
+    sleep 1
+done
+EOF
+chmod 755 /usr/local/bin/build-loop
+for u in alice bob carol; do
+    d=/home/$u/.config/systemd/user
+    install -d -o "$u" -g "$u" "/home/$u/.config" "/home/$u/.config/systemd" "$d" "$d/default.target.wants"
+    case $u in
+        alice) extra= ;;                                    # no GOCACHE at all
+        bob) extra='Environment=GOCACHE=off' ;;             # builds fail outright
+        carol) extra='EnvironmentFile=%h/build.env'         # GOCACHE from a file
+               printf 'GOCACHE=/home/carol/ci-cache\n' > /home/carol/build.env
+               chown carol: /home/carol/build.env ;;
+    esac
+    printf '[Unit]\nDescription=go build loop of %s\n\n[Service]\nEnvironment=PATH=/opt/go/bin:/usr/bin:/bin\n%s\nExecStart=/usr/local/bin/build-loop\nRestart=always\n\n[Install]\nWantedBy=default.target\n' \
+        "$u" "$extra" > "$d/gobuild.service"
+    ln -s ../gobuild.service "$d/default.target.wants/gobuild.service"
+    chown -h "$u:" "$d/gobuild.service" "$d/default.target.wants/gobuild.service"
+    loginctl enable-linger "$u"
+done
+for u in alice bob carol; do
+    uid=$(id -u "$u")
+    eventually "manager-$u" 60 test -S "/run/user/$uid/systemd/private"
+    eventually "gobuild-$u-active" 60 test "$(uprop "$u" gobuild.service ActiveState)" = active
+done
+# A system service that builds as bob and sets no GOCACHE: found over the system bus.
+cat > /etc/systemd/system/gobuild-svc.service <<'EOF'
+[Unit]
+Description=go build loop as a system service
+[Service]
+User=bob
+Environment=HOME=/home/bob PATH=/opt/go/bin:/usr/bin:/bin
+ExecStart=/bin/sh -c 'mkdir -p /tmp/svc && cd /tmp/svc && printf "module svc\\ngo 1.22\\n" > go.mod && printf "package svc\\n" > s.go && while :; do go build ./... && echo ok >> /tmp/svc/builds.log || echo fail >> /tmp/svc/builds.log; sleep 5; done'
+[Install]
+WantedBy=multi-user.target
+EOF
+systemctl daemon-reload
+systemctl enable --now gobuild-svc.service
+eventually gobuild-svc-active 30 test "$(prop gobuild-svc ActiveState)" = active
+
+###############################################################################
+phase "build-server drop-in, applied with reload"
+printf 'http://10.0.2.100:%s/slack\n' "$HOOK_PORT" > /etc/gocache-warden/slack-url
+printf 'http://10.0.2.100:%s/hook\n' "$HOOK_PORT" > /etc/gocache-warden/hook-url
+chmod 600 /etc/gocache-warden/slack-url /etc/gocache-warden/hook-url
+cat > /etc/gocache-warden/policy.d/50-build-server.toml <<'EOF'
+[cache.shared]
+path = "/srv/gocache"
+kind = "build"
+create = true
+owner = "root"
+group = "builders"
+setgid = true
+group_access = "rwx"
+other = "---"
+max_size = "8MiB"
+low_water = "50%"
+max_age = "14d"
+min_age = "30m"
+
+[units.builds]
+match = ["gobuild*.service"]
+managers = "all"
+gocache = "/srv/gocache"
+remediation = "drop-in"
+
+[metrics]
+textfile = "/var/lib/prometheus/node-exporter/gocache-warden.prom"
+
+[alert.slack]
+kind = "slack"
+url_file = "/etc/gocache-warden/slack-url"
+
+[alert.hook]
+kind = "webhook"
+url_file = "/etc/gocache-warden/hook-url"
+EOF
+expect policy-validates gocache-warden policy validate /etc/gocache-warden/policy.d/50-build-server.toml
+pid_before_reload=$(prop gocache-warden MainPID)
+expect reload systemctl reload gocache-warden
+expect reload-kept-process test "$(prop gocache-warden MainPID)" = "$pid_before_reload"
+eventually reload-logged 30 journal_has -u gocache-warden GOCACHE_WARDEN_ACTION=reload
+eventually shared-created 60 test -d /srv/gocache
+eventually shared-root-shape 60 bash -c 'stat -c "%U %G %A" /srv/gocache | tee /dev/stderr | grep -qx "root builders drwxrws---"'
+eventually shared-root-acl 30 bash -c 'getfacl -p /srv/gocache | tee /dev/stderr | grep -qx "default:group::rwx" && getfacl -p /srv/gocache | grep -qx "group::rwx"'
+
+phase "unit remediation over D-Bus (system bus and every lingering user's manager)"
+eventually dropin-system 120 test -f /etc/systemd/system/gobuild-svc.service.d/50-gocache-warden.conf
+eventually dropin-system-verified 60 bash -c 'systemctl show gobuild-svc -p Environment | tee /dev/stderr | grep -q "GOCACHE=/srv/gocache"'
+for u in alice bob; do
+    eventually "dropin-$u" 120 test -f "/home/$u/.config/systemd/user/gobuild.service.d/50-gocache-warden.conf"
+    expect "dropin-$u-owner" bash -c "stat -c %U /home/$u/.config/systemd/user/gobuild.service.d/50-gocache-warden.conf | grep -qx $u"
+    eventually "dropin-$u-verified" 60 bash -c "systemctl --user -M $u@ show gobuild.service -p Environment | tee /dev/stderr | grep -q GOCACHE=/srv/gocache"
+done
+# carol's GOCACHE comes from her EnvironmentFile=, which a drop-in's Environment= cannot
+# override: reported (naming the file), never "fixed" with a drop-in that would not work.
+expect carol-not-dropped-in test ! -e /home/carol/.config/systemd/user/gobuild.service.d/50-gocache-warden.conf
+eventually carol-reported 60 bash -c 'journalctl -u gocache-warden -o cat GOCACHE_WARDEN_ACTION=unit-missing-gocache | tee /dev/stderr | grep carol | grep -q gobuild'
+
+phase "builds into the shared cache while the agent evicts"
+# Entries from long ago, owned by root:root without ACLs (as `cp -a` from elsewhere leaves
+# them): the agent must chown them to builders, fix their ACLs and evict them LRU.
+python3 "$H/mkcache.py" /var/tmp/seed --entries 2500 --days 20 --seed 3 > "$EV/seed.txt"
+cp -a /var/tmp/seed/. /srv/gocache/
+chgrp -R root /srv/gocache/0* /srv/gocache/1*
+for u in alice bob; do
+    : > "/home/$u/builds.log"
+    systemctl --user -M "$u@" restart gobuild.service
+done
+systemctl restart gobuild-svc.service
+start_builds=$(date +%s)
+eventually evicted-to-limit 240 bash -c 'b=$(du -sB1 /srv/gocache | cut -f1); echo "$b bytes"; [ "$b" -le $((8 * 1024 * 1024)) ]'
+eventually group-fixed 120 bash -c '! find /srv/gocache ! -group builders | grep .'
+eventually setgid-everywhere 60 bash -c '! find /srv/gocache -type d ! -perm -2000 | grep .'
+sleep 20
+for u in alice bob; do
+    expect "builds-$u-shared" bash -c "grep -c '^ok /srv/gocache' /home/$u/builds.log | grep -qv '^0$'"
+    expect "builds-$u-no-failure" bash -c "cat /home/$u/builds.err 2>/dev/null | tail -5; ! grep '^fail /srv/gocache' /home/$u/builds.log"
+done
+expect builds-new-entries-acl bash -c 'f=$(find /srv/gocache -newermt @'"$start_builds"' -name "*-d" -type f | head -1); echo "$f"; getfacl -p "$f" | tee /dev/stderr | grep -q "^group::rw"; stat -c %G "$f" | grep -qx builders'
+expect journal-evict journal_has -u gocache-warden GOCACHE_WARDEN_ACTION=evict
+expect journal-group-fix journal_has -u gocache-warden GOCACHE_WARDEN_ACTION=group-fix
+expect journal-acl-fix journal_has -u gocache-warden GOCACHE_WARDEN_ACTION=acl-fix
+expect journal-unit-drop-in journal_has -u gocache-warden GOCACHE_WARDEN_ACTION=unit-drop-in
+expect journal-sweep journal_has -u gocache-warden GOCACHE_WARDEN_ACTION=sweep
+expect journal-startup journal_has -u gocache-warden GOCACHE_WARDEN_ACTION=startup
+expect no-eperm bash -c '! journalctl -u gocache-warden -o cat | grep -i "operation not permitted\|read-only file system"'
+
+phase "metrics: textfile and socket"
+eventually textfile 60 grep -q '^gocache_warden_cache_allocated_bytes{.*cache="shared"' /var/lib/prometheus/node-exporter/gocache-warden.prom
+cp /var/lib/prometheus/node-exporter/gocache-warden.prom "$OUT/textfile.prom" 2>/dev/null
+expect socket-enable systemctl enable --now gocache-warden-metrics.socket
+expect socket-restart systemctl restart gocache-warden
+eventually socket-metrics 60 bash -c 'curl -sf http://127.0.0.1:9798/metrics > /mnt/host/out/http.prom && grep -q "^gocache_warden_build_info" /mnt/host/out/http.prom'
+eventually agent-active-after-socket 60 test "$(prop gocache-warden ActiveState)" = active
+
+phase "webhooks"
+eventually webhook-delivered 120 bash -c 'journalctl -u gocache-warden -o cat | grep -i deliver | tail -5; test -s /mnt/host/out/.hook-seen || grep -q . /mnt/host/hook-log 2>/dev/null'
+
+phase "a broken reload keeps the running policy"
+pid=$(prop gocache-warden MainPID)
+printf '[cache.shared]\nmax_size = "plenty"\n' > /etc/gocache-warden/policy.d/60-broken.toml
+expect broken-reload systemctl reload gocache-warden
+eventually broken-reload-logged 30 journal_has -u gocache-warden GOCACHE_WARDEN_ACTION=reload-failed
+expect broken-reload-names-file bash -c 'journalctl -u gocache-warden -o cat GOCACHE_WARDEN_ACTION=reload-failed | tee /dev/stderr | grep -q "60-broken.toml:2:"'
+expect broken-reload-same-process test "$(prop gocache-warden MainPID)" = "$pid"
+expect broken-reload-active test "$(prop gocache-warden ActiveState)" = active
+rm /etc/gocache-warden/policy.d/60-broken.toml
+expect fixed-reload systemctl reload gocache-warden
+
+phase "stop in the middle of a sweep"
+python3 "$H/mkcache.py" /srv/gocache --entries 20000 --days 20 --seed 4 > "$EV/seed-big.txt"
+systemctl restart gocache-warden --no-block
+eventually sweeping 60 bash -c 'systemctl show gocache-warden -p StatusText --value | tee /dev/stderr | grep -qi sweep'
+t0=$(date +%s%N)
+systemctl stop gocache-warden
+t1=$(date +%s%N)
+echo "stop took $(( (t1 - t0) / 1000000 )) ms" > "$EV/stop-time.txt"
+expect stop-within-timeout test $(( (t1 - t0) / 1000000 )) -lt 10000
+expect stop-clean bash -c 'systemctl show gocache-warden -p Result --value | tee /dev/stderr | grep -qx success'
+
+phase "the watchdog ends a hung agent and the unit restarts"
+mkdir -p /run/systemd/system/gocache-warden.service.d
+printf '[Service]\nWatchdogSec=10s\n' > /run/systemd/system/gocache-warden.service.d/watchdog.conf
+systemctl daemon-reload
+systemctl start gocache-warden
+eventually wd-active 120 test "$(prop gocache-warden ActiveState)" = active
+restarts=$(prop gocache-warden NRestarts)
+kill -STOP "$(prop gocache-warden MainPID)"
+eventually wd-restarted 90 bash -c "test \$(systemctl show gocache-warden -p NRestarts --value) -gt $restarts"
+eventually wd-active-again 120 test "$(prop gocache-warden ActiveState)" = active
+expect wd-logged bash -c 'journalctl -u gocache-warden --no-pager | grep -i "watchdog timeout"'
+rm -rf /run/systemd/system/gocache-warden.service.d
+systemctl daemon-reload
+
+phase "the enforce timer's service does the same job under its own sandbox"
+systemctl stop gocache-warden
+python3 "$H/mkcache.py" /var/tmp/seed2 --entries 2500 --days 20 --seed 5 > /dev/null
+cp -a /var/tmp/seed2/. /srv/gocache/
+expect enforce-oneshot systemctl start gocache-warden-enforce.service
+expect enforce-result bash -c 'systemctl show gocache-warden-enforce -p Result --value | grep -qx success'
+expect enforce-to-limit bash -c 'b=$(du -sB1 /srv/gocache | cut -f1); echo "$b"; [ "$b" -le $((8 * 1024 * 1024)) ]'
+expect enforce-group bash -c '! find /srv/gocache ! -group builders | grep .'
+expect enforce-no-eperm bash -c '! journalctl -u gocache-warden-enforce -o cat | grep -i "operation not permitted\|read-only file system"'
+expect timer-enable systemctl enable --now gocache-warden-enforce.timer
+expect timer-scheduled bash -c 'systemctl list-timers gocache-warden-enforce.timer --no-legend | tee /dev/stderr | grep -q gocache-warden-enforce'
+systemctl disable --now gocache-warden-enforce.timer
+systemctl start gocache-warden
+eventually agent-back 60 test "$(prop gocache-warden ActiveState)" = active
+
+phase "user agent (with a session bus, then without dbus-user-session)"
+expect user-agent-alice systemctl --user -M alice@ enable --now gocache-warden.service
+eventually user-agent-alice-active 60 test "$(uprop alice gocache-warden.service ActiveState)" = active
+dpkg -r dbus-user-session > "$EV/remove-dbus-user-session.txt" 2>&1
+useradd -m -s /bin/bash dave
+install -d -o dave -g dave /home/dave/.config /home/dave/.config/gocache-warden /home/dave/.config/gocache-warden/policy.d /home/dave/.config/systemd /home/dave/.config/systemd/user
+printf '[units.mine]\nmatch = ["nocache*.service"]\nremediation = "report"\n' > /home/dave/.config/gocache-warden/policy.d/50-units.toml
+printf '[Service]\nExecStart=/bin/sleep infinity\n' > /home/dave/.config/systemd/user/nocache.service
+chown -R dave: /home/dave/.config
+loginctl enable-linger dave
+dave=$(id -u dave)
+eventually manager-dave 60 test -S "/run/user/$dave/systemd/private"
+expect dave-no-session-bus test ! -e "/run/user/$dave/bus"
+expect dave-start-unit systemctl --user -M dave@ start nocache.service
+expect user-agent-dave systemctl --user -M dave@ enable --now gocache-warden.service
+eventually user-agent-dave-active 90 test "$(uprop dave gocache-warden.service ActiveState)" = active
+eventually user-agent-dave-finds-unit 90 bash -c "journalctl _UID=$dave -o cat GOCACHE_WARDEN_ACTION=unit-missing-gocache | tee /dev/stderr | grep -q nocache"
+
+phase "upgrade restarts the agent; purge leaves nothing behind"
+pid=$(prop gocache-warden MainPID)
+expect upgrade apt-get install -y --no-install-recommends "$H"/deb2/gocache-warden_*.deb
+eventually upgrade-restarted 60 bash -c "p=\$(systemctl show gocache-warden -p MainPID --value); [ \"\$p\" != $pid ] && [ \"\$p\" != 0 ]"
+eventually upgrade-active 60 test "$(prop gocache-warden ActiveState)" = active
+for u in alice dave; do systemctl --user -M "$u@" disable --now gocache-warden.service; done
+rm -f /etc/gocache-warden/policy.d/50-build-server.toml /etc/gocache-warden/slack-url /etc/gocache-warden/hook-url
+expect purge apt-get purge -y gocache-warden
+snapshot_files > "$OUT/files-after"
+diff "$OUT/files-before" "$OUT/files-after" > "$OUT/files-diff"
+# What stays on purpose: the caches (data), and the drop-ins the agent wrote into other
+# units (removing them would silently change how those services build).
+expect purge-leaves-nothing bash -c "! grep '^[<>]' $OUT/files-diff | grep -v '/etc/systemd/system/gobuild-svc.service'"
+expect purge-no-process bash -c '! pgrep -x gocache-warden'
+phase "done"
+exit 0
