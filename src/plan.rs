@@ -176,6 +176,10 @@ pub fn plan_cache(p: &CachePolicy, r: &CacheReport, owner_uid: Option<u32>) -> O
         policy: p.clone(),
         owner_uid,
     };
+    if r.read_only {
+        // Nothing can change there: a plan that says so, not one that fails entry by entry.
+        return Some(plan);
+    }
     let Some(obs) = &r.observed else {
         if !r.exists && p.create && r.inspect_error.is_none() {
             let uid = p.owner.as_ref().map_or(0, |o| o.uid);

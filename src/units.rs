@@ -165,11 +165,17 @@ pub async fn missing_refs(policy: &Policy, scope: Scope) -> Vec<crate::alert::Un
 
 /// Subscribes to every manager's `UnitNew`/`Reloading` and turns them into daemon events,
 /// coalescing bursts (a `daemon-reload` announces every unit) into one.
-pub fn spawn_watch(policy: &Policy, scope: Scope, tx: UnboundedSender<crate::daemon::Event>) {
+/// `None` when the policy has no unit rules. The daemon aborts and respawns it on reload, so
+/// rules added by a reload are watched too (and managers that appeared since).
+pub fn spawn_watch(
+    policy: &Policy,
+    scope: Scope,
+    tx: UnboundedSender<crate::daemon::Event>,
+) -> Option<tokio::task::JoinHandle<()>> {
     if rules(policy, scope).is_empty() {
-        return;
+        return None;
     }
-    tokio::spawn(async move {
+    Some(tokio::spawn(async move {
         let (conns, _) = systemd::connect_scope(dbus_scope(scope), &run_user_dir()).await;
         let (etx, mut erx) = tokio::sync::mpsc::unbounded_channel();
         for c in conns {
@@ -184,7 +190,7 @@ pub fn spawn_watch(policy: &Policy, scope: Scope, tx: UnboundedSender<crate::dae
                 break;
             }
         }
-    });
+    }))
 }
 
 fn spawn_one(c: ManagerConn, tx: UnboundedSender<()>) {

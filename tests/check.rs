@@ -348,3 +348,68 @@ fn missing_fixed_cache_with_create_is_a_warning_enforce_fixes() {
     assert_eq!(f["kind"], "missing");
     assert_eq!(f["auto_fix"], true);
 }
+
+/// A cache on a read-only mount (under the shipped unit: outside `ReadWritePaths=`) is one
+/// clear error naming the fix, and enforce plans nothing there instead of failing once per
+/// entry with EROFS.
+#[test]
+fn read_only_mount_is_one_finding_with_the_fix_and_enforce_touches_nothing() {
+    support::require_root();
+    let d = tempdir();
+    let cache = d.path().join("cache");
+    mkcache(&cache, 200, 31);
+    let pol = policy(
+        d.path(),
+        "p.toml",
+        &format!(
+            "[cache.ro]\npath = \"{}\"\nmax_size = \"64KiB\"\nmin_age = \"1h\"\n",
+            cache.display()
+        ),
+    );
+    let before = find_count(&cache, &["-type", "f"]);
+    let script = format!(
+        "mount --bind {c} {c}; mount -o remount,bind,ro {c}; \
+         {bin} --policy {p} check --json > {d}/check.json || true; \
+         {bin} --policy {p} enforce --json > {d}/enforce.json; echo $? > {d}/enforce.rc",
+        c = cache.display(),
+        bin = support::bin().display(),
+        p = pol.display(),
+        d = d.path().display()
+    );
+    let o = support::in_mount_ns(&script);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let check: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.path().join("check.json")).expect("check"))
+            .expect("check json");
+    let c = &check["caches"][0];
+    assert_eq!(c["read_only"], true, "{c}");
+    let ro: Vec<_> = c["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter(|f| f["kind"] == "read-only-mount")
+        .collect();
+    assert_eq!(ro.len(), 1, "{c}");
+    assert_eq!(ro[0]["severity"], "error");
+    assert!(
+        ro[0]["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("systemctl edit gocache-warden")
+                && f.contains(&format!("ReadWritePaths={}", cache.display()))),
+        "{}",
+        ro[0]
+    );
+    let enforce: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(d.path().join("enforce.json")).expect("enforce"),
+    )
+    .expect("enforce json");
+    let plan = &enforce["plan"]["caches"][0];
+    assert!(plan["eviction"].is_null(), "nothing planned: {plan}");
+    assert!(
+        plan["skipped"].as_str().is_some_and(|s| s.contains("read-only")),
+        "{plan}"
+    );
+    let failed = enforce["outcome"]["caches"][0]["failed"].as_u64().unwrap_or(0);
+    assert_eq!(failed, 0, "no per-entry EROFS failures: {enforce}");
+    assert_eq!(find_count(&cache, &["-type", "f"]), before, "nothing removed");
+}

@@ -268,7 +268,7 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
             Event::Watchdog
         });
     }
-    crate::units::spawn_watch(&policy, opts.scope, tx.clone());
+    let mut units_watch = crate::units::spawn_watch(&policy, opts.scope, tx.clone());
     tracing::info!(
         gocache_warden_action = action::STARTUP,
         "starting: {} cache(s) in policy, sweep every {}",
@@ -308,6 +308,10 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                         } else {
                             timer.abort();
                             timer = spawn_every(p.agent.interval, tx.clone(), || Event::Tick);
+                            if let Some(w) = units_watch.take() {
+                                w.abort();
+                            }
+                            units_watch = crate::units::spawn_watch(&p, opts.scope, tx.clone());
                             tracing::info!(
                                 gocache_warden_action = action::RELOAD,
                                 "reloaded the policy from {}",
@@ -362,12 +366,18 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                         {
                             continue;
                         }
+                        // Said once, so it carries its fix (the `systemctl edit` line).
+                        let fix = if f.kind == "read-only-mount" {
+                            format!("; to fix: {}", f.fix)
+                        } else {
+                            String::new()
+                        };
                         tracing::warn!(
                             gocache_warden_action = action::VIOLATION,
                             cache_path = %r.path.as_deref().unwrap_or(std::path::Path::new("")).display(),
                             reason = %f.kind,
                             entries = f.count,
-                            "{}: {} ({})",
+                            "{}: {} ({}){fix}",
                             r.path.as_deref().map_or_else(|| r.name.clone(), |p| p.display().to_string()),
                             f.message,
                             f.kind

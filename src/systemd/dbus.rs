@@ -309,6 +309,7 @@ pub fn private_sockets(run_user: &Path) -> Result<Vec<(u32, PathBuf)>> {
 }
 
 /// Connections for a scope, with the managers that could not be reached. For
+/// [`Scope::User`], the session bus, else the manager's private socket. For
 /// [`Scope::System`] a missing system bus is an error entry, not a failure: user managers can
 /// still run (as they do in containers without systemd as PID 1).
 pub async fn connect_scope(scope: Scope, run_user: &Path) -> (Vec<ManagerConn>, Vec<ManagerError>) {
@@ -317,10 +318,21 @@ pub async fn connect_scope(scope: Scope, run_user: &Path) -> (Vec<ManagerConn>, 
     match scope {
         Scope::User => match connect_session().await {
             Ok(c) => conns.push(c),
-            Err(e) => errors.push(ManagerError {
-                target: "session bus".to_owned(),
-                msg: format!("{e:#}"),
-            }),
+            Err(bus) => {
+                // Without a session bus (no dbus-user-session), reach our own manager as
+                // `systemctl --user` does: its private socket in our runtime directory.
+                let uid = nix::unistd::getuid().as_raw();
+                let socket = std::env::var_os("XDG_RUNTIME_DIR")
+                    .map_or_else(|| run_user.join(uid.to_string()), PathBuf::from)
+                    .join("systemd/private");
+                match connect_private(&socket, uid).await {
+                    Ok(c) => conns.push(c),
+                    Err(e) => errors.push(ManagerError {
+                        target: format!("session bus and {}", socket.display()),
+                        msg: format!("{bus:#}; {e:#}"),
+                    }),
+                }
+            }
         },
         Scope::System => {
             match connect_system_bus().await {

@@ -81,14 +81,16 @@ for u in alice bob carol; do
 done
 cat > /usr/local/bin/build-loop <<'EOF'
 #!/bin/sh
-# One `go build` a second of a package that changes every time: new cache entries on
-# each build, its dependencies hit. Results go to ~/builds.log as `ok|fail GOCACHE`.
+# One `go build` a second of a package whose source cycles through 40 versions: the first
+# round writes new cache entries, later rounds hit them (a package without imports, so that
+# nothing of the standard library is compiled under software emulation). Results go to
+# ~/builds.log as `ok|fail GOCACHE TIME`.
 mkdir -p "$HOME/proj" && cd "$HOME/proj" || exit 1
 [ -f go.mod ] || printf 'module example.com/proj\ngo 1.22\n' > go.mod
 i=0
 while :; do
     i=$((i + 1))
-    printf 'package proj\n\nimport "strconv"\n\nconst N = %d\n\nfunc F() string { return strconv.Itoa(N) }\n' "$i" > p.go
+    printf 'package proj\n\nconst N = %d\n\nfunc F() int { return N * 2 }\n' $((i % 40)) > p.go
     if go build ./... 2>> "$HOME/builds.err"; then r=ok; else r=fail; fi
     echo "$r ${GOCACHE:-unset} $(date +%s)" >> "$HOME/builds.log"
     sleep 1
@@ -151,6 +153,11 @@ low_water = "50%"
 max_age = "14d"
 min_age = "30m"
 
+# Outside the unit's ReadWritePaths=: reported once, with the line that fixes it.
+[cache.opt]
+path = "/opt/gocache"
+max_size = "1MiB"
+
 [units.builds]
 match = ["gobuild*.service"]
 managers = "all"
@@ -168,6 +175,7 @@ url_file = "/etc/gocache-warden/slack-url"
 kind = "webhook"
 url_file = "/etc/gocache-warden/hook-url"
 EOF
+python3 "$H/mkcache.py" /opt/gocache --entries 300 --days 20 --seed 6 > /dev/null
 expect policy-validates gocache-warden policy validate /etc/gocache-warden/policy.d/50-build-server.toml
 pid_before_reload=$(prop gocache-warden MainPID)
 expect reload systemctl reload gocache-warden
@@ -218,6 +226,9 @@ expect journal-unit-drop-in journal_has -u gocache-warden GOCACHE_WARDEN_ACTION=
 expect journal-sweep journal_has -u gocache-warden GOCACHE_WARDEN_ACTION=sweep
 expect journal-startup journal_has -u gocache-warden GOCACHE_WARDEN_ACTION=startup
 expect no-eperm bash -c '! journalctl -u gocache-warden -o cat | grep -i "operation not permitted\|read-only file system"'
+
+expect read-only-reported-once bash -c 'journalctl -u gocache-warden -o cat GOCACHE_WARDEN_ACTION=violation | grep "/opt/gocache is on a read-only mount" > /tmp/ro.txt; cat /tmp/ro.txt; [ "$(wc -l < /tmp/ro.txt)" = 1 ] && grep -q "systemctl edit gocache-warden.*ReadWritePaths=/opt/gocache" /tmp/ro.txt'
+expect read-only-untouched bash -c '[ "$(find /opt/gocache -type f | wc -l)" -ge 600 ]'
 
 phase "metrics: textfile and socket"
 eventually textfile 60 grep -q '^gocache_warden_cache_allocated_bytes{.*cache="shared"' /var/lib/prometheus/node-exporter/gocache-warden.prom
