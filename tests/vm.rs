@@ -25,14 +25,18 @@ fn system_agent_from_the_deb_under_real_systemd() {
     let vm = Vm::new();
     ensure_cargo_deb();
     let target = target_dir();
+    // Kept after the run (replaced by the next one): the guest's evidence, journal and
+    // console are what to read when a check fails.
+    let share = std::path::PathBuf::from("/var/tmp/gocache-warden-vm/system-agent");
+    let _ = std::fs::remove_dir_all(&share);
+    std::fs::create_dir_all(&share).expect("mkdir share");
+    let s = share.as_path();
+    // Copied as soon as built: cargo deb replaces what is in target/debian.
     let deb1 = build_deb_with(&target, &[]);
+    copy(&deb1, &s.join("deb1"));
     // A newer build of the same tree: what an upgrade installs.
     let deb2 = build_deb_with(&target, &["--deb-revision", "2"]);
     assert_ne!(deb1, deb2, "the upgrade package must have another version");
-
-    let share = support::tempdir();
-    let s = share.path();
-    copy(&deb1, &s.join("deb1"));
     copy(&deb2, &s.join("deb2"));
     copy(&repo().join("tests/vm/system-agent.sh"), s);
     copy(&support::mkcache_script(), s);

@@ -242,6 +242,8 @@ fn open_or_create_dir(
     };
     let st = fstat(&fd)?;
     if created {
+        // The service's UMask= (0077) would hide the drop-in from `systemctl cat` by others.
+        fchmod(&fd, Mode::from_bits_truncate(0o755))?;
         if let Some((uid, gid)) = owner {
             fchown(&fd, Some(uid), Some(gid))?;
         }

@@ -18,7 +18,11 @@ export PATH=/opt/go/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export SYSTEMD_PAGER= SYSTEMD_COLORS=0
 
 pass() { echo "ok $1" >> "$R"; }
-fail() { echo "not ok $1: $2" >> "$R"; }
+# A failed check's evidence ends with what the agent said just before.
+fail() {
+    echo "not ok $1: $2" >> "$R"
+    { echo "--- journal of gocache-warden.service (last 40)"; journalctl -u gocache-warden -n 40 --no-pager -o short-precise; } >> "$EV/$1.txt" 2>&1
+}
 # expect NAME CMD…: CMD must succeed now.
 expect() {
     local name=$1; shift
@@ -295,6 +299,7 @@ eventually agent-back 60 test "$(prop gocache-warden ActiveState)" = active
 phase "user agent (with a session bus, then without dbus-user-session)"
 expect user-agent-alice systemctl --user -M alice@ enable --now gocache-warden.service
 eventually user-agent-alice-active 60 test "$(uprop alice gocache-warden.service ActiveState)" = active
+dpkg -L dbus-user-session > "$OUT/dbus-user-session-files"
 dpkg -r dbus-user-session > "$EV/remove-dbus-user-session.txt" 2>&1
 useradd -m -s /bin/bash dave
 install -d -o dave -g dave /home/dave/.config /home/dave/.config/gocache-warden /home/dave/.config/gocache-warden/policy.d /home/dave/.config/systemd /home/dave/.config/systemd/user
@@ -322,7 +327,9 @@ snapshot_files > "$OUT/files-after"
 diff "$OUT/files-before" "$OUT/files-after" > "$OUT/files-diff"
 # What stays on purpose: the caches (data), and the drop-ins the agent wrote into other
 # units (removing them would silently change how those services build).
-expect purge-leaves-nothing bash -c "! grep '^[<>]' $OUT/files-diff | grep -v '/etc/systemd/system/gobuild-svc.service'"
+# Also not the package's doing: what this script added (the build loop, the read-only cache,
+# a system service) or removed (dbus-user-session).
+expect purge-leaves-nothing bash -c "! grep '^[<>]' $OUT/files-diff | cut -c3- | grep -v -x -F -f $OUT/dbus-user-session-files | grep -v 'gobuild-svc.service\|^/usr/local/bin/build-loop\|^/opt/gocache'"
 expect purge-no-process bash -c '! pgrep -x gocache-warden'
 phase "done"
 exit 0
