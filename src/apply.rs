@@ -152,6 +152,10 @@ fn apply_cache(c: &CachePlan, now: i64, dry: bool) -> CacheOutcome {
             }
         }
     }
+    if c.eviction.is_none() && c.fixes.is_empty() && !c.rewrite_trim && !out.created {
+        // Nothing planned (e.g. a cache go has not created yet): nothing to open.
+        return out;
+    }
     let root = match Dir::open_root(&c.path) {
         Ok(r) => r,
         Err(e) => {

@@ -66,7 +66,7 @@ expect install apt-get install -y --no-install-recommends "$H"/deb1/gocache-ward
 eventually agent-active 60 test "$(prop gocache-warden ActiveState)" = active
 expect agent-type-notify test "$(prop gocache-warden Type)" = notify
 expect agent-no-restarts test "$(prop gocache-warden NRestarts)" = 0
-sleep 5
+eventually first-sweep 120 journal_has -u gocache-warden GOCACHE_WARDEN_ACTION=sweep
 expect default-policy-quiet bash -c '! agent_warnings | grep .'
 systemd-analyze security gocache-warden.service --no-pager > "$EV/security.txt" 2>&1
 expect exposure-at-most-2.5 python3 - "$EV/security.txt" <<'PY'
@@ -202,26 +202,37 @@ done
 expect carol-not-dropped-in test ! -e /home/carol/.config/systemd/user/gobuild.service.d/50-gocache-warden.conf
 eventually carol-reported 60 bash -c 'journalctl -u gocache-warden -o cat GOCACHE_WARDEN_ACTION=unit-missing-gocache | tee /dev/stderr | grep carol | grep -q gobuild'
 
-phase "builds into the shared cache while the agent evicts"
+phase "the agent repairs entries copied in as root, then evicts while builds run"
 # Entries from long ago, owned by root:root without ACLs (as `cp -a` from elsewhere leaves
-# them): the agent must chown them to builders, fix their ACLs and evict them LRU.
+# them): members cannot use them until the agent chowns them and fixes their ACLs.
 python3 "$H/mkcache.py" /var/tmp/seed --entries 2500 --days 20 --seed 3 > "$EV/seed.txt"
 cp -a /var/tmp/seed/. /srv/gocache/
 chgrp -R root /srv/gocache/0* /srv/gocache/1*
+eventually evicted-to-limit 240 bash -c 'b=$(du -sB1 /srv/gocache | cut -f1); echo "$b bytes"; [ "$b" -le $((8 * 1024 * 1024)) ]'
+eventually group-fixed 120 bash -c '! find /srv/gocache ! -group builders | grep .'
+eventually setgid-everywhere 60 bash -c '! find /srv/gocache -type d ! -perm -2000 | grep .'
+eventually acl-everywhere 60 bash -c '! getfacl -R -p /srv/gocache | grep -E "^mask::(r--|r-x|---|--x|-w-|-wx)"'
 for u in alice bob; do
     : > "/home/$u/builds.log"
     systemctl --user -M "$u@" restart gobuild.service
 done
+: > /tmp/svc/builds.log
 systemctl restart gobuild-svc.service
 start_builds=$(date +%s)
-eventually evicted-to-limit 240 bash -c 'b=$(du -sB1 /srv/gocache | cut -f1); echo "$b bytes"; [ "$b" -le $((8 * 1024 * 1024)) ]'
-eventually group-fixed 120 bash -c '! find /srv/gocache ! -group builders | grep .'
-eventually setgid-everywhere 60 bash -c '! find /srv/gocache -type d ! -perm -2000 | grep .'
+sleep 10
+# More old entries arrive while the builds run, copied by a member (as a restore from a
+# backup would): nothing to fix, everything to evict, and no build may fail meanwhile.
+python3 "$H/mkcache.py" /var/tmp/seed3 --entries 2500 --days 20 --seed 7 > /dev/null
+chown -R alice /var/tmp/seed3
+setpriv --reuid alice --regid alice --init-groups cp -r --preserve=timestamps /var/tmp/seed3/. /srv/gocache/
+eventually evicted-while-building 240 bash -c 'b=$(du -sB1 /srv/gocache | cut -f1); echo "$b bytes"; [ "$b" -le $((8 * 1024 * 1024)) ]'
+expect journal-evicted-while-building bash -c "journalctl -u gocache-warden -o json GOCACHE_WARDEN_ACTION=evict --since @$start_builds | grep -q ."
 sleep 20
 for u in alice bob; do
     expect "builds-$u-shared" bash -c "grep -c '^ok /srv/gocache' /home/$u/builds.log | grep -qv '^0$'"
-    expect "builds-$u-no-failure" bash -c "cat /home/$u/builds.err 2>/dev/null | tail -5; ! grep '^fail /srv/gocache' /home/$u/builds.log"
+    expect "builds-$u-no-failure" bash -c "tail -5 /home/$u/builds.err 2>/dev/null; ! grep '^fail' /home/$u/builds.log"
 done
+expect builds-svc-no-failure bash -c "! grep '^fail' /tmp/svc/builds.log"
 expect builds-new-entries-acl bash -c 'f=$(find /srv/gocache -newermt @'"$start_builds"' -name "*-d" -type f | head -1); echo "$f"; getfacl -p "$f" | tee /dev/stderr | grep -q "^group::rw"; stat -c %G "$f" | grep -qx builders'
 expect journal-evict journal_has -u gocache-warden GOCACHE_WARDEN_ACTION=evict
 expect journal-group-fix journal_has -u gocache-warden GOCACHE_WARDEN_ACTION=group-fix
@@ -235,7 +246,7 @@ expect read-only-reported-once bash -c 'journalctl -u gocache-warden -o cat GOCA
 expect read-only-untouched bash -c '[ "$(find /opt/gocache -type f | wc -l)" -ge 600 ]'
 
 phase "metrics: textfile and socket"
-eventually textfile 60 grep -q '^gocache_warden_cache_allocated_bytes{.*cache="shared"' /var/lib/prometheus/node-exporter/gocache-warden.prom
+eventually textfile 60 grep -q '^gocache_warden_cache_allocated_bytes{cache="/srv/gocache"' /var/lib/prometheus/node-exporter/gocache-warden.prom
 cp /var/lib/prometheus/node-exporter/gocache-warden.prom "$OUT/textfile.prom" 2>/dev/null
 expect socket-enable systemctl enable --now gocache-warden-metrics.socket
 expect socket-restart systemctl restart gocache-warden
@@ -243,7 +254,8 @@ eventually socket-metrics 60 bash -c 'curl -sf http://127.0.0.1:9798/metrics > /
 eventually agent-active-after-socket 60 test "$(prop gocache-warden ActiveState)" = active
 
 phase "webhooks"
-eventually webhook-delivered 120 bash -c 'journalctl -u gocache-warden -o cat | grep -i deliver | tail -5; test -s /mnt/host/out/.hook-seen || grep -q . /mnt/host/hook-log 2>/dev/null'
+# What arrived is checked on the host, from the receiver's own log.
+eventually webhook-delivered 120 bash -c '[ "$(journalctl -u gocache-warden -o cat | grep -c "alert delivered")" -ge 2 ]'
 
 phase "a broken reload keeps the running policy"
 pid=$(prop gocache-warden MainPID)
