@@ -441,11 +441,9 @@ impl<'a> Applier<'a> {
     }
 
     fn class(&self, e: &Entry) -> Class {
-        if self.plan.kind == CacheKind::Module {
-            return Class::Module;
-        }
         let stack: Vec<&[u8]> = e.stack.iter().map(|s| s.to_bytes()).collect();
-        layout::classify(e.depth, &stack, e.name.to_bytes(), e.st.kind() == Kind::Dir)
+        let is_dir = e.st.kind() == Kind::Dir;
+        layout::classify_in(self.plan.kind, e.depth, &stack, e.name.to_bytes(), is_dir)
     }
 
     /// Should a unit last used at `last_use` go, and for which reason?
@@ -755,6 +753,10 @@ impl Visit for Applier<'_> {
             }
             return;
         }
+        if class == Class::Foreign {
+            // Outside Go's layout: never evicted, never given the policy's permissions.
+            return self.refuse(Violation::Foreign, e);
+        }
         if class == Class::Output
             && let Some(reason) = self.output_verdict(e.name, e.st.last_use())
             && (self.evict_file(e, reason) || e.st.nlink > 1)
@@ -776,6 +778,11 @@ impl Visit for Applier<'_> {
         }
         if matches!(self.phase, Phase::Actions { .. }) {
             return e.depth == 0 || class == Class::Shard;
+        }
+        if class == Class::Foreign {
+            // Never entered: nothing under a foreign directory is ours to change.
+            self.refuse(Violation::Foreign, e);
+            return false;
         }
         if class == Class::Exec && self.plan.eviction.is_some() && !self.names.is_live(e.name) {
             // The directory's own atime moves whenever anyone lists it; its use is its file's.

@@ -55,6 +55,9 @@ pub struct Target {
     pub source: String,
     /// Every entry should belong to this uid (single-user caches found by `auto`).
     pub owner_uid: Option<u32>,
+    /// The resolved path is one no cache may have (a system or home directory, or another
+    /// cache's): the cache is reported and left alone.
+    pub refused: Option<String>,
 }
 
 /// Resolves the policy's caches. `auto` caches are resolved as `go env` would for `env`.
@@ -70,6 +73,7 @@ pub fn targets(policy: &Policy, env: &GoEnv) -> (Vec<Target>, goenv::Resolution)
                 path: Ok(p.clone()),
                 source: "policy".into(),
                 owner_uid: None,
+                refused: None,
             },
             CachePath::Auto => {
                 let r = if c.kind == CacheKind::Build {
@@ -91,11 +95,46 @@ pub fn targets(policy: &Policy, env: &GoEnv) -> (Vec<Target>, goenv::Resolution)
                     path,
                     source: format!("auto: {}", r.source),
                     owner_uid: Some(uid),
+                    refused: None,
                 }
             }
         })
         .collect();
-    (t, res)
+    (refuse_overlaps(t), res)
+}
+
+/// Refuses resolved `auto` paths no cache may have (validation has refused such fixed
+/// paths already) and any cache nested in or overlapping an earlier one.
+fn refuse_overlaps(mut targets: Vec<Target>) -> Vec<Target> {
+    use crate::policy::paths;
+    let any_auto = targets.iter().any(|t| t.policy.path == CachePath::Auto);
+    let homes = if any_auto { paths::homes() } else { Vec::new() };
+    for i in 0..targets.len() {
+        let Ok(p) = targets[i].path.clone() else {
+            continue;
+        };
+        if targets[i].policy.path == CachePath::Auto {
+            targets[i].refused =
+                paths::system_refusal(&p).or_else(|| paths::home_refusal(&p, &homes));
+        }
+        if targets[i].refused.is_some() {
+            continue;
+        }
+        let earlier = targets[..i].iter().find_map(|o| {
+            let q = o.path.as_ref().ok()?;
+            paths::overlap(&p, q).map(|how| {
+                format!(
+                    "{} is {} cache \"{}\" ({}): caches must not nest or overlap",
+                    p.display(),
+                    how.describe(),
+                    o.policy.name,
+                    q.display()
+                )
+            })
+        });
+        targets[i].refused = earlier;
+    }
+    targets
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -114,6 +153,9 @@ pub struct CacheReport {
     pub findings: Vec<Finding>,
     /// The cache could not be inspected (exit code 3).
     pub inspect_error: Option<String>,
+    /// The root does not look like a Go cache of its kind (or the path is one no cache may
+    /// have): nothing in it is inspected or changed, and `enforce` exits 1.
+    pub refused: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -159,8 +201,13 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
         owner_names: Default::default(),
         findings: Vec::new(),
         inspect_error: None,
+        refused: None,
     };
     let path = match &t.path {
+        Ok(p) if t.refused.is_some() => {
+            refuse(&mut r, p, t.refused.as_deref().unwrap_or_default());
+            return r;
+        }
         Ok(p) => p,
         Err(why) => {
             r.findings.push(finding(
@@ -248,6 +295,10 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
     r.exists = true;
     let fs = safefs::fs_stat(&root).ok();
     r.filesystem = fs;
+    if let Err(why) = scan::recognize::recognize(&root, p.kind) {
+        refuse(&mut r, path, &why);
+        return r;
+    }
     let limit = p
         .max_size
         .map(|l| l.resolve(fs.map_or(0, |f| f.size_bytes)));
@@ -284,6 +335,20 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
     }
     r.observed = Some(obs);
     r
+}
+
+/// Marks a cache as refused: one error finding naming the path, and nothing inspected.
+fn refuse(r: &mut CacheReport, path: &std::path::Path, why: &str) {
+    let msg = format!("refusing to change {}: {why}", scan::display_path(path));
+    r.findings.push(finding(
+        "not-a-go-cache",
+        Severity::Error,
+        1,
+        msg.clone(),
+        "point the policy at the Go cache itself (a missing directory with create = true becomes one)".into(),
+        false,
+    ));
+    r.refused = Some(msg);
 }
 
 fn finding(
@@ -324,6 +389,7 @@ fn explain(r: &mut CacheReport, p: &CachePolicy, obs: &Observed, now: i64) {
             Violation::ForeignOwner => (Severity::Error, format!("entry owned by another user than {} (e.g. left by `sudo go build`): go cannot refresh or trim it", user_name(r_owner(obs))), "chown it back to the cache's user (needs root)".into()),
             Violation::TooDeep => (Severity::Warning, "directory nested too deep (not entered)".into(), "remove it by hand".into()),
             Violation::Unreadable => (Severity::Warning, "entries that could not be read".into(), "check their permissions; shared caches need root".into()),
+            Violation::Foreign => (Severity::Warning, "entries outside Go's cache layout: never changed or removed by the agent".into(), "look at them and move or remove them by hand".into()),
         };
         let mut f = finding(v.as_str(), sev, tally.count, msg, fix, v.fixable());
         f.examples = tally

@@ -346,7 +346,12 @@ fn enforce(
             }
         }
     }
-    Ok(if failures > 0 {
+    let mut refused = false;
+    for why in sweep.refused() {
+        eprintln!("error: {why}");
+        refused = true;
+    }
+    Ok(if failures > 0 || refused {
         EXIT_VIOLATIONS
     } else if inspect_failed {
         EXIT_INSPECT

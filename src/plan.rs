@@ -169,12 +169,12 @@ pub fn plan_cache(p: &CachePolicy, r: &CacheReport, owner_uid: Option<u32>) -> O
         permissions,
         size_bytes: 0,
         limit_bytes: r.limit_bytes,
-        skipped: r.inspect_error.clone(),
+        skipped: r.inspect_error.clone().or_else(|| r.refused.clone()),
         policy: p.clone(),
         owner_uid,
     };
     let Some(obs) = &r.observed else {
-        if !r.exists && p.create && r.inspect_error.is_none() {
+        if !r.exists && p.create && r.inspect_error.is_none() && r.refused.is_none() {
             let uid = p.owner.as_ref().map_or(0, |o| o.uid);
             let gid = p.group.as_ref().map_or(0, |g| g.gid);
             let other = p.other.map_or(0, |o| u32::from(o.bits()));

@@ -25,6 +25,11 @@ impl Sweep {
         self.reports.iter().any(|r| r.inspect_error.is_some())
     }
 
+    /// Why each refused cache was refused (not a Go cache, a forbidden path…).
+    pub fn refused(&self) -> impl Iterator<Item = &str> {
+        self.reports.iter().filter_map(|r| r.refused.as_deref())
+    }
+
     /// Allocated bytes per cache path after the sweep (before minus what was evicted).
     pub fn size_after(&self, path: &std::path::Path) -> Option<u64> {
         let r = self

@@ -76,7 +76,7 @@ fn watched(policy: &Policy, sweep: &Sweep) -> Vec<growth::Watched> {
     sweep
         .reports
         .iter()
-        .filter(|r| r.kind == CacheKind::Build && r.exists)
+        .filter(|r| r.kind == CacheKind::Build && r.exists && r.refused.is_none())
         .filter_map(|r| {
             let path = r.path.clone()?;
             let limit = r.limit_bytes?;

@@ -7,6 +7,7 @@
 //! policy files and the user/group database (to resolve names given in the policy).
 
 pub mod fragment;
+pub mod paths;
 mod validate;
 pub mod value;
 

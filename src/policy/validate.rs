@@ -7,7 +7,6 @@
 use super::fragment::{self, Fragment, L, SizeValue};
 use super::value::{self, parse_duration, parse_percent, parse_perm};
 use super::*;
-use std::collections::BTreeMap;
 
 struct Ctx<'a> {
     sources: &'a [Source],
@@ -80,23 +79,19 @@ pub(super) fn load(sources: &[Source]) -> Result<Policy, PolicyError> {
 
 fn build(ctx: &mut Ctx, m: Fragment) -> Policy {
     let mut caches = Vec::new();
-    let mut seen_paths: BTreeMap<(PathBuf, CacheKind), String> = BTreeMap::new();
+    let mut fixed: Vec<(&str, PathBuf, &L<String>)> = Vec::new();
     for (name, c) in &m.cache {
         if c.enabled.as_ref().is_some_and(|e| !e.value) {
             continue;
         }
         if let Some(cp) = cache(ctx, name, c) {
-            if let (CachePath::Fixed(p), Some(at)) = (&cp.path, &c.path)
-                && let Some(other) = seen_paths.insert((p.clone(), cp.kind), name.clone())
-            {
-                ctx.err(
-                    at,
-                    format!("cache \"{name}\" has the same path as cache \"{other}\""),
-                );
+            if let (CachePath::Fixed(p), Some(at)) = (&cp.path, &c.path) {
+                fixed.push((name, p.clone(), at));
             }
             caches.push(cp);
         }
     }
+    check_paths(ctx, &fixed);
     let units = m
         .units
         .iter()
@@ -144,6 +139,40 @@ fn build(ctx: &mut Ctx, m: Fragment) -> Policy {
         metrics,
         alerts,
         sources: ctx.sources.iter().map(|s| s.name.clone()).collect(),
+    }
+}
+
+/// Refuses fixed cache paths that are system directories, home directories (or hold one),
+/// or overlap another cache (see `policy::paths`).
+fn check_paths(ctx: &mut Ctx, fixed: &[(&str, PathBuf, &L<String>)]) {
+    let homes = if fixed.is_empty() {
+        Vec::new()
+    } else {
+        paths::homes()
+    };
+    for (i, (name, p, at)) in fixed.iter().enumerate() {
+        if let Some(why) = paths::system_refusal(p).or_else(|| paths::home_refusal(p, &homes)) {
+            ctx.err(at, format!("cache \"{name}\": {why}"));
+            continue;
+        }
+        for (other, q, _) in &fixed[..i] {
+            match paths::overlap(p, q) {
+                Some(paths::Overlap::Same) => ctx.err(
+                    at,
+                    format!("cache \"{name}\" has the same path as cache \"{other}\""),
+                ),
+                Some(how) => ctx.err(
+                    at,
+                    format!(
+                        "cache \"{name}\" ({}) is {} cache \"{other}\" ({}): caches must not nest or overlap",
+                        p.display(),
+                        how.describe(),
+                        q.display()
+                    ),
+                ),
+                None => {}
+            }
+        }
     }
 }
 
