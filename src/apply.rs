@@ -199,10 +199,7 @@ fn apply_cache(c: &CachePlan, now: i64, dry: bool) -> CacheOutcome {
         }
     }
     for (reason, u) in &out.evicted {
-        let r = match reason {
-            Reason::Age => "age",
-            Reason::Size => "size",
-        };
+        let r = reason.as_str();
         tracing::info!(gocache_warden_action = action::EVICT, cache_path = %c.path.display(), entries = u.entries, bytes = u.bytes, reason = r, dry_run = dry,
             "{} {} entries ({}) from {} for {r}", verb(dry, "evicted", "would evict"), u.entries, crate::policy::value::human_bytes(u.bytes), c.path.display());
     }
@@ -227,11 +224,7 @@ fn evict_modules(
         if age < cutoff {
             continue;
         }
-        let reason = if ev.max_age_secs.is_some_and(|m| age >= m) {
-            Reason::Age
-        } else {
-            Reason::Size
-        };
+        let reason = ev.reason(age);
         match crate::modcache::evict(root, &u, now, ev.floor_secs, dry) {
             Ok(Some(bytes)) => {
                 tracing::debug!("{} module {}", verb(dry, "evicted", "would evict"), u.name);
@@ -328,6 +321,7 @@ struct OutputNames {
     /// past the floor), whatever its own age.
     paired_age: Vec<u64>,
     paired_size: Vec<u64>,
+    paired_free: Vec<u64>,
 }
 
 impl OutputNames {
@@ -335,10 +329,16 @@ impl OutputNames {
         self.live.extend_from_slice(&o.live);
         self.paired_age.extend_from_slice(&o.paired_age);
         self.paired_size.extend_from_slice(&o.paired_size);
+        self.paired_free.extend_from_slice(&o.paired_free);
     }
 
     fn seal(&mut self) {
-        for v in [&mut self.live, &mut self.paired_age, &mut self.paired_size] {
+        for v in [
+            &mut self.live,
+            &mut self.paired_age,
+            &mut self.paired_size,
+            &mut self.paired_free,
+        ] {
             v.sort_unstable();
             v.dedup();
         }
@@ -352,6 +352,7 @@ impl OutputNames {
             None => self.live.push(p),
             Some(Reason::Age) => self.paired_age.push(p),
             Some(Reason::Size) => self.paired_size.push(p),
+            Some(Reason::Free) => self.paired_free.push(p),
         }
     }
 
@@ -365,6 +366,8 @@ impl OutputNames {
             Some(Reason::Age)
         } else if self.paired_size.binary_search(&p).is_ok() {
             Some(Reason::Size)
+        } else if self.paired_free.binary_search(&p).is_ok() {
+            Some(Reason::Free)
         } else {
             None
         }
@@ -453,11 +456,7 @@ impl<'a> Applier<'a> {
         if age < ev.floor_secs || age < ev.cutoff_age_secs || self.shard_locked {
             return None;
         }
-        Some(if ev.max_age_secs.is_some_and(|m| age >= m) {
-            Reason::Age
-        } else {
-            Reason::Size
-        })
+        Some(ev.reason(age))
     }
 
     fn floor(&self) -> i64 {

@@ -147,6 +147,9 @@ pub struct CacheReport {
     pub limit_bytes: Option<u64>,
     pub low_water_bytes: Option<u64>,
     pub filesystem: Option<FsStat>,
+    /// `min_free` and `min_free_inodes` resolved for the filesystem (bytes, inodes).
+    pub min_free_bytes: Option<u64>,
+    pub min_free_inodes: Option<u64>,
     pub observed: Option<Observed>,
     /// Owner uid → user name for `observed.owners`.
     pub owner_names: std::collections::BTreeMap<u32, String>,
@@ -197,6 +200,8 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
         limit_bytes: None,
         low_water_bytes: None,
         filesystem: None,
+        min_free_bytes: None,
+        min_free_inodes: None,
         observed: None,
         owner_names: Default::default(),
         findings: Vec::new(),
@@ -295,6 +300,9 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
     r.exists = true;
     let fs = safefs::fs_stat(&root).ok();
     r.filesystem = fs;
+    if let Some(f) = fs {
+        (r.min_free_bytes, r.min_free_inodes) = crate::headroom::thresholds(p, &f);
+    }
     if let Err(why) = scan::recognize::recognize(&root, p.kind) {
         refuse(&mut r, path, &why);
         return r;
@@ -562,7 +570,8 @@ pub fn environment(env: &GoEnv, res: &goenv::Resolution) -> Vec<Finding> {
 pub fn run(policy: &Policy, scope: Scope, env: &GoEnv) -> Report {
     let now = now();
     let (targets, res) = targets(policy, env);
-    let caches: Vec<CacheReport> = targets.iter().map(|t| inspect_target(t, now)).collect();
+    let mut caches: Vec<CacheReport> = targets.iter().map(|t| inspect_target(t, now)).collect();
+    crate::headroom::explain(&targets, &mut caches);
     let environment = if policy.caches.iter().any(|c| c.path == CachePath::Auto) {
         environment(env, &res)
     } else {
@@ -693,10 +702,11 @@ pub fn render(r: &Report) -> String {
                     .unwrap_or(0);
                 let _ = writeln!(
                     out,
-                    "  filesystem {} free of {}, inodes {}% used",
+                    "  filesystem {} free of {}, inodes {}% used{}",
                     human_bytes(fs.avail_bytes),
                     human_bytes(fs.size_bytes),
-                    iu
+                    iu,
+                    crate::headroom::describe_limits(c)
                 );
             }
             if let (Some(old), Some(new)) = (o.oldest_use, o.newest_use) {

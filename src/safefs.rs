@@ -467,12 +467,20 @@ pub struct FsStat {
     pub avail_bytes: u64,
     pub inodes_total: u64,
     pub inodes_free: u64,
+    /// The device (`st_dev`) of the directory: caches with the same one share the space.
+    pub dev: u64,
 }
 
 pub fn fs_stat(dir: &Dir) -> io::Result<FsStat> {
-    let s = nix::sys::statvfs::fstatvfs(dir.as_fd())?;
+    fs_stat_fd(dir.as_fd(), dir.st.dev)
+}
+
+/// [`fs_stat`] for any fd (an `O_PATH` one will do) on device `dev`.
+pub fn fs_stat_fd(fd: BorrowedFd<'_>, dev: u64) -> io::Result<FsStat> {
+    let s = nix::sys::statvfs::fstatvfs(fd)?;
     let f = s.fragment_size() as u64;
     Ok(FsStat {
+        dev,
         size_bytes: s.blocks() as u64 * f,
         free_bytes: s.blocks_free() as u64 * f,
         avail_bytes: s.blocks_available() as u64 * f,

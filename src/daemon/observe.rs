@@ -311,10 +311,10 @@ fn sweep_outcome(r: &CacheReport, sweep: &Sweep) -> Option<SweepOutcome> {
         .iter()
         .map(|(k, u)| {
             (
-                if *k == Reason::Age {
-                    EvictReason::Age
-                } else {
-                    EvictReason::Size
+                match k {
+                    Reason::Age => EvictReason::Age,
+                    Reason::Size => EvictReason::Size,
+                    Reason::Free => EvictReason::Free,
                 },
                 Evicted {
                     bytes: u.bytes,

@@ -87,15 +87,18 @@ pub enum EvictReason {
     Age,
     /// Removed to bring the cache under its size limit.
     Size,
+    /// Removed to restore the filesystem's free space or inodes (`min_free`).
+    Free,
 }
 
 impl EvictReason {
-    pub const ALL: [EvictReason; 2] = [EvictReason::Age, EvictReason::Size];
+    pub const ALL: [EvictReason; 3] = [EvictReason::Age, EvictReason::Size, EvictReason::Free];
 
     pub fn as_str(self) -> &'static str {
         match self {
             EvictReason::Age => "age",
             EvictReason::Size => "size",
+            EvictReason::Free => "free",
         }
     }
 }

@@ -92,6 +92,10 @@ pub struct CacheFragment {
     pub other: S<String>,
     pub create: S<bool>,
     pub rewrite_trim: S<bool>,
+    /// Headroom of the filesystem holding the cache: bytes or a share of it.
+    pub min_free: S<SizeValue>,
+    /// Headroom of the filesystem's inodes, a share.
+    pub min_free_inodes: S<String>,
     pub alerts: Option<CacheAlertsFragment>,
 }
 
@@ -165,7 +169,9 @@ impl Fragment {
                 group_access,
                 other,
                 create,
-                rewrite_trim
+                rewrite_trim,
+                min_free,
+                min_free_inodes
             );
             if let Some(a) = c.alerts {
                 let b = base.alerts.get_or_insert_with(Default::default);

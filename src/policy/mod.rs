@@ -264,6 +264,10 @@ pub struct CachePolicy {
     pub other: Option<Perm>,
     pub create: bool,
     pub rewrite_trim: bool,
+    /// Keep at least this much of the filesystem holding the cache free (see `headroom`).
+    pub min_free: Option<SizeLimit>,
+    /// Keep at least this share of the filesystem's inodes free.
+    pub min_free_inodes_percent: Option<f64>,
     pub alert_size_percent: f64,
     pub alert_inode_percent: f64,
 }

@@ -309,6 +309,7 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
             "rewrite_trim applies to build caches only (module caches have no trim.txt)",
         );
     }
+    let (min_free, min_free_inodes_percent) = headroom(ctx, c);
     let alerts = c.alerts.clone().unwrap_or_default();
     let alert_size_percent = ctx
         .parse(&alerts.size_percent, |s| parse_percent(s))
@@ -334,9 +335,38 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
         other,
         create,
         rewrite_trim,
+        min_free,
+        min_free_inodes_percent,
         alert_size_percent,
         alert_inode_percent,
     })
+}
+
+/// `min_free` and `min_free_inodes`. Eviction cleans to 1.25 times them, so above 50% the
+/// agent would keep most of a filesystem empty: refused as a likely typo.
+fn headroom(ctx: &mut Ctx, c: &fragment::CacheFragment) -> (Option<SizeLimit>, Option<f64>) {
+    let at_most_half = |pct: f64| {
+        if pct > 50.0 {
+            Err(format!(
+                "{pct}% is more than half of the filesystem: eviction would clean to {}%",
+                pct * crate::headroom::LOW_WATER_FACTOR
+            ))
+        } else {
+            Ok(pct)
+        }
+    };
+    let min_free = ctx.parse(&c.min_free, |v| match v {
+        SizeValue::Int(n) if *n > 0 => Ok(SizeLimit::Bytes(*n as u64)),
+        SizeValue::Int(n) => Err(format!("min_free must be greater than zero, not {n}")),
+        SizeValue::Str(s) => match value::parse_size_limit(s)? {
+            SizeLimit::Percent(p) => at_most_half(p).map(SizeLimit::Percent),
+            b => Ok(b),
+        },
+    });
+    let inodes = ctx.parse(&c.min_free_inodes, |s| {
+        parse_percent(s).and_then(at_most_half)
+    });
+    (min_free, inodes)
 }
 
 fn units(ctx: &mut Ctx, name: &str, u: &fragment::UnitsFragment) -> Option<UnitPolicy> {
