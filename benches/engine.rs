@@ -209,6 +209,7 @@ fn target(policy: &Policy, path: &Path) -> Target {
         source: "policy".into(),
         owner_uid: None,
         refused: None,
+        user: None,
     }
 }
 

@@ -152,7 +152,11 @@ fn apply_cache(c: &CachePlan, now: i64, dry: bool) -> CacheOutcome {
             }
         }
     }
-    let root = match Dir::open_root(&c.path) {
+    let opened = match &c.user {
+        Some(u) => crate::users::open_root(&c.path, u),
+        None => Dir::open_root(&c.path),
+    };
+    let root = match opened {
         Ok(r) => r,
         Err(e) => {
             fail(&mut out, std::path::Path::new("."), "open", &e);
@@ -291,7 +295,13 @@ fn rewrite_trim(root: &Dir, now: i64) -> io::Result<()> {
         Ok(st) => root
             .pin(name, &st)?
             .reopen(nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_NONBLOCK)?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => root.create_file(name, 0o666)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // What the agent creates in a cache belongs to the cache's owner (a user's own
+            // go must be able to rewrite it), not to root.
+            let f = root.create_file(name, 0o666)?;
+            nix::unistd::fchown(&f, Some(root.st.uid.into()), Some(root.st.gid.into()))?;
+            f
+        }
         Err(e) => return Err(e),
     };
     // SAFETY: flock on an fd we own; blocking is bounded by Go's own tiny critical section.

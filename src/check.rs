@@ -58,23 +58,33 @@ pub struct Target {
     /// The resolved path is one no cache may have (a system or home directory, or another
     /// cache's): the cache is reported and left alone.
     pub refused: Option<String>,
+    /// A per-user cache (`users`): whose, and where their home is.
+    pub user: Option<crate::users::CacheUser>,
 }
 
-/// Resolves the policy's caches. `auto` caches are resolved as `go env` would for `env`.
-pub fn targets(policy: &Policy, env: &GoEnv) -> (Vec<Target>, goenv::Resolution) {
+/// Resolves the policy's caches. `auto` caches are resolved as `go env` would for `env`;
+/// in the system scope (as root) an `auto` cache with `users` is one cache per user.
+pub fn targets(policy: &Policy, scope: Scope, env: &GoEnv) -> (Vec<Target>, goenv::Resolution) {
     let res = goenv::resolve(env);
     let uid = nix::unistd::geteuid().as_raw();
+    let per_user = scope == Scope::System && uid == 0;
     let t = policy
         .caches
         .iter()
-        .map(|c| match &c.path {
-            CachePath::Fixed(p) => Target {
+        .flat_map(|c| match &c.path {
+            // Every listed user's own cache, as their go finds it; only root can act for
+            // others (a user's own agent manages just their caches).
+            CachePath::Auto if per_user && let Some(users) = &c.users => {
+                crate::users::targets(c, users, env)
+            }
+            CachePath::Fixed(p) => vec![Target {
                 policy: c.clone(),
                 path: Ok(p.clone()),
                 source: "policy".into(),
                 owner_uid: None,
                 refused: None,
-            },
+                user: None,
+            }],
             CachePath::Auto => {
                 let r = if c.kind == CacheKind::Build {
                     &res.gocache
@@ -90,13 +100,14 @@ pub fn targets(policy: &Policy, env: &GoEnv) -> (Vec<Target>, goenv::Resolution)
                         Err(format!("{value:?}: {reason}"))
                     }
                 };
-                Target {
+                vec![Target {
                     policy: c.clone(),
                     path,
                     source: format!("auto: {}", r.source),
                     owner_uid: Some(uid),
                     refused: None,
-                }
+                    user: None,
+                }]
             }
         })
         .collect();
@@ -159,6 +170,8 @@ pub struct CacheReport {
     /// The root does not look like a Go cache of its kind (or the path is one no cache may
     /// have): nothing in it is inspected or changed, and `enforce` exits 1.
     pub refused: Option<String>,
+    /// The user a per-user cache (`users`) belongs to.
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -207,6 +220,7 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
         findings: Vec::new(),
         inspect_error: None,
         refused: None,
+        user: t.user.as_ref().map(|u| u.name.clone()),
     };
     let path = match &t.path {
         Ok(p) if t.refused.is_some() => {
@@ -244,7 +258,11 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
                 false,
             ));
     }
-    let root = match Dir::open_root(path) {
+    let opened = match &t.user {
+        Some(u) => crate::users::open_root(path, u),
+        None => Dir::open_root(path),
+    };
+    let root = match opened {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let (sev, fix, auto) = if p.create {
@@ -290,6 +308,10 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
                 "replace it with a real directory".into(),
                 false,
             ));
+            return r;
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && t.user.is_some() => {
+            refuse(&mut r, path, &e.to_string());
             return r;
         }
         Err(e) => {
@@ -569,7 +591,7 @@ pub fn environment(env: &GoEnv, res: &goenv::Resolution) -> Vec<Finding> {
 /// Runs the whole check.
 pub fn run(policy: &Policy, scope: Scope, env: &GoEnv) -> Report {
     let now = now();
-    let (targets, res) = targets(policy, env);
+    let (targets, res) = targets(policy, scope, env);
     let mut caches: Vec<CacheReport> = targets.iter().map(|t| inspect_target(t, now)).collect();
     crate::headroom::explain(&targets, &mut caches);
     let environment = if policy.caches.iter().any(|c| c.path == CachePath::Auto) {
@@ -749,6 +771,7 @@ pub fn render(r: &Report) -> String {
             render_findings(&mut out, &c.findings);
         }
     }
+    out.push_str(&crate::users::render_summary(r));
     if !r.environment.is_empty() {
         let _ = writeln!(out, "\ngo environment:");
         render_findings(&mut out, &r.environment);

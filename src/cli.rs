@@ -494,7 +494,7 @@ fn alert_test(p: &policy::Policy) -> anyhow::Result<i32> {
         println!("no [alert.*] sinks in the policy: nothing to test");
         return Ok(EXIT_VIOLATIONS);
     }
-    let (targets, _) = check::targets(p, &GoEnv::from_process());
+    let (targets, _) = check::targets(p, Scope::detect(), &GoEnv::from_process());
     let report = targets
         .first()
         .map(|t| check::inspect_target(t, check::now()));

@@ -41,3 +41,5 @@ pub mod sweep;
 pub mod systemd;
 /// Policy unit rules ↔ the systemd subsystem.
 pub mod units;
+/// Every user's caches: `users` expanded to one cache per user, resolved as their go would.
+pub mod users;

@@ -58,6 +58,10 @@ pub struct CachePlan {
     pub policy: CachePolicy,
     #[serde(skip)]
     pub owner_uid: Option<u32>,
+    /// A per-user cache: apply opens its root as `check` did (nothing the user controls
+    /// followed, owned by them).
+    #[serde(skip)]
+    pub user: Option<crate::users::CacheUser>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -202,6 +206,7 @@ pub fn plan_cache(p: &CachePolicy, r: &CacheReport, owner_uid: Option<u32>) -> O
         skipped: r.inspect_error.clone().or_else(|| r.refused.clone()),
         policy: p.clone(),
         owner_uid,
+        user: None,
     };
     let Some(obs) = &r.observed else {
         if !r.exists && p.create && r.inspect_error.is_none() && r.refused.is_none() {

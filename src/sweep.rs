@@ -129,7 +129,7 @@ fn absorb(o: &mut Outcome, later: Outcome) {
 /// One round: inspect, plan, apply.
 fn once(policy: &Policy, scope: Scope, env: &GoEnv, dry_run: bool) -> Sweep {
     let start = Instant::now();
-    let (targets, _) = check::targets(policy, env);
+    let (targets, _) = check::targets(policy, scope, env);
     let now = check::now();
     let mut reports: Vec<CacheReport> = targets
         .iter()
@@ -144,7 +144,11 @@ fn once(policy: &Policy, scope: Scope, env: &GoEnv, dry_run: bool) -> Sweep {
         caches: targets
             .iter()
             .zip(&reports)
-            .filter_map(|(t, r)| plan::plan_cache(&t.policy, r, t.owner_uid))
+            .filter_map(|(t, r)| {
+                let mut c = plan::plan_cache(&t.policy, r, t.owner_uid)?;
+                c.user = t.user.clone();
+                Some(c)
+            })
             .collect(),
     };
     // Filesystems short of headroom: evict across all their Go caches, oldest first.

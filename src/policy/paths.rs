@@ -89,8 +89,17 @@ pub fn system_refusal(path: &Path) -> Option<String> {
     None
 }
 
-/// Every (user name, home directory) of the user database (NSS: files, LDAP…), bounded.
-pub fn homes() -> Vec<(String, PathBuf)> {
+/// One entry of the user database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PwEntry {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: PathBuf,
+}
+
+/// Every entry of the user database (NSS: files, LDAP…) with an absolute home, bounded.
+pub fn passwd() -> Vec<PwEntry> {
     use std::ffi::CStr;
     use std::os::unix::ffi::OsStrExt;
     // getpwent's cursor is process-global: one enumeration at a time.
@@ -110,14 +119,27 @@ pub fn homes() -> Vec<(String, PathBuf)> {
                 continue;
             }
             let dir = CStr::from_ptr((*pw).pw_dir).to_bytes();
-            let name = CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned();
-            if dir.starts_with(b"/") && dir != b"/" {
-                out.push((name, normal(Path::new(std::ffi::OsStr::from_bytes(dir)))));
+            if dir.starts_with(b"/") {
+                out.push(PwEntry {
+                    name: CStr::from_ptr((*pw).pw_name).to_string_lossy().into_owned(),
+                    uid: (*pw).pw_uid,
+                    gid: (*pw).pw_gid,
+                    home: normal(Path::new(std::ffi::OsStr::from_bytes(dir))),
+                });
             }
         }
         libc::endpwent();
     }
     out
+}
+
+/// Every (user name, home directory) but `/` (a home of system users, refused anyway).
+pub fn homes() -> Vec<(String, PathBuf)> {
+    passwd()
+        .into_iter()
+        .filter(|e| e.home != Path::new("/"))
+        .map(|e| (e.name, e.home))
+        .collect()
 }
 
 /// Why `path` can be no cache because of a home directory: it is one, or holds one.

@@ -310,6 +310,13 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
         );
     }
     let (min_free, min_free_inodes_percent) = headroom(ctx, c);
+    let users = ctx.parse(&c.users, parse_users);
+    if let (Some(at), Some(CachePath::Fixed(_))) = (&c.users, &path) {
+        ctx.err(
+            at,
+            "users needs path = \"auto\": each user's cache is found as their go finds it",
+        );
+    }
     let alerts = c.alerts.clone().unwrap_or_default();
     let alert_size_percent = ctx
         .parse(&alerts.size_percent, |s| parse_percent(s))
@@ -335,11 +342,43 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
         other,
         create,
         rewrite_trim,
+        users,
         min_free,
         min_free_inodes_percent,
         alert_size_percent,
         alert_inode_percent,
     })
+}
+
+fn parse_users(v: &fragment::UsersValue) -> Result<Users, String> {
+    let known = |n: &str| match nix::unistd::User::from_name(n) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(format!("unknown user {n:?}")),
+        Err(e) => Err(format!("cannot look up user {n:?}: {e}")),
+    };
+    match v {
+        fragment::UsersValue::One(s) if s == "all" => Ok(Users::All),
+        fragment::UsersValue::One(s) if s.starts_with('@') => {
+            let g = &s[1..];
+            match nix::unistd::Group::from_name(g) {
+                Ok(Some(_)) => Ok(Users::Group(g.to_string())),
+                Ok(None) => Err(format!("unknown group {g:?}")),
+                Err(e) => Err(format!("cannot look up group {g:?}: {e}")),
+            }
+        }
+        fragment::UsersValue::One(s) => Err(format!(
+            "users {s:?}: expected \"all\", \"@group\" or a list of user names"
+        )),
+        fragment::UsersValue::List(l) if l.is_empty() => {
+            Err("users needs at least one name".to_string())
+        }
+        fragment::UsersValue::List(l) => {
+            for n in l {
+                known(n)?;
+            }
+            Ok(Users::Names(l.clone()))
+        }
+    }
 }
 
 /// `min_free` and `min_free_inodes`. Eviction cleans to 1.25 times them, so above 50% the
