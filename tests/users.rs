@@ -368,3 +368,67 @@ fn users_is_validated_with_its_location() {
         );
     }
 }
+
+/// The embedded default alone (an empty drop-in directory) covers every human user's build
+/// and module caches with per-user limits and headroom; a drop-in that gives `[cache.build]`
+/// a fixed path makes it one shared cache instead.
+#[test]
+fn the_default_policy_covers_every_human_users_caches() {
+    require_root();
+    let u = user("gwt-pu-default", &[]);
+    build(&u);
+    let d = tempdir();
+    let empty = d.path().join("policy.d");
+    std::fs::create_dir(&empty).expect("mkdir");
+    let r = json(&run(
+        [
+            "--policy".as_ref(),
+            empty.as_os_str(),
+            "check".as_ref(),
+            "--json".as_ref(),
+        ],
+        &[],
+    ));
+    let caches = r["caches"].as_array().expect("caches");
+    let mine: Vec<_> = caches.iter().filter(|c| c["user"] == u.name).collect();
+    assert_eq!(mine.len(), 2, "build and module cache of {}: {r}", u.name);
+    let b = mine.iter().find(|c| c["kind"] == "build").expect("build");
+    assert_eq!(
+        b["path"],
+        u.home.join(".cache/go-build").display().to_string()
+    );
+    assert_eq!(b["limit_bytes"], 10u64 << 30);
+    let size = b["filesystem"]["size_bytes"].as_u64().expect("fs");
+    assert_eq!(
+        b["min_free_bytes"].as_u64(),
+        Some((size as f64 * 0.1) as u64),
+        "{b}"
+    );
+    let m = mine.iter().find(|c| c["kind"] == "module").expect("module");
+    assert_eq!(m["path"], u.home.join("go/pkg/mod").display().to_string());
+    assert!(
+        !caches.iter().any(|c| c["user"] == "root"),
+        "root is not a human user"
+    );
+
+    let shared = d.path().join("shared.d");
+    std::fs::create_dir(&shared).expect("mkdir");
+    std::fs::write(
+        shared.join("50-shared.toml"),
+        "[cache.build]\npath = \"/srv/gwt-pu-shared\"\n[cache.modules]\nenabled = false\n",
+    )
+    .expect("write");
+    let o = run(
+        [
+            "--policy".as_ref(),
+            shared.as_os_str(),
+            "policy".as_ref(),
+            "cat".as_ref(),
+            "--effective".as_ref(),
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let p: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    assert_eq!(p["caches"][0]["users"], serde_json::Value::Null, "{p}");
+}

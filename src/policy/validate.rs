@@ -310,12 +310,18 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
         );
     }
     let (min_free, min_free_inodes_percent) = headroom(ctx, c);
-    let users = ctx.parse(&c.users, parse_users);
-    if let (Some(at), Some(CachePath::Fixed(_))) = (&c.users, &path) {
-        ctx.err(
-            at,
-            "users needs path = \"auto\": each user's cache is found as their go finds it",
-        );
+    let mut users = ctx.parse(&c.users, parse_users);
+    if let (Some(at), Some(CachePath::Fixed(_)), Some(p)) = (&c.users, &path, &c.path) {
+        if at.file < p.file {
+            // A later file gave the cache (e.g. the embedded default's) a fixed path: the
+            // users of the earlier `auto` cache go with it.
+            users = None;
+        } else {
+            ctx.err(
+                at,
+                "users needs path = \"auto\": each user's cache is found as their go finds it",
+            );
+        }
     }
     let alerts = c.alerts.clone().unwrap_or_default();
     let alert_size_percent = ctx
