@@ -135,6 +135,8 @@ fn resolve_as(u: &PwEntry, process: &GoEnv) -> Result<goenv::Resolution, String>
             .map(|g| g.as_raw())
             .collect();
     let (uid, gid) = (u.uid, u.gid);
+    // Where go looks for it with this environment: os.UserConfigDir() is $HOME/.config.
+    let env_file = u.home.join(".config/go/env");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("goenv-as-user".into())
@@ -151,10 +153,10 @@ fn resolve_as(u: &PwEntry, process: &GoEnv) -> Result<goenv::Resolution, String>
                         && libc::syscall(libc::SYS_setfsgid, u32::MAX) == i64::from(gid)
                 }
             };
-            let r = if ok {
-                Ok(goenv::resolve(&env))
-            } else {
+            let r = if !ok {
                 Err("cannot take the user's credentials to read their go env file".to_string())
+            } else {
+                env_file_ok(&env_file).map(|()| goenv::resolve(&env))
             };
             let _ = tx.send(r);
         })
@@ -166,6 +168,37 @@ fn resolve_as(u: &PwEntry, process: &GoEnv) -> Result<goenv::Resolution, String>
             RESOLVE_DEADLINE.as_secs()
         ))
     })
+}
+
+/// The largest go env file read: cmd/go's are a few lines.
+const MAX_ENV_FILE: u64 = 1 << 20;
+
+/// A user's go env file must be absent or a regular file of sane size before `resolve`
+/// reads it (whole): a FIFO would block, `/dev/zero` or a huge sparse file would exhaust
+/// memory. Opened non-blocking with the thread's (the user's) credentials, as go would.
+/// (A swap between this check and the read is still the user's to win: `resolve` itself
+/// bounds nothing; see goenv.)
+fn env_file_ok(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(f) => f,
+        // Go ignores a file it cannot open; so does resolve.
+        Err(_) => return Ok(()),
+    };
+    match f.metadata() {
+        Ok(m) if m.is_file() && m.len() <= MAX_ENV_FILE => Ok(()),
+        Ok(m) => Err(format!(
+            "{} is not a regular file of at most 1 MiB ({} bytes, {:?}): not read, cache skipped",
+            path.display(),
+            m.len(),
+            m.file_type()
+        )),
+        Err(e) => Err(format!("cannot stat {}: {e}", path.display())),
+    }
 }
 
 /// Opens a per-user cache root without following anything the user controls: beneath the

@@ -432,3 +432,77 @@ fn the_default_policy_covers_every_human_users_caches() {
     let p: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
     assert_eq!(p["caches"][0]["users"], serde_json::Value::Null, "{p}");
 }
+
+/// A go env file that is a FIFO or a link to /dev/zero neither blocks nor exhausts the
+/// agent: that user's caches are skipped with the reason, everyone else's are managed.
+#[test]
+fn a_hostile_go_env_file_never_blocks_or_exhausts_the_agent() {
+    require_root();
+    let fifo_user = user("gwt-pu-fifo", &[]);
+    let zero_user = user("gwt-pu-zero", &[]);
+    let ok_user = user("gwt-pu-fine", &[]);
+    build(&ok_user);
+    for u in [&fifo_user, &zero_user] {
+        let dir = u.home.join(".config/go");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let env = dir.join("env");
+        let _ = std::fs::remove_file(&env);
+        if u.name == fifo_user.name {
+            nix::unistd::mkfifo(&env, nix::sys::stat::Mode::from_bits_truncate(0o644))
+                .expect("mkfifo");
+        } else {
+            std::os::unix::fs::symlink("/dev/zero", &env).expect("symlink");
+        }
+        Command::new("chown")
+            .args(["-R", &format!("{}:", u.name)])
+            .arg(u.home.join(".config"))
+            .output()
+            .expect("chown");
+    }
+    let d = tempdir();
+    let pol = support::policy(
+        d.path(),
+        "p.toml",
+        &format!(
+            "[cache.pu]\npath = \"auto\"\nusers = [\"{}\", \"{}\", \"{}\"]\n",
+            fifo_user.name, zero_user.name, ok_user.name
+        ),
+    );
+    let start = std::time::Instant::now();
+    let r = json(&run(
+        [
+            "--policy".as_ref(),
+            pol.as_os_str(),
+            "check".as_ref(),
+            "--json".as_ref(),
+        ],
+        &[],
+    ));
+    assert!(start.elapsed().as_secs() < 20, "took {:?}", start.elapsed());
+    let by = |n: &str| {
+        r["caches"]
+            .as_array()
+            .expect("caches")
+            .iter()
+            .find(|c| c["user"] == n)
+            .unwrap_or_else(|| panic!("{n} in {r}"))
+            .clone()
+    };
+    for u in [&fifo_user, &zero_user] {
+        let c = by(u.name);
+        assert!(c["path"].is_null(), "{c}");
+        let f = &c["findings"][0];
+        assert_eq!(f["kind"], "unresolved", "{c}");
+        assert!(
+            f["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("not a regular file"),
+            "{c}"
+        );
+    }
+    assert_eq!(
+        by(ok_user.name)["path"],
+        ok_user.home.join(".cache/go-build").display().to_string()
+    );
+}
