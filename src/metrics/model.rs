@@ -55,6 +55,9 @@ impl OwnerUsage {
 pub struct CacheSnapshot {
     /// Absolute path of the cache root.
     pub path: PathBuf,
+    /// The user whose own cache this is (a per-user cache of `users`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     pub kind: CacheKind,
     /// Bytes of disk blocks the entries use (`st_blocks * 512`).
     pub allocated_bytes: u64,
