@@ -208,6 +208,8 @@ fn target(policy: &Policy, path: &Path) -> Target {
         path: Ok(PathBuf::from(path)),
         source: "policy".into(),
         owner_uid: None,
+        refused: None,
+        user: None,
     }
 }
 

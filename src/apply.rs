@@ -156,7 +156,11 @@ fn apply_cache(c: &CachePlan, now: i64, dry: bool) -> CacheOutcome {
         // Nothing planned (e.g. a cache go has not created yet): nothing to open.
         return out;
     }
-    let root = match Dir::open_root(&c.path) {
+    let opened = match &c.user {
+        Some(u) => crate::users::open_root(&c.path, u),
+        None => Dir::open_root(&c.path),
+    };
+    let root = match opened {
         Ok(r) => r,
         Err(e) => {
             fail(&mut out, std::path::Path::new("."), "open", &e);
@@ -203,10 +207,7 @@ fn apply_cache(c: &CachePlan, now: i64, dry: bool) -> CacheOutcome {
         }
     }
     for (reason, u) in &out.evicted {
-        let r = match reason {
-            Reason::Age => "age",
-            Reason::Size => "size",
-        };
+        let r = reason.as_str();
         tracing::info!(gocache_warden_action = action::EVICT, cache_path = %c.path.display(), entries = u.entries, bytes = u.bytes, reason = r, dry_run = dry,
             "{} {} entries ({}) from {} for {r}", verb(dry, "evicted", "would evict"), u.entries, crate::policy::value::human_bytes(u.bytes), c.path.display());
     }
@@ -231,11 +232,7 @@ fn evict_modules(
         if age < cutoff {
             continue;
         }
-        let reason = if ev.max_age_secs.is_some_and(|m| age >= m) {
-            Reason::Age
-        } else {
-            Reason::Size
-        };
+        let reason = ev.reason(age);
         match crate::modcache::evict(root, &u, now, ev.floor_secs, dry) {
             Ok(Some(bytes)) => {
                 tracing::debug!("{} module {}", verb(dry, "evicted", "would evict"), u.name);
@@ -302,7 +299,13 @@ fn rewrite_trim(root: &Dir, now: i64) -> io::Result<()> {
         Ok(st) => root
             .pin(name, &st)?
             .reopen(nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_NONBLOCK)?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => root.create_file(name, 0o666)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            // What the agent creates in a cache belongs to the cache's owner (a user's own
+            // go must be able to rewrite it), not to root.
+            let f = root.create_file(name, 0o666)?;
+            nix::unistd::fchown(&f, Some(root.st.uid.into()), Some(root.st.gid.into()))?;
+            f
+        }
         Err(e) => return Err(e),
     };
     // SAFETY: flock on an fd we own; blocking is bounded by Go's own tiny critical section.
@@ -332,6 +335,7 @@ struct OutputNames {
     /// past the floor), whatever its own age.
     paired_age: Vec<u64>,
     paired_size: Vec<u64>,
+    paired_free: Vec<u64>,
 }
 
 impl OutputNames {
@@ -339,10 +343,16 @@ impl OutputNames {
         self.live.extend_from_slice(&o.live);
         self.paired_age.extend_from_slice(&o.paired_age);
         self.paired_size.extend_from_slice(&o.paired_size);
+        self.paired_free.extend_from_slice(&o.paired_free);
     }
 
     fn seal(&mut self) {
-        for v in [&mut self.live, &mut self.paired_age, &mut self.paired_size] {
+        for v in [
+            &mut self.live,
+            &mut self.paired_age,
+            &mut self.paired_size,
+            &mut self.paired_free,
+        ] {
             v.sort_unstable();
             v.dedup();
         }
@@ -356,6 +366,7 @@ impl OutputNames {
             None => self.live.push(p),
             Some(Reason::Age) => self.paired_age.push(p),
             Some(Reason::Size) => self.paired_size.push(p),
+            Some(Reason::Free) => self.paired_free.push(p),
         }
     }
 
@@ -369,6 +380,8 @@ impl OutputNames {
             Some(Reason::Age)
         } else if self.paired_size.binary_search(&p).is_ok() {
             Some(Reason::Size)
+        } else if self.paired_free.binary_search(&p).is_ok() {
+            Some(Reason::Free)
         } else {
             None
         }
@@ -445,11 +458,9 @@ impl<'a> Applier<'a> {
     }
 
     fn class(&self, e: &Entry) -> Class {
-        if self.plan.kind == CacheKind::Module {
-            return Class::Module;
-        }
         let stack: Vec<&[u8]> = e.stack.iter().map(|s| s.to_bytes()).collect();
-        layout::classify(e.depth, &stack, e.name.to_bytes(), e.st.kind() == Kind::Dir)
+        let is_dir = e.st.kind() == Kind::Dir;
+        layout::classify_in(self.plan.kind, e.depth, &stack, e.name.to_bytes(), is_dir)
     }
 
     /// Should a unit last used at `last_use` go, and for which reason?
@@ -459,11 +470,7 @@ impl<'a> Applier<'a> {
         if age < ev.floor_secs || age < ev.cutoff_age_secs || self.shard_locked {
             return None;
         }
-        Some(if ev.max_age_secs.is_some_and(|m| age >= m) {
-            Reason::Age
-        } else {
-            Reason::Size
-        })
+        Some(ev.reason(age))
     }
 
     fn floor(&self) -> i64 {
@@ -759,6 +766,10 @@ impl Visit for Applier<'_> {
             }
             return;
         }
+        if class == Class::Foreign {
+            // Outside Go's layout: never evicted, never given the policy's permissions.
+            return self.refuse(Violation::Foreign, e);
+        }
         if class == Class::Output
             && let Some(reason) = self.output_verdict(e.name, e.st.last_use())
             && (self.evict_file(e, reason) || e.st.nlink > 1)
@@ -780,6 +791,11 @@ impl Visit for Applier<'_> {
         }
         if matches!(self.phase, Phase::Actions { .. }) {
             return e.depth == 0 || class == Class::Shard;
+        }
+        if class == Class::Foreign {
+            // Never entered: nothing under a foreign directory is ours to change.
+            self.refuse(Violation::Foreign, e);
+            return false;
         }
         if class == Class::Exec && self.plan.eviction.is_some() && !self.names.is_live(e.name) {
             // The directory's own atime moves whenever anyone lists it; its use is its file's.

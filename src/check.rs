@@ -55,22 +55,36 @@ pub struct Target {
     pub source: String,
     /// Every entry should belong to this uid (single-user caches found by `auto`).
     pub owner_uid: Option<u32>,
+    /// The resolved path is one no cache may have (a system or home directory, or another
+    /// cache's): the cache is reported and left alone.
+    pub refused: Option<String>,
+    /// A per-user cache (`users`): whose, and where their home is.
+    pub user: Option<crate::users::CacheUser>,
 }
 
-/// Resolves the policy's caches. `auto` caches are resolved as `go env` would for `env`.
-pub fn targets(policy: &Policy, env: &GoEnv) -> (Vec<Target>, goenv::Resolution) {
+/// Resolves the policy's caches. `auto` caches are resolved as `go env` would for `env`;
+/// in the system scope (as root) an `auto` cache with `users` is one cache per user.
+pub fn targets(policy: &Policy, scope: Scope, env: &GoEnv) -> (Vec<Target>, goenv::Resolution) {
     let res = goenv::resolve(env);
     let uid = nix::unistd::geteuid().as_raw();
+    let per_user = scope == Scope::System && uid == 0;
     let t = policy
         .caches
         .iter()
-        .map(|c| match &c.path {
-            CachePath::Fixed(p) => Target {
+        .flat_map(|c| match &c.path {
+            // Every listed user's own cache, as their go finds it; only root can act for
+            // others (a user's own agent manages just their caches).
+            CachePath::Auto if per_user && let Some(users) = &c.users => {
+                crate::users::targets(c, users, env)
+            }
+            CachePath::Fixed(p) => vec![Target {
                 policy: c.clone(),
                 path: Ok(p.clone()),
                 source: "policy".into(),
                 owner_uid: None,
-            },
+                refused: None,
+                user: None,
+            }],
             CachePath::Auto => {
                 let r = if c.kind == CacheKind::Build {
                     &res.gocache
@@ -86,16 +100,52 @@ pub fn targets(policy: &Policy, env: &GoEnv) -> (Vec<Target>, goenv::Resolution)
                         Err(format!("{value:?}: {reason}"))
                     }
                 };
-                Target {
+                vec![Target {
                     policy: c.clone(),
                     path,
                     source: format!("auto: {}", r.source),
                     owner_uid: Some(uid),
-                }
+                    refused: None,
+                    user: None,
+                }]
             }
         })
         .collect();
-    (t, res)
+    (refuse_overlaps(t), res)
+}
+
+/// Refuses resolved `auto` paths no cache may have (validation has refused such fixed
+/// paths already) and any cache nested in or overlapping an earlier one.
+fn refuse_overlaps(mut targets: Vec<Target>) -> Vec<Target> {
+    use crate::policy::paths;
+    let any_auto = targets.iter().any(|t| t.policy.path == CachePath::Auto);
+    let homes = if any_auto { paths::homes() } else { Vec::new() };
+    for i in 0..targets.len() {
+        let Ok(p) = targets[i].path.clone() else {
+            continue;
+        };
+        if targets[i].policy.path == CachePath::Auto {
+            targets[i].refused =
+                paths::system_refusal(&p).or_else(|| paths::home_refusal(&p, &homes));
+        }
+        if targets[i].refused.is_some() {
+            continue;
+        }
+        let earlier = targets[..i].iter().find_map(|o| {
+            let q = o.path.as_ref().ok()?;
+            paths::overlap(&p, q).map(|how| {
+                format!(
+                    "{} is {} cache \"{}\" ({}): caches must not nest or overlap",
+                    p.display(),
+                    how.describe(),
+                    o.policy.name,
+                    q.display()
+                )
+            })
+        });
+        targets[i].refused = earlier;
+    }
+    targets
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -108,6 +158,9 @@ pub struct CacheReport {
     pub limit_bytes: Option<u64>,
     pub low_water_bytes: Option<u64>,
     pub filesystem: Option<FsStat>,
+    /// `min_free` and `min_free_inodes` resolved for the filesystem (bytes, inodes).
+    pub min_free_bytes: Option<u64>,
+    pub min_free_inodes: Option<u64>,
     pub observed: Option<Observed>,
     /// Owner uid → user name for `observed.owners`.
     pub owner_names: std::collections::BTreeMap<u32, String>,
@@ -119,6 +172,11 @@ pub struct CacheReport {
     /// `ReadWritePaths=`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub read_only: bool,
+    /// The root does not look like a Go cache of its kind (or the path is one no cache may
+    /// have): nothing in it is inspected or changed, and `enforce` exits 1.
+    pub refused: Option<String>,
+    /// The user a per-user cache (`users`) belongs to.
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -160,13 +218,21 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
         limit_bytes: None,
         low_water_bytes: None,
         filesystem: None,
+        min_free_bytes: None,
+        min_free_inodes: None,
         observed: None,
         owner_names: Default::default(),
         findings: Vec::new(),
         inspect_error: None,
         read_only: false,
+        refused: None,
+        user: t.user.as_ref().map(|u| u.name.clone()),
     };
     let path = match &t.path {
+        Ok(p) if t.refused.is_some() => {
+            refuse(&mut r, p, t.refused.as_deref().unwrap_or_default());
+            return r;
+        }
         Ok(p) => p,
         Err(why) => {
             r.findings.push(finding(
@@ -198,7 +264,11 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
                 false,
             ));
     }
-    let root = match Dir::open_root(path) {
+    let opened = match &t.user {
+        Some(u) => crate::users::open_root(path, u),
+        None => Dir::open_root(path),
+    };
+    let root = match opened {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if p.create
@@ -253,6 +323,10 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
             ));
             return r;
         }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && t.user.is_some() => {
+            refuse(&mut r, path, &e.to_string());
+            return r;
+        }
         Err(e) => {
             r.inspect_error = Some(format!("cannot open {:?}: {e}", path.display().to_string()));
             return r;
@@ -267,6 +341,13 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
     }
     let fs = safefs::fs_stat(&root).ok();
     r.filesystem = fs;
+    if let Some(f) = fs {
+        (r.min_free_bytes, r.min_free_inodes) = crate::headroom::thresholds(p, &f);
+    }
+    if let Err(why) = scan::recognize::recognize(&root, p.kind) {
+        refuse(&mut r, path, &why);
+        return r;
+    }
     let limit = p
         .max_size
         .map(|l| l.resolve(fs.map_or(0, |f| f.size_bytes)));
@@ -338,6 +419,20 @@ fn read_only_finding(cache: &Path, mount_at: &Path) -> Finding {
     )
 }
 
+/// Marks a cache as refused: one error finding naming the path, and nothing inspected.
+fn refuse(r: &mut CacheReport, path: &std::path::Path, why: &str) {
+    let msg = format!("refusing to change {}: {why}", scan::display_path(path));
+    r.findings.push(finding(
+        "not-a-go-cache",
+        Severity::Error,
+        1,
+        msg.clone(),
+        "point the policy at the Go cache itself (a missing directory with create = true becomes one)".into(),
+        false,
+    ));
+    r.refused = Some(msg);
+}
+
 fn finding(
     kind: &str,
     severity: Severity,
@@ -376,6 +471,7 @@ fn explain(r: &mut CacheReport, p: &CachePolicy, obs: &Observed, now: i64) {
             Violation::ForeignOwner => (Severity::Error, format!("entry owned by another user than {} (e.g. left by `sudo go build`): go cannot refresh or trim it", user_name(r_owner(obs))), "chown it back to the cache's user (needs root)".into()),
             Violation::TooDeep => (Severity::Warning, "directory nested too deep (not entered)".into(), "remove it by hand".into()),
             Violation::Unreadable => (Severity::Warning, "entries that could not be read".into(), "check their permissions; shared caches need root".into()),
+            Violation::Foreign => (Severity::Warning, "entries outside Go's cache layout: never changed or removed by the agent".into(), "look at them and move or remove them by hand".into()),
         };
         let mut f = finding(v.as_str(), sev, tally.count, msg, fix, v.fixable());
         f.examples = tally
@@ -547,8 +643,9 @@ pub fn environment(env: &GoEnv, res: &goenv::Resolution) -> Vec<Finding> {
 /// Runs the whole check.
 pub fn run(policy: &Policy, scope: Scope, env: &GoEnv) -> Report {
     let now = now();
-    let (targets, res) = targets(policy, env);
-    let caches: Vec<CacheReport> = targets.iter().map(|t| inspect_target(t, now)).collect();
+    let (targets, res) = targets(policy, scope, env);
+    let mut caches: Vec<CacheReport> = targets.iter().map(|t| inspect_target(t, now)).collect();
+    crate::headroom::explain(&targets, &mut caches);
     let environment = if policy.caches.iter().any(|c| c.path == CachePath::Auto) {
         environment(env, &res)
     } else {
@@ -679,10 +776,11 @@ pub fn render(r: &Report) -> String {
                     .unwrap_or(0);
                 let _ = writeln!(
                     out,
-                    "  filesystem {} free of {}, inodes {}% used",
+                    "  filesystem {} free of {}, inodes {}% used{}",
                     human_bytes(fs.avail_bytes),
                     human_bytes(fs.size_bytes),
-                    iu
+                    iu,
+                    crate::headroom::describe_limits(c)
                 );
             }
             if let (Some(old), Some(new)) = (o.oldest_use, o.newest_use) {
@@ -725,6 +823,7 @@ pub fn render(r: &Report) -> String {
             render_findings(&mut out, &c.findings);
         }
     }
+    out.push_str(&crate::users::render_summary(r));
     if !r.environment.is_empty() {
         let _ = writeln!(out, "\ngo environment:");
         render_findings(&mut out, &r.environment);

@@ -346,7 +346,12 @@ fn enforce(
             }
         }
     }
-    Ok(if failures > 0 {
+    let mut refused = false;
+    for why in sweep.refused() {
+        eprintln!("error: {why}");
+        refused = true;
+    }
+    Ok(if failures > 0 || refused {
         EXIT_VIOLATIONS
     } else if inspect_failed {
         EXIT_INSPECT
@@ -489,7 +494,7 @@ fn alert_test(p: &policy::Policy) -> anyhow::Result<i32> {
         println!("no [alert.*] sinks in the policy: nothing to test");
         return Ok(EXIT_VIOLATIONS);
     }
-    let (targets, _) = check::targets(p, &GoEnv::from_process());
+    let (targets, _) = check::targets(p, Scope::detect(), &GoEnv::from_process());
     let report = targets
         .first()
         .map(|t| check::inspect_target(t, check::now()));

@@ -19,6 +19,8 @@ pub mod daemon;
 pub mod failpoint;
 /// Where `go` puts its caches for an environment, and what is wrong with that setup.
 pub mod goenv;
+/// Filesystem headroom: `min_free`, `min_free_inodes`, eviction across caches, the poll.
+pub mod headroom;
 /// Tracing to the journal or stderr, and the structured field contract.
 pub mod logging;
 /// Prometheus metrics: the model, textfile and HTTP outputs.
@@ -39,3 +41,5 @@ pub mod sweep;
 pub mod systemd;
 /// Policy unit rules ↔ the systemd subsystem.
 pub mod units;
+/// Every user's caches: `users` expanded to one cache per user, resolved as their go would.
+pub mod users;

@@ -58,6 +58,10 @@ pub struct CachePlan {
     pub policy: CachePolicy,
     #[serde(skip)]
     pub owner_uid: Option<u32>,
+    /// A per-user cache: apply opens its root as `check` did (nothing the user controls
+    /// followed, owned by them).
+    #[serde(skip)]
+    pub user: Option<crate::users::CacheUser>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -81,6 +85,19 @@ pub struct Permissions {
 pub enum Reason {
     Age,
     Size,
+    /// The filesystem holding the cache had less free space or inodes than `min_free` or
+    /// `min_free_inodes` (see `headroom`).
+    Free,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Age => "age",
+            Reason::Size => "size",
+            Reason::Free => "free",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -97,6 +114,23 @@ pub struct Eviction {
     pub target_bytes: Option<u64>,
     /// The floor keeps the cache above its target.
     pub floor_limited: bool,
+    /// Set when the filesystem's headroom lowered `cutoff_age_secs` (to this).
+    pub free_cutoff_secs: Option<i64>,
+    /// The cutoff the cache's own limits would have had (none: only headroom evicts).
+    pub own_cutoff_secs: Option<i64>,
+}
+
+impl Eviction {
+    /// Why a unit `age` seconds old (past the cutoff and the floor) goes.
+    pub fn reason(&self, age: i64) -> Reason {
+        if self.max_age_secs.is_some_and(|m| age >= m) {
+            Reason::Age
+        } else if self.free_cutoff_secs.is_some() && self.own_cutoff_secs.is_none_or(|o| age < o) {
+            Reason::Free
+        } else {
+            Reason::Size
+        }
+    }
 }
 
 impl CachePlan {
@@ -169,19 +203,20 @@ pub fn plan_cache(p: &CachePolicy, r: &CacheReport, owner_uid: Option<u32>) -> O
         permissions,
         size_bytes: 0,
         limit_bytes: r.limit_bytes,
-        skipped: r.inspect_error.clone().or_else(|| {
+        skipped: r.inspect_error.clone().or_else(|| r.refused.clone()).or_else(|| {
             r.read_only
                 .then(|| format!("{} is on a read-only mount", r.path.as_deref().unwrap_or(Path::new("")).display()))
         }),
         policy: p.clone(),
         owner_uid,
+        user: None,
     };
     if r.read_only {
         // Nothing can change there: a plan that says so, not one that fails entry by entry.
         return Some(plan);
     }
     let Some(obs) = &r.observed else {
-        if !r.exists && p.create && r.inspect_error.is_none() {
+        if !r.exists && p.create && r.inspect_error.is_none() && r.refused.is_none() {
             let uid = p.owner.as_ref().map_or(0, |o| o.uid);
             let gid = p.group.as_ref().map_or(0, |g| g.gid);
             let other = p.other.map_or(0, |o| u32::from(o.bits()));
@@ -261,6 +296,8 @@ fn plan_eviction(
         expected,
         target_bytes: target,
         floor_limited,
+        free_cutoff_secs: None,
+        own_cutoff_secs: None,
     })
 }
 
@@ -293,10 +330,7 @@ impl fmt::Display for Plan {
                         "  would evict ~{} entries ({}) for {}: unused for {} or more",
                         u.entries,
                         human_bytes(u.bytes),
-                        match reason {
-                            Reason::Age => "age",
-                            Reason::Size => "size",
-                        },
+                        reason.as_str(),
                         ago(e.cutoff_age_secs.max(if *reason == Reason::Age {
                             e.max_age_secs.unwrap_or(0)
                         } else {
@@ -346,5 +380,37 @@ impl fmt::Display for Plan {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(own: Option<i64>, free: Option<i64>) -> Eviction {
+        Eviction {
+            cutoff_age_secs: free.or(own).unwrap_or(0),
+            floor_secs: 3600,
+            max_age_secs: Some(30 * 86400),
+            expected: BTreeMap::new(),
+            target_bytes: None,
+            floor_limited: false,
+            free_cutoff_secs: free,
+            own_cutoff_secs: own,
+        }
+    }
+
+    #[test]
+    fn reasons_age_then_the_caches_own_cutoff_then_headroom() {
+        let day = 86400;
+        // Over its size limit (own cutoff 10 days) on a filesystem short of space (2 days).
+        let e = ev(Some(10 * day), Some(2 * day));
+        assert_eq!(e.reason(40 * day), Reason::Age);
+        assert_eq!(e.reason(12 * day), Reason::Size);
+        assert_eq!(e.reason(3 * day), Reason::Free);
+        // Only headroom evicts.
+        assert_eq!(ev(None, Some(day)).reason(5 * day), Reason::Free);
+        // No headroom: as before.
+        assert_eq!(ev(Some(day), None).reason(5 * day), Reason::Size);
     }
 }

@@ -25,6 +25,11 @@ impl Sweep {
         self.reports.iter().any(|r| r.inspect_error.is_some())
     }
 
+    /// Why each refused cache was refused (not a Go cache, a forbidden path…).
+    pub fn refused(&self) -> impl Iterator<Item = &str> {
+        self.reports.iter().filter_map(|r| r.refused.as_deref())
+    }
+
     /// Allocated bytes per cache path after the sweep (before minus what was evicted).
     pub fn size_after(&self, path: &std::path::Path) -> Option<u64> {
         let r = self
@@ -67,16 +72,71 @@ pub fn hostname() -> String {
         .unwrap_or_default()
 }
 
-/// Inspects, plans and (unless `dry_run`) applies.
+/// Inspects, plans and (unless `dry_run`) applies. A filesystem still below its headroom
+/// after applying gets up to [`HEADROOM_ROUNDS`] - 1 more rounds: statvfs cannot say how
+/// much an ext4 reserve hides while `f_bavail` is 0, and something may still be filling it.
 pub fn run(policy: &Policy, scope: Scope, env: &GoEnv, dry_run: bool) -> Sweep {
     let start = Instant::now();
-    let (targets, _) = check::targets(policy, env);
+    let mut sweep = once(policy, scope, env, dry_run);
+    for _ in 1..HEADROOM_ROUNDS {
+        let freed = sweep.outcome.as_ref().is_some_and(|o| {
+            o.caches
+                .iter()
+                .any(|c| c.evicted.contains_key(&plan::Reason::Free))
+        });
+        let probes = crate::headroom::probes(&sweep.reports);
+        if !freed
+            || crate::scan::walk::stop_requested()
+            || !probes.iter().any(crate::headroom::is_short)
+        {
+            break;
+        }
+        tracing::info!("a filesystem is still below min_free: another round");
+        let more = once(policy, scope, env, dry_run);
+        if let (Some(o), Some(m)) = (&mut sweep.outcome, more.outcome) {
+            absorb(o, m);
+        }
+    }
+    sweep.duration = start.elapsed();
+    sweep
+}
+
+/// At most this many inspect-plan-apply rounds per sweep for headroom.
+pub const HEADROOM_ROUNDS: usize = 3;
+
+/// Adds a later round's outcome to the first one's, cache by cache.
+fn absorb(o: &mut Outcome, later: Outcome) {
+    for l in later.caches {
+        let Some(c) = o.caches.iter_mut().find(|c| c.path == l.path) else {
+            o.caches.push(l);
+            continue;
+        };
+        for (k, v) in l.evicted {
+            c.evicted.entry(k).or_default().add(v.entries, v.bytes);
+        }
+        for (k, v) in l.fixed {
+            *c.fixed.entry(k).or_default() += v;
+        }
+        c.failed.merge(l.failed);
+        for (k, v) in l.failed_by_kind {
+            *c.failed_by_kind.entry(k).or_default() += v;
+        }
+        c.locked_skipped += l.locked_skipped;
+        c.trim_rewritten |= l.trim_rewritten;
+    }
+}
+
+/// One round: inspect, plan, apply.
+fn once(policy: &Policy, scope: Scope, env: &GoEnv, dry_run: bool) -> Sweep {
+    let start = Instant::now();
+    let (targets, _) = check::targets(policy, scope, env);
     let now = check::now();
-    let reports: Vec<CacheReport> = targets
+    let mut reports: Vec<CacheReport> = targets
         .iter()
         .map(|t| check::inspect_target(t, now))
         .collect();
-    let plan = Plan {
+    crate::headroom::explain(&targets, &mut reports);
+    let mut plan = Plan {
         schema: plan::SCHEMA,
         host: hostname(),
         scope,
@@ -84,9 +144,16 @@ pub fn run(policy: &Policy, scope: Scope, env: &GoEnv, dry_run: bool) -> Sweep {
         caches: targets
             .iter()
             .zip(&reports)
-            .filter_map(|(t, r)| plan::plan_cache(&t.policy, r, t.owner_uid))
+            .filter_map(|(t, r)| {
+                let mut c = plan::plan_cache(&t.policy, r, t.owner_uid)?;
+                c.user = t.user.clone();
+                Some(c)
+            })
             .collect(),
     };
+    // Filesystems short of headroom: evict across all their Go caches, oldest first.
+    let short = crate::headroom::shortages(&targets, &reports);
+    crate::headroom::plan(&short, &targets, &reports, &mut plan.caches);
     crate::failpoint::pause("before-apply", std::path::Path::new("."));
     // A stop during inspection leaves partial observations: plan them, apply nothing.
     let stopped = crate::scan::walk::stop_requested();

@@ -1152,6 +1152,10 @@ fn entries_swapped_after_planning() {
 /// start a line of its own), enforce fixes them like any other entry.
 fn hostile_names(utf8: bool) {
     let mut c = Case::new(&["ab", "cd"]);
+    // fuzz/ is Go's whatever its files are called: hostile names there are fixed, not just
+    // reported as foreign.
+    let fuzz = c.cache.join("fuzz");
+    std::fs::create_dir(&fuzz).expect("mkdir fuzz");
     let fresh = c.unit(&id("cd", 4), &id("cd", 5), FRESH);
     // Bring the normal part to policy first, so the hostile names are the only violations
     // and all of them make it into the report's examples.
@@ -1164,9 +1168,9 @@ fn hostile_names(utf8: bool) {
     } else {
         (b"\xff\xfe-bad", b"dir\n\xc3(FORGED", b"x\ny\xff")
     };
-    let f1 = c.cache.join("ab").join(name(b"evil\nFORGED e.g. cd-ok"));
-    let f2 = c.cache.join("ab").join(name(n2));
-    let d1 = c.cache.join(name(nd));
+    let f1 = fuzz.join(name(b"evil\nFORGED e.g. cd-ok"));
+    let f2 = fuzz.join(name(n2));
+    let d1 = fuzz.join(name(nd));
     let f3 = d1.join(name(n3));
     std::fs::write(&f1, b"1").expect("write");
     std::fs::write(&f2, b"2").expect("write");
@@ -1269,11 +1273,11 @@ fn chain(base: &Path, n: usize) -> PathBuf {
     p
 }
 
-// 8a. A 200-deep chain under a foreign directory: walked and fixed to the bottom.
+// 8a. A 200-deep chain under fuzz/ (Go's, any depth): walked and fixed to the bottom.
 #[test]
 fn deep_chain_is_fixed_to_the_bottom() {
     let mut c = Case::new(&["ab"]);
-    let bottom = chain(&c.cache.join("foreign"), 200);
+    let bottom = chain(&c.cache.join("fuzz"), 200);
     let leaf = bottom.join("leaf");
     std::fs::write(&leaf, b"leaf").expect("write");
     let link = bottom.join("link");

@@ -25,6 +25,10 @@ fn full_registry() -> (Registry, Metrics) {
         (PathBuf::from("/srv/gomodcache"), CacheKind::Module),
     ]);
     m.observe_snapshot(&snapshot("/srv/gocache", CacheKind::Build, 14));
+    // A per-user cache (policy `users`): the only kind with an owner_info series.
+    let mut own = snapshot("/home/alice/.cache/go-build", CacheKind::Build, 1);
+    own.user = Some("alice".into());
+    m.observe_snapshot(&own);
     m.observe_sweep(&sweep("/srv/gocache", CacheKind::Build, true));
     m.observe_sweep(&sweep("/srv/gomodcache", CacheKind::Module, false));
     m.set_units_missing_gocache(3);
@@ -370,7 +374,8 @@ fn textfile_is_never_seen_half_written() {
     .unwrap();
     // Fifty caches make each file a few hundred KiB, so a torn write would be visible.
     let caches: Vec<String> = (0..50).map(|i| format!("/srv/cache{i:02}")).collect();
-    let families = METRIC_NAMES.len() - 1; // no alert dispatcher in this registry
+    // No alert dispatcher in this registry, and no per-user cache (owner_info).
+    let families = METRIC_NAMES.len() - 2;
     let write_generation = |g: u64| {
         for c in &caches {
             m.observe_snapshot(&snapshot(c, CacheKind::Build, (g % 20 + 1) as usize));

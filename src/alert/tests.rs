@@ -10,6 +10,7 @@ const GIB: u64 = 1 << 30;
 fn snapshot(size: u64, limit: Option<u64>) -> CacheSnapshot {
     CacheSnapshot {
         path: PathBuf::from("/srv/gocache"),
+        user: None,
         kind: CacheKind::Build,
         allocated_bytes: size,
         apparent_bytes: size,

@@ -42,6 +42,8 @@ pub enum Event {
     Units,
     /// Time to tell systemd we are alive.
     Watchdog,
+    /// A filesystem holding caches fell below `min_free` / `min_free_inodes`.
+    LowSpace,
     /// A sweep finished (on the blocking pool).
     SweepDone(Box<Sweep>, Vec<UnitRef>),
     /// A sweep ended without a result (it panicked): the loop must not wait for it.
@@ -80,7 +82,7 @@ fn watched(policy: &Policy, sweep: &Sweep) -> Vec<growth::Watched> {
     sweep
         .reports
         .iter()
-        .filter(|r| r.kind == CacheKind::Build && r.exists)
+        .filter(|r| r.kind == CacheKind::Build && r.exists && r.refused.is_none())
         .filter_map(|r| {
             let path = r.path.clone()?;
             let limit = r.limit_bytes?;
@@ -159,6 +161,45 @@ fn spawn_growth(g: Arc<Mutex<growth::Growth>>, tx: UnboundedSender<Event>) -> an
         }
     });
     Ok(())
+}
+
+/// Polls the filesystems of caches with headroom settings every `headroom::POLL_INTERVAL`
+/// (an `open(O_PATH)`, `fstat`, `fstatvfs` and `close` per filesystem, on the blocking pool
+/// so a hung mount never stalls the loop). Wakes the loop only when one is short: at once
+/// the first time, then at most every `headroom::RETRY_AFTER` while it stays short. Not
+/// spawned at all when no cache has headroom settings.
+fn spawn_headroom(
+    probes: Arc<Mutex<Vec<crate::headroom::Probe>>>,
+    tx: UnboundedSender<Event>,
+) -> tokio::task::JoinHandle<()> {
+    use crate::headroom::{POLL_INTERVAL, RETRY_AFTER};
+    tokio::spawn(async move {
+        let mut t = tokio::time::interval(POLL_INTERVAL);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_sent: Option<tokio::time::Instant> = None;
+        loop {
+            t.tick().await;
+            let list = match probes.lock() {
+                Ok(p) => p.clone(),
+                Err(_) => break,
+            };
+            let short =
+                tokio::task::spawn_blocking(move || list.iter().any(crate::headroom::is_short))
+                    .await
+                    .unwrap_or(false);
+            if !short {
+                last_sent = None;
+                continue;
+            }
+            if last_sent.is_some_and(|at| at.elapsed() < RETRY_AFTER) {
+                continue;
+            }
+            last_sent = Some(tokio::time::Instant::now());
+            if tx.send(Event::LowSpace).is_err() {
+                break;
+            }
+        }
+    })
 }
 
 fn spawn_every(
@@ -269,6 +310,9 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
         });
     }
     let mut units_watch = crate::units::spawn_watch(&policy, opts.scope, tx.clone());
+    let probes = Arc::new(Mutex::new(Vec::new()));
+    let mut headroom =
+        crate::headroom::wanted(&policy).then(|| spawn_headroom(probes.clone(), tx.clone()));
     tracing::info!(
         gocache_warden_action = action::STARTUP,
         "starting: {} cache(s) in policy, sweep every {}",
@@ -296,6 +340,10 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                 st.request_sweep(&tx);
             }
             Event::Watchdog => notify(&[NotifyState::Watchdog]),
+            Event::LowSpace => {
+                tracing::info!("a filesystem holding caches is below min_free: sweeping now");
+                st.request_sweep(&tx);
+            }
             Event::Signal(Sig::Reload) => {
                 let mono = NotifyState::monotonic_usec_now().ok();
                 let mut states = vec![NotifyState::Reloading];
@@ -312,6 +360,11 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                                 w.abort();
                             }
                             units_watch = crate::units::spawn_watch(&p, opts.scope, tx.clone());
+                            if let Some(h) = headroom.take() {
+                                h.abort();
+                            }
+                            headroom = crate::headroom::wanted(&p)
+                                .then(|| spawn_headroom(probes.clone(), tx.clone()));
                             tracing::info!(
                                 gocache_warden_action = action::RELOAD,
                                 "reloaded the policy from {}",
@@ -386,6 +439,9 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                 }
                 if let Ok(mut g) = growth.lock() {
                     g.set(watched(&st.policy, &sweep));
+                }
+                if let Ok(mut p) = probes.lock() {
+                    *p = crate::headroom::probes(&sweep.reports);
                 }
                 obs.after_sweep(&sweep, &units);
                 notify(&[NotifyState::Status(&status)]);

@@ -305,6 +305,7 @@ pub fn snapshot(r: &CacheReport, sweep: &Sweep) -> Option<CacheSnapshot> {
         }
     }
     Some(CacheSnapshot {
+        user: r.user.clone(),
         allocated_bytes: sweep.size_after(&path).unwrap_or(o.allocated_bytes),
         path,
         kind: mkind(r.kind),
@@ -347,10 +348,10 @@ fn sweep_outcome(r: &CacheReport, sweep: &Sweep) -> Option<SweepOutcome> {
         .iter()
         .map(|(k, u)| {
             (
-                if *k == Reason::Age {
-                    EvictReason::Age
-                } else {
-                    EvictReason::Size
+                match k {
+                    Reason::Age => EvictReason::Age,
+                    Reason::Size => EvictReason::Size,
+                    Reason::Free => EvictReason::Free,
                 },
                 Evicted {
                     bytes: u.bytes,

@@ -34,6 +34,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "gocache_warden_cache_limit_bytes",
     "gocache_warden_cache_oldest_entry_age_seconds",
     "gocache_warden_cache_user_bytes",
+    "gocache_warden_cache_owner_info",
     "gocache_warden_cache_violations",
     "gocache_warden_fs_inodes_used",
     "gocache_warden_fs_inodes_capacity",
@@ -90,6 +91,8 @@ struct CacheSeries {
     fixes: BTreeSet<String>,
     errors: BTreeSet<String>,
     has_limit: bool,
+    /// The `user` of `gocache_warden_cache_owner_info`, for a per-user cache.
+    owner: Option<String>,
 }
 
 /// The exporter: metric families registered in a caller's registry plus the label
@@ -116,6 +119,7 @@ pub struct Metrics {
     sweep_duration: GaugeVec,
     last_success: GaugeVec,
     units_missing: GaugeVec,
+    owner_info: GaugeVec,
     state: Mutex<HashMap<PathBuf, CacheSeries>>,
 }
 
@@ -273,6 +277,12 @@ impl Metrics {
                 "Units that run Go without an explicit GOCACHE",
                 &[],
             )?,
+            owner_info: gauge(
+                r,
+                "gocache_warden_cache_owner_info",
+                "1 for a per-user cache (policy `users`), naming the user whose cache it is",
+                &["cache", "kind", "user"],
+            )?,
             cfg,
             state: Mutex::new(HashMap::new()),
         };
@@ -409,6 +419,11 @@ impl Metrics {
                 .user_bytes
                 .remove_label_values(&[c.as_str(), s.kind, u]);
         }
+        if let Some(o) = &s.owner {
+            let _ = self
+                .owner_info
+                .remove_label_values(&[c.as_str(), s.kind, o]);
+        }
         for v in &s.violations {
             let _ = self
                 .violations
@@ -475,6 +490,18 @@ impl Metrics {
                 series.has_limit = false;
             }
             None => {}
+        }
+
+        if series.owner != snap.user {
+            if let Some(old) = &series.owner {
+                let _ = self.owner_info.remove_label_values(&[c.as_str(), k, old]);
+            }
+            if let Some(u) = &snap.user {
+                self.owner_info
+                    .with_label_values(&[c.as_str(), k, u])
+                    .set(1.0);
+            }
+            series.owner = snap.user.clone();
         }
 
         let users = top_users(&snap.bytes_by_owner, self.cfg.top_users);
@@ -611,5 +638,34 @@ mod tests {
         assert_eq!(top.get(OTHER_USER), Some(&15));
         assert_eq!(top.len(), 3);
         assert_eq!(top_users(&[], 10).get(OTHER_USER), Some(&0));
+    }
+
+    #[test]
+    fn a_per_user_cache_names_its_user_until_it_goes() {
+        let reg = Registry::new();
+        let m = Metrics::new(&reg, MetricsConfig::default()).expect("metrics");
+        let path = PathBuf::from("/home/alice/.cache/go-build");
+        let snap = CacheSnapshot {
+            path: path.clone(),
+            user: Some("alice".into()),
+            kind: CacheKind::Build,
+            allocated_bytes: 1,
+            apparent_bytes: 1,
+            files: 1,
+            dirs: 1,
+            fs_inodes_used: 1,
+            fs_inodes_total: 2,
+            fs_free_bytes: 1,
+            fs_size_bytes: 2,
+            limit_bytes: None,
+            oldest_age_seconds: None,
+            bytes_by_owner: vec![owner(1000, "alice", 1)],
+            violations: Default::default(),
+        };
+        m.observe_snapshot(&snap);
+        let line = "gocache_warden_cache_owner_info{cache=\"/home/alice/.cache/go-build\",kind=\"build\",user=\"alice\"} 1";
+        assert!(encode_text(&reg).expect("text").contains(line));
+        m.remove_cache(&path);
+        assert!(!encode_text(&reg).expect("text").contains("owner_info{"));
     }
 }

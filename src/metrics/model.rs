@@ -55,6 +55,9 @@ impl OwnerUsage {
 pub struct CacheSnapshot {
     /// Absolute path of the cache root.
     pub path: PathBuf,
+    /// The user whose own cache this is (a per-user cache of `users`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     pub kind: CacheKind,
     /// Bytes of disk blocks the entries use (`st_blocks * 512`).
     pub allocated_bytes: u64,
@@ -87,15 +90,18 @@ pub enum EvictReason {
     Age,
     /// Removed to bring the cache under its size limit.
     Size,
+    /// Removed to restore the filesystem's free space or inodes (`min_free`).
+    Free,
 }
 
 impl EvictReason {
-    pub const ALL: [EvictReason; 2] = [EvictReason::Age, EvictReason::Size];
+    pub const ALL: [EvictReason; 3] = [EvictReason::Age, EvictReason::Size, EvictReason::Free];
 
     pub fn as_str(self) -> &'static str {
         match self {
             EvictReason::Age => "age",
             EvictReason::Size => "size",
+            EvictReason::Free => "free",
         }
     }
 }

@@ -53,6 +53,14 @@ pub enum SizeValue {
     Str(String),
 }
 
+/// `users`: a string (`"all"`, `"@group"`) or a list of user names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum UsersValue {
+    One(String),
+    List(Vec<String>),
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Fragment {
@@ -92,6 +100,12 @@ pub struct CacheFragment {
     pub other: S<String>,
     pub create: S<bool>,
     pub rewrite_trim: S<bool>,
+    /// Whose `auto` caches (system scope): "all", "@group" or a list of names.
+    pub users: S<UsersValue>,
+    /// Headroom of the filesystem holding the cache: bytes or a share of it.
+    pub min_free: S<SizeValue>,
+    /// Headroom of the filesystem's inodes, a share.
+    pub min_free_inodes: S<String>,
     pub alerts: Option<CacheAlertsFragment>,
 }
 
@@ -165,7 +179,10 @@ impl Fragment {
                 group_access,
                 other,
                 create,
-                rewrite_trim
+                rewrite_trim,
+                min_free,
+                min_free_inodes,
+                users
             );
             if let Some(a) = c.alerts {
                 let b = base.alerts.get_or_insert_with(Default::default);

@@ -7,6 +7,7 @@
 //! policy files and the user/group database (to resolve names given in the policy).
 
 pub mod fragment;
+pub mod paths;
 mod validate;
 pub mod value;
 
@@ -236,6 +237,18 @@ pub struct GroupSpec {
     pub gid: u32,
 }
 
+/// Whose `auto` caches a system-scope cache covers, resolved to users at every sweep (so new
+/// users are picked up without a reload).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Users {
+    /// Every human user: a UID in login.defs' `UID_MIN..=UID_MAX` and a home directory.
+    All,
+    /// Members of the group (supplementary or primary).
+    Group(String),
+    Names(Vec<String>),
+}
+
 /// A user named in the policy, resolved when the policy was loaded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UserSpec {
@@ -263,6 +276,12 @@ pub struct CachePolicy {
     pub other: Option<Perm>,
     pub create: bool,
     pub rewrite_trim: bool,
+    /// `auto` caches of these users instead of the invoking one's (see `users`).
+    pub users: Option<Users>,
+    /// Keep at least this much of the filesystem holding the cache free (see `headroom`).
+    pub min_free: Option<SizeLimit>,
+    /// Keep at least this share of the filesystem's inodes free.
+    pub min_free_inodes_percent: Option<f64>,
     pub alert_size_percent: f64,
     pub alert_inode_percent: f64,
 }

@@ -7,7 +7,6 @@
 use super::fragment::{self, Fragment, L, SizeValue};
 use super::value::{self, parse_duration, parse_percent, parse_perm};
 use super::*;
-use std::collections::BTreeMap;
 
 struct Ctx<'a> {
     sources: &'a [Source],
@@ -80,23 +79,19 @@ pub(super) fn load(sources: &[Source]) -> Result<Policy, PolicyError> {
 
 fn build(ctx: &mut Ctx, m: Fragment) -> Policy {
     let mut caches = Vec::new();
-    let mut seen_paths: BTreeMap<(PathBuf, CacheKind), String> = BTreeMap::new();
+    let mut fixed: Vec<(&str, PathBuf, &L<String>)> = Vec::new();
     for (name, c) in &m.cache {
         if c.enabled.as_ref().is_some_and(|e| !e.value) {
             continue;
         }
         if let Some(cp) = cache(ctx, name, c) {
-            if let (CachePath::Fixed(p), Some(at)) = (&cp.path, &c.path)
-                && let Some(other) = seen_paths.insert((p.clone(), cp.kind), name.clone())
-            {
-                ctx.err(
-                    at,
-                    format!("cache \"{name}\" has the same path as cache \"{other}\""),
-                );
+            if let (CachePath::Fixed(p), Some(at)) = (&cp.path, &c.path) {
+                fixed.push((name, p.clone(), at));
             }
             caches.push(cp);
         }
     }
+    check_paths(ctx, &fixed);
     let units = m
         .units
         .iter()
@@ -144,6 +139,40 @@ fn build(ctx: &mut Ctx, m: Fragment) -> Policy {
         metrics,
         alerts,
         sources: ctx.sources.iter().map(|s| s.name.clone()).collect(),
+    }
+}
+
+/// Refuses fixed cache paths that are system directories, home directories (or hold one),
+/// or overlap another cache (see `policy::paths`).
+fn check_paths(ctx: &mut Ctx, fixed: &[(&str, PathBuf, &L<String>)]) {
+    let homes = if fixed.is_empty() {
+        Vec::new()
+    } else {
+        paths::homes()
+    };
+    for (i, (name, p, at)) in fixed.iter().enumerate() {
+        if let Some(why) = paths::system_refusal(p).or_else(|| paths::home_refusal(p, &homes)) {
+            ctx.err(at, format!("cache \"{name}\": {why}"));
+            continue;
+        }
+        for (other, q, _) in &fixed[..i] {
+            match paths::overlap(p, q) {
+                Some(paths::Overlap::Same) => ctx.err(
+                    at,
+                    format!("cache \"{name}\" has the same path as cache \"{other}\""),
+                ),
+                Some(how) => ctx.err(
+                    at,
+                    format!(
+                        "cache \"{name}\" ({}) is {} cache \"{other}\" ({}): caches must not nest or overlap",
+                        p.display(),
+                        how.describe(),
+                        q.display()
+                    ),
+                ),
+                None => {}
+            }
+        }
     }
 }
 
@@ -280,6 +309,20 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
             "rewrite_trim applies to build caches only (module caches have no trim.txt)",
         );
     }
+    let (min_free, min_free_inodes_percent) = headroom(ctx, c);
+    let mut users = ctx.parse(&c.users, parse_users);
+    if let (Some(at), Some(CachePath::Fixed(_)), Some(p)) = (&c.users, &path, &c.path) {
+        if at.file < p.file {
+            // A later file gave the cache (e.g. the embedded default's) a fixed path: the
+            // users of the earlier `auto` cache go with it.
+            users = None;
+        } else {
+            ctx.err(
+                at,
+                "users needs path = \"auto\": each user's cache is found as their go finds it",
+            );
+        }
+    }
     let alerts = c.alerts.clone().unwrap_or_default();
     let alert_size_percent = ctx
         .parse(&alerts.size_percent, |s| parse_percent(s))
@@ -305,9 +348,70 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
         other,
         create,
         rewrite_trim,
+        users,
+        min_free,
+        min_free_inodes_percent,
         alert_size_percent,
         alert_inode_percent,
     })
+}
+
+fn parse_users(v: &fragment::UsersValue) -> Result<Users, String> {
+    let known = |n: &str| match nix::unistd::User::from_name(n) {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => Err(format!("unknown user {n:?}")),
+        Err(e) => Err(format!("cannot look up user {n:?}: {e}")),
+    };
+    match v {
+        fragment::UsersValue::One(s) if s == "all" => Ok(Users::All),
+        fragment::UsersValue::One(s) if s.starts_with('@') => {
+            let g = &s[1..];
+            match nix::unistd::Group::from_name(g) {
+                Ok(Some(_)) => Ok(Users::Group(g.to_string())),
+                Ok(None) => Err(format!("unknown group {g:?}")),
+                Err(e) => Err(format!("cannot look up group {g:?}: {e}")),
+            }
+        }
+        fragment::UsersValue::One(s) => Err(format!(
+            "users {s:?}: expected \"all\", \"@group\" or a list of user names"
+        )),
+        fragment::UsersValue::List(l) if l.is_empty() => {
+            Err("users needs at least one name".to_string())
+        }
+        fragment::UsersValue::List(l) => {
+            for n in l {
+                known(n)?;
+            }
+            Ok(Users::Names(l.clone()))
+        }
+    }
+}
+
+/// `min_free` and `min_free_inodes`. Eviction cleans to 1.25 times them, so above 50% the
+/// agent would keep most of a filesystem empty: refused as a likely typo.
+fn headroom(ctx: &mut Ctx, c: &fragment::CacheFragment) -> (Option<SizeLimit>, Option<f64>) {
+    let at_most_half = |pct: f64| {
+        if pct > 50.0 {
+            Err(format!(
+                "{pct}% is more than half of the filesystem: eviction would clean to {}%",
+                pct * crate::headroom::LOW_WATER_FACTOR
+            ))
+        } else {
+            Ok(pct)
+        }
+    };
+    let min_free = ctx.parse(&c.min_free, |v| match v {
+        SizeValue::Int(n) if *n > 0 => Ok(SizeLimit::Bytes(*n as u64)),
+        SizeValue::Int(n) => Err(format!("min_free must be greater than zero, not {n}")),
+        SizeValue::Str(s) => match value::parse_size_limit(s)? {
+            SizeLimit::Percent(p) => at_most_half(p).map(SizeLimit::Percent),
+            b => Ok(b),
+        },
+    });
+    let inodes = ctx.parse(&c.min_free_inodes, |s| {
+        parse_percent(s).and_then(at_most_half)
+    });
+    (min_free, inodes)
 }
 
 fn units(ctx: &mut Ctx, name: &str, u: &fragment::UnitsFragment) -> Option<UnitPolicy> {

@@ -7,7 +7,7 @@ use super::lru::Histogram;
 use super::walk::{Entry, Skip, Visit};
 use super::{Tally, Usage, Violation};
 use crate::acl::{self, Acl, Want};
-use crate::policy::{CacheKind, CachePolicy};
+use crate::policy::CachePolicy;
 use crate::safefs::{Dir, Kind};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -120,15 +120,9 @@ impl<'p> Inspector<'p> {
     }
 
     fn class(&self, e: &Entry) -> Class {
-        if self.policy.kind == CacheKind::Module {
-            return if e.depth == 0 {
-                Class::Root
-            } else {
-                Class::Module
-            };
-        }
         let stack: Vec<&[u8]> = e.stack.iter().map(|s| s.to_bytes()).collect();
-        layout::classify(e.depth, &stack, e.name.to_bytes(), e.st.kind() == Kind::Dir)
+        let is_dir = e.st.kind() == Kind::Dir;
+        layout::classify_in(self.policy.kind, e.depth, &stack, e.name.to_bytes(), is_dir)
     }
 
     fn flag(&mut self, v: Violation, e: &Entry) {
@@ -250,6 +244,10 @@ impl Visit for Inspector<'_> {
             // Go never hardlinks; a second name may be a file outside the cache.
             self.flag(Violation::Hardlink, e);
         }
+        if class == Class::Foreign {
+            // Not Go's: counted and reported, but its permissions are none of our business.
+            return self.flag(Violation::Foreign, e);
+        }
         self.check_perms(e, None);
         match class {
             Class::Action | Class::Output => self.unit(e.st.last_use(), e.st.alloc),
@@ -266,6 +264,11 @@ impl Visit for Inspector<'_> {
     fn enter(&mut self, e: &Entry, dir: &Dir) -> bool {
         let class = self.class(e);
         self.account(e, class);
+        if class == Class::Foreign {
+            // Walked for its size; every entry under it is foreign too.
+            self.flag(Violation::Foreign, e);
+            return true;
+        }
         self.check_perms(e, Some(dir));
         if class == Class::Exec {
             // The directory's own atime moves whenever anyone lists it; its use is its file's.

@@ -3,7 +3,11 @@
 //! `ROOT/{README,trim.txt,testexpire.txt,log.txt}`, `ROOT/fuzz/`, 256 shards `00`..`ff`
 //! holding `<64 hex>-a` (action records) and `<64 hex>-d` (outputs; since Go 1.24 an
 //! executable output is a directory holding one file). Everything else is foreign.
+//! A module cache's top level holds `cache/` and the first elements of module paths
+//! (`golang.org`, `github.com`: they contain a dot, as Go requires of downloaded modules);
+//! anything else there is foreign. Foreign entries are reported and never changed.
 
+use crate::policy::CacheKind;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -21,11 +25,49 @@ pub enum Class {
     Exec,
     ExecContent,
     Foreign,
-    /// Anything in a module cache (which has its own layout, see `evict::module`).
+    /// Anything in a module cache under `cache/` or a module path (see `modcache`).
     Module,
 }
 
 pub const META_FILES: [&[u8]; 4] = [b"README", b"trim.txt", b"testexpire.txt", b"log.txt"];
+
+/// The first line of the README cmd/go writes into every build cache it creates.
+pub const GO_README: &[u8] =
+    b"This directory holds cached build artifacts from the Go build system.";
+
+/// Can `name` be a top-level entry of a module cache? `cache` (downloads, VCS and sumdb
+/// data) or the first element of an escaped module path: it has a dot, and the escaping
+/// leaves no upper-case letters (`!` + lower case instead). Hidden names are never Go's.
+pub fn is_module_top(name: &[u8], is_dir: bool) -> bool {
+    is_dir
+        && (name == b"cache"
+            || (name.contains(&b'.')
+                && !name.starts_with(b".")
+                && name.iter().all(|c| {
+                    c.is_ascii_lowercase() || c.is_ascii_digit() || b"-._~!@+".contains(c)
+                })))
+}
+
+/// Classifies an entry of a cache of `kind`: [`classify`] for build caches; for module
+/// caches `Root`, `Module` under Go's top-level names, `Foreign` elsewhere.
+pub fn classify_in(
+    kind: CacheKind,
+    depth: usize,
+    stack: &[&[u8]],
+    name: &[u8],
+    is_dir: bool,
+) -> Class {
+    match (kind, depth) {
+        (CacheKind::Build, _) => classify(depth, stack, name, is_dir),
+        (CacheKind::Module, 0) => Class::Root,
+        (CacheKind::Module, 1) if is_module_top(name, is_dir) => Class::Module,
+        (CacheKind::Module, 1) => Class::Foreign,
+        (CacheKind::Module, _) if stack.first().is_some_and(|s| is_module_top(s, true)) => {
+            Class::Module
+        }
+        (CacheKind::Module, _) => Class::Foreign,
+    }
+}
 
 fn is_hex(b: &[u8]) -> bool {
     b.iter()
@@ -110,6 +152,28 @@ mod tests {
         );
         assert_eq!(classify(3, &[b"fuzz", b"x"], b"y", false), Class::Fuzz);
         assert_eq!(classify(2, &[b"aa"], b"notes.txt", false), Class::Foreign);
+    }
+
+    #[test]
+    fn module_cache_classes() {
+        let m = CacheKind::Module;
+        assert_eq!(classify_in(m, 0, &[], b"mod", true), Class::Root);
+        assert_eq!(classify_in(m, 1, &[], b"cache", true), Class::Module);
+        assert_eq!(classify_in(m, 1, &[], b"golang.org", true), Class::Module);
+        assert_eq!(classify_in(m, 1, &[], b"github.com", true), Class::Module);
+        assert_eq!(
+            classify_in(m, 2, &[b"github.com"], b"!burnt!sushi", true),
+            Class::Module
+        );
+        // A file, a hidden name, an unescaped upper-case name, a name without a dot.
+        assert_eq!(classify_in(m, 1, &[], b"golang.org", false), Class::Foreign);
+        assert_eq!(classify_in(m, 1, &[], b".git", true), Class::Foreign);
+        assert_eq!(classify_in(m, 1, &[], b"GitHub.com", true), Class::Foreign);
+        assert_eq!(classify_in(m, 1, &[], b"notes", true), Class::Foreign);
+        assert_eq!(
+            classify_in(m, 3, &[b"notes", b"x"], b"y", false),
+            Class::Foreign
+        );
     }
 
     #[test]

@@ -121,9 +121,69 @@ impl Histogram {
     }
 }
 
+/// The one age cutoff over several caches' histograms, each with its own floor (min_age),
+/// that frees at least `need_bytes` and `need_entries`: least recently used first, whichever
+/// cache holds it. `floor_limited` when even everything past the floors is not enough (then
+/// `min_age_secs` is 0 and each cache stops at its own floor).
+pub fn joint_cutoff(hs: &[(&Histogram, i64)], need_bytes: u64, need_entries: u64) -> Cutoff {
+    let allowed = |b: usize, floor: i64| {
+        let fb = bucket(floor);
+        b > fb || (b == fb && lower_bound(b) >= floor)
+    };
+    let (mut bytes, mut entries) = (0u64, 0u64);
+    for b in (0..BUCKETS).rev() {
+        let mut any = false;
+        for (h, floor) in hs {
+            if allowed(b, *floor) {
+                any = true;
+                bytes += h.bytes_at(b);
+                entries += h.count_at(b);
+            }
+        }
+        if !any {
+            // Below every floor; older buckets were all counted.
+            break;
+        }
+        if bytes >= need_bytes && entries >= need_entries {
+            return Cutoff {
+                min_age_secs: lower_bound(b),
+                entries,
+                bytes,
+                floor_limited: false,
+            };
+        }
+    }
+    Cutoff {
+        min_age_secs: 0,
+        entries,
+        bytes,
+        floor_limited: true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn joint_cutoff_is_oldest_first_across_caches_with_their_floors() {
+        let (a, b) = (Histogram::default(), Histogram::default());
+        for d in 1..=10 {
+            a.add(d * 86400, 100);
+            b.add(d * 86400 + 3600, 10);
+        }
+        // 3 oldest days of both: 330 bytes, 6 entries.
+        let c = joint_cutoff(&[(&a, 86400), (&b, 86400)], 300, 0);
+        assert_eq!(c.min_age_secs, 8 * 86400);
+        assert_eq!((c.entries, c.bytes), (6, 330));
+        // Entries decide: the 7th oldest is b's at 7 days and an hour.
+        let c = joint_cutoff(&[(&a, 86400), (&b, 86400)], 0, 7);
+        assert_eq!(c.min_age_secs, 7 * 86400 + 3600);
+        // b's floor of 9 days keeps its younger entries whatever a gives up.
+        let c = joint_cutoff(&[(&a, 0), (&b, 9 * 86400)], 2000, 0);
+        assert!(c.floor_limited);
+        assert_eq!(c.bytes, 1000 + 20);
+    }
 
     #[test]
     fn cutoff_oldest_first() {

@@ -5,6 +5,7 @@
 pub mod inspect;
 pub mod layout;
 pub mod lru;
+pub mod recognize;
 pub mod walk;
 
 use serde::Serialize;
@@ -33,10 +34,13 @@ pub enum Violation {
     ForeignOwner,
     TooDeep,
     Unreadable,
+    /// An entry outside Go's layout (a stray file, someone's notes): reported, never
+    /// changed, never removed.
+    Foreign,
 }
 
 impl Violation {
-    pub const ALL: [Violation; 12] = [
+    pub const ALL: [Violation; 13] = [
         Violation::Mount,
         Violation::Symlink,
         Violation::Hardlink,
@@ -49,6 +53,7 @@ impl Violation {
         Violation::ForeignOwner,
         Violation::TooDeep,
         Violation::Unreadable,
+        Violation::Foreign,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +70,7 @@ impl Violation {
             Violation::ForeignOwner => "foreign-owner",
             Violation::TooDeep => "too-deep",
             Violation::Unreadable => "unreadable",
+            Violation::Foreign => "foreign",
         }
     }
 

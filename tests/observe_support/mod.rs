@@ -43,6 +43,7 @@ pub fn run(cmd: &mut Command) -> (bool, String, String) {
 pub fn snapshot(path: &str, kind: CacheKind, users: usize) -> CacheSnapshot {
     CacheSnapshot {
         path: PathBuf::from(path),
+        user: None,
         kind,
         allocated_bytes: 12 * GIB,
         apparent_bytes: 11 * GIB,

@@ -1,0 +1,277 @@
+//! Every user's caches: `users = "all" | "@group" | ["alice", …]` on an `auto` cache in the
+//! system scope becomes one cache per user, found exactly as that user's `go` would find it.
+//!
+//! Users are resolved at every sweep (new users, changed `go env` files and new homes are
+//! picked up without a reload): `"all"` is every user of the user database with a UID in
+//! login.defs' `UID_MIN..=UID_MAX` (default 1000..=60000) and an existing home directory.
+//! For each, `goenv::resolve` runs with the environment a login gives `go` (`HOME`, `USER`,
+//! `LOGNAME`, the system `go`'s GOROOT) on a thread of its own whose filesystem credentials
+//! (fsuid, fsgid, supplementary groups) are the user's, so their `go env` file is read with
+//! their rights, and with a deadline, so a FIFO there cannot hold the sweep.
+//! Inside a home nothing the user controls is followed: the root is opened from the home
+//! directory with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, and must belong to the user.
+
+use crate::check::Target;
+use crate::goenv::{self, GoEnv};
+use crate::policy::paths::{self, PwEntry};
+use crate::policy::{CachePolicy, Users};
+use crate::safefs::Dir;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How long a user's `go env` file may take to read.
+const RESOLVE_DEADLINE: Duration = Duration::from_secs(2);
+
+/// The user a per-user cache belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheUser {
+    pub name: String,
+    pub uid: u32,
+    pub home: PathBuf,
+}
+
+/// login.defs' `UID_MIN` and `UID_MAX` (read bounded; defaults as shadow-utils').
+pub fn uid_range() -> (u32, u32) {
+    let text = std::fs::File::open("/etc/login.defs")
+        .and_then(|f| {
+            use std::io::Read;
+            let mut s = String::new();
+            f.take(256 << 10).read_to_string(&mut s).map(|_| s)
+        })
+        .unwrap_or_default();
+    let get = |key: &str, default: u32| {
+        // The last setting wins, as in shadow-utils.
+        text.lines()
+            .rev()
+            .find_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some(key)).then(|| w.next()?.parse().ok())?
+            })
+            .unwrap_or(default)
+    };
+    (get("UID_MIN", 1000), get("UID_MAX", 60000))
+}
+
+/// The users `sel` names, as the user database has them now.
+pub fn members(sel: &Users) -> Vec<PwEntry> {
+    let all = paths::passwd();
+    match sel {
+        Users::All => {
+            let (lo, hi) = uid_range();
+            all.into_iter()
+                .filter(|e| (lo..=hi).contains(&e.uid) && e.home.is_dir())
+                .collect()
+        }
+        Users::Names(names) => all
+            .into_iter()
+            .filter(|e| names.contains(&e.name))
+            .collect(),
+        Users::Group(g) => {
+            let Ok(Some(gr)) = nix::unistd::Group::from_name(g) else {
+                return Vec::new();
+            };
+            all.into_iter()
+                .filter(|e| e.gid == gr.gid.as_raw() || gr.mem.contains(&e.name))
+                .collect()
+        }
+    }
+}
+
+/// One target per user of `c` (an `auto` cache with `users`).
+pub fn targets(c: &CachePolicy, sel: &Users, process: &GoEnv) -> Vec<Target> {
+    let mut v = members(sel);
+    v.sort_by(|a, b| a.name.cmp(&b.name));
+    v.dedup_by(|a, b| a.name == b.name);
+    v.into_iter()
+        .map(|u| {
+            let user = CacheUser {
+                name: u.name.clone(),
+                uid: u.uid,
+                home: u.home.clone(),
+            };
+            let (path, source) = match resolve_as(&u, process) {
+                Ok(res) => {
+                    let r = match c.kind {
+                        crate::policy::CacheKind::Build => &res.gocache,
+                        crate::policy::CacheKind::Module => &res.gomodcache,
+                    };
+                    let path = match &r.setting {
+                        goenv::Setting::Path { path } => Ok(path.clone()),
+                        goenv::Setting::Off => Err("GOCACHE=off: go has no cache".to_string()),
+                        goenv::Setting::Invalid { value, reason } => {
+                            Err(format!("{value:?}: {reason}"))
+                        }
+                    };
+                    (path, format!("auto for {}: {}", u.name, r.source))
+                }
+                Err(e) => (Err(e), format!("auto for {}", u.name)),
+            };
+            Target {
+                policy: c.clone(),
+                path,
+                source,
+                owner_uid: Some(u.uid),
+                refused: None,
+                user: Some(user),
+            }
+        })
+        .collect()
+}
+
+/// `goenv::resolve` for `u` with the user's filesystem credentials, on a thread of its own.
+fn resolve_as(u: &PwEntry, process: &GoEnv) -> Result<goenv::Resolution, String> {
+    let mut vars = std::collections::BTreeMap::new();
+    let home = u.home.to_string_lossy().into_owned();
+    vars.insert("HOME".to_string(), home.clone());
+    vars.insert("USER".to_string(), u.name.clone());
+    vars.insert("LOGNAME".to_string(), u.name.clone());
+    let env = GoEnv::new(vars, process.goroot().map(Path::to_path_buf)).with_cwd(&u.home);
+    let name = std::ffi::CString::new(u.name.clone()).map_err(|e| e.to_string())?;
+    let groups: Vec<libc::gid_t> =
+        nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(u.gid))
+            .map_err(|e| format!("cannot list the groups of {}: {e}", u.name))?
+            .into_iter()
+            .map(|g| g.as_raw())
+            .collect();
+    let (uid, gid) = (u.uid, u.gid);
+    // Where go looks for it with this environment: os.UserConfigDir() is $HOME/.config.
+    let env_file = u.home.join(".config/go/env");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("goenv-as-user".into())
+        .spawn(move || {
+            // Raw syscalls change this thread's credentials only (glibc's wrappers would
+            // change every thread's); they end with the thread.
+            // SAFETY: plain syscalls with a valid pointer/length pair for setgroups.
+            let ok = unsafe {
+                libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) == 0 && {
+                    libc::syscall(libc::SYS_setfsgid, gid);
+                    libc::syscall(libc::SYS_setfsuid, uid);
+                    // Both return the previous value: ask again to see they took.
+                    libc::syscall(libc::SYS_setfsuid, u32::MAX) == i64::from(uid)
+                        && libc::syscall(libc::SYS_setfsgid, u32::MAX) == i64::from(gid)
+                }
+            };
+            let r = if !ok {
+                Err("cannot take the user's credentials to read their go env file".to_string())
+            } else {
+                env_file_ok(&env_file).map(|()| goenv::resolve(&env))
+            };
+            let _ = tx.send(r);
+        })
+        .map_err(|e| format!("cannot start a thread: {e}"))?;
+    rx.recv_timeout(RESOLVE_DEADLINE).unwrap_or_else(|_| {
+        Err(format!(
+            "reading the go env file of {} took longer than {}s (a FIFO?): skipped",
+            u.name,
+            RESOLVE_DEADLINE.as_secs()
+        ))
+    })
+}
+
+/// The largest go env file read: cmd/go's are a few lines.
+const MAX_ENV_FILE: u64 = 1 << 20;
+
+/// A user's go env file must be absent or a regular file of sane size before `resolve`
+/// reads it (whole): a FIFO would block, `/dev/zero` or a huge sparse file would exhaust
+/// memory. Opened non-blocking with the thread's (the user's) credentials, as go would.
+/// (A swap between this check and the read is still the user's to win: `resolve` itself
+/// bounds nothing; see goenv.)
+fn env_file_ok(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+    {
+        Ok(f) => f,
+        // Go ignores a file it cannot open; so does resolve.
+        Err(_) => return Ok(()),
+    };
+    match f.metadata() {
+        Ok(m) if m.is_file() && m.len() <= MAX_ENV_FILE => Ok(()),
+        Ok(m) => Err(format!(
+            "{} is not a regular file of at most 1 MiB ({} bytes, {:?}): not read, cache skipped",
+            path.display(),
+            m.len(),
+            m.file_type()
+        )),
+        Err(e) => Err(format!("cannot stat {}: {e}", path.display())),
+    }
+}
+
+/// Opens a per-user cache root without following anything the user controls: beneath the
+/// home directory (opened as the administrator's path) with no symlink on the way, or from
+/// `/` with no symlink at all when the cache lies outside the home. The root must belong to
+/// the user.
+pub fn open_root(path: &Path, user: &CacheUser) -> io::Result<Dir> {
+    let dir = match path.strip_prefix(&user.home) {
+        Ok(rel) if !rel.as_os_str().is_empty() => Dir::open_root(&user.home)?.open_path(rel)?,
+        _ => Dir::open_root(Path::new("/"))?.open_path(path.strip_prefix("/").unwrap_or(path))?,
+    };
+    if dir.st.uid != user.uid {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "it belongs to uid {}, not to {} (uid {}): a user's cache must be theirs",
+                dir.st.uid, user.name, user.uid
+            ),
+        ));
+    }
+    Ok(dir)
+}
+
+/// `check`'s per-user table: one line per user (size, limit, oldest use) and a total, for
+/// every cache with `users`.
+pub fn render_summary(r: &crate::check::Report) -> String {
+    use crate::policy::value::{human_bytes, human_duration};
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let mut names: Vec<&str> = r
+        .caches
+        .iter()
+        .filter(|c| c.user.is_some())
+        .map(|c| c.name.as_str())
+        .collect();
+    names.dedup();
+    for name in names {
+        let _ = writeln!(out, "\nper-user cache \"{name}\":");
+        let (mut total, mut n) = (0u64, 0);
+        for c in r.caches.iter().filter(|c| c.name == name) {
+            let Some(user) = &c.user else { continue };
+            let size = c.observed.as_ref().map_or(0, |o| o.allocated_bytes);
+            let limit = c
+                .limit_bytes
+                .map_or("no limit".to_string(), |l| format!("of {}", human_bytes(l)));
+            let age = c
+                .observed
+                .as_ref()
+                .and_then(|o| o.oldest_use)
+                .map_or("-".to_string(), |t| {
+                    human_duration(Duration::from_secs((r.generated_at - t).max(0) as u64))
+                });
+            let state = if c.refused.is_some() {
+                " (refused)"
+            } else if !c.exists {
+                " (none yet)"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "  {user:<16} {:>10} {limit}, oldest use {age} ago{state}",
+                human_bytes(size)
+            );
+            total += size;
+            n += 1;
+        }
+        let _ = writeln!(
+            out,
+            "  {:<16} {:>10} ({n} users)",
+            "total",
+            human_bytes(total)
+        );
+    }
+    out
+}
