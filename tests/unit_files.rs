@@ -1,7 +1,8 @@
 //! The shipped unit files: `systemd-analyze verify` is clean for the system and user units
 //! (with the binary under test at /usr/bin/gocache-warden through an overlay in a private
 //! mount namespace, and the generated man page on MANPATH), and the system service's
-//! `systemd-analyze security` exposure is at most 2.5.
+//! `systemd-analyze security` exposure is at most 2.8 (2.5 without the identity capabilities
+//! that reading users' files as those users needs).
 
 mod support;
 
@@ -46,7 +47,7 @@ fn system_units_verify_clean_and_the_service_is_hardened() {
     support::require_root();
     let o = with_installed_binary(
         "systemd-analyze verify ./gocache-warden.service ./gocache-warden-enforce.service ./gocache-warden-enforce.timer ./gocache-warden-metrics.socket 2>&1\n\
-         systemd-analyze security --offline=true --threshold=25 ./gocache-warden.service 2>&1 | tail -n 1",
+         systemd-analyze security --offline=true --threshold=28 ./gocache-warden.service 2>&1 | tail -n 1",
         &units_dir("system"),
     );
     let out = String::from_utf8_lossy(&o.stdout);
@@ -63,7 +64,8 @@ fn system_units_verify_clean_and_the_service_is_hardened() {
         .and_then(|s| s.split_whitespace().next())
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| panic!("no exposure figure in {out}"));
-    assert!(exposure <= 2.5, "exposure {exposure} > 2.5");
+    // 2.5 but for CAP_SETUID/CAP_SETGID (+0.3): reading a user's files as that user.
+    assert!(exposure <= 2.8, "exposure {exposure} > 2.8");
 }
 
 #[test]

@@ -69,12 +69,13 @@ expect agent-no-restarts test "$(prop gocache-warden NRestarts)" = 0
 eventually first-sweep 120 journal_has -u gocache-warden GOCACHE_WARDEN_ACTION=sweep
 expect default-policy-quiet bash -c '! agent_warnings | grep .'
 systemd-analyze security gocache-warden.service --no-pager > "$EV/security.txt" 2>&1
-expect exposure-at-most-2.5 python3 - "$EV/security.txt" <<'PY'
+# 2.5 without CAP_SETUID/CAP_SETGID (+0.3), which reading users' files as those users needs.
+expect exposure-at-most-2.8 python3 - "$EV/security.txt" <<'PY'
 import re, sys
 t = open(sys.argv[1]).read()
 m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", t)
 print(m.group(0) if m else "no exposure line")
-sys.exit(0 if m and float(m.group(1)) <= 2.5 else 1)
+sys.exit(0 if m and float(m.group(1)) <= 2.8 else 1)
 PY
 
 ###############################################################################
