@@ -43,6 +43,9 @@ eventually() {
 }
 phase() { echo "== $1 ($(date +%T), ${SECONDS}s)" >> "$R"; }
 prop() { systemctl show "$1" -p "$2" --value; }
+# Evaluated at each try of `eventually` (a "$(…)" argument would be evaluated once).
+is_active() { systemctl show "$1" -p ActiveState --value | tee /dev/stderr | grep -qx active; }
+is_user_active() { systemctl --user -M "$1@" show "$2" -p ActiveState --value | tee /dev/stderr | grep -qx active; }
 uprop() { systemctl --user -M "$1@" show "$2" -p "$3" --value; }
 agent_warnings() { journalctl -u gocache-warden.service -p warning --no-pager -o cat "$@"; }
 journal_has() { journalctl --no-pager -o json "$@" | grep -q .; }
@@ -63,7 +66,7 @@ phase "install"
 install -d /var/lib/prometheus/node-exporter
 snapshot_files > "$OUT/files-before"
 expect install apt-get install -y --no-install-recommends "$H"/deb1/gocache-warden_*.deb
-eventually agent-active 60 test "$(prop gocache-warden ActiveState)" = active
+eventually agent-active 60 is_active gocache-warden
 expect agent-type-notify test "$(prop gocache-warden Type)" = notify
 expect agent-no-restarts test "$(prop gocache-warden NRestarts)" = 0
 eventually first-sweep 120 journal_has -u gocache-warden GOCACHE_WARDEN_ACTION=sweep
@@ -121,7 +124,7 @@ done
 for u in alice bob carol; do
     uid=$(id -u "$u")
     eventually "manager-$u" 60 test -S "/run/user/$uid/systemd/private"
-    eventually "gobuild-$u-active" 60 test "$(uprop "$u" gobuild.service ActiveState)" = active
+    eventually "gobuild-$u-active" 60 is_user_active "$u" gobuild.service
 done
 # A system service that builds as bob and sets no GOCACHE: found over the system bus.
 cat > /etc/systemd/system/gobuild-svc.service <<'EOF'
@@ -136,7 +139,7 @@ WantedBy=multi-user.target
 EOF
 systemctl daemon-reload
 systemctl enable --now gobuild-svc.service
-eventually gobuild-svc-active 30 test "$(prop gobuild-svc ActiveState)" = active
+eventually gobuild-svc-active 30 is_active gobuild-svc
 
 ###############################################################################
 phase "build-server drop-in, applied with reload"
@@ -252,7 +255,7 @@ cp /var/lib/prometheus/node-exporter/gocache-warden.prom "$OUT/textfile.prom" 2>
 expect socket-enable systemctl enable --now gocache-warden-metrics.socket
 expect socket-restart systemctl restart gocache-warden
 eventually socket-metrics 60 bash -c 'curl -sf http://127.0.0.1:9798/metrics > /mnt/host/out/http.prom && grep -q "^gocache_warden_build_info" /mnt/host/out/http.prom'
-eventually agent-active-after-socket 60 test "$(prop gocache-warden ActiveState)" = active
+eventually agent-active-after-socket 60 is_active gocache-warden
 
 phase "webhooks"
 # What arrived is checked on the host, from the receiver's own log.
@@ -265,7 +268,7 @@ expect broken-reload systemctl reload gocache-warden
 eventually broken-reload-logged 30 journal_has -u gocache-warden GOCACHE_WARDEN_ACTION=reload-failed
 expect broken-reload-names-file bash -c 'journalctl -u gocache-warden -o cat GOCACHE_WARDEN_ACTION=reload-failed | tee /dev/stderr | grep -q "60-broken.toml:2:"'
 expect broken-reload-same-process test "$(prop gocache-warden MainPID)" = "$pid"
-expect broken-reload-active test "$(prop gocache-warden ActiveState)" = active
+expect broken-reload-active is_active gocache-warden
 rm /etc/gocache-warden/policy.d/60-broken.toml
 expect fixed-reload systemctl reload gocache-warden
 
@@ -285,11 +288,11 @@ mkdir -p /run/systemd/system/gocache-warden.service.d
 printf '[Service]\nWatchdogSec=10s\n' > /run/systemd/system/gocache-warden.service.d/watchdog.conf
 systemctl daemon-reload
 systemctl start gocache-warden
-eventually wd-active 120 test "$(prop gocache-warden ActiveState)" = active
+eventually wd-active 120 is_active gocache-warden
 restarts=$(prop gocache-warden NRestarts)
 kill -STOP "$(prop gocache-warden MainPID)"
 eventually wd-restarted 90 bash -c "test \$(systemctl show gocache-warden -p NRestarts --value) -gt $restarts"
-eventually wd-active-again 120 test "$(prop gocache-warden ActiveState)" = active
+eventually wd-active-again 120 is_active gocache-warden
 expect wd-logged bash -c 'journalctl -u gocache-warden --no-pager | grep -i "watchdog timeout"'
 rm -rf /run/systemd/system/gocache-warden.service.d
 systemctl daemon-reload
@@ -307,11 +310,11 @@ expect timer-enable systemctl enable --now gocache-warden-enforce.timer
 expect timer-scheduled bash -c 'systemctl list-timers gocache-warden-enforce.timer --no-legend | tee /dev/stderr | grep -q gocache-warden-enforce'
 systemctl disable --now gocache-warden-enforce.timer
 systemctl start gocache-warden
-eventually agent-back 60 test "$(prop gocache-warden ActiveState)" = active
+eventually agent-back 60 is_active gocache-warden
 
 phase "user agent (with a session bus, then without dbus-user-session)"
 expect user-agent-alice systemctl --user -M alice@ enable --now gocache-warden.service
-eventually user-agent-alice-active 60 test "$(uprop alice gocache-warden.service ActiveState)" = active
+eventually user-agent-alice-active 60 is_user_active alice gocache-warden.service
 dpkg -L dbus-user-session > "$OUT/dbus-user-session-files"
 dpkg -r dbus-user-session > "$EV/remove-dbus-user-session.txt" 2>&1
 useradd -m -s /bin/bash dave
@@ -323,17 +326,21 @@ loginctl enable-linger dave
 dave=$(id -u dave)
 eventually manager-dave 60 test -S "/run/user/$dave/systemd/private"
 expect dave-no-session-bus test ! -e "/run/user/$dave/bus"
-expect dave-start-unit systemctl --user -M dave@ start nocache.service
-expect user-agent-dave systemctl --user -M dave@ enable --now gocache-warden.service
-eventually user-agent-dave-active 90 test "$(uprop dave gocache-warden.service ActiveState)" = active
+# Without a session bus `systemctl --user -M dave@` cannot reach dave's manager; dave's own
+# systemctl does, through the manager's private socket, as the agent must.
+as_dave() { runuser -u dave -- env XDG_RUNTIME_DIR="/run/user/$dave" "$@"; }
+expect dave-start-unit as_dave systemctl --user start nocache.service
+expect user-agent-dave as_dave systemctl --user enable --now gocache-warden.service
+eventually user-agent-dave-active 90 bash -c "runuser -u dave -- env XDG_RUNTIME_DIR=/run/user/$dave systemctl --user show gocache-warden.service -p ActiveState --value | grep -qx active"
 eventually user-agent-dave-finds-unit 90 bash -c "journalctl _UID=$dave -o cat GOCACHE_WARDEN_ACTION=unit-missing-gocache | tee /dev/stderr | grep -q nocache"
 
 phase "upgrade restarts the agent; purge leaves nothing behind"
 pid=$(prop gocache-warden MainPID)
 expect upgrade apt-get install -y --no-install-recommends "$H"/deb2/gocache-warden_*.deb
 eventually upgrade-restarted 60 bash -c "p=\$(systemctl show gocache-warden -p MainPID --value); [ \"\$p\" != $pid ] && [ \"\$p\" != 0 ]"
-eventually upgrade-active 60 test "$(prop gocache-warden ActiveState)" = active
-for u in alice dave; do systemctl --user -M "$u@" disable --now gocache-warden.service; done
+eventually upgrade-active 60 is_active gocache-warden
+systemctl --user -M alice@ disable --now gocache-warden.service
+as_dave systemctl --user disable --now gocache-warden.service
 rm -f /etc/gocache-warden/policy.d/50-build-server.toml /etc/gocache-warden/slack-url /etc/gocache-warden/hook-url
 expect purge apt-get purge -y gocache-warden
 snapshot_files > "$OUT/files-after"
