@@ -92,6 +92,22 @@ pub enum Command {
     /// Validate and show policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// A GOCACHEPROG for Go >= 1.24: serves builds from shared read-only caches (every
+    /// output re-hashed, entries of untrusted writers refused) and the user's own cache,
+    /// and writes only to the own cache. Use as GOCACHEPROG="gocache-warden cacheprog
+    /// --shared /srv/gocache --trusted @cachewriters"; it speaks JSON on stdin/stdout.
+    Cacheprog {
+        /// A shared read-only cache (Go's layout), searched after the own cache. Repeatable.
+        #[arg(long, value_name = "DIR")]
+        shared: Vec<PathBuf>,
+        /// Who may have written the shared caches' entries: a user or @group (repeatable).
+        /// Without it, entries are still re-hashed but any owner is accepted.
+        #[arg(long, value_name = "USER|@GROUP")]
+        trusted: Vec<String>,
+        /// The own cache (default: GOCACHE as `go env GOCACHE` resolves it).
+        #[arg(long, value_name = "DIR")]
+        own: Option<PathBuf>,
+    },
     /// Alert sinks.
     #[command(subcommand)]
     Alert(AlertCommand),
@@ -191,6 +207,16 @@ pub fn main() -> i32 {
 
 fn run(cli: &Cli, scope: Scope) -> anyhow::Result<i32> {
     match &cli.command {
+        Command::Cacheprog {
+            shared,
+            trusted,
+            own,
+        } => Ok(crate::cacheprog::run(&crate::cacheprog::Options {
+            own: own.clone(),
+            shared: shared.clone(),
+            trusted: trusted.clone(),
+            verbose: cli.verbose > 0,
+        })),
         Command::Policy(PolicyCommand::Validate { paths }) => {
             let explicit = if paths.is_empty() { &cli.policy } else { paths };
             match policy::load_for(scope, explicit) {

@@ -9,6 +9,8 @@ pub mod acl;
 pub mod alert;
 /// `apply`: the only code that changes caches.
 pub mod apply;
+/// `cacheprog`: a GOCACHEPROG serving shared read-only caches with verified outputs.
+pub mod cacheprog;
 /// `check`: resolve the policy's caches, inspect them, explain deviations.
 pub mod check;
 /// Command-line interface and exit codes.
