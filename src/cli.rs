@@ -98,11 +98,12 @@ pub enum Command {
     /// --shared /srv/gocache --trusted @cachewriters"; it speaks JSON on stdin/stdout.
     Cacheprog {
         /// A shared read-only cache (Go's layout), searched after the own cache. Repeatable.
+        /// Default: the system policy's build caches that have trusted_writers.
         #[arg(long, value_name = "DIR")]
         shared: Vec<PathBuf>,
-        /// Who may have written the shared caches' entries: a user or @group (repeatable).
-        /// Without it, entries are still re-hashed but any owner is accepted.
-        #[arg(long, value_name = "USER|@GROUP")]
+        /// Who may have written the --shared caches' entries: a user or @group
+        /// (repeatable). Without it, entries are still re-hashed but any owner is accepted.
+        #[arg(long, value_name = "USER|@GROUP", requires = "shared")]
         trusted: Vec<String>,
         /// The own cache (default: GOCACHE as `go env GOCACHE` resolves it).
         #[arg(long, value_name = "DIR")]
@@ -211,12 +212,34 @@ fn run(cli: &Cli, scope: Scope) -> anyhow::Result<i32> {
             shared,
             trusted,
             own,
-        } => Ok(crate::cacheprog::run(&crate::cacheprog::Options {
-            own: own.clone(),
-            shared: shared.clone(),
-            trusted: trusted.clone(),
-            verbose: cli.verbose > 0,
-        })),
+        } => {
+            let shared = if shared.is_empty() {
+                // The system policy says which caches are shared and who writes them. It is
+                // read as the invoking user; a policy that does not load only costs hits.
+                match policy::load_for(Scope::System, &cli.policy) {
+                    Ok(p) => crate::cacheprog::shared_from_policy(&p),
+                    Err(e) => {
+                        if cli.verbose > 0 {
+                            eprintln!("gocache-warden cacheprog: policy: {e}; no shared caches");
+                        }
+                        Vec::new()
+                    }
+                }
+            } else {
+                shared
+                    .iter()
+                    .map(|p| crate::cacheprog::SharedSpec {
+                        path: p.clone(),
+                        trusted: trusted.clone(),
+                    })
+                    .collect()
+            };
+            Ok(crate::cacheprog::run(&crate::cacheprog::Options {
+                own: own.clone(),
+                shared,
+                verbose: cli.verbose > 0,
+            }))
+        }
         Command::Policy(PolicyCommand::Validate { paths }) => {
             let explicit = if paths.is_empty() { &cli.policy } else { paths };
             match policy::load_for(scope, explicit) {

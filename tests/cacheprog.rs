@@ -353,23 +353,40 @@ fn tampered_or_unreadable_shared_entries_are_never_served_and_builds_still_succe
 }
 
 #[test]
-fn entries_of_untrusted_writers_are_refused() {
+fn shared_caches_come_from_the_policy_and_entries_of_untrusted_writers_are_refused() {
     let _g = serial();
     let w = World::new();
     let alice = user(MEMBERS[0], &[GROUP]);
+    // No --shared: the policy names the shared cache and its writers. Trusting only root
+    // refuses every entry (all written by gwc-writer) and the build still succeeds.
+    let with_writers = |file: &str, writers: &str| {
+        support::policy(
+            w.dir.path(),
+            file,
+            &format!(
+                "[cache.shared]\npath = \"{}\"\ntrusted_writers = [{writers}]\n",
+                w.shared.display()
+            ),
+        )
+    };
+    let prog = |p: &Path| format!("{} --policy {} cacheprog", support::bin().display(), p.display());
+    let p = with_writers("root.toml", "\"root\"");
     let own = w.own(&alice, "u");
-    // The shared cache was written by gwc-writer; trusting only someone else refuses all.
-    let prog = format!(
-        "{} cacheprog --shared {} --trusted root",
-        support::bin().display(),
-        w.shared.display()
-    );
-    let (o, ran) = w.build(&alice, &own, &prog);
+    let (o, ran) = w.build(&alice, &own, &prog(&p));
     must(&o, "build trusting another writer");
     assert_eq!(ran, PROGRAM_OUT);
     let c = counters(&own);
     assert_eq!(n(&c, "shared_hits"), 0, "{c}");
     assert!(n(&c, "shared_untrusted") >= 100, "{c}");
+    // Trusting the writer's group (its primary group): hits.
+    let p = with_writers("group.toml", &format!("\"@{WRITER}\""));
+    let own = w.own(&alice, "g");
+    let (o, ran) = w.build(&alice, &own, &prog(&p));
+    must(&o, "build trusting the writer's group");
+    assert_eq!(ran, PROGRAM_OUT);
+    let c = counters(&own);
+    assert!(n(&c, "shared_hits") >= 100, "{c}");
+    assert_eq!(n(&c, "shared_untrusted"), 0, "{c}");
 }
 
 // --- The protocol, driven directly ----------------------------------------------------------

@@ -33,17 +33,39 @@ pub struct Options {
     /// The user's own cache; `None`: `go env GOCACHE` as resolved for this environment.
     pub own: Option<PathBuf>,
     /// Shared read-only caches, searched in order after the own cache.
-    pub shared: Vec<PathBuf>,
-    /// Trusted writers of the shared caches (`user`, `@group`, numeric ids); empty: any.
-    pub trusted: Vec<String>,
+    pub shared: Vec<SharedSpec>,
     /// Diagnostics on stderr (which cmd/go passes through to the user's terminal).
     pub verbose: bool,
+}
+
+/// One shared cache and who may have written it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SharedSpec {
+    pub path: PathBuf,
+    /// Trusted writers (`user`, `@group`, numeric ids); empty: any owner (outputs are
+    /// still re-hashed).
+    pub trusted: Vec<String>,
+}
+
+/// The shared caches a policy declares: every build cache at a fixed path with
+/// `trusted_writers`, with those writers.
+pub fn shared_from_policy(p: &crate::policy::Policy) -> Vec<SharedSpec> {
+    p.caches
+        .iter()
+        .filter(|c| c.kind == crate::policy::CacheKind::Build && !c.trusted_writers.is_empty())
+        .filter_map(|c| match &c.path {
+            crate::policy::CachePath::Fixed(path) => Some(SharedSpec {
+                path: path.clone(),
+                trusted: c.trusted_writers.iter().map(|w| w.spelled()).collect(),
+            }),
+            crate::policy::CachePath::Auto => None,
+        })
+        .collect()
 }
 
 struct Server {
     own: Option<Own>,
     shared: Vec<Shared>,
-    trust: Trust,
     counters: Counters,
     /// Shared outputs held open for the life of the process, by output id.
     pinned: std::collections::HashMap<Hash, (std::fs::File, String)>,
@@ -63,15 +85,6 @@ fn note(verbose: bool, msg: impl FnOnce() -> String) {
 /// (0 unless stdout itself fails: then cmd/go is gone anyway).
 pub fn run(opts: &Options) -> i32 {
     let verbose = opts.verbose;
-    let (trust, shared_enabled) = match Trust::parse(&opts.trusted) {
-        Ok(t) => (t, true),
-        Err(e) => {
-            // A typo in the trusted list must not open the shared caches to everyone:
-            // serve from the own cache only.
-            eprintln!("gocache-warden cacheprog: {e:#}; shared caches disabled");
-            (Trust::default(), false)
-        }
-    };
     let own_path = opts.own.clone().or_else(|| {
         crate::goenv::resolve(&crate::goenv::GoEnv::from_process())
             .gocache
@@ -85,26 +98,31 @@ pub fn run(opts: &Options) -> i32 {
             None
         }
     });
-    let shared = if shared_enabled {
-        opts.shared
-            .iter()
-            .map(|p| {
-                let (s, err) = Shared::open(p);
-                if let Some(e) = err {
-                    note(verbose, || format!("shared cache {p:?} unavailable: {e}"));
+    let shared = opts
+        .shared
+        .iter()
+        .filter_map(|spec| {
+            let p = &spec.path;
+            let trust = match Trust::parse(&spec.trusted) {
+                Ok(t) => t,
+                Err(e) => {
+                    // A typo in the trusted list must not open the cache to everyone.
+                    eprintln!("gocache-warden cacheprog: {e:#}; shared cache {p:?} not used");
+                    return None;
                 }
-                s
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+            };
+            let (s, err) = Shared::open(p, trust);
+            if let Some(e) = err {
+                note(verbose, || format!("shared cache {p:?} unavailable: {e}"));
+            }
+            Some(s)
+        })
+        .collect();
     let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map_or(1024, |(s, _)| s);
     let mut srv = Server {
         own,
         shared,
-        trust,
         counters: Counters::default(),
         pinned: Default::default(),
         spilled: Vec::new(),
@@ -194,7 +212,7 @@ impl Server {
         }
         for i in 0..self.shared.len() {
             let s = &self.shared[i];
-            match s.get(&action, &self.trust) {
+            match s.get(&action) {
                 Ok(Ok(h)) => {
                     self.counters.shared_hits += 1;
                     self.counters.shared_hit_bytes += h.rec.size as u64;

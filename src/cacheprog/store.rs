@@ -534,6 +534,7 @@ pub enum Reject {
 pub struct Shared {
     pub root: PathBuf,
     dir: Option<Dir>,
+    trust: Trust,
 }
 
 /// A verified shared output, kept open so its `/proc/PID/fd/N` path stays valid.
@@ -544,28 +545,23 @@ pub struct SharedHit {
 
 impl Shared {
     /// Opens a shared cache; one that is missing or unreadable just never hits.
-    pub fn open(root: &Path) -> (Shared, Option<io::Error>) {
-        match Dir::open_root(root) {
-            Ok(d) => (
-                Shared {
-                    root: root.to_path_buf(),
-                    dir: Some(d),
-                },
-                None,
-            ),
-            Err(e) => (
-                Shared {
-                    root: root.to_path_buf(),
-                    dir: None,
-                },
-                Some(e),
-            ),
-        }
+    pub fn open(root: &Path, trust: Trust) -> (Shared, Option<io::Error>) {
+        let (dir, err) = match Dir::open_root(root) {
+            Ok(d) => (Some(d), None),
+            Err(e) => (None, Some(e)),
+        };
+        let s = Shared {
+            root: root.to_path_buf(),
+            dir,
+            trust,
+        };
+        (s, err)
     }
 
     /// Looks `action` up; on success the output has been hashed and matched its name, and
     /// every entry on the way is owned by a trusted writer.
-    pub fn get(&self, action: &Hash, trust: &Trust) -> io::Result<Result<SharedHit, Reject>> {
+    pub fn get(&self, action: &Hash) -> io::Result<Result<SharedHit, Reject>> {
+        let trust = &self.trust;
         let Some(root) = &self.dir else {
             return Ok(Err(Reject::Absent));
         };

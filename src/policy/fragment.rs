@@ -92,6 +92,9 @@ pub struct CacheFragment {
     pub other: S<String>,
     pub create: S<bool>,
     pub rewrite_trim: S<bool>,
+    /// Who may write the cache (`user` or `@group`); everyone else only reads, through
+    /// `gocache-warden cacheprog`.
+    pub trusted_writers: S<Vec<String>>,
     pub alerts: Option<CacheAlertsFragment>,
 }
 
@@ -111,6 +114,8 @@ pub struct UnitsFragment {
     pub managers: S<String>,
     pub require_gocache: S<bool>,
     pub gocache: S<String>,
+    /// GOCACHEPROG a drop-in sets along with GOCACHE.
+    pub gocacheprog: S<String>,
     pub remediation: S<String>,
 }
 
@@ -165,7 +170,8 @@ impl Fragment {
                 group_access,
                 other,
                 create,
-                rewrite_trim
+                rewrite_trim,
+                trusted_writers
             );
             if let Some(a) = c.alerts {
                 let b = base.alerts.get_or_insert_with(Default::default);
@@ -182,6 +188,7 @@ impl Fragment {
                 managers,
                 require_gocache,
                 gocache,
+                gocacheprog,
                 remediation
             );
         }

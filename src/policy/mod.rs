@@ -236,6 +236,24 @@ pub struct GroupSpec {
     pub gid: u32,
 }
 
+/// A trusted writer of a cache: a user, or every member of a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Writer {
+    User(UserSpec),
+    Group(GroupSpec),
+}
+
+impl Writer {
+    /// As written in the policy: `name` or `@group`.
+    pub fn spelled(&self) -> String {
+        match self {
+            Writer::User(u) => u.name.clone(),
+            Writer::Group(g) => format!("@{}", g.name),
+        }
+    }
+}
+
 /// A user named in the policy, resolved when the policy was loaded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UserSpec {
@@ -263,6 +281,8 @@ pub struct CachePolicy {
     pub other: Option<Perm>,
     pub create: bool,
     pub rewrite_trim: bool,
+    /// Who may write the cache; empty: not declared (anyone with write access).
+    pub trusted_writers: Vec<Writer>,
     pub alert_size_percent: f64,
     pub alert_inode_percent: f64,
 }
@@ -290,6 +310,8 @@ pub struct UnitPolicy {
     pub require_gocache: bool,
     /// The value a remediation sets; systemd specifiers such as `%h` allowed.
     pub gocache: Option<String>,
+    /// GOCACHEPROG a drop-in sets along with GOCACHE (e.g. the cache program).
+    pub gocacheprog: Option<String>,
     pub remediation: Remediation,
 }
 

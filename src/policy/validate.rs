@@ -280,6 +280,17 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
             "rewrite_trim applies to build caches only (module caches have no trim.txt)",
         );
     }
+    let trusted_writers = ctx
+        .parse(&c.trusted_writers, |ws| {
+            if ws.is_empty() {
+                return Err("trusted_writers is empty: name at least one user or @group".into());
+            }
+            if kind == CacheKind::Module {
+                return Err("trusted_writers applies to build caches (the cache program serves GOCACHE)".into());
+            }
+            ws.iter().map(|w| parse_writer(w)).collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap_or_default();
     let alerts = c.alerts.clone().unwrap_or_default();
     let alert_size_percent = ctx
         .parse(&alerts.size_percent, |s| parse_percent(s))
@@ -305,6 +316,7 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
         other,
         create,
         rewrite_trim,
+        trusted_writers,
         alert_size_percent,
         alert_inode_percent,
     })
@@ -354,6 +366,19 @@ fn units(ctx: &mut Ctx, name: &str, u: &fragment::UnitsFragment) -> Option<UnitP
             ))
         }
     });
+    let gocacheprog = ctx.parse(&u.gocacheprog, |v| {
+        if v.trim().is_empty() || v.chars().any(char::is_control) {
+            Err(format!("gocacheprog {v:?} must be a command line"))
+        } else {
+            Ok(v.clone())
+        }
+    });
+    if let (Some(at), None) = (&u.gocacheprog, &gocache) {
+        ctx.err(
+            at,
+            "gocacheprog is written with gocache: set `gocache` too",
+        );
+    }
     if let (Some(at), None) = (&u.remediation, &gocache)
         && remediation == Remediation::DropIn
     {
@@ -371,6 +396,7 @@ fn units(ctx: &mut Ctx, name: &str, u: &fragment::UnitsFragment) -> Option<UnitP
         managers,
         require_gocache: u.require_gocache.as_ref().is_none_or(|r| r.value),
         gocache,
+        gocacheprog,
         remediation,
     })
 }
@@ -421,4 +447,27 @@ fn alert(ctx: &mut Ctx, name: &str, a: &fragment::AlertFragment) -> Option<Alert
         command,
         renotify,
     })
+}
+
+/// `name` (a user) or `@name` (a group), resolved now so a typo is an error with its place.
+fn parse_writer(w: &str) -> Result<Writer, String> {
+    if let Some(g) = w.strip_prefix('@') {
+        match nix::unistd::Group::from_name(g) {
+            Ok(Some(gr)) => Ok(Writer::Group(GroupSpec {
+                name: g.to_string(),
+                gid: gr.gid.as_raw(),
+            })),
+            Ok(None) => Err(format!("unknown group {g:?} in trusted_writers")),
+            Err(e) => Err(format!("cannot look up group {g:?}: {e}")),
+        }
+    } else {
+        match nix::unistd::User::from_name(w) {
+            Ok(Some(u)) => Ok(Writer::User(UserSpec {
+                name: w.to_string(),
+                uid: u.uid.as_raw(),
+            })),
+            Ok(None) => Err(format!("unknown user {w:?} in trusted_writers (a group is \"@name\")")),
+            Err(e) => Err(format!("cannot look up user {w:?}: {e}")),
+        }
+    }
 }
