@@ -541,6 +541,26 @@ pub fn environment(env: &GoEnv, res: &goenv::Resolution) -> Vec<Finding> {
         .collect()
 }
 
+/// Recomputes the verdict after findings were added (e.g. by `--verify`).
+pub fn recompute(r: &mut Report) {
+    let counts = |f: &&Finding| f.severity != Severity::Info;
+    let violations = r
+        .caches
+        .iter()
+        .flat_map(|c| &c.findings)
+        .chain(&r.environment)
+        .any(|f| counts(&f));
+    let failed = r.caches.iter().any(|c| c.inspect_error.is_some());
+    r.exit_code = if failed {
+        3
+    } else if violations {
+        1
+    } else {
+        0
+    };
+    r.compliant = !violations && !failed;
+}
+
 /// Runs the whole check.
 pub fn run(policy: &Policy, scope: Scope, env: &GoEnv) -> Report {
     let now = now();

@@ -95,6 +95,8 @@ pub struct CacheFragment {
     /// Who may write the cache (`user` or `@group`); everyone else only reads, through
     /// `gocache-warden cacheprog`.
     pub trusted_writers: S<Vec<String>>,
+    /// What `enforce --verify` does with tampered outputs and entries of untrusted owners.
+    pub untrusted: S<String>,
     pub alerts: Option<CacheAlertsFragment>,
 }
 
@@ -171,7 +173,8 @@ impl Fragment {
                 other,
                 create,
                 rewrite_trim,
-                trusted_writers
+                trusted_writers,
+                untrusted
             );
             if let Some(a) = c.alerts {
                 let b = base.alerts.get_or_insert_with(Default::default);

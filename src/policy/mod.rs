@@ -236,6 +236,16 @@ pub struct GroupSpec {
     pub gid: u32,
 }
 
+/// What `enforce --verify` does with a tampered output or an entry of an untrusted owner.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Untrusted {
+    #[default]
+    Report,
+    Evict,
+    Quarantine,
+}
+
 /// A trusted writer of a cache: a user, or every member of a group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -283,6 +293,7 @@ pub struct CachePolicy {
     pub rewrite_trim: bool,
     /// Who may write the cache; empty: not declared (anyone with write access).
     pub trusted_writers: Vec<Writer>,
+    pub untrusted: Untrusted,
     pub alert_size_percent: f64,
     pub alert_inode_percent: f64,
 }

@@ -291,6 +291,19 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
             ws.iter().map(|w| parse_writer(w)).collect::<Result<Vec<_>, _>>()
         })
         .unwrap_or_default();
+    let untrusted = ctx
+        .parse(&c.untrusted, |u| match u.as_str() {
+            "report" => Ok(Untrusted::Report),
+            "evict" => Ok(Untrusted::Evict),
+            "quarantine" => Ok(Untrusted::Quarantine),
+            _ => Err(format!(
+                "unknown untrusted {u:?}: expected \"report\", \"evict\" or \"quarantine\""
+            )),
+        })
+        .unwrap_or_default();
+    if let (Some(at), CacheKind::Module) = (&c.untrusted, kind) {
+        ctx.err(at, "untrusted applies to build caches (their outputs are hashed)");
+    }
     let alerts = c.alerts.clone().unwrap_or_default();
     let alert_size_percent = ctx
         .parse(&alerts.size_percent, |s| parse_percent(s))
@@ -317,6 +330,7 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
         create,
         rewrite_trim,
         trusted_writers,
+        untrusted,
         alert_size_percent,
         alert_inode_percent,
     })
