@@ -338,6 +338,41 @@ fn tampered_or_unreadable_shared_entries_are_never_served_and_builds_still_succe
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("does not match its hash"), "the refusal is said: {err}");
 
+    // `check --verify` finds every tampered output, and only those; the owners are the
+    // trusted writer's. With untrusted = "quarantine", enforce moves them out of use.
+    let p = support::policy(
+        w.dir.path(),
+        "verify.toml",
+        &format!(
+            "[cache.shared]\npath = \"{}\"\ntrusted_writers = [\"{WRITER}\"]\nuntrusted = \"quarantine\"\n",
+            w.shared.display()
+        ),
+    );
+    let verify = |cmd: &str| {
+        let o = support::run(
+            ["--policy", p.to_str().expect("utf-8"), cmd, "--verify", "--json"],
+            &[],
+        );
+        (o.status.code(), support::json(&o))
+    };
+    let (code, v) = verify("check");
+    assert_eq!(code, Some(1), "{v}");
+    let findings = v["caches"][0]["findings"].as_array().expect("findings");
+    let f = findings.iter().find(|f| f["kind"] == "tampered-output");
+    let f = f.unwrap_or_else(|| panic!("no tampered-output: {v}"));
+    assert_eq!(f["count"], json!(tampered), "{f}");
+    assert!(!findings.iter().any(|f| f["kind"] == "untrusted-entry"), "{v}");
+    let (code, v) = verify("enforce");
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["verify"][0]["verified"]["quarantined"], json!(tampered), "{v}");
+    let (code, v) = verify("check");
+    assert_eq!(code, Some(0), "nothing tampered is left in use: {v}");
+    let own = w.own(&alice, "t2");
+    let (o, ran) = w.build(&alice, &own, &w.cacheprog(""));
+    must(&o, "alice's build after the quarantine");
+    assert_eq!(ran, PROGRAM_OUT);
+    assert_eq!(n(&counters(&own), "shared_tampered"), 0, "nothing tampered is served or seen");
+
     // An outsider (not in the group) cannot read the shared cache at all, and a listed
     // shared cache that does not exist: misses, and the build succeeds.
     let carol = user(OUTSIDER, &[]);
