@@ -541,6 +541,31 @@ pub fn environment(env: &GoEnv, res: &goenv::Resolution) -> Vec<Finding> {
         .collect()
 }
 
+/// What `gocache-warden cacheprog` counted for the user of this (own) cache: the shared
+/// caches' worth to them.
+fn cacheprog_finding(c: &mut CacheReport) {
+    let (Some(path), true, CacheKind::Build) = (&c.path, c.exists, c.kind) else {
+        return;
+    };
+    let Ok(Some(s)) = crate::cacheprog::stats::read(path) else {
+        return;
+    };
+    let gets = s.shared_hits + s.own_hits + s.misses;
+    c.findings.push(Finding {
+        kind: "cache-program".into(),
+        severity: Severity::Info,
+        count: s.shared_hits,
+        bytes: Some(s.shared_hit_bytes),
+        message: format!(
+            "the cache program served {} of {gets} gets from shared caches ({} bytes not rebuilt), {} from this cache, {} missed; {} puts; refused {} tampered and {} untrusted shared entries",
+            s.shared_hits, s.shared_hit_bytes, s.own_hits, s.misses, s.puts, s.shared_tampered, s.shared_untrusted
+        ),
+        fix: "nothing to do".into(),
+        auto_fix: false,
+        examples: vec![],
+    });
+}
+
 /// Recomputes the verdict after findings were added (e.g. by `--verify`).
 pub fn recompute(r: &mut Report) {
     let counts = |f: &&Finding| f.severity != Severity::Info;
@@ -565,7 +590,11 @@ pub fn recompute(r: &mut Report) {
 pub fn run(policy: &Policy, scope: Scope, env: &GoEnv) -> Report {
     let now = now();
     let (targets, res) = targets(policy, env);
-    let caches: Vec<CacheReport> = targets.iter().map(|t| inspect_target(t, now)).collect();
+    let mut caches: Vec<CacheReport> =
+        targets.iter().map(|t| inspect_target(t, now)).collect();
+    for c in &mut caches {
+        cacheprog_finding(c);
+    }
     let environment = if policy.caches.iter().any(|c| c.path == CachePath::Auto) {
         environment(env, &res)
     } else {

@@ -254,6 +254,21 @@ fn members_build_from_the_read_only_shared_cache_and_never_change_it() {
         assert!(n(&c, "misses") <= 10, "almost nothing missed: {c}");
         assert_eq!(n(&c, "shared_tampered") + n(&c, "shared_untrusted"), 0, "{c}");
     }
+    // `check` shows the counters: the shared cache's worth to this user.
+    let p = support::policy(
+        w.dir.path(),
+        "own-a.toml",
+        &format!("[cache.own]\npath = \"{}\"\n", own_a.display()),
+    );
+    let v = support::json(&support::run(
+        ["--policy", p.to_str().expect("utf-8"), "check", "--json"],
+        &[],
+    ));
+    let f = v["caches"][0]["findings"]
+        .as_array()
+        .and_then(|fs| fs.iter().find(|f| f["kind"] == "cache-program"))
+        .unwrap_or_else(|| panic!("no cache-program finding: {v}"));
+    assert_eq!(f["count"], counters(&own_a)["shared_hits"], "{f}");
     // Nothing in the shared cache changed: same names, sizes, owners, modes and mtimes.
     assert_eq!(snapshot(&w.shared), before, "the shared cache is untouched");
     // The own cache holds only what was built (puts), in Go's layout, owned by its user.

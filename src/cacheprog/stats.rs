@@ -55,14 +55,26 @@ struct Doc {
     counters: Counters,
 }
 
-/// Reads the counters of a cache root (`None` when there are none yet).
+/// Reads the counters of a cache root (`None` when there are none yet). Through a
+/// directory handle and bounded, never following a symlink: `check` runs as root over
+/// caches users own.
 pub fn read(root: &Path) -> anyhow::Result<Option<Counters>> {
     let p = root.join(FILE_NAME);
-    let text = match std::fs::read_to_string(&p) {
-        Ok(t) => t,
+    let dir = crate::safefs::Dir::open_root(root)
+        .map_err(|e| anyhow::anyhow!("cannot open {root:?}: {e}"))?;
+    let name = std::ffi::CString::new(FILE_NAME)?;
+    let st = match dir.stat(&name) {
+        Ok(st) => st,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(anyhow::anyhow!("cannot read {p:?}: {e}")),
+        Err(e) => return Err(anyhow::anyhow!("cannot stat {p:?}: {e}")),
     };
+    if st.kind() != crate::safefs::Kind::File {
+        anyhow::bail!("{p:?} is not a regular file");
+    }
+    let bytes = dir
+        .read_small(&name, &st, 64 * 1024)
+        .map_err(|e| anyhow::anyhow!("cannot read {p:?}: {e}"))?;
+    let text = String::from_utf8_lossy(&bytes);
     if text.trim().is_empty() {
         return Ok(Some(Counters::default()));
     }
