@@ -590,8 +590,7 @@ pub fn recompute(r: &mut Report) {
 pub fn run(policy: &Policy, scope: Scope, env: &GoEnv) -> Report {
     let now = now();
     let (targets, res) = targets(policy, env);
-    let mut caches: Vec<CacheReport> =
-        targets.iter().map(|t| inspect_target(t, now)).collect();
+    let mut caches: Vec<CacheReport> = targets.iter().map(|t| inspect_target(t, now)).collect();
     for c in &mut caches {
         cacheprog_finding(c);
     }

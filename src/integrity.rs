@@ -94,13 +94,14 @@ pub fn verify(root: &Path, trust: Option<&Trust>, act: Act) -> anyhow::Result<Ve
     use anyhow::Context;
     let t0 = std::time::Instant::now();
     let dir = Dir::open_root(root).with_context(|| format!("cannot open {root:?}"))?;
-    let quarantine = if act == Act::Quarantine {
-        Some(quarantine_dir(&dir).with_context(|| {
-            format!("cannot open the quarantine {:?}", root.join(QUARANTINE))
-        })?)
-    } else {
-        None
-    };
+    let quarantine =
+        if act == Act::Quarantine {
+            Some(quarantine_dir(&dir).with_context(|| {
+                format!("cannot open the quarantine {:?}", root.join(QUARANTINE))
+            })?)
+        } else {
+            None
+        };
     let shards: Vec<CString> = dir
         .list()
         .with_context(|| format!("cannot list {root:?}"))?
@@ -124,7 +125,9 @@ pub fn verify(root: &Path, trust: Option<&Trust>, act: Act) -> anyhow::Result<Ve
     let next = AtomicUsize::new(0);
     // Hashing is CPU-bound on a warm cache and I/O-bound on a cold one: one thread per
     // core keeps both busy without flooding a shared build machine.
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).min(8);
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(8);
     std::thread::scope(|sc| {
         for _ in 0..threads {
             let trust = trust.cloned();
@@ -249,7 +252,13 @@ fn exec_problem(
 }
 
 /// Hashes one output file and compares with the id in `id_name` (`<hex>-d`).
-fn check_output(s: &Shared<'_>, d: &Dir, name: &CStr, st: &Stat, id_name: &[u8]) -> Option<Problem> {
+fn check_output(
+    s: &Shared<'_>,
+    d: &Dir,
+    name: &CStr,
+    st: &Stat,
+    id_name: &[u8],
+) -> Option<Problem> {
     let want = decode(id_name)?;
     let Ok(mut f) = d.open_read(name, st) else {
         return Some(Problem::Unverifiable);
@@ -455,9 +464,8 @@ pub fn verify_report(
         else {
             continue;
         };
-        let res = trust_of(p).and_then(|t| {
-            verify(path, t.as_ref(), Act::from_policy(p.untrusted, apply))
-        });
+        let res = trust_of(p)
+            .and_then(|t| verify(path, t.as_ref(), Act::from_policy(p.untrusted, apply)));
         match &res {
             Ok(v) => c.findings.extend(findings(v, p)),
             Err(e) => c.inspect_error = Some(format!("verify: {e:#}")),

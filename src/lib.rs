@@ -19,10 +19,10 @@ pub mod cli;
 pub mod daemon;
 /// Deterministic pauses for race tests (inactive unless an env var is set).
 pub mod failpoint;
-/// Integrity of build caches: outputs re-hashed, owners against trusted writers.
-pub mod integrity;
 /// Where `go` puts its caches for an environment, and what is wrong with that setup.
 pub mod goenv;
+/// Integrity of build caches: outputs re-hashed, owners against trusted writers.
+pub mod integrity;
 /// Tracing to the journal or stderr, and the structured field contract.
 pub mod logging;
 /// Prometheus metrics: the model, textfile and HTTP outputs.

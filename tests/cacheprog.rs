@@ -138,7 +138,12 @@ impl World {
         )
         .expect("go.mod");
         std::fs::write(d.join("main.go"), PROGRAM).expect("main.go");
-        for p in [d.parent().expect("parent"), &d, &d.join("go.mod"), &d.join("main.go")] {
+        for p in [
+            d.parent().expect("parent"),
+            &d,
+            &d.join("go.mod"),
+            &d.join("main.go"),
+        ] {
             chown(p, Some(u.uid), Some(u.gid)).expect("chown src");
         }
         d
@@ -224,7 +229,8 @@ fn counters(own: &Path) -> Value {
 }
 
 fn n(v: &Value, k: &str) -> u64 {
-    v[k].as_u64().unwrap_or_else(|| panic!("no counter {k} in {v}"))
+    v[k].as_u64()
+        .unwrap_or_else(|| panic!("no counter {k} in {v}"))
 }
 
 #[test]
@@ -232,7 +238,10 @@ fn members_build_from_the_read_only_shared_cache_and_never_change_it() {
     let _g = serial();
     let w = World::new();
     let before = snapshot(&w.shared);
-    assert!(before.len() > 100, "the writer's build filled the shared cache");
+    assert!(
+        before.len() > 100,
+        "the writer's build filled the shared cache"
+    );
     let alice = user(MEMBERS[0], &[GROUP]);
     let bob = user(MEMBERS[1], &[GROUP]);
     let (own_a, own_b) = (w.own(&alice, "1"), w.own(&bob, "1"));
@@ -249,10 +258,17 @@ fn members_build_from_the_read_only_shared_cache_and_never_change_it() {
     }
     for own in [&own_a, &own_b] {
         let c = counters(own);
-        assert!(n(&c, "shared_hits") >= 100, "hits come from the shared cache: {c}");
+        assert!(
+            n(&c, "shared_hits") >= 100,
+            "hits come from the shared cache: {c}"
+        );
         assert_eq!(n(&c, "own_hits"), 0, "{c}");
         assert!(n(&c, "misses") <= 10, "almost nothing missed: {c}");
-        assert_eq!(n(&c, "shared_tampered") + n(&c, "shared_untrusted"), 0, "{c}");
+        assert_eq!(
+            n(&c, "shared_tampered") + n(&c, "shared_untrusted"),
+            0,
+            "{c}"
+        );
     }
     // `check` shows the counters: the shared cache's worth to this user.
     let p = support::policy(
@@ -342,16 +358,25 @@ fn tampered_or_unreadable_shared_entries_are_never_served_and_builds_still_succe
     let own = w.own(&alice, "t");
     let (o, ran) = w.build(&alice, &own, &w.cacheprog(""));
     must(&o, "alice's build over a tampered shared cache");
-    assert_eq!(ran, PROGRAM_OUT, "built from source, not from tampered outputs");
+    assert_eq!(
+        ran, PROGRAM_OUT,
+        "built from source, not from tampered outputs"
+    );
     let c = counters(&own);
-    assert!(n(&c, "shared_tampered") >= 100, "every tampered output refused: {c}");
+    assert!(
+        n(&c, "shared_tampered") >= 100,
+        "every tampered output refused: {c}"
+    );
     assert_eq!(
         n(&c, "shared_hit_bytes"),
         0,
         "not one byte of a tampered output was served (only empty outputs can hit): {c}"
     );
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains("does not match its hash"), "the refusal is said: {err}");
+    assert!(
+        err.contains("does not match its hash"),
+        "the refusal is said: {err}"
+    );
 
     // `check --verify` finds every tampered output, and only those; the owners are the
     // trusted writer's. With untrusted = "quarantine", enforce moves them out of use.
@@ -365,7 +390,13 @@ fn tampered_or_unreadable_shared_entries_are_never_served_and_builds_still_succe
     );
     let verify = |cmd: &str| {
         let o = support::run(
-            ["--policy", p.to_str().expect("utf-8"), cmd, "--verify", "--json"],
+            [
+                "--policy",
+                p.to_str().expect("utf-8"),
+                cmd,
+                "--verify",
+                "--json",
+            ],
             &[],
         );
         (o.status.code(), support::json(&o))
@@ -376,17 +407,28 @@ fn tampered_or_unreadable_shared_entries_are_never_served_and_builds_still_succe
     let f = findings.iter().find(|f| f["kind"] == "tampered-output");
     let f = f.unwrap_or_else(|| panic!("no tampered-output: {v}"));
     assert_eq!(f["count"], json!(tampered), "{f}");
-    assert!(!findings.iter().any(|f| f["kind"] == "untrusted-entry"), "{v}");
+    assert!(
+        !findings.iter().any(|f| f["kind"] == "untrusted-entry"),
+        "{v}"
+    );
     let (code, v) = verify("enforce");
     assert_eq!(code, Some(0), "{v}");
-    assert_eq!(v["verify"][0]["verified"]["quarantined"], json!(tampered), "{v}");
+    assert_eq!(
+        v["verify"][0]["verified"]["quarantined"],
+        json!(tampered),
+        "{v}"
+    );
     let (code, v) = verify("check");
     assert_eq!(code, Some(0), "nothing tampered is left in use: {v}");
     let own = w.own(&alice, "t2");
     let (o, ran) = w.build(&alice, &own, &w.cacheprog(""));
     must(&o, "alice's build after the quarantine");
     assert_eq!(ran, PROGRAM_OUT);
-    assert_eq!(n(&counters(&own), "shared_tampered"), 0, "nothing tampered is served or seen");
+    assert_eq!(
+        n(&counters(&own), "shared_tampered"),
+        0,
+        "nothing tampered is served or seen"
+    );
 
     // An outsider (not in the group) cannot read the shared cache at all, and a listed
     // shared cache that does not exist: misses, and the build succeeds.
@@ -399,7 +441,10 @@ fn tampered_or_unreadable_shared_entries_are_never_served_and_builds_still_succe
     assert_eq!(ran, PROGRAM_OUT);
     let c = counters(&own_c);
     assert_eq!(n(&c, "shared_hits"), 0, "{c}");
-    assert!(n(&c, "puts") >= 100, "everything built and put into the own cache: {c}");
+    assert!(
+        n(&c, "puts") >= 100,
+        "everything built and put into the own cache: {c}"
+    );
 }
 
 #[test]
@@ -419,7 +464,13 @@ fn shared_caches_come_from_the_policy_and_entries_of_untrusted_writers_are_refus
             ),
         )
     };
-    let prog = |p: &Path| format!("{} --policy {} cacheprog", support::bin().display(), p.display());
+    let prog = |p: &Path| {
+        format!(
+            "{} --policy {} cacheprog",
+            support::bin().display(),
+            p.display()
+        )
+    };
     let p = with_writers("root.toml", "\"root\"");
     let own = w.own(&alice, "u");
     let (o, ran) = w.build(&alice, &own, &prog(&p));
@@ -461,7 +512,10 @@ impl Prog {
         let stdin = child.stdin.take().expect("stdin");
         let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let hello = read_json(&mut stdout);
-        assert_eq!(hello, json!({"ID": 0, "KnownCommands": ["get", "put", "close"]}));
+        assert_eq!(
+            hello,
+            json!({"ID": 0, "KnownCommands": ["get", "put", "close"]})
+        );
         Prog {
             child,
             stdin,
@@ -534,7 +588,9 @@ fn key(i: u32, salt: u8) -> [u8; 32] {
 
 fn body(i: u32) -> Vec<u8> {
     // Sizes from 0 to ~300 KiB, so bodies span many base64 chunks.
-    (0..(i * 3119 % 300_000)).map(|j| (j * 31 + i) as u8).collect()
+    (0..(i * 3119 % 300_000))
+        .map(|j| (j * 31 + i) as u8)
+        .collect()
 }
 
 fn hit_bytes(res: &Value) -> Vec<u8> {
@@ -563,7 +619,11 @@ fn two_hundred_parallel_gets_and_puts_from_eight_instances_lose_nothing() {
                     let dp = r["DiskPath"].as_str().expect("DiskPath");
                     assert_eq!(std::fs::read(dp).expect("read put"), body(i));
                     // Gets of the shared keys and of a neighbour's keys, hit or miss.
-                    let j = if k % 2 == 0 { k % 10 } else { 100 + ((t + 1) % 8) * 25 + k };
+                    let j = if k % 2 == 0 {
+                        k % 10
+                    } else {
+                        100 + ((t + 1) % 8) * 25 + k
+                    };
                     let g = p.get(&key(j, 1));
                     if g.get("Miss").is_none() {
                         assert_eq!(hit_bytes(&g), body(j), "get {j} returns its body");
@@ -589,7 +649,10 @@ fn two_hundred_parallel_gets_and_puts_from_eight_instances_lose_nothing() {
     }
     p.close();
     for (rel, _) in snapshot(&own) {
-        assert!(!rel.to_string_lossy().contains(".tmp."), "temp file left: {rel:?}");
+        assert!(
+            !rel.to_string_lossy().contains(".tmp."),
+            "temp file left: {rel:?}"
+        );
     }
     let c = counters(&own);
     assert_eq!(n(&c, "puts"), 200, "{c}");
@@ -597,8 +660,7 @@ fn two_hundred_parallel_gets_and_puts_from_eight_instances_lose_nothing() {
 }
 
 #[test]
-fn shared_hit_stays_readable_after_eviction_mtime_refresh_is_hourly_and_bad_input_only_misses()
-{
+fn shared_hit_stays_readable_after_eviction_mtime_refresh_is_hourly_and_bad_input_only_misses() {
     let dir = support::tempdir();
     let (shared, own) = (dir.path().join("shared"), dir.path().join("own"));
     for d in [&shared, &own] {
@@ -655,7 +717,10 @@ fn shared_hit_stays_readable_after_eviction_mtime_refresh_is_hourly_and_bad_inpu
     let _ = p.get(&k);
     for f in [&dpath, &apath] {
         let m = std::fs::metadata(f).expect("stat").mtime();
-        assert!(m <= support::now() - 1700, "{f:?} not refreshed after 30 min");
+        assert!(
+            m <= support::now() - 1700,
+            "{f:?} not refreshed after 30 min"
+        );
     }
     p.close();
     let c = counters(&own);

@@ -67,10 +67,18 @@ fn writable_group_is_said_to_alter_members_builds_and_read_only_with_writers_is_
         msg.contains("every member can alter every member's builds"),
         "{f}"
     );
-    assert!(f["fix"].as_str().unwrap_or_default().contains("gocache-warden cacheprog"));
+    assert!(
+        f["fix"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("gocache-warden cacheprog")
+    );
     assert_eq!((code, &f["severity"]), (0, &Value::from("info")), "{v}");
     let text = stdout(&run(["--policy", p.to_str().unwrap(), "check"], &[]));
-    assert!(text.contains("every member can alter every member's builds"), "{text}");
+    assert!(
+        text.contains("every member can alter every member's builds"),
+        "{text}"
+    );
 
     // rwx although trusted writers are declared: a contradiction, a warning.
     std::fs::write(
@@ -106,7 +114,10 @@ fn read_only_group_with_trusted_writers_is_compliant_and_without_them_still_an_e
         &body(&format!("trusted_writers = [\"{WRITER}\", \"@{GROUP}\"]\n")),
     );
     let (code, v) = check(&p);
-    assert_eq!(code, 0, "r-x with trusted writers is the recommended design: {v}");
+    assert_eq!(
+        code, 0,
+        "r-x with trusted writers is the recommended design: {v}"
+    );
     let f = finding(&v, "read-only-shared").unwrap_or_else(|| panic!("{v}"));
     let msg = f["message"].as_str().unwrap_or_default();
     assert!(
@@ -121,7 +132,10 @@ fn read_only_group_with_trusted_writers_is_compliant_and_without_them_still_an_e
     let f = finding(&v, "read-only-group-grant").unwrap_or_else(|| panic!("{v}"));
     assert_eq!(f["severity"], "error");
     let fix = f["fix"].as_str().unwrap_or_default();
-    assert!(fix.contains("trusted_writers") && fix.contains("cacheprog"), "{f}");
+    assert!(
+        fix.contains("trusted_writers") && fix.contains("cacheprog"),
+        "{f}"
+    );
 }
 
 #[test]
@@ -155,7 +169,10 @@ fn trusted_writers_and_gocacheprog_are_validated_with_their_place() {
         let o = run(["policy", "validate", p.to_str().expect("utf-8")], &[]);
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(2), "{body}: {err}");
-        assert!(err.contains(want) && err.contains("bad.toml:"), "{body}: {err}");
+        assert!(
+            err.contains(want) && err.contains("bad.toml:"),
+            "{body}: {err}"
+        );
     }
     let p = d.path().join("good.toml");
     std::fs::write(
@@ -168,7 +185,13 @@ fn trusted_writers_and_gocacheprog_are_validated_with_their_place() {
     let o = run(["policy", "validate", p.to_str().expect("utf-8")], &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let o = run(
-        ["--policy", p.to_str().expect("utf-8"), "policy", "cat", "--effective"],
+        [
+            "--policy",
+            p.to_str().expect("utf-8"),
+            "policy",
+            "cat",
+            "--effective",
+        ],
         &[],
     );
     let v = json(&o);
@@ -178,7 +201,10 @@ fn trusted_writers_and_gocacheprog_are_validated_with_their_place() {
         .unwrap_or_else(|| panic!("{v}"));
     assert_eq!(c["trusted_writers"][0]["kind"], "user");
     assert_eq!(c["trusted_writers"][1]["kind"], "group");
-    assert_eq!(v["units"][0]["gocacheprog"], "/usr/bin/gocache-warden cacheprog");
+    assert_eq!(
+        v["units"][0]["gocacheprog"],
+        "/usr/bin/gocache-warden cacheprog"
+    );
 }
 
 // --- check --verify and enforce --verify ----------------------------------------------------
@@ -241,7 +267,11 @@ fn populate(cache: &Path, n: u32) -> Vec<(PathBuf, PathBuf, Vec<u8>)> {
         .expect("read");
     writer.join().expect("writer").expect("write requests");
     assert!(child.wait().expect("wait").success());
-    assert_eq!(resp.lines().filter(|l| l.contains("DiskPath")).count(), n as usize, "{resp}");
+    assert_eq!(
+        resp.lines().filter(|l| l.contains("DiskPath")).count(),
+        n as usize,
+        "{resp}"
+    );
     out
 }
 
@@ -258,7 +288,13 @@ fn verify_policy(d: &Path, cache: &Path, untrusted: &str) -> PathBuf {
 
 fn verify_run(p: &Path, cmd: &str) -> (i32, Value) {
     let o = run(
-        ["--policy", p.to_str().expect("utf-8"), cmd, "--verify", "--json"],
+        [
+            "--policy",
+            p.to_str().expect("utf-8"),
+            cmd,
+            "--verify",
+            "--json",
+        ],
         &[],
     );
     (o.status.code().unwrap_or(-1), json(&o))
@@ -292,13 +328,23 @@ fn verify_finds_tampered_untrusted_and_symlinked_entries_and_enforce_evicts_or_q
     let (code, v) = verify_run(&p, "check");
     assert_eq!(code, 1, "{v}");
     let tampered = finding(&v, "tampered-output").unwrap_or_else(|| panic!("{v}"));
-    assert_eq!(tampered["count"], 3, "0, the symlink 3 and the executable 5: {tampered}");
+    assert_eq!(
+        tampered["count"], 3,
+        "0, the symlink 3 and the executable 5: {tampered}"
+    );
     assert_eq!(tampered["auto_fix"], true);
     let untrusted = finding(&v, "untrusted-entry").unwrap_or_else(|| panic!("{v}"));
     assert_eq!(untrusted["count"], 2, "{untrusted}");
     let verified = finding(&v, "verified").unwrap_or_else(|| panic!("{v}"));
-    assert_eq!(verified["count"], 10, "12 outputs, less the untrusted and the symlink");
-    assert_eq!(support::sentinel(Path::new("/etc/passwd")), passwd, "never followed");
+    assert_eq!(
+        verified["count"], 10,
+        "12 outputs, less the untrusted and the symlink"
+    );
+    assert_eq!(
+        support::sentinel(Path::new("/etc/passwd")),
+        passwd,
+        "never followed"
+    );
 
     // Evict: exactly the five bad entries go; the good executable and the rest stay.
     let (code, v) = verify_run(&p, "enforce");
@@ -324,13 +370,24 @@ fn verify_finds_tampered_untrusted_and_symlinked_entries_and_enforce_evicts_or_q
     let (code, v) = verify_run(&p, "enforce");
     assert_eq!(code, 0, "{v}");
     assert_eq!(v["verify"][0]["verified"]["quarantined"], 1, "{v}");
-    let name = e[6].1.file_name().expect("name").to_string_lossy().into_owned();
+    let name = e[6]
+        .1
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
     let q = cache
         .join("gocache-warden-quarantine")
         .join(format!("{}-{name}", &name[..2]));
     assert_eq!(std::fs::read(&q).expect("in quarantine"), b);
-    assert_eq!(std::fs::metadata(&q).expect("stat").ino(), ino, "moved, not copied");
+    assert_eq!(
+        std::fs::metadata(&q).expect("stat").ino(),
+        ino,
+        "moved, not copied"
+    );
     assert!(!e[6].1.exists());
-    let qmode = std::fs::metadata(cache.join("gocache-warden-quarantine")).expect("q").mode();
+    let qmode = std::fs::metadata(cache.join("gocache-warden-quarantine"))
+        .expect("q")
+        .mode();
     assert_eq!(qmode & 0o777, 0o700, "the quarantine is private");
 }

@@ -204,9 +204,7 @@ impl Server {
                 Ok(None) => {}
                 Err(e) => {
                     self.counters.errors += 1;
-                    note(self.verbose, || {
-                        format!("own cache {:?}: {e}", own.root)
-                    });
+                    note(self.verbose, || format!("own cache {:?}: {e}", own.root));
                 }
             }
         }

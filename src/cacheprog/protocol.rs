@@ -121,7 +121,9 @@ pub fn read_request(r: &mut impl BufRead) -> io::Result<Next> {
         }
         if line.last() != Some(&b'\n') && n >= MAX_LINE {
             skip_line(r)?;
-            return Ok(Next::Malformed(format!("request line longer than {MAX_LINE} bytes")));
+            return Ok(Next::Malformed(format!(
+                "request line longer than {MAX_LINE} bytes"
+            )));
         }
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
@@ -200,7 +202,10 @@ pub fn read_body(r: &mut impl BufRead, out: &mut dyn Write) -> io::Result<u64> {
     loop {
         let buf = r.fill_buf()?;
         if buf.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "body cut short"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "body cut short",
+            ));
         }
         let (chunk, done) = match buf.iter().position(|&b| b == b'"') {
             Some(i) => (&buf[..i], Some(i + 1)),

@@ -78,8 +78,8 @@ pub fn read(root: &Path) -> anyhow::Result<Option<Counters>> {
     if text.trim().is_empty() {
         return Ok(Some(Counters::default()));
     }
-    let doc: Doc = serde_json::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("cannot parse {p:?}: {e}"))?;
+    let doc: Doc =
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("cannot parse {p:?}: {e}"))?;
     Ok(Some(doc.counters))
 }
 

@@ -237,7 +237,10 @@ pub struct Own {
 /// Where a put body goes while it streams in.
 pub enum PutDest {
     /// A temp file in the shard, renamed to `<out>-d` once its hash is verified.
-    Temp { name: CString, file: Hashing<std::fs::File> },
+    Temp {
+        name: CString,
+        file: Hashing<std::fs::File>,
+    },
     /// The output is already there, verified: the body is only hashed, to check the id.
     Present(Hashing<io::Sink>),
 }
@@ -515,7 +518,7 @@ fn member_of_any(uid: u32, gids: &[u32]) -> bool {
     }
     gids.iter().any(|&g| {
         matches!(nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(g)),
-            Ok(Some(grp)) if grp.mem.iter().any(|m| *m == user.name))
+            Ok(Some(grp)) if grp.mem.contains(&user.name))
     })
 }
 

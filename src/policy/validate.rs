@@ -286,9 +286,14 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
                 return Err("trusted_writers is empty: name at least one user or @group".into());
             }
             if kind == CacheKind::Module {
-                return Err("trusted_writers applies to build caches (the cache program serves GOCACHE)".into());
+                return Err(
+                    "trusted_writers applies to build caches (the cache program serves GOCACHE)"
+                        .into(),
+                );
             }
-            ws.iter().map(|w| parse_writer(w)).collect::<Result<Vec<_>, _>>()
+            ws.iter()
+                .map(|w| parse_writer(w))
+                .collect::<Result<Vec<_>, _>>()
         })
         .unwrap_or_default();
     let untrusted = ctx
@@ -302,7 +307,10 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
         })
         .unwrap_or_default();
     if let (Some(at), CacheKind::Module) = (&c.untrusted, kind) {
-        ctx.err(at, "untrusted applies to build caches (their outputs are hashed)");
+        ctx.err(
+            at,
+            "untrusted applies to build caches (their outputs are hashed)",
+        );
     }
     let alerts = c.alerts.clone().unwrap_or_default();
     let alert_size_percent = ctx
@@ -388,10 +396,7 @@ fn units(ctx: &mut Ctx, name: &str, u: &fragment::UnitsFragment) -> Option<UnitP
         }
     });
     if let (Some(at), None) = (&u.gocacheprog, &gocache) {
-        ctx.err(
-            at,
-            "gocacheprog is written with gocache: set `gocache` too",
-        );
+        ctx.err(at, "gocacheprog is written with gocache: set `gocache` too");
     }
     if let (Some(at), None) = (&u.remediation, &gocache)
         && remediation == Remediation::DropIn
@@ -480,7 +485,9 @@ fn parse_writer(w: &str) -> Result<Writer, String> {
                 name: w.to_string(),
                 uid: u.uid.as_raw(),
             })),
-            Ok(None) => Err(format!("unknown user {w:?} in trusted_writers (a group is \"@name\")")),
+            Ok(None) => Err(format!(
+                "unknown user {w:?} in trusted_writers (a group is \"@name\")"
+            )),
             Err(e) => Err(format!("cannot look up user {w:?}: {e}")),
         }
     }

@@ -387,8 +387,11 @@ mod tests {
             Written::Unchanged
         );
         let other = contents("/srv/other").unwrap();
-        let with_prog =
-            contents_with("/srv/gocache", Some("/usr/bin/gocache-warden cacheprog --shared /srv/shared")).unwrap();
+        let with_prog = contents_with(
+            "/srv/gocache",
+            Some("/usr/bin/gocache-warden cacheprog --shared /srv/shared"),
+        )
+        .unwrap();
         assert!(
             with_prog.ends_with(
                 "Environment=\"GOCACHE=/srv/gocache\"\nEnvironment=\"GOCACHEPROG=/usr/bin/gocache-warden cacheprog --shared /srv/shared\"\n"
