@@ -604,7 +604,12 @@ fn two_hundred_parallel_gets_and_puts_from_eight_instances_lose_nothing() {
     let dir = support::tempdir();
     let own = dir.path().join("own");
     std::fs::create_dir(&own).expect("mkdir own");
-    let args = vec!["--own".to_string(), own.display().to_string()];
+    // -v: any error the program counts is also said on stderr (shown when the test fails).
+    let args = vec![
+        "-v".to_string(),
+        "--own".to_string(),
+        own.display().to_string(),
+    ];
     // Eight instances at once; each puts 25 entries (10 of them the same for everyone, so
     // several processes write the same entry concurrently) and gets 25 others'.
     std::thread::scope(|s| {

@@ -196,7 +196,17 @@ impl Server {
         };
         let now = chrono::Utc::now().timestamp();
         if let Some(own) = &mut self.own {
-            match own.get(&action, now) {
+            // Another go process may rename a fresh copy over an entry between our statx and
+            // open (the identity check then refuses it): look again, as go would simply
+            // have read the new file.
+            let mut res = own.get(&action, now);
+            for _ in 0..2 {
+                if res.is_ok() {
+                    break;
+                }
+                res = own.get(&action, now);
+            }
+            match res {
                 Ok(Some((rec, path))) => {
                     self.counters.own_hits += 1;
                     return hit(rec, path.to_string_lossy().into_owned());
@@ -299,7 +309,10 @@ impl Server {
             return err("put without a valid ActionID and OutputID".into());
         };
         let mut dest = match &mut self.own {
-            Some(own) => match own.begin_put(&out, size) {
+            Some(own) => match own
+                .begin_put(&out, size)
+                .or_else(|_| own.begin_put(&out, size))
+            {
                 Ok(d) => Some(d),
                 Err(e) => {
                     note(self.verbose, || format!("own cache {:?}: {e}", own.root));
