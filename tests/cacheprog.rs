@@ -727,6 +727,22 @@ fn shared_hit_stays_readable_after_eviction_mtime_refresh_is_hourly_and_bad_inpu
             "{f:?} not refreshed after 30 min"
         );
     }
+    // A put of an output that plain `go run` cached as an executable (`<out>-d/NAME`): the
+    // verified file is reused; a broken such directory still gives the build a path (the
+    // body is kept in memory), never an error.
+    for (i, content) in [(8u32, body(8)), (9, b"broken".to_vec())] {
+        let o = sha256(&body(i));
+        let dir = own.join(format!("{:02x}/{}-d", o[0], hexname(&o)));
+        std::fs::create_dir_all(&dir).expect("mkdir exec");
+        std::fs::write(dir.join("prog"), &content).expect("write exec");
+        let r = p.put(&key(i, 4), &body(i));
+        assert!(r.get("Err").is_none(), "{r}");
+        let dp = r["DiskPath"].as_str().expect("DiskPath");
+        assert_eq!(std::fs::read(dp).expect("read"), body(i));
+        if i == 8 {
+            assert_eq!(Path::new(dp), dir.join("prog"), "the executable is reused");
+        }
+    }
     p.close();
     let c = counters(&own);
     assert_eq!(n(&c, "shared_hits"), 1, "{c}");

@@ -282,7 +282,7 @@ impl Server {
         let mut dest = own.begin_put(&h.rec.output, size).ok()?;
         let got = match &mut dest {
             PutDest::Temp { file: f, .. } => io::copy(&mut file, f),
-            PutDest::Present(s) => io::copy(&mut file, s),
+            PutDest::Present(s, _) => io::copy(&mut file, s),
         };
         let Ok(got) = got else {
             own.abort_put(&h.rec.output, dest);
@@ -329,7 +329,7 @@ impl Server {
         } else {
             match d {
                 PutDest::Temp { file, .. } => protocol::read_body(r, file),
-                PutDest::Present(s) => protocol::read_body(r, s),
+                PutDest::Present(s, _) => protocol::read_body(r, s),
             }
         };
         let got = match got {

@@ -241,8 +241,10 @@ pub enum PutDest {
         name: CString,
         file: Hashing<std::fs::File>,
     },
-    /// The output is already there, verified: the body is only hashed, to check the id.
-    Present(Hashing<io::Sink>),
+    /// The output is already there, verified (at this path relative to the root: a file,
+    /// or the file in an executable's directory that plain `go run` left): the body is only
+    /// hashed, to check the id.
+    Present(Hashing<io::Sink>, PathBuf),
 }
 
 impl Own {
@@ -317,12 +319,17 @@ impl Own {
     /// Chooses where a put's body goes: nowhere new if a verified copy of `out` of this
     /// size is already there, else a fresh temp file in the output's shard.
     pub fn begin_put(&mut self, out: &Hash, size: u64) -> io::Result<PutDest> {
-        if let Some(mut found) = open_output(self.shard(out)?, out)?
-            && found.rel.components().count() == 2
-            && found.st.size == size
-            && hash_reader(&mut found.file)?.0 == *out
-        {
-            return Ok(PutDest::Present(Hashing::new(io::sink())));
+        if let Some(mut found) = open_output(self.shard(out)?, out)? {
+            if found.st.size == size && hash_reader(&mut found.file)?.0 == *out {
+                return Ok(PutDest::Present(Hashing::new(io::sink()), found.rel));
+            }
+            if found.rel.components().count() != 2 {
+                // A broken executable directory: a file cannot be renamed over it, and it is
+                // the agent's to evict, not ours. The caller keeps the body elsewhere.
+                return Err(io::Error::other(
+                    "a bad executable entry holds this output id",
+                ));
+            }
         }
         self.seq += 1;
         let name = CString::new(format!(
@@ -369,11 +376,12 @@ impl Own {
         dest: PutDest,
     ) -> anyhow::Result<PathBuf> {
         match dest {
-            PutDest::Present(h) => {
+            PutDest::Present(h, rel) => {
                 let hash = h.finish().1;
                 if got != size || hash != *out {
                     bail!("body does not match its output id (got {got} of {size} bytes)");
                 }
+                return Ok(self.root.join(rel));
             }
             PutDest::Temp { name, file } => {
                 let (_, hash) = file.finish();
