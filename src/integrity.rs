@@ -356,7 +356,7 @@ pub fn findings(v: &Verified, policy: &crate::policy::CachePolicy) -> Vec<crate:
         Untrusted::Quarantine => Some("move them into gocache-warden-quarantine/ inside the cache"),
     };
     let fix = |what: &str| match act {
-        Some(a) => format!("enforce --verify would {a} (the policy's `untrusted`)"),
+        Some(a) => format!("{a} (with --verify, as the policy's `untrusted` says)"),
         None => format!(
             "{what}; set untrusted = \"evict\" or \"quarantine\" in the policy and run enforce --verify"
         ),
