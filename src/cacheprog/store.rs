@@ -290,30 +290,42 @@ impl Own {
     /// both entries' mtime the way cmd/go does. `None` is a miss (also for an output whose
     /// size is not the record's: cmd/go's `GetFile` treats that as a miss too).
     pub fn get(&mut self, action: &Hash, now: i64) -> io::Result<Option<(Record, PathBuf)>> {
-        let root = self.root.clone();
-        let shard = self.shard(action)?;
-        let Some((rec, ast)) = read_record(shard, action)? else {
+        let Some((rec, ast)) = read_record(self.shard(action)?, action)? else {
             return Ok(None);
         };
-        let Some(found) = (if action[0] == rec.output[0] {
-            open_output(shard, &rec.output)?
-        } else {
-            let out_shard = open_shard(&self.dir, &rec.output)?;
-            open_output(&out_shard, &rec.output)?
-        }) else {
-            return Ok(None);
-        };
-        if found.st.size != rec.size as u64 {
-            return Ok(None);
-        }
-        let shard = self.shard(action)?;
-        mark_used(shard, &entry_name(action, 'a'), &ast, now);
+        mark_used(self.shard(action)?, &entry_name(action, 'a'), &ast, now);
+        // The own cache is the user's: like go, look at the output's size only (one statx;
+        // an executable's directory is listed), without opening it.
         let out_shard = self.shard(&rec.output)?;
         let dname = entry_name(&rec.output, 'd');
-        if let Ok(dst) = out_shard.stat(&dname) {
-            mark_used(out_shard, &dname, &dst, now);
+        let dst = match out_shard.stat(&dname) {
+            Ok(st) => st,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let rel =
+            PathBuf::from(format!("{:02x}", rec.output[0])).join(crate::safefs::name_os(&dname));
+        let (size, rel) = match dst.kind() {
+            Kind::File => (dst.size, rel),
+            Kind::Dir => {
+                let x = out_shard.open_dir(&dname, &dst)?;
+                let names = x.list()?;
+                let [inner] = names.as_slice() else {
+                    return Ok(None);
+                };
+                let ist = x.stat(inner)?;
+                if ist.kind() != Kind::File {
+                    return Ok(None);
+                }
+                (ist.size, rel.join(crate::safefs::name_os(inner)))
+            }
+            _ => return Ok(None),
+        };
+        if size != rec.size as u64 {
+            return Ok(None);
         }
-        Ok(Some((rec, root.join(found.rel))))
+        mark_used(out_shard, &dname, &dst, now);
+        Ok(Some((rec, self.root.join(rel))))
     }
 
     /// Chooses where a put's body goes: nowhere new if a verified copy of `out` of this
