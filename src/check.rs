@@ -247,23 +247,7 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
             return r;
         }
     };
-    if let Some(g) = &p.group
-        && p.group_access
-            .is_some_and(|a| !a.has(crate::policy::Perm::W))
-    {
-        r.findings.push(finding(
-                "read-only-group-grant",
-                Severity::Error,
-                1,
-                format!(
-                    "the policy grants group {} only {}: members' builds fail with \"permission denied\" because go must create entries and rewrite trim.txt in the cache (measured with Go 1.27: exit status 1)",
-                    g.name,
-                    p.group_access.unwrap_or_default()
-                ),
-                "set group_access = \"rwx\" in the policy (go needs write access to share a cache)".into(),
-                false,
-            ));
-    }
+    trust_findings(&mut r, p);
     let opened = match &t.user {
         Some(u) => crate::users::open_root(path, u),
         None => Dir::open_root(path),
@@ -431,6 +415,71 @@ fn refuse(r: &mut CacheReport, path: &std::path::Path, why: &str) {
         false,
     ));
     r.refused = Some(msg);
+}
+
+/// What the group grant means for who can change whose builds (issue #14): go does not
+/// re-hash the outputs it uses, so write access to a shared cache is the power to put code
+/// into every other user's binaries.
+fn trust_findings(r: &mut CacheReport, p: &CachePolicy) {
+    let Some(g) = &p.group else {
+        return;
+    };
+    let Some(access) = p.group_access else {
+        return;
+    };
+    let writers = p
+        .trusted_writers
+        .iter()
+        .map(|w| w.spelled())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let cacheprog = "GOCACHEPROG=\"gocache-warden cacheprog\"";
+    if access.has(crate::policy::Perm::W) {
+        let declared = !p.trusted_writers.is_empty();
+        r.findings.push(finding(
+            "group-can-alter-builds",
+            if declared { Severity::Warning } else { Severity::Info },
+            1,
+            format!(
+                "group {} has {access}: every member can alter every member's builds (go does not re-hash a cached output before using it, so rewriting one of the same size, or adding an action record that names one's own output, injects code into the others' binaries){}",
+                g.name,
+                if declared {
+                    format!(", although only {writers} are trusted to write")
+                } else {
+                    String::new()
+                }
+            ),
+            format!(
+                "give the group r-x, name the writers in trusted_writers, and let members build with {cacheprog} (README: \"Shared caches without shared trust\")"
+            ),
+            false,
+        ));
+    } else if p.trusted_writers.is_empty() {
+        r.findings.push(finding(
+                "read-only-group-grant",
+                Severity::Error,
+                1,
+                format!(
+                    "the policy grants group {} only {access}: members' plain go builds fail with \"permission denied\" because go must create entries and rewrite trim.txt in the cache (measured with Go 1.27: exit status 1)",
+                    g.name,
+                ),
+                format!("keep r-x, set trusted_writers and give members {cacheprog} (the safe design), or set group_access = \"rwx\" (every member can then alter every member's builds)"),
+                false,
+            ));
+    } else {
+        r.findings.push(finding(
+            "read-only-shared",
+            Severity::Info,
+            1,
+            format!(
+                "group {} reads ({access}), only {writers} write: members build with {cacheprog} --shared {} (plain go fails with \"permission denied\" on its first write)",
+                g.name,
+                r.path.as_ref().map_or("PATH".into(), |p| p.display().to_string())
+            ),
+            format!("nothing to do: roll {cacheprog} out to members (GOROOT/go.env or /etc/profile.d)"),
+            false,
+        ));
+    }
 }
 
 fn finding(
@@ -640,12 +689,60 @@ pub fn environment(env: &GoEnv, res: &goenv::Resolution) -> Vec<Finding> {
         .collect()
 }
 
+/// What `gocache-warden cacheprog` counted for the user of this (own) cache: the shared
+/// caches' worth to them.
+fn cacheprog_finding(c: &mut CacheReport) {
+    let (Some(path), true, CacheKind::Build) = (&c.path, c.exists, c.kind) else {
+        return;
+    };
+    let Ok(Some(s)) = crate::cacheprog::stats::read(path) else {
+        return;
+    };
+    let gets = s.shared_hits + s.own_hits + s.misses;
+    c.findings.push(Finding {
+        kind: "cache-program".into(),
+        severity: Severity::Info,
+        count: s.shared_hits,
+        bytes: Some(s.shared_hit_bytes),
+        message: format!(
+            "the cache program served {} of {gets} gets from shared caches ({} bytes not rebuilt), {} from this cache, {} missed; {} puts; refused {} tampered and {} untrusted shared entries",
+            s.shared_hits, s.shared_hit_bytes, s.own_hits, s.misses, s.puts, s.shared_tampered, s.shared_untrusted
+        ),
+        fix: "nothing to do".into(),
+        auto_fix: false,
+        examples: vec![],
+    });
+}
+
+/// Recomputes the verdict after findings were added (e.g. by `--verify`).
+pub fn recompute(r: &mut Report) {
+    let counts = |f: &&Finding| f.severity != Severity::Info;
+    let violations = r
+        .caches
+        .iter()
+        .flat_map(|c| &c.findings)
+        .chain(&r.environment)
+        .any(|f| counts(&f));
+    let failed = r.caches.iter().any(|c| c.inspect_error.is_some());
+    r.exit_code = if failed {
+        3
+    } else if violations {
+        1
+    } else {
+        0
+    };
+    r.compliant = !violations && !failed;
+}
+
 /// Runs the whole check.
 pub fn run(policy: &Policy, scope: Scope, env: &GoEnv) -> Report {
     let now = now();
     let (targets, res) = targets(policy, scope, env);
     let mut caches: Vec<CacheReport> = targets.iter().map(|t| inspect_target(t, now)).collect();
     crate::headroom::explain(&targets, &mut caches);
+    for c in &mut caches {
+        cacheprog_finding(c);
+    }
     let environment = if policy.caches.iter().any(|c| c.path == CachePath::Auto) {
         environment(env, &res)
     } else {

@@ -58,6 +58,10 @@ pub enum Command {
         /// Machine-readable report (schema gocache-warden.check/v1).
         #[arg(long)]
         json: bool,
+        /// Also hash every output of the build caches (a `-d` must have the SHA-256 its
+        /// name states) and check owners against trusted_writers.
+        #[arg(long)]
+        verify: bool,
     },
     /// Bring the policy's caches to policy: evict by age and size (LRU), fix group, setgid,
     /// ACLs and other access, rewrite trim.txt. Prints the plan, then what was done.
@@ -73,6 +77,10 @@ pub enum Command {
         /// --dry-run), 1 on failure: for Ansible/Salt/Puppet `changed` detection.
         #[arg(long)]
         detailed_exitcode: bool,
+        /// Also verify the build caches' outputs and owners, and evict or quarantine what
+        /// fails as each cache's `untrusted` setting says.
+        #[arg(long)]
+        verify: bool,
     },
     /// Run as the agent (a Type=notify systemd service): sweep on a timer and on growth,
     /// reload on SIGHUP, stop on SIGTERM.
@@ -92,6 +100,23 @@ pub enum Command {
     /// Validate and show policies.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// A GOCACHEPROG for Go >= 1.24: serves builds from shared read-only caches (every
+    /// output re-hashed, entries of untrusted writers refused) and the user's own cache,
+    /// and writes only to the own cache. Use as GOCACHEPROG="gocache-warden cacheprog
+    /// --shared /srv/gocache --trusted @cachewriters"; it speaks JSON on stdin/stdout.
+    Cacheprog {
+        /// A shared read-only cache (Go's layout), searched after the own cache. Repeatable.
+        /// Default: the system policy's build caches that have trusted_writers.
+        #[arg(long, value_name = "DIR")]
+        shared: Vec<PathBuf>,
+        /// Who may have written the --shared caches' entries: a user or @group
+        /// (repeatable). Without it, entries are still re-hashed but any owner is accepted.
+        #[arg(long, value_name = "USER|@GROUP", requires = "shared")]
+        trusted: Vec<String>,
+        /// The own cache (default: GOCACHE as `go env GOCACHE` resolves it).
+        #[arg(long, value_name = "DIR")]
+        own: Option<PathBuf>,
+    },
     /// Alert sinks.
     #[command(subcommand)]
     Alert(AlertCommand),
@@ -191,6 +216,38 @@ pub fn main() -> i32 {
 
 fn run(cli: &Cli, scope: Scope) -> anyhow::Result<i32> {
     match &cli.command {
+        Command::Cacheprog {
+            shared,
+            trusted,
+            own,
+        } => {
+            let shared = if shared.is_empty() {
+                // The system policy says which caches are shared and who writes them. It is
+                // read as the invoking user; a policy that does not load only costs hits.
+                match policy::load_for(Scope::System, &cli.policy) {
+                    Ok(p) => crate::cacheprog::shared_from_policy(&p),
+                    Err(e) => {
+                        if cli.verbose > 0 {
+                            eprintln!("gocache-warden cacheprog: policy: {e}; no shared caches");
+                        }
+                        Vec::new()
+                    }
+                }
+            } else {
+                shared
+                    .iter()
+                    .map(|p| crate::cacheprog::SharedSpec {
+                        path: p.clone(),
+                        trusted: trusted.clone(),
+                    })
+                    .collect()
+            };
+            Ok(crate::cacheprog::run(&crate::cacheprog::Options {
+                own: own.clone(),
+                shared,
+                verbose: cli.verbose > 0,
+            }))
+        }
         Command::Policy(PolicyCommand::Validate { paths }) => {
             let explicit = if paths.is_empty() { &cli.policy } else { paths };
             match policy::load_for(scope, explicit) {
@@ -234,6 +291,7 @@ fn run(cli: &Cli, scope: Scope) -> anyhow::Result<i32> {
             dry_run,
             json,
             detailed_exitcode,
+            verify,
         } => {
             let p = match policy::load_for(scope, &cli.policy) {
                 Ok(p) => p,
@@ -247,7 +305,7 @@ fn run(cli: &Cli, scope: Scope) -> anyhow::Result<i32> {
                     });
                 }
             };
-            enforce(&p, scope, *dry_run, *json, *detailed_exitcode)
+            enforce(&p, scope, *dry_run, *json, *detailed_exitcode, *verify)
         }
         Command::GenerateAssets { dir } => {
             generate_assets(dir)?;
@@ -277,7 +335,7 @@ fn run(cli: &Cli, scope: Scope) -> anyhow::Result<i32> {
             };
             alert_test(&p)
         }
-        Command::Check { json } => {
+        Command::Check { json, verify } => {
             let p = match policy::load_for(scope, &cli.policy) {
                 Ok(p) => p,
                 Err(e) => {
@@ -285,7 +343,10 @@ fn run(cli: &Cli, scope: Scope) -> anyhow::Result<i32> {
                     return Ok(EXIT_USAGE);
                 }
             };
-            let report = check::run(&p, scope, &GoEnv::from_process());
+            let mut report = check::run(&p, scope, &GoEnv::from_process());
+            if *verify {
+                crate::integrity::verify_report(&mut report, &p, false);
+            }
             if *json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -302,19 +363,44 @@ fn enforce(
     dry_run: bool,
     json: bool,
     detailed: bool,
+    verify: bool,
 ) -> anyhow::Result<i32> {
     let mut sweep = crate::sweep::run(p, scope, &GoEnv::from_process(), dry_run);
+    // After the sweep: verification acts on what eviction left. Under --dry-run it only
+    // reports (the policy's action is what enforce would do).
+    let verified = verify.then(|| {
+        let mut report = check::run(p, scope, &GoEnv::from_process());
+        crate::integrity::verify_report(&mut report, p, !dry_run)
+    });
+    let verify_json: Vec<serde_json::Value> = verified
+        .iter()
+        .flatten()
+        .map(|(path, r)| match r {
+            Ok(v) => serde_json::json!({"path": path, "verified": v}),
+            Err(e) => serde_json::json!({"path": path, "error": format!("{e:#}")}),
+        })
+        .collect();
+    let verify_failures: u64 = verified
+        .iter()
+        .flatten()
+        .map(|(_, r)| r.as_ref().map_or(1, |v| v.failed))
+        .sum();
+    let verify_changed = verified
+        .iter()
+        .flatten()
+        .any(|(_, r)| r.as_ref().is_ok_and(|v| v.evicted + v.quarantined > 0));
     if dry_run && json {
         // The JSON of a dry run also carries what apply would do, entry rule by entry rule.
         sweep.outcome = Some(crate::apply::apply(&sweep.plan, true));
     }
     let (plan, outcome, inspect_failed) = (&sweep.plan, &sweep.outcome, sweep.inspect_failed());
-    let changed = if dry_run {
-        !plan.is_empty()
-    } else {
-        outcome.as_ref().is_some_and(|o| o.changed())
-    };
-    let failures = outcome.as_ref().map_or(0, |o| o.failures());
+    let changed = verify_changed
+        || if dry_run {
+            !plan.is_empty()
+        } else {
+            outcome.as_ref().is_some_and(|o| o.changed())
+        };
+    let failures = outcome.as_ref().map_or(0, |o| o.failures()) + verify_failures;
     if json {
         let doc = serde_json::json!({
             "schema": "gocache-warden.enforce/v1",
@@ -324,6 +410,10 @@ fn enforce(
             "outcome": outcome,
             "duration_seconds": sweep.duration.as_secs_f64(),
         });
+        let mut doc = doc;
+        if verify {
+            doc["verify"] = serde_json::Value::Array(verify_json);
+        }
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!("{plan}");
@@ -343,6 +433,22 @@ fn enforce(
                         c.path.display()
                     );
                 }
+            }
+        }
+        for (path, r) in verified.iter().flatten() {
+            match r {
+                Ok(v) => println!(
+                    "verify {}: {} outputs hashed, {} tampered, {} untrusted, {} unverifiable; {} evicted, {} quarantined, {} failed",
+                    path.display(),
+                    v.outputs,
+                    v.tampered,
+                    v.untrusted,
+                    v.unverifiable,
+                    v.evicted,
+                    v.quarantined,
+                    v.failed
+                ),
+                Err(e) => println!("verify {}: {e:#}", path.display()),
             }
         }
     }

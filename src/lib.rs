@@ -9,6 +9,8 @@ pub mod acl;
 pub mod alert;
 /// `apply`: the only code that changes caches.
 pub mod apply;
+/// `cacheprog`: a GOCACHEPROG serving shared read-only caches with verified outputs.
+pub mod cacheprog;
 /// `check`: resolve the policy's caches, inspect them, explain deviations.
 pub mod check;
 /// Command-line interface and exit codes.
@@ -21,6 +23,8 @@ pub mod failpoint;
 pub mod goenv;
 /// Filesystem headroom: `min_free`, `min_free_inodes`, eviction across caches, the poll.
 pub mod headroom;
+/// Integrity of build caches: outputs re-hashed, owners against trusted writers.
+pub mod integrity;
 /// Tracing to the journal or stderr, and the structured field contract.
 pub mod logging;
 /// Prometheus metrics: the model, textfile and HTTP outputs.

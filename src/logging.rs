@@ -113,9 +113,12 @@ pub mod action {
     pub const RELOAD_FAILED: &str = "reload-failed";
     pub const SWEEP: &str = "sweep";
     pub const STARTUP: &str = "startup";
+    /// `enforce --verify` evicted or quarantined a tampered or untrusted entry.
+    pub const INTEGRITY: &str = "integrity";
+    pub const INTEGRITY_FAILED: &str = "integrity-failed";
 
     /// Every action, for tests and documentation.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 14] = [
         ACL_FIX,
         MODE_FIX,
         GROUP_FIX,
@@ -128,6 +131,8 @@ pub mod action {
         RELOAD_FAILED,
         SWEEP,
         STARTUP,
+        INTEGRITY,
+        INTEGRITY_FAILED,
     ];
 }
 

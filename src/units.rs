@@ -38,6 +38,7 @@ pub fn rules(policy: &Policy, scope: Scope) -> Vec<systemd::UnitRule> {
                 patterns: u.patterns.clone(),
                 require_gocache: u.require_gocache,
                 value: u.gocache.clone(),
+                gocacheprog: u.gocacheprog.clone(),
                 allowed,
                 mode: match u.remediation {
                     Remediation::Report => RemediationMode::Report,

@@ -162,6 +162,7 @@ async fn system_scope_lists_units_of_both_users_over_private_sockets() {
         patterns: vec!["w-*.service".into()],
         require_gocache: true,
         value: None,
+        gocacheprog: None,
         allowed: vec!["/srv/gocache".into()],
         mode: RemediationMode::Report,
     }];
@@ -322,6 +323,7 @@ async fn dropin_remediation_is_applied_reloaded_and_verified() {
         patterns: vec!["w-*.service".into()],
         require_gocache: true,
         value: Some("%h/gocache".into()),
+        gocacheprog: None,
         allowed: vec![a.user.home.join("gocache"), b.user.home.join("gocache")],
         mode: RemediationMode::DropIn,
     }];
@@ -466,6 +468,7 @@ async fn a_missing_system_bus_or_stale_socket_does_not_stop_the_sweep() {
         patterns: vec!["w-*.service".into()],
         require_gocache: true,
         value: None,
+        gocacheprog: None,
         allowed: vec![],
         mode: RemediationMode::Report,
     }];

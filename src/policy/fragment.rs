@@ -106,6 +106,11 @@ pub struct CacheFragment {
     pub min_free: S<SizeValue>,
     /// Headroom of the filesystem's inodes, a share.
     pub min_free_inodes: S<String>,
+    /// Who may write the cache (`user` or `@group`); everyone else only reads, through
+    /// `gocache-warden cacheprog`.
+    pub trusted_writers: S<Vec<String>>,
+    /// What `enforce --verify` does with tampered outputs and entries of untrusted owners.
+    pub untrusted: S<String>,
     pub alerts: Option<CacheAlertsFragment>,
 }
 
@@ -125,6 +130,8 @@ pub struct UnitsFragment {
     pub managers: S<String>,
     pub require_gocache: S<bool>,
     pub gocache: S<String>,
+    /// GOCACHEPROG a drop-in sets along with GOCACHE.
+    pub gocacheprog: S<String>,
     pub remediation: S<String>,
 }
 
@@ -182,7 +189,9 @@ impl Fragment {
                 rewrite_trim,
                 min_free,
                 min_free_inodes,
-                users
+                users,
+                trusted_writers,
+                untrusted
             );
             if let Some(a) = c.alerts {
                 let b = base.alerts.get_or_insert_with(Default::default);
@@ -199,6 +208,7 @@ impl Fragment {
                 managers,
                 require_gocache,
                 gocache,
+                gocacheprog,
                 remediation
             );
         }

@@ -249,6 +249,34 @@ pub enum Users {
     Names(Vec<String>),
 }
 
+/// What `enforce --verify` does with a tampered output or an entry of an untrusted owner.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Untrusted {
+    #[default]
+    Report,
+    Evict,
+    Quarantine,
+}
+
+/// A trusted writer of a cache: a user, or every member of a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Writer {
+    User(UserSpec),
+    Group(GroupSpec),
+}
+
+impl Writer {
+    /// As written in the policy: `name` or `@group`.
+    pub fn spelled(&self) -> String {
+        match self {
+            Writer::User(u) => u.name.clone(),
+            Writer::Group(g) => format!("@{}", g.name),
+        }
+    }
+}
+
 /// A user named in the policy, resolved when the policy was loaded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UserSpec {
@@ -282,6 +310,9 @@ pub struct CachePolicy {
     pub min_free: Option<SizeLimit>,
     /// Keep at least this share of the filesystem's inodes free.
     pub min_free_inodes_percent: Option<f64>,
+    /// Who may write the cache; empty: not declared (anyone with write access).
+    pub trusted_writers: Vec<Writer>,
+    pub untrusted: Untrusted,
     pub alert_size_percent: f64,
     pub alert_inode_percent: f64,
 }
@@ -309,6 +340,8 @@ pub struct UnitPolicy {
     pub require_gocache: bool,
     /// The value a remediation sets; systemd specifiers such as `%h` allowed.
     pub gocache: Option<String>,
+    /// GOCACHEPROG a drop-in sets along with GOCACHE (e.g. the cache program).
+    pub gocacheprog: Option<String>,
     pub remediation: Remediation,
 }
 

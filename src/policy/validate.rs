@@ -323,6 +323,38 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
             );
         }
     }
+    let trusted_writers = ctx
+        .parse(&c.trusted_writers, |ws| {
+            if ws.is_empty() {
+                return Err("trusted_writers is empty: name at least one user or @group".into());
+            }
+            if kind == CacheKind::Module {
+                return Err(
+                    "trusted_writers applies to build caches (the cache program serves GOCACHE)"
+                        .into(),
+                );
+            }
+            ws.iter()
+                .map(|w| parse_writer(w))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap_or_default();
+    let untrusted = ctx
+        .parse(&c.untrusted, |u| match u.as_str() {
+            "report" => Ok(Untrusted::Report),
+            "evict" => Ok(Untrusted::Evict),
+            "quarantine" => Ok(Untrusted::Quarantine),
+            _ => Err(format!(
+                "unknown untrusted {u:?}: expected \"report\", \"evict\" or \"quarantine\""
+            )),
+        })
+        .unwrap_or_default();
+    if let (Some(at), CacheKind::Module) = (&c.untrusted, kind) {
+        ctx.err(
+            at,
+            "untrusted applies to build caches (their outputs are hashed)",
+        );
+    }
     let alerts = c.alerts.clone().unwrap_or_default();
     let alert_size_percent = ctx
         .parse(&alerts.size_percent, |s| parse_percent(s))
@@ -351,6 +383,8 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
         users,
         min_free,
         min_free_inodes_percent,
+        trusted_writers,
+        untrusted,
         alert_size_percent,
         alert_inode_percent,
     })
@@ -458,6 +492,16 @@ fn units(ctx: &mut Ctx, name: &str, u: &fragment::UnitsFragment) -> Option<UnitP
             ))
         }
     });
+    let gocacheprog = ctx.parse(&u.gocacheprog, |v| {
+        if v.trim().is_empty() || v.chars().any(char::is_control) {
+            Err(format!("gocacheprog {v:?} must be a command line"))
+        } else {
+            Ok(v.clone())
+        }
+    });
+    if let (Some(at), None) = (&u.gocacheprog, &gocache) {
+        ctx.err(at, "gocacheprog is written with gocache: set `gocache` too");
+    }
     if let (Some(at), None) = (&u.remediation, &gocache)
         && remediation == Remediation::DropIn
     {
@@ -475,6 +519,7 @@ fn units(ctx: &mut Ctx, name: &str, u: &fragment::UnitsFragment) -> Option<UnitP
         managers,
         require_gocache: u.require_gocache.as_ref().is_none_or(|r| r.value),
         gocache,
+        gocacheprog,
         remediation,
     })
 }
@@ -525,4 +570,29 @@ fn alert(ctx: &mut Ctx, name: &str, a: &fragment::AlertFragment) -> Option<Alert
         command,
         renotify,
     })
+}
+
+/// `name` (a user) or `@name` (a group), resolved now so a typo is an error with its place.
+fn parse_writer(w: &str) -> Result<Writer, String> {
+    if let Some(g) = w.strip_prefix('@') {
+        match nix::unistd::Group::from_name(g) {
+            Ok(Some(gr)) => Ok(Writer::Group(GroupSpec {
+                name: g.to_string(),
+                gid: gr.gid.as_raw(),
+            })),
+            Ok(None) => Err(format!("unknown group {g:?} in trusted_writers")),
+            Err(e) => Err(format!("cannot look up group {g:?}: {e}")),
+        }
+    } else {
+        match nix::unistd::User::from_name(w) {
+            Ok(Some(u)) => Ok(Writer::User(UserSpec {
+                name: w.to_string(),
+                uid: u.uid.as_raw(),
+            })),
+            Ok(None) => Err(format!(
+                "unknown user {w:?} in trusted_writers (a group is \"@name\")"
+            )),
+            Err(e) => Err(format!("cannot look up user {w:?}: {e}")),
+        }
+    }
 }

@@ -15,7 +15,8 @@ use serde::Serialize;
 pub enum Class {
     Root,
     Shard,
-    /// README, trim.txt, testexpire.txt, log.txt: never evicted.
+    /// README, trim.txt, testexpire.txt, log.txt, the cache program's counters: never
+    /// evicted.
     Meta,
     /// fuzz/ and everything under it: Go's fuzzing corpus, never evicted by us.
     Fuzz,
@@ -29,7 +30,14 @@ pub enum Class {
     Module,
 }
 
-pub const META_FILES: [&[u8]; 4] = [b"README", b"trim.txt", b"testexpire.txt", b"log.txt"];
+pub const META_FILES: [&[u8]; 5] = [
+    b"README",
+    b"trim.txt",
+    b"testexpire.txt",
+    b"log.txt",
+    // `gocache-warden cacheprog`'s per-user counters (see `cacheprog::stats`).
+    b"gocache-warden-cacheprog.json",
+];
 
 /// The first line of the README cmd/go writes into every build cache it creates.
 pub const GO_README: &[u8] =

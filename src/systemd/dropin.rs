@@ -87,11 +87,16 @@ impl DropInTarget {
 /// `EXTRACT_CUNESCAPE|EXTRACT_UNQUOTE`, so inside double quotes `\` and `"` need a backslash.
 /// `%` is left alone on purpose: specifiers are part of the policy value.
 pub fn environment_line(value: &str) -> Result<String> {
+    env_assignment("GOCACHE", value)
+}
+
+/// `Environment="NAME=value"`, quoted as [`environment_line`] says.
+fn env_assignment(name: &str, value: &str) -> Result<String> {
     if let Some(c) = value.chars().find(|c| c.is_control()) {
-        bail!("GOCACHE value {value:?} contains control character {c:?}");
+        bail!("{name} value {value:?} contains control character {c:?}");
     }
     specifiers::validate(value).map_err(anyhow::Error::msg)?;
-    let mut line = String::from("Environment=\"GOCACHE=");
+    let mut line = format!("Environment=\"{name}=");
     for c in value.chars() {
         if c == '\\' || c == '"' {
             line.push('\\');
@@ -104,9 +109,19 @@ pub fn environment_line(value: &str) -> Result<String> {
 
 /// The whole drop-in file.
 pub fn contents(value: &str) -> Result<String> {
+    contents_with(value, None)
+}
+
+/// The drop-in, also setting GOCACHEPROG (the cache program that serves a read-only shared
+/// cache) when the rule has one. `%` in it must be a valid specifier (`%%` for a literal).
+pub fn contents_with(value: &str, gocacheprog: Option<&str>) -> Result<String> {
+    let prog = match gocacheprog {
+        Some(p) => format!("{}\n", env_assignment("GOCACHEPROG", p)?),
+        None => String::new(),
+    };
     Ok(format!(
         "# Written by gocache-warden to set GOCACHE for this unit; remove the file to undo.\n\
-         [Service]\n{}\n",
+         [Service]\n{}\n{prog}",
         environment_line(value)?
     ))
 }
@@ -374,6 +389,17 @@ mod tests {
             Written::Unchanged
         );
         let other = contents("/srv/other").unwrap();
+        let with_prog = contents_with(
+            "/srv/gocache",
+            Some("/usr/bin/gocache-warden cacheprog --shared /srv/shared"),
+        )
+        .unwrap();
+        assert!(
+            with_prog.ends_with(
+                "Environment=\"GOCACHE=/srv/gocache\"\nEnvironment=\"GOCACHEPROG=/usr/bin/gocache-warden cacheprog --shared /srv/shared\"\n"
+            ),
+            "{with_prog}"
+        );
         assert_eq!(
             write(&target, "a.service", &other).unwrap(),
             Written::Replaced

@@ -126,7 +126,7 @@ pub fn plan(inspection: &Inspection, rules: &[UnitRule]) -> Plan {
             )));
             continue;
         }
-        let contents = match dropin::contents(value) {
+        let contents = match dropin::contents_with(value, rule.gocacheprog.as_deref()) {
             Ok(c) => c,
             Err(e) => {
                 out.skipped.push(skip(format!("{e:#}")));

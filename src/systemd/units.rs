@@ -38,6 +38,8 @@ pub struct UnitRule {
     pub require_gocache: bool,
     /// GOCACHE a remediation sets; `%h %u %U %t %S %C %%` allowed (see `specifiers.rs`).
     pub value: Option<String>,
+    /// GOCACHEPROG a remediation's drop-in sets along with GOCACHE.
+    pub gocacheprog: Option<String>,
     /// GOCACHE paths the policy accepts; empty accepts any absolute path.
     pub allowed: Vec<PathBuf>,
     pub mode: RemediationMode,
@@ -654,6 +656,7 @@ mod tests {
             patterns: vec!["*.service".into()],
             require_gocache: require,
             value: Some("/srv/gocache".into()),
+            gocacheprog: None,
             allowed: allowed.iter().map(PathBuf::from).collect(),
             mode: RemediationMode::Report,
         }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod deb;
+pub mod gobuild;
 pub mod journald;
 pub mod usermgr;
 pub mod vm;

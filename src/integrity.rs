@@ -1,0 +1,477 @@
+//! Integrity of a build cache (`check --verify`, `enforce --verify`): every output must have
+//! the SHA-256 its name states (`<hex>-d`, and the one file inside an executable's `-d/`
+//! directory, whose content hash is the same OutputID), and, when the policy names
+//! `trusted_writers`, every action record and output must be owned by one of them.
+//!
+//! Go itself never re-hashes an output before using it, so this is what catches a poisoned
+//! shared cache. The walk goes through `safefs` handles (no symlink followed, no mount
+//! crossed, hardlinked files never read); outputs are read with `O_NOATIME` where
+//! permitted, so verifying does not look like use. What it finds is reported, or — with
+//! `untrusted = "evict" | "quarantine"` and `enforce --verify` — removed or moved into
+//! `ROOT/gocache-warden-quarantine/`, inside the cache, by `renameat` between directory
+//! fds after re-checking the entry's identity. Besides `apply`, this is the only code that
+//! removes anything from a cache (see README, "Architecture").
+
+use crate::cacheprog::store::{Hash, Trust, hash_reader};
+use crate::policy::Untrusted;
+use crate::safefs::{Dir, Kind, Stat, name_os};
+use crate::scan::layout;
+use serde::Serialize;
+use std::ffi::{CStr, CString};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// The quarantine directory inside a cache root.
+pub const QUARANTINE: &str = "gocache-warden-quarantine";
+/// Examples kept per kind of problem.
+const EXAMPLES: usize = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Problem {
+    /// An output whose content does not hash to its name.
+    Tampered,
+    /// An entry owned by a UID outside the trusted writers.
+    Untrusted,
+    /// An output that cannot be verified (hardlinked, unreadable).
+    Unverifiable,
+}
+
+/// What a verification pass found and did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Verified {
+    pub outputs: u64,
+    pub bytes_hashed: u64,
+    pub tampered: u64,
+    pub untrusted: u64,
+    pub unverifiable: u64,
+    /// Entries removed (`evict`) or moved into the quarantine (`quarantine`).
+    pub evicted: u64,
+    pub quarantined: u64,
+    /// Actions that failed (the entry stays; reported again next pass).
+    pub failed: u64,
+    pub examples: Vec<(Problem, PathBuf)>,
+    pub seconds: f64,
+}
+
+/// What to do with a problem entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    Report,
+    Evict,
+    Quarantine,
+}
+
+impl Act {
+    pub fn from_policy(u: Untrusted, apply: bool) -> Act {
+        match (apply, u) {
+            (false, _) | (_, Untrusted::Report) => Act::Report,
+            (true, Untrusted::Evict) => Act::Evict,
+            (true, Untrusted::Quarantine) => Act::Quarantine,
+        }
+    }
+}
+
+struct Shared<'a> {
+    root: &'a Dir,
+    quarantine: Option<Dir>,
+    act: Act,
+    outputs: AtomicU64,
+    bytes: AtomicU64,
+    tampered: AtomicU64,
+    untrusted: AtomicU64,
+    unverifiable: AtomicU64,
+    evicted: AtomicU64,
+    quarantined: AtomicU64,
+    failed: AtomicU64,
+    examples: Mutex<Vec<(Problem, PathBuf)>>,
+}
+
+/// Verifies the cache at `root`. `trust`: the policy's trusted writers (`None`: no owner
+/// check). With `act` other than `Report`, problem entries are evicted or quarantined.
+pub fn verify(root: &Path, trust: Option<&Trust>, act: Act) -> anyhow::Result<Verified> {
+    use anyhow::Context;
+    let t0 = std::time::Instant::now();
+    let dir = Dir::open_root(root).with_context(|| format!("cannot open {root:?}"))?;
+    let quarantine =
+        if act == Act::Quarantine {
+            Some(quarantine_dir(&dir).with_context(|| {
+                format!("cannot open the quarantine {:?}", root.join(QUARANTINE))
+            })?)
+        } else {
+            None
+        };
+    let shards: Vec<CString> = dir
+        .list()
+        .with_context(|| format!("cannot list {root:?}"))?
+        .into_iter()
+        .filter(|n| layout::is_shard(n.to_bytes()))
+        .collect();
+    let s = Shared {
+        root: &dir,
+        quarantine,
+        act,
+        outputs: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        tampered: AtomicU64::new(0),
+        untrusted: AtomicU64::new(0),
+        unverifiable: AtomicU64::new(0),
+        evicted: AtomicU64::new(0),
+        quarantined: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        examples: Mutex::new(Vec::new()),
+    };
+    let next = AtomicUsize::new(0);
+    // Hashing is CPU-bound on a warm cache and I/O-bound on a cold one: one thread per
+    // core keeps both busy without flooding a shared build machine.
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(8);
+    std::thread::scope(|sc| {
+        for _ in 0..threads {
+            let trust = trust.cloned();
+            let (s, shards, next) = (&s, &shards, &next);
+            sc.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(name) = shards.get(i) else { break };
+                    if shard(s, name, trust.as_ref()).is_err() {
+                        s.failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+    });
+    let examples = s.examples.into_inner().unwrap_or_else(|e| e.into_inner());
+    Ok(Verified {
+        outputs: s.outputs.into_inner(),
+        bytes_hashed: s.bytes.into_inner(),
+        tampered: s.tampered.into_inner(),
+        untrusted: s.untrusted.into_inner(),
+        unverifiable: s.unverifiable.into_inner(),
+        evicted: s.evicted.into_inner(),
+        quarantined: s.quarantined.into_inner(),
+        failed: s.failed.into_inner(),
+        examples,
+        seconds: t0.elapsed().as_secs_f64(),
+    })
+}
+
+/// Opens (creating it, 0700) the quarantine directory beneath the root; it must be a real
+/// directory on the same filesystem.
+fn quarantine_dir(root: &Dir) -> std::io::Result<Dir> {
+    let name = c"gocache-warden-quarantine";
+    match root.stat(name) {
+        Ok(st) if st.kind() == Kind::Dir => root.open_dir(name, &st),
+        Ok(_) => Err(std::io::Error::other("quarantine is not a directory")),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => root.mkdir(name, 0o700),
+        Err(e) => Err(e),
+    }
+}
+
+fn decode(name: &[u8]) -> Option<Hash> {
+    let mut h = [0u8; 32];
+    for (i, pair) in name.get(..64)?.chunks(2).enumerate() {
+        h[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+    }
+    Some(h)
+}
+
+fn shard(s: &Shared<'_>, name: &CStr, trust: Option<&Trust>) -> std::io::Result<()> {
+    let st = s.root.stat(name)?;
+    if st.kind() != Kind::Dir {
+        return Ok(());
+    }
+    let d = s.root.open_dir(name, &st)?;
+    for entry in d.list()? {
+        let Some(suffix) = layout::entry_suffix(entry.to_bytes()) else {
+            continue;
+        };
+        let Ok(est) = d.stat(&entry) else { continue };
+        let rel = PathBuf::from(name_os(name)).join(name_os(&entry));
+        let untrusted = |uid: u32| trust.is_some_and(|t| !t.allows(uid));
+        let problem = match (suffix, est.kind()) {
+            (b'a', Kind::File) => untrusted(est.uid).then_some(Problem::Untrusted),
+            (b'd', Kind::File) => {
+                if untrusted(est.uid) {
+                    Some(Problem::Untrusted)
+                } else {
+                    check_output(s, &d, &entry, &est, entry.to_bytes())
+                }
+            }
+            (b'd', Kind::Dir) => exec_problem(s, &d, &entry, &est, trust),
+            // A symlink, FIFO or device under an entry's name is never Go's doing, and `go`
+            // would follow a symlink: it could point a build at any file.
+            _ => Some(Problem::Tampered),
+        };
+        if let Some(p) = problem {
+            note(s, p, rel, &d, &entry, &est, name);
+        }
+    }
+    Ok(())
+}
+
+/// An executable's `-d/` directory: owner of the directory and its file, and the file's
+/// hash against the directory's name.
+fn exec_problem(
+    s: &Shared<'_>,
+    d: &Dir,
+    entry: &CStr,
+    est: &Stat,
+    trust: Option<&Trust>,
+) -> Option<Problem> {
+    let untrusted = |uid: u32| trust.is_some_and(|t| !t.allows(uid));
+    if untrusted(est.uid) {
+        return Some(Problem::Untrusted);
+    }
+    let Ok(x) = d.open_dir(entry, est) else {
+        return Some(Problem::Unverifiable);
+    };
+    let Ok(names) = x.list() else {
+        return Some(Problem::Unverifiable);
+    };
+    for n in &names {
+        match x.stat(n) {
+            Ok(ist) if untrusted(ist.uid) => return Some(Problem::Untrusted),
+            Ok(_) => {}
+            Err(_) => return Some(Problem::Unverifiable),
+        }
+    }
+    // Go writes exactly one file; anything else is not Go's doing.
+    let [inner] = names.as_slice() else {
+        return Some(Problem::Tampered);
+    };
+    let Ok(ist) = x.stat(inner) else {
+        return Some(Problem::Unverifiable);
+    };
+    if ist.kind() != Kind::File {
+        return Some(Problem::Tampered);
+    }
+    check_output(s, &x, inner, &ist, entry.to_bytes())
+}
+
+/// Hashes one output file and compares with the id in `id_name` (`<hex>-d`).
+fn check_output(
+    s: &Shared<'_>,
+    d: &Dir,
+    name: &CStr,
+    st: &Stat,
+    id_name: &[u8],
+) -> Option<Problem> {
+    let want = decode(id_name)?;
+    let Ok(mut f) = d.open_read(name, st) else {
+        return Some(Problem::Unverifiable);
+    };
+    let Ok((got, n)) = hash_reader(&mut f) else {
+        return Some(Problem::Unverifiable);
+    };
+    s.outputs.fetch_add(1, Ordering::Relaxed);
+    s.bytes.fetch_add(n, Ordering::Relaxed);
+    (got != want).then_some(Problem::Tampered)
+}
+
+fn note(s: &Shared<'_>, p: Problem, rel: PathBuf, d: &Dir, entry: &CStr, est: &Stat, shard: &CStr) {
+    match p {
+        Problem::Tampered => &s.tampered,
+        Problem::Untrusted => &s.untrusted,
+        Problem::Unverifiable => &s.unverifiable,
+    }
+    .fetch_add(1, Ordering::Relaxed);
+    {
+        let mut ex = s.examples.lock().unwrap_or_else(|e| e.into_inner());
+        if ex.iter().filter(|(q, _)| *q == p).count() < EXAMPLES {
+            ex.push((p, rel));
+        }
+    }
+    let done = match s.act {
+        Act::Report => return,
+        Act::Evict => evict(d, entry, est).map(|_| &s.evicted),
+        Act::Quarantine => match &s.quarantine {
+            Some(q) => quarantine(d, entry, est, q, shard).map(|_| &s.quarantined),
+            None => Err(std::io::Error::other("no quarantine")),
+        },
+    };
+    match done {
+        Ok(c) => {
+            c.fetch_add(1, Ordering::Relaxed);
+            let rel = Path::new(name_os(shard)).join(name_os(entry));
+            tracing::info!(
+                gocache_warden_action = crate::logging::action::INTEGRITY,
+                reason = ?p,
+                "{} {p:?} entry {}",
+                if s.act == Act::Evict { "evicted" } else { "quarantined" },
+                rel.display()
+            );
+        }
+        Err(e) => {
+            s.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                gocache_warden_action = crate::logging::action::INTEGRITY_FAILED,
+                error = %e,
+                "cannot evict or quarantine {p:?} entry {}",
+                Path::new(name_os(shard)).join(name_os(entry)).display()
+            );
+        }
+    }
+}
+
+/// Removes an entry (an executable directory with its contents), re-checking identity.
+fn evict(d: &Dir, entry: &CStr, est: &Stat) -> std::io::Result<()> {
+    if est.kind() == Kind::Dir {
+        let x = d.open_dir(entry, est)?;
+        for n in x.list()? {
+            let st = x.stat(&n)?;
+            if st.kind() == Kind::Dir {
+                return Err(std::io::Error::other("nested directory in an output"));
+            }
+            x.remove(&n, &st)?;
+        }
+    }
+    d.remove(entry, est)
+}
+
+/// Moves an entry into the quarantine as `<shard>-<name>` (`renameat` never follows a
+/// symlink and never crosses a filesystem: the quarantine is inside the cache).
+fn quarantine(d: &Dir, entry: &CStr, est: &Stat, q: &Dir, shard: &CStr) -> std::io::Result<()> {
+    let now = d.stat(entry)?;
+    let same = now.dev == est.dev && now.ino == est.ino && now.kind() == est.kind();
+    if !same || now.dev != q.st.dev {
+        return Err(std::io::Error::other("entry changed since it was verified"));
+    }
+    let mut target = shard.to_bytes().to_vec();
+    target.push(b'-');
+    target.extend_from_slice(entry.to_bytes());
+    let target = CString::new(target).map_err(|_| std::io::Error::other("bad name"))?;
+    nix::fcntl::renameat(d.as_fd(), entry, q.as_fd(), target.as_c_str())?;
+    Ok(())
+}
+
+/// The findings `check --verify` reports for one cache.
+pub fn findings(v: &Verified, policy: &crate::policy::CachePolicy) -> Vec<crate::check::Finding> {
+    use crate::check::{Finding, Severity};
+    let act = match policy.untrusted {
+        Untrusted::Report => None,
+        Untrusted::Evict => Some("evict them"),
+        Untrusted::Quarantine => Some("move them into gocache-warden-quarantine/ inside the cache"),
+    };
+    let fix = |what: &str| match act {
+        Some(a) => format!("{a} (with --verify, as the policy's `untrusted` says)"),
+        None => format!(
+            "{what}; set untrusted = \"evict\" or \"quarantine\" in the policy and run enforce --verify"
+        ),
+    };
+    let examples = |p: Problem| {
+        v.examples
+            .iter()
+            .filter(|(q, _)| *q == p)
+            .map(|(_, r)| r.display().to_string())
+            .collect::<Vec<_>>()
+    };
+    let mut out = vec![Finding {
+        kind: "verified".into(),
+        severity: Severity::Info,
+        count: v.outputs,
+        bytes: Some(v.bytes_hashed),
+        message: format!(
+            "{} outputs ({} bytes) hashed in {:.2} s ({:.0} MB/s)",
+            v.outputs,
+            v.bytes_hashed,
+            v.seconds,
+            v.bytes_hashed as f64 / v.seconds.max(1e-9) / 1e6
+        ),
+        fix: "nothing to do".into(),
+        auto_fix: false,
+        examples: vec![],
+    }];
+    if v.tampered > 0 {
+        out.push(Finding {
+            kind: "tampered-output".into(),
+            severity: Severity::Error,
+            count: v.tampered,
+            bytes: None,
+            message: format!(
+                "{} outputs do not have the SHA-256 their names state: go would use them as they are (it does not re-hash), so builds reading this cache may contain someone else's code",
+                v.tampered
+            ),
+            fix: fix("find who could write the cache (check its ACL) and remove them"),
+            auto_fix: act.is_some(),
+            examples: examples(Problem::Tampered),
+        });
+    }
+    if v.untrusted > 0 {
+        let writers = policy
+            .trusted_writers
+            .iter()
+            .map(|w| w.spelled())
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push(Finding {
+            kind: "untrusted-entry".into(),
+            severity: Severity::Error,
+            count: v.untrusted,
+            bytes: None,
+            message: format!(
+                "{} action records or outputs are owned by users outside trusted_writers ({writers}): an action record can point a build at anyone's output",
+                v.untrusted
+            ),
+            fix: fix("remove them and take the writers' access away"),
+            auto_fix: act.is_some(),
+            examples: examples(Problem::Untrusted),
+        });
+    }
+    if v.unverifiable > 0 {
+        out.push(Finding {
+            kind: "unverifiable-output".into(),
+            severity: Severity::Warning,
+            count: v.unverifiable,
+            bytes: None,
+            message: format!(
+                "{} outputs could not be verified (hardlinked, unreadable or odd): go does not write such entries",
+                v.unverifiable
+            ),
+            fix: fix("look at them"),
+            auto_fix: act.is_some(),
+            examples: examples(Problem::Unverifiable),
+        });
+    }
+    out
+}
+
+/// The trusted writers of a cache as the verifier checks them (`None`: not declared).
+pub fn trust_of(policy: &crate::policy::CachePolicy) -> anyhow::Result<Option<Trust>> {
+    if policy.trusted_writers.is_empty() {
+        return Ok(None);
+    }
+    let names: Vec<String> = policy.trusted_writers.iter().map(|w| w.spelled()).collect();
+    Ok(Some(Trust::parse(&names)?))
+}
+
+/// Verifies every existing build cache of a `check` report; with `apply`, acts as each
+/// cache's `untrusted` setting says. Adds the findings to the report and recomputes its
+/// verdict. Returns what each cache's pass found, by path.
+pub fn verify_report(
+    report: &mut crate::check::Report,
+    policy: &crate::policy::Policy,
+    apply: bool,
+) -> Vec<(PathBuf, anyhow::Result<Verified>)> {
+    let mut out = Vec::new();
+    for c in &mut report.caches {
+        let Some(p) = policy.caches.iter().find(|p| p.name == c.name) else {
+            continue;
+        };
+        let (Some(path), true, crate::policy::CacheKind::Build) = (&c.path, c.exists, p.kind)
+        else {
+            continue;
+        };
+        let res = trust_of(p)
+            .and_then(|t| verify(path, t.as_ref(), Act::from_policy(p.untrusted, apply)));
+        match &res {
+            Ok(v) => c.findings.extend(findings(v, p)),
+            Err(e) => c.inspect_error = Some(format!("verify: {e:#}")),
+        }
+        out.push((path.clone(), res));
+    }
+    crate::check::recompute(report);
+    out
+}
