@@ -43,6 +43,8 @@ pub struct CacheOutcome {
     /// Shards skipped for eviction because someone held a lock on them.
     pub locked_skipped: u64,
     pub trim_rewritten: bool,
+    /// trim.txt was due but someone held a lock on it: skipped rather than waited for.
+    pub trim_skipped_locked: bool,
 }
 
 impl CacheOutcome {
@@ -193,7 +195,11 @@ fn apply_cache(c: &CachePlan, now: i64, dry: bool) -> CacheOutcome {
             out.trim_rewritten = true;
         } else {
             match rewrite_trim(&root, now) {
-                Ok(()) => out.trim_rewritten = true,
+                Ok(None) => out.trim_rewritten = true,
+                Ok(Some(TrimSkip::Locked)) => {
+                    tracing::warn!(cache_path = %c.path.display(), "trim.txt not rewritten: someone holds a lock on it (skipped, not waited for)");
+                    out.trim_skipped_locked = true;
+                }
                 Err(e) => fail(&mut out, std::path::Path::new("trim.txt"), "rewrite", &e),
             }
         }
@@ -238,6 +244,7 @@ fn evict_modules(
                 out.evicted.entry(reason).or_default().add(1, bytes);
             }
             Ok(None) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => out.locked_skipped += 1,
             Err(e) => fail(out, std::path::Path::new(&u.name), "evict", &e),
         }
     }
@@ -290,23 +297,63 @@ fn write_acl(path: &str, a: &Acl, default: bool) -> io::Result<()> {
     })
 }
 
-/// Rewrites trim.txt with the current time, under the same `flock` Go's lockedfile takes.
-fn rewrite_trim(root: &Dir, now: i64) -> io::Result<()> {
+/// Why trim.txt was not rewritten although the plan said so, when that is no failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TrimSkip {
+    /// Someone holds a `flock` on it (a member's `go` reading it, or anyone who can open it
+    /// holding it forever): waiting would let any cache user stop every later sweep.
+    Locked,
+}
+
+/// Rewrites trim.txt with the current time, under the same `flock` Go's lockedfile takes,
+/// never waiting for it. A trim.txt we create gets the group and the group and other
+/// access of the root (Go's 0666 as the cache's directories allow it), whatever our umask:
+/// members' own `go` must still be able to rewrite it when the agent no longer runs.
+fn rewrite_trim(root: &Dir, now: i64) -> io::Result<Option<TrimSkip>> {
     use std::io::Write;
     let name = c"trim.txt";
-    let mut f = match root.stat(name) {
-        Ok(st) => root
-            .pin(name, &st)?
-            .reopen(nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_NONBLOCK)?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => root.create_file(name, 0o666)?,
+    let (mut f, created) = match root.stat(name) {
+        Ok(st) => (
+            root.pin(name, &st)?
+                .reopen(nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_NONBLOCK)?,
+            false,
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => (root.create_file(name, 0o666)?, true),
         Err(e) => return Err(e),
     };
-    // SAFETY: flock on an fd we own; blocking is bounded by Go's own tiny critical section.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(io::Error::last_os_error());
+    if created {
+        share_like_root(root, &f)?;
+    }
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Ok(Some(TrimSkip::Locked));
+        }
+        return Err(e);
     }
     f.set_len(0)?;
     f.write_all(now.to_string().as_bytes())?;
+    Ok(None)
+}
+
+/// Gives a file we just created in `root` the root's group and Go's 0666 limited to what the
+/// root grants (so 0660 in a 2770 cache), whatever the umask. With a default ACL on the root
+/// the kernel already derived the mode from it (no umask applies) and nothing is changed.
+fn share_like_root(root: &Dir, f: &std::fs::File) -> io::Result<()> {
+    let mut buf = Vec::new();
+    if root
+        .get_own_xattr(c"system.posix_acl_default", &mut buf)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    use std::os::fd::AsFd;
+    if safefs::fstat(f.as_fd())?.gid != root.st.gid {
+        nix::unistd::fchown(f.as_fd(), None, Some(root.st.gid.into()))?;
+    }
+    let mode = root.st.mode & 0o666;
+    nix::sys::stat::fchmod(f.as_fd(), nix::sys::stat::Mode::from_bits_truncate(mode))?;
     Ok(())
 }
 

@@ -39,3 +39,5 @@ pub mod sweep;
 pub mod systemd;
 /// Policy unit rules ↔ the systemd subsystem.
 pub mod units;
+/// Bounded, non-blocking reads of user-controlled files, with the user's own credentials.
+pub mod untrusted;

@@ -332,8 +332,8 @@ async fn verify(
     let Some(rule) = rules.get(rule_index) else {
         return Ok(());
     };
-    let checked =
-        units::inspect_unit(mgr, &svc, rule_index, rule, resolve).map_err(|e| e.to_string())?;
+    let checked = super::asuser::inspect_unit(mgr, &svc, rule_index, rule, resolve)
+        .map_err(|e| e.to_string())?;
     match &checked.gocache {
         Some((v, _)) if *v == d.expected => Ok(()),
         other => Err(format!(

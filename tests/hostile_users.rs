@@ -1,0 +1,314 @@
+//! Local users are adversaries (issue 12): each test plays an unprivileged user against the
+//! root agent with real users, real `systemd --user` managers (tests/support/usermgr.rs),
+//! real `flock`s and real files, and checks the agent neither waits for them, nor runs out of
+//! memory, nor reads for them what they could not read themselves.
+//!
+//! Every run of the binary has a deadline and an address-space limit, so a regression shows
+//! up as a failed assertion, not as a hung or swapping test run.
+
+mod support;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use support::usermgr::{TestUser, UserManager};
+use support::{bin, json, stderr, stdout, tempdir};
+
+/// How long any run of the agent may take here; the real work is a few hundred ms.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Runs the agent with `args`, under `umask` and an address-space limit of 2 GiB (reading
+/// `/dev/zero` to the end would hit it), killing it at [`DEADLINE`]. Panics if it had to be
+/// killed or died of a signal.
+fn agent(args: &[&str], umask: &str) -> Output {
+    let script = format!("umask {umask}; exec prlimit --as=2147483648 -- \"$0\" \"$@\"");
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(script)
+        .arg(bin())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("spawn the agent");
+    let start = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("reap");
+            panic!(
+                "the agent did not finish within {DEADLINE:?}: a user froze it\nstderr: {}",
+                stderr(&out)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("collect output");
+    assert!(
+        out.status.code().is_some(),
+        "the agent died of a signal ({:?}): {}",
+        out.status,
+        stderr(&out)
+    );
+    out
+}
+
+/// `units --json` for every manager, with a rule that judges `w-*` units by go's fallback
+/// (so GOENV files and go.env are read too).
+fn units_json(dir: &Path) -> (Output, serde_json::Value) {
+    let p = support::policy(
+        dir,
+        "p.toml",
+        "[units.hostile]\nmatch = [\"w-*.service\"]\nmanagers = \"user\"\nrequire_gocache = false\n",
+    );
+    let p = p.display().to_string();
+    let out = agent(
+        &["--scope", "system", "--policy", &p, "units", "--json"],
+        "022",
+    );
+    let v = json(&out);
+    (out, v)
+}
+
+/// The findings of `unit` on the manager of `uid`.
+fn unit_findings(v: &serde_json::Value, uid: u32, unit: &str) -> Vec<serde_json::Value> {
+    v["units"]
+        .as_array()
+        .expect("units")
+        .iter()
+        .filter(|u| u["unit"] == unit && u["manager"]["uid"] == uid)
+        .flat_map(|u| u["findings"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+fn oneshot(extra: &str) -> String {
+    format!("[Service]\nType=oneshot\n{extra}\nExecStart=/bin/true\n")
+}
+
+#[test]
+fn unit_files_cannot_freeze_or_exhaust_the_agent() {
+    let user = TestUser::create().expect("user");
+    let fifo = user.home.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).expect("mkfifo");
+    std::os::unix::fs::lchown(&fifo, Some(user.uid), Some(user.gid)).expect("chown fifo");
+    // 2 MiB of valid assignments: systemd takes it, the agent does not read it whole.
+    let big: String = (0..70_000)
+        .map(|i| format!("V{i}=xxxxxxxxxxxxxxxxxx\n"))
+        .collect();
+    user.write_file("big.env", big).expect("big.env");
+    user.install_unit("w-fifo.service", &oneshot("EnvironmentFile=%h/fifo"))
+        .expect("unit");
+    user.install_unit("w-zero.service", &oneshot("Environment=GOENV=/dev/zero"))
+        .expect("unit");
+    user.install_unit("w-goenvfifo.service", &oneshot("Environment=GOENV=%h/fifo"))
+        .expect("unit");
+    user.install_unit("w-big.service", &oneshot("EnvironmentFile=%h/big.env"))
+        .expect("unit");
+    let mgr = UserManager::start(user).expect("manager");
+    let uid = mgr.uid();
+    let d = tempdir();
+
+    let (out, v) = units_json(d.path());
+    let text = stdout(&out);
+    let fifo_findings = unit_findings(&v, uid, "w-fifo.service");
+    assert!(
+        fifo_findings.iter().any(|f| f["kind"] == "env_file_error"
+            && f["file"] == fifo.display().to_string()
+            && f["msg"].as_str().unwrap_or("").contains("a FIFO")
+            && f["fatal"] == true),
+        "the FIFO is reported by name: {fifo_findings:#?}\n{text}"
+    );
+    let big_findings = unit_findings(&v, uid, "w-big.service");
+    assert!(
+        big_findings.iter().any(|f| f["kind"] == "env_file_error"
+            && f["msg"].as_str().unwrap_or("").contains("not inspected")
+            && f["fatal"] == false),
+        "the large file is reported as not inspected: {big_findings:#?}"
+    );
+    // GOENV=/dev/zero and GOENV=FIFO: go's fallback is still resolved (the files are skipped
+    // with a warning), so the units are judged like any other.
+    for unit in ["w-zero.service", "w-goenvfifo.service"] {
+        let u = v["units"]
+            .as_array()
+            .expect("units")
+            .iter()
+            .find(|u| u["unit"] == unit && u["manager"]["uid"] == uid)
+            .unwrap_or_else(|| panic!("{unit} inspected: {text}"));
+        let home = mgr.user.home.display().to_string();
+        assert_eq!(
+            u["gocache"][0],
+            format!("{home}/.cache/go-build"),
+            "{unit}: {u:#}"
+        );
+    }
+}
+
+#[test]
+fn a_root_only_environment_file_is_read_as_the_units_user() {
+    let d = tempdir();
+    let vault = d.path().join("vault");
+    std::fs::create_dir(&vault).expect("mkdir vault");
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&vault, std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    let secret = vault.join("secret.env");
+    std::fs::write(
+        &secret,
+        "GOCACHE=/srv/SECRET_VALUE_1\nSECRET_LINE_WITHOUT_EQUALS\nexport SECRET_KEY_2=x\n",
+    )
+    .expect("write secret");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+
+    let user = TestUser::create().expect("user");
+    user.install_unit(
+        "w-secret.service",
+        &oneshot(&format!("EnvironmentFile={}", secret.display())),
+    )
+    .expect("unit");
+    // A glob the user cannot list must not be expanded by root either.
+    user.install_unit(
+        "w-glob.service",
+        &oneshot(&format!("EnvironmentFile=-{}/*.env", vault.display())),
+    )
+    .expect("unit");
+    let mgr = UserManager::start(user).expect("manager");
+    let uid = mgr.uid();
+
+    let (out, v) = units_json(d.path());
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        !all.contains("SECRET_"),
+        "content of a root-only file reached the output:\n{all}"
+    );
+    let f = unit_findings(&v, uid, "w-secret.service");
+    assert!(
+        f.iter().any(|f| f["kind"] == "env_file_error"
+            && f["file"] == secret.display().to_string()
+            && f["msg"].as_str().unwrap_or("").contains("ermission denied")
+            && f["fatal"] == true),
+        "the user could not read it, and neither could the agent for them: {f:#?}"
+    );
+    // The glob over a directory the user may not list matches nothing, as for systemd
+    // running the unit as that user.
+    let u = v["units"]
+        .as_array()
+        .expect("units")
+        .iter()
+        .find(|u| u["unit"] == "w-glob.service" && u["manager"]["uid"] == uid)
+        .unwrap_or_else(|| panic!("w-glob inspected: {all}"));
+    assert_ne!(u["gocache"][0], "/srv/SECRET_VALUE_1", "{u:#}");
+}
+
+/// A shared cache `ROOT` (root:GROUP, 2770, no ACL) whose group has `member`.
+struct SharedCache {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    policy: std::path::PathBuf,
+    member_uid: u32,
+    gid: u32,
+}
+
+fn shared_cache(group: &str, member: &str) -> SharedCache {
+    let gid = support::ensure_group(group);
+    let member_uid = support::ensure_user(member, &[group]);
+    let dir = tempdir();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let root = dir.path().join("cache");
+    std::fs::create_dir(&root).expect("mkdir");
+    nix::unistd::chown(&root, None, Some(nix::unistd::Gid::from_raw(gid))).expect("chgrp");
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o2770)).expect("chmod");
+    let policy = support::policy(
+        dir.path(),
+        "p.toml",
+        &format!(
+            "[cache.shared]\npath = \"{}\"\ngroup = \"{group}\"\n",
+            root.display()
+        ),
+    );
+    SharedCache {
+        _dir: dir,
+        root,
+        policy,
+        member_uid,
+        gid,
+    }
+}
+
+/// Runs `script` with `sh` as the member (its groups included).
+fn as_member(c: &SharedCache, script: &str) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={}", c.member_uid))
+        .arg(format!("--regid={}", c.gid))
+        .args(["--init-groups", "sh", "-c", script]);
+    cmd
+}
+
+#[test]
+fn a_member_holding_a_lock_on_trim_txt_does_not_stop_enforce() {
+    let c = shared_cache("gcwt-hostile-l", "gcwt-hostile-lm");
+    let trim = c.root.join("trim.txt");
+    std::fs::write(&trim, "1").expect("stale trim.txt");
+    nix::unistd::chown(&trim, None, Some(nix::unistd::Gid::from_raw(c.gid))).expect("chgrp");
+    std::fs::set_permissions(&trim, std::fs::Permissions::from_mode(0o664)).expect("chmod");
+    // The shell takes a shared lock through fd 9 and becomes `sleep`: one pid holds it.
+    let holder = as_member(
+        &c,
+        &format!(
+            "exec 9<'{}'; flock -s 9 || exit 1; exec sleep 600",
+            trim.display()
+        ),
+    )
+    .spawn()
+    .expect("spawn the lock holder");
+    let holder = support::KillOnDrop(holder);
+    let start = Instant::now();
+    loop {
+        let f = std::fs::File::open(&trim).expect("open trim.txt");
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on an fd we own; released when `f` drops.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "the member never took the lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let p = c.policy.display().to_string();
+    let started = Instant::now();
+    let out = agent(&["--policy", &p, "enforce", "--json"], "022");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "enforce waited for the member's lock ({:?})",
+        started.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v = json(&out);
+    let cache = &v["outcome"]["caches"][0];
+    assert_eq!(cache["trim_skipped_locked"], true, "{cache:#}");
+    assert_eq!(cache["trim_rewritten"], false, "{cache:#}");
+    assert_eq!(std::fs::read_to_string(&trim).expect("trim"), "1");
+    drop(holder);
+}
+
+#[test]
+fn trim_txt_created_under_umask_022_stays_writable_for_members() {
+    let c = shared_cache("gcwt-hostile-u", "gcwt-hostile-um");
+    let p = c.policy.display().to_string();
+    let out = agent(&["--policy", &p, "enforce", "--json"], "022");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(v["outcome"]["caches"][0]["trim_rewritten"], true, "{v:#}");
+    let trim = c.root.join("trim.txt");
+    let md = std::fs::metadata(&trim).expect("trim.txt written");
+    assert_eq!(md.mode() & 0o7777, 0o660, "mode {:o}", md.mode());
+    assert_eq!(md.gid(), c.gid);
+    // What matters: the member's own go can rewrite it once the agent stops.
+    let w = as_member(&c, &format!("echo 2 > '{}'", trim.display()))
+        .output()
+        .expect("member writes trim.txt");
+    assert!(
+        w.status.success(),
+        "member cannot write trim.txt: {}",
+        String::from_utf8_lossy(&w.stderr)
+    );
+}
