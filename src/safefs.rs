@@ -192,13 +192,13 @@ impl Dir {
                     | ResolveFlag::RESOLVE_NO_XDEV
                     | ResolveFlag::RESOLVE_NO_MAGICLINKS,
             );
-        match nix::fcntl::openat2(self.fd.as_fd(), name, how) {
+        match openat2(self.fd.as_fd(), name, how) {
             Ok(fd) => Ok(fd),
-            // Kernels before 5.6: openat with O_NOFOLLOW; the caller's (dev, ino) check and
-            // the mount-root attribute stand in for RESOLVE_NO_XDEV.
-            Err(Errno::ENOSYS) => Ok(nix::fcntl::openat(
+            // No usable openat2: openat with O_NOFOLLOW on a single component; the caller's
+            // (dev, ino) check and the mount-root attribute stand in for RESOLVE_NO_XDEV.
+            Err(e) if openat2_unavailable(e) => Ok(nix::fcntl::openat(
                 self.fd.as_fd(),
-                name,
+                single(name)?,
                 flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                 Mode::empty(),
             )?),
@@ -258,11 +258,22 @@ impl Dir {
                     | ResolveFlag::RESOLVE_NO_SYMLINKS
                     | ResolveFlag::RESOLVE_NO_XDEV,
             );
-        Ok(std::fs::File::from(nix::fcntl::openat2(
-            self.fd.as_fd(),
-            name,
-            how,
-        )?))
+        match openat2(self.fd.as_fd(), name, how) {
+            Ok(fd) => Ok(std::fs::File::from(fd)),
+            // O_CREAT | O_EXCL never follows a final symlink; a single component cannot
+            // leave this directory.
+            Err(e) if openat2_unavailable(e) => Ok(std::fs::File::from(nix::fcntl::openat(
+                self.fd.as_fd(),
+                single(name)?,
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(mode),
+            )?)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// `flock(LOCK_EX | LOCK_NB)` on this directory: `false` if someone else holds a lock.
@@ -377,6 +388,33 @@ impl Dir {
     }
 }
 
+/// Whether an `openat2` failure means the syscall itself is unusable here, so the `openat`
+/// fallback must be taken: `ENOSYS` (kernels before 5.6), `EPERM` (a seccomp filter written
+/// before openat2 existed denies unknown syscalls with EPERM: systemd's own `chase()` falls
+/// back on it too) and `EOPNOTSUPP`. Any other error is the answer about the file.
+pub fn openat2_unavailable(e: Errno) -> bool {
+    matches!(e, Errno::ENOSYS | Errno::EPERM | Errno::EOPNOTSUPP)
+}
+
+/// The fallback's precondition: `name` is one path component, so `openat` cannot resolve
+/// anything beyond this directory but the name itself.
+fn single(name: &CStr) -> io::Result<&CStr> {
+    let b = name.to_bytes();
+    if b.is_empty() || b.contains(&b'/') || b == b".." {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    Ok(name)
+}
+
+/// `openat2`, or (tests only) a pretended `ENOSYS` so every path through the fallback runs.
+fn openat2(dirfd: BorrowedFd<'_>, name: &CStr, how: OpenHow) -> nix::Result<OwnedFd> {
+    #[cfg(test)]
+    if tests::FORCE_FALLBACK.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(Errno::ENOSYS);
+    }
+    nix::fcntl::openat2(dirfd, name, how)
+}
+
 /// Reads at most `max` bytes from `f`, a regular file `expect_len` bytes long when it was
 /// listed. Stops as soon as that many bytes are in: on the hot path (one action record per
 /// entry) this saves the extra `read` that only confirms end of file.
@@ -479,4 +517,98 @@ pub fn fs_stat(dir: &Dir) -> io::Result<FsStat> {
         inodes_total: s.files() as u64,
         inodes_free: s.files_free() as u64,
     })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Makes every `openat2` in this test process fail with ENOSYS. The fallback must be
+    /// equivalent, so other tests running meanwhile are unaffected in outcome.
+    pub(crate) static FORCE_FALLBACK: AtomicBool = AtomicBool::new(false);
+
+    #[test]
+    fn fallback_is_taken_on_enosys_eperm_eopnotsupp_only() {
+        for e in [Errno::ENOSYS, Errno::EPERM, Errno::EOPNOTSUPP] {
+            assert!(openat2_unavailable(e), "{e}");
+        }
+        for e in [
+            Errno::EACCES,
+            Errno::ELOOP,
+            Errno::EXDEV,
+            Errno::ENOENT,
+            Errno::EAGAIN,
+        ] {
+            assert!(!openat2_unavailable(e), "{e}");
+        }
+        assert!(single(c"..").is_err() && single(c"a/b").is_err() && single(c"a").is_ok());
+    }
+
+    /// A walk with openat2 unavailable still refuses symlinks (to a directory or a file) and
+    /// sees every real entry.
+    #[test]
+    fn walk_with_the_fallback_forced_refuses_symlinks() {
+        struct Seen(Vec<(PathBuf, Kind)>, Vec<PathBuf>);
+        impl crate::scan::walk::Visit for Seen {
+            fn file(&mut self, e: &crate::scan::walk::Entry) {
+                self.0.push((e.rel(), e.st.kind()));
+                if e.st.kind() == Kind::File
+                    && let Some(p) = e.parent
+                {
+                    let b = p.read_small(e.name, e.st, 64).unwrap();
+                    assert_eq!(b, b"data");
+                }
+            }
+            fn enter(&mut self, e: &crate::scan::walk::Entry, _d: &Dir) -> bool {
+                self.1.push(e.rel());
+                true
+            }
+        }
+        use std::path::PathBuf;
+        let t = tempfile::tempdir().unwrap();
+        let outside = t.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("victim"), "data").unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir_all(root.join("00/sub")).unwrap();
+        std::fs::write(root.join("00/sub/f"), "data").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("00/dirlink")).unwrap();
+        std::os::unix::fs::symlink(outside.join("victim"), root.join("00/filelink")).unwrap();
+
+        FORCE_FALLBACK.store(true, Ordering::Relaxed);
+        let dir = Dir::open_root(&root).unwrap();
+        let seen =
+            crate::scan::walk::walk(&dir, Default::default(), || Seen(Vec::new(), Vec::new()));
+        // The fallback refuses a symlink swapped in where a directory was listed.
+        let sub = dir.open_dir(c"00", &dir.stat(c"00").unwrap()).unwrap();
+        let listed = sub.stat(c"sub").unwrap();
+        std::fs::remove_file(root.join("00/sub/f")).unwrap();
+        std::fs::remove_dir(root.join("00/sub")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("00/sub")).unwrap();
+        let swapped = sub.open_dir(c"sub", &listed).unwrap_err();
+        let created = sub.create_file(c"new", 0o600);
+        FORCE_FALLBACK.store(false, Ordering::Relaxed);
+
+        let mut files: Vec<_> = seen.iter().flat_map(|s| s.0.clone()).collect();
+        files.sort();
+        assert_eq!(
+            files,
+            [
+                (PathBuf::from("00/dirlink"), Kind::Symlink),
+                (PathBuf::from("00/filelink"), Kind::Symlink),
+                (PathBuf::from("00/sub/f"), Kind::File),
+            ]
+        );
+        let mut dirs: Vec<_> = seen.iter().flat_map(|s| s.1.clone()).collect();
+        dirs.sort();
+        assert_eq!(dirs, [".", "00", "00/sub"].map(PathBuf::from));
+        assert!(
+            matches!(swapped.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)),
+            "{swapped}"
+        );
+        assert!(created.is_ok());
+        assert!(root.join("00/new").is_file());
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+    }
 }
