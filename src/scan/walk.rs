@@ -98,6 +98,11 @@ impl Default for WalkOptions {
     }
 }
 
+/// Stack of each walking thread.
+const WORKER_STACK: usize = 8 << 20;
+/// How deep a walk goes on the caller's own stack when no thread could be started.
+const INLINE_DEPTH: usize = 64;
+
 static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Asks every walk in this process to stop at the next entry (the daemon on SIGTERM). Each
@@ -150,20 +155,34 @@ where
         }
     };
     let mut out = Vec::with_capacity(opts.threads);
+    // Every descent runs on a thread of ours with a known stack, never on the caller's: the
+    // daemon calls this from a 2 MiB tokio blocking thread, and users choose how deep the
+    // trees under fuzz/ and the shards go (up to `max_depth` frames).
+    let spawn = || {
+        std::thread::Builder::new()
+            // Deep trees recurse; give them room (1024 levels × about 1 KiB in a debug build).
+            .stack_size(WORKER_STACK)
+    };
+    let mut inline = false;
     std::thread::scope(|s| {
         let handles: Vec<_> = (1..opts.threads.max(1))
             .map(|_| {
-                std::thread::Builder::new()
-                    // Deep trees recurse; give them room (1024 levels × a few hundred bytes).
-                    .stack_size(8 << 20)
-                    .spawn_scoped(s, || {
-                        let mut v = make();
-                        work(&mut v);
-                        v
-                    })
+                spawn().spawn_scoped(s, || {
+                    let mut v = make();
+                    work(&mut v);
+                    v
+                })
             })
             .collect();
-        work(&mut first);
+        let first_ref = &mut first;
+        match spawn().spawn_scoped(s, || work(first_ref)) {
+            Ok(h) => {
+                if let Err(p) = h.join() {
+                    std::panic::resume_unwind(p)
+                }
+            }
+            Err(_) => inline = true,
+        }
         // A thread that could not start left its share to the others.
         for h in handles.into_iter().flatten() {
             match h.join() {
@@ -172,6 +191,17 @@ where
             }
         }
     });
+    if inline {
+        // Not even that thread started: what is left is walked here, but only as deep as any
+        // stack allows (deeper directories are reported as too deep).
+        let mut stack = Vec::new();
+        while !stop_requested() {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(n) = names.get(i) else { break };
+            let depth = opts.max_depth.min(INLINE_DEPTH);
+            visit_child(&mut first, root, n, &mut stack, 1, depth);
+        }
+    }
     first.leave(&root_entry, root);
     out.insert(0, first);
     out
@@ -264,4 +294,45 @@ fn visit_child<V: Visit>(
         stack,
     };
     v.leave(&e, &dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A member can make a chain as deep as they like under fuzz/; the daemon's first walk is
+    /// called from a 2 MiB tokio blocking thread. Called from a 1 MiB thread (a debug build
+    /// needs more than that for 1000 levels), the walk still reaches the bottom.
+    #[test]
+    fn a_thousand_deep_chain_does_not_need_the_callers_stack() {
+        use nix::fcntl::{OFlag, openat};
+        use nix::sys::stat::{Mode, mkdirat};
+        let t = tempfile::tempdir().unwrap();
+        let flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY;
+        let mut fd = nix::fcntl::open(t.path(), flags, Mode::empty()).unwrap();
+        for _ in 0..1000 {
+            mkdirat(&fd, "d", Mode::from_bits_truncate(0o755)).unwrap();
+            fd = openat(&fd, "d", flags, Mode::empty()).unwrap();
+        }
+        struct Deepest(usize);
+        impl Visit for Deepest {
+            fn file(&mut self, _e: &Entry) {}
+            fn enter(&mut self, e: &Entry, _d: &Dir) -> bool {
+                self.0 = self.0.max(e.depth);
+                true
+            }
+        }
+        let root = Dir::open_root(t.path()).unwrap();
+        let opts = WalkOptions {
+            threads: 1,
+            max_depth: 1024,
+        };
+        let deepest = std::thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn(move || walk(&root, opts, || Deepest(0))[0].0)
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(deepest, 1000);
+    }
 }
