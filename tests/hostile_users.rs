@@ -312,3 +312,96 @@ fn trim_txt_created_under_umask_022_stays_writable_for_members() {
         String::from_utf8_lossy(&w.stderr)
     );
 }
+
+/// `units --fix --json` with a drop-in rule for `unit`.
+fn units_fix(dir: &Path, unit: &str) -> serde_json::Value {
+    let p = support::policy(
+        dir,
+        "fix.toml",
+        &format!(
+            "[units.fix]\nmatch = [\"{unit}\"]\nmanagers = \"user\"\ngocache = \"/srv/gocache\"\nremediation = \"drop-in\"\n"
+        ),
+    );
+    let p = p.display().to_string();
+    let out = agent(
+        &[
+            "--scope", "system", "--policy", &p, "units", "--fix", "--json",
+        ],
+        "022",
+    );
+    json(&out)
+}
+
+#[test]
+fn a_user_cannot_steer_drop_ins_out_of_their_home() {
+    let d = tempdir();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // A root-owned stand-in for /etc: what every user's manager would read.
+    let victim = d.path().join("etc");
+    std::fs::create_dir_all(victim.join("systemd/user")).expect("mkdir victim");
+    let user = TestUser::create().expect("user");
+    user.install_unit("w-steer.service", &oneshot(""))
+        .expect("unit");
+    let mgr = UserManager::start(user).expect("manager");
+    mgr.systemctl(&[
+        "set-environment",
+        &format!("XDG_CONFIG_HOME={}", victim.display()),
+    ])
+    .expect("set-environment");
+
+    let v = units_fix(d.path(), "w-steer.service");
+    let steered = victim.join("systemd/user/w-steer.service.d");
+    assert!(
+        !steered.exists(),
+        "root created {} for the user: {v:#}",
+        steered.display()
+    );
+    let skipped = v["plan"]["skipped"].to_string();
+    assert!(
+        skipped.contains("w-steer.service") && skipped.contains("outside"),
+        "the refusal is reported: {v:#}"
+    );
+}
+
+#[test]
+fn drop_ins_are_written_as_the_user_not_as_root() {
+    let d = tempdir();
+    let user = TestUser::create().expect("user");
+    user.install_unit("w-own.service", &oneshot(""))
+        .expect("unit");
+    let mgr = UserManager::start(user).expect("manager");
+    // The user's own unit directory works as usual: created as the user.
+    let v = units_fix(d.path(), "w-own.service");
+    let dir = mgr.user.home.join(".config/systemd/user/w-own.service.d");
+    let md = std::fs::metadata(&dir).unwrap_or_else(|e| panic!("{e}: {v:#}"));
+    assert_eq!(md.uid(), mgr.uid());
+    let conf = std::fs::metadata(dir.join("50-gocache-warden.conf")).expect("drop-in");
+    assert_eq!(conf.uid(), mgr.uid());
+    assert_eq!(
+        mgr.show("w-own.service", "Environment").expect("show"),
+        "GOCACHE=/srv/gocache"
+    );
+
+    // A directory in the home the user may not write (an admin's) is not written by root
+    // on the user's behalf either.
+    mgr.user
+        .install_unit("w-locked.service", &oneshot(""))
+        .expect("unit");
+    mgr.daemon_reload().expect("reload");
+    let locked = mgr
+        .user
+        .home
+        .join(".config/systemd/user/w-locked.service.d");
+    std::fs::create_dir(&locked).expect("mkdir");
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let v = units_fix(d.path(), "w-locked.service");
+    assert!(
+        !locked.join("50-gocache-warden.conf").exists(),
+        "root wrote into a directory the user cannot write: {v:#}"
+    );
+    let r = v["remediations"].to_string();
+    assert!(
+        r.contains("w-locked.service") && r.contains("ermission denied"),
+        "the failure is reported: {v:#}"
+    );
+}
