@@ -9,6 +9,8 @@ pub mod acl;
 pub mod alert;
 /// `apply`: the only code that changes caches.
 pub mod apply;
+/// Opening a cache root by path so no user's symlink or directory on the way can redirect it.
+pub mod chase;
 /// `check`: resolve the policy's caches, inspect them, explain deviations.
 pub mod check;
 /// Command-line interface and exit codes.

@@ -106,6 +106,11 @@ fn statx_raw(dirfd: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<Stat>
     })
 }
 
+/// `statx` of `name` in directory `dirfd`, never following it.
+pub fn stat_at(dirfd: BorrowedFd<'_>, name: &CStr) -> io::Result<Stat> {
+    statx_raw(dirfd, name, 0)
+}
+
 /// `fstat` of an fd (through statx, for the mount-root attribute).
 pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
     statx_raw(fd, c"", libc::AT_EMPTY_PATH)
@@ -157,15 +162,11 @@ fn cstr(name: &OsStr) -> io::Result<CString> {
 }
 
 impl Dir {
-    /// Opens the cache root itself. The final component must be a real directory (no
-    /// symlink); its ancestors are the administrator's.
+    /// Opens the cache root itself, component by component from `/` (see
+    /// [`crate::chase`]): the final component must be a real directory (no symlink), and no
+    /// user's symlink, directory or mount on the way can lead elsewhere.
     pub fn open_root(path: &Path) -> io::Result<Dir> {
-        let fd = nix::fcntl::open(
-            path,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )?;
-        let st = fstat(fd.as_fd())?;
+        let (fd, st) = crate::chase::open_dir(path)?;
         Ok(Dir { fd, st })
     }
 

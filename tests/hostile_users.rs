@@ -405,3 +405,46 @@ fn drop_ins_are_written_as_the_user_not_as_root() {
         "the failure is reported: {v:#}"
     );
 }
+
+#[test]
+fn a_users_symlink_on_the_way_to_a_cache_does_not_lead_root_elsewhere() {
+    let uid = support::ensure_user("gcwt-hostile-anc", &[]);
+    let d = tempdir();
+    std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // Root's directory holding something cache-shaped, old enough to be evicted.
+    let victim = d.path().join("victim");
+    std::fs::create_dir_all(victim.join("go-build/ab")).expect("mkdir victim");
+    let entry = victim.join(format!("go-build/ab/{}-d", "ab".repeat(32)));
+    std::fs::write(&entry, "precious").expect("write");
+    support::age(&entry, 90 * 86400);
+    // The user's home, where the policy (or go env) says the cache is: `.cache` is theirs,
+    // and a symlink to root's directory.
+    let home = d.path().join("home");
+    std::fs::create_dir(&home).expect("mkdir home");
+    nix::unistd::chown(&home, Some(nix::unistd::Uid::from_raw(uid)), None).expect("chown");
+    std::os::unix::fs::symlink(&victim, home.join(".cache")).expect("symlink");
+    std::os::unix::fs::lchown(home.join(".cache"), Some(uid), None).expect("lchown");
+    let cache = home.join(".cache/go-build");
+    let p = support::policy(
+        d.path(),
+        "p.toml",
+        &format!(
+            "[cache.alice]\npath = \"{}\"\nmax_age = \"30d\"\nmin_age = \"1d\"\n",
+            cache.display()
+        ),
+    );
+    let p = p.display().to_string();
+    let out = agent(&["--policy", &p, "enforce", "--json"], "022");
+    assert!(entry.exists(), "root evicted through the user's symlink");
+    assert!(
+        !victim.join("go-build/trim.txt").exists(),
+        "root wrote trim.txt through the user's symlink"
+    );
+    assert_ne!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(
+        format!("{}{}", stdout(&out), stderr(&out)).contains("symlink of uid"),
+        "the refusal names the symlink: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
