@@ -554,55 +554,66 @@ impl<'a> Applier<'a> {
         dir: &Dir,
         rel: &std::path::Path,
     ) -> Option<u64> {
-        let names = match dir.list() {
-            Ok(n) => n,
+        // Streamed: a member can put any number of names in an output directory.
+        let mut listing = match dir.listing() {
+            Ok(l) => l,
             Err(e) => {
                 fail(&mut self.out, rel, "list", &e);
                 return None;
             }
         };
         let mut bytes = st.alloc;
-        for n in &names {
-            let crel = rel.join(safefs::name_os(n));
-            let cst = match dir.stat(n) {
-                Ok(s) => s,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    fail(&mut self.out, &crel, "evict", &e);
+        let mut batch = Vec::new();
+        loop {
+            if let Err(e) = listing.next_batch(safefs::LIST_BATCH, &mut batch) {
+                fail(&mut self.out, rel, "list", &e);
+                return None;
+            }
+            if batch.is_empty() {
+                break;
+            }
+            for n in &batch {
+                let crel = rel.join(safefs::name_os(n));
+                let cst = match dir.stat(n) {
+                    Ok(s) => s,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        fail(&mut self.out, &crel, "evict", &e);
+                        return None;
+                    }
+                };
+                if cst.kind() == Kind::Dir {
+                    fail(
+                        &mut self.out,
+                        &crel,
+                        "evict",
+                        &io::Error::other("unexpected directory inside an executable output"),
+                    );
                     return None;
                 }
-            };
-            if cst.kind() == Kind::Dir {
-                fail(
-                    &mut self.out,
-                    &crel,
-                    "evict",
-                    &io::Error::other("unexpected directory inside an executable output"),
-                );
-                return None;
+                if matches!(cst.kind(), Kind::Symlink | Kind::Special) {
+                    // Go puts one regular file here; anything else is for a person to look at.
+                    let v = if cst.kind() == Kind::Symlink {
+                        Violation::Symlink
+                    } else {
+                        Violation::Special
+                    };
+                    self.out.refused.entry(v).or_default().note(crel);
+                    return None;
+                }
+                if cst.kind() == Kind::File && cst.nlink > 1 {
+                    self.out
+                        .refused
+                        .entry(Violation::Hardlink)
+                        .or_default()
+                        .note(crel);
+                    return None;
+                }
+                if !self.remove_file(dir, n, &cst, &crel) && !self.dry {
+                    return None;
+                }
+                bytes += cst.alloc;
             }
-            if matches!(cst.kind(), Kind::Symlink | Kind::Special) {
-                // Go puts one regular file here; anything else is for a person to look at.
-                let v = if cst.kind() == Kind::Symlink {
-                    Violation::Symlink
-                } else {
-                    Violation::Special
-                };
-                self.out.refused.entry(v).or_default().note(crel);
-                return None;
-            }
-            if cst.kind() == Kind::File && cst.nlink > 1 {
-                self.out
-                    .refused
-                    .entry(Violation::Hardlink)
-                    .or_default()
-                    .note(crel);
-                return None;
-            }
-            if !self.remove_file(dir, n, &cst, &crel) && !self.dry {
-                return None;
-            }
-            bytes += cst.alloc;
         }
         if self.dry {
             return Some(bytes);
@@ -827,13 +838,11 @@ impl Visit for Applier<'_> {
         if class == Class::Exec && self.plan.eviction.is_some() && !self.names.is_live(e.name) {
             // The directory's own atime moves whenever anyone lists it; its use is its file's.
             let mut last = e.st.mtime;
-            if let Ok(names) = dir.list() {
-                for n in names {
-                    if let Ok(s) = dir.stat(&n) {
-                        last = last.max(s.last_use());
-                    }
+            let _ = dir.for_each_name(|n| {
+                if let Ok(s) = dir.stat(n) {
+                    last = last.max(s.last_use());
                 }
-            }
+            });
             if let (Some(reason), Some(parent)) = (self.output_verdict(e.name, last), e.parent) {
                 if !dir.try_lock().unwrap_or(false) {
                     self.out.locked_skipped += 1;

@@ -294,8 +294,24 @@ impl Dir {
     }
 
     /// Lists the children's names (without `.` and `..`) through a fresh open file
-    /// description, so listing never disturbs another reader's offset.
+    /// description, so listing never disturbs another reader's offset. Costs memory per name:
+    /// for directories users fill (shards, executable outputs) use [`Dir::listing`].
     pub fn list(&self) -> io::Result<Vec<CString>> {
+        let mut l = self.listing()?;
+        let mut out = Vec::new();
+        let mut batch = Vec::new();
+        loop {
+            l.next_batch(LIST_BATCH, &mut batch)?;
+            if batch.is_empty() {
+                return Ok(out);
+            }
+            out.append(&mut batch);
+        }
+    }
+
+    /// The children's names in batches ([`Listing::next_batch`]), through a fresh open file
+    /// description: memory stays bounded by the batch whatever the directory holds.
+    pub fn listing(&self) -> io::Result<Listing> {
         // O_NOATIME where permitted: listing must not make a directory (an executable output)
         // look used.
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
@@ -308,16 +324,25 @@ impl Dir {
             Err(Errno::EPERM) => nix::fcntl::openat(self.fd.as_fd(), c".", flags, Mode::empty())?,
             r => r?,
         };
-        let mut d = nix::dir::Dir::from_fd(fd)?;
-        let mut out = Vec::new();
-        for e in d.iter() {
-            let e = e?;
-            let n = e.file_name();
-            if n != c"." && n != c".." {
-                out.push(n.to_owned());
+        Ok(Listing {
+            it: Some(nix::dir::Dir::from_fd(fd)?.into_iter()),
+        })
+    }
+
+    /// Calls `f` with every child's name, streaming: entries `f` removes meanwhile are fine
+    /// (Linux `getdents` neither repeats nor skips the others).
+    pub fn for_each_name(&self, mut f: impl FnMut(&CStr)) -> io::Result<()> {
+        let mut l = self.listing()?;
+        let mut batch = Vec::new();
+        loop {
+            l.next_batch(LIST_BATCH, &mut batch)?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for n in &batch {
+                f(n);
             }
         }
-        Ok(out)
     }
 
     /// Removes child `name` (a file, or an empty directory with `dir`) after checking it is
@@ -414,6 +439,43 @@ fn openat2(dirfd: BorrowedFd<'_>, name: &CStr, how: OpenHow) -> nix::Result<Owne
         return Err(Errno::ENOSYS);
     }
     nix::fcntl::openat2(dirfd, name, how)
+}
+
+/// Names read per batch by [`Dir::for_each_name`], [`Dir::list`] and the walk: about 100 KiB
+/// of Go-cache names, and one `getdents` buffer's worth.
+pub const LIST_BATCH: usize = 1024;
+
+/// A directory being read; see [`Dir::listing`].
+pub struct Listing {
+    /// `None` once the end was seen: the fd is closed then, so a directory that fits in one
+    /// batch holds no fd while its children are visited (a deep tree costs one fd per level).
+    it: Option<nix::dir::OwningIter>,
+}
+
+impl Listing {
+    /// Replaces `out` with up to `max` more names (without `.` and `..`); empty at the end.
+    pub fn next_batch(&mut self, max: usize, out: &mut Vec<CString>) -> io::Result<()> {
+        out.clear();
+        let Some(it) = self.it.as_mut() else {
+            return Ok(());
+        };
+        while out.len() < max {
+            match it.next() {
+                Some(e) => {
+                    let e = e?;
+                    let n = e.file_name();
+                    if n != c"." && n != c".." {
+                        out.push(n.to_owned());
+                    }
+                }
+                None => {
+                    self.it = None;
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Reads at most `max` bytes from `f`, a regular file `expect_len` bytes long when it was

@@ -448,3 +448,66 @@ fn a_users_symlink_on_the_way_to_a_cache_does_not_lead_root_elsewhere() {
         stderr(&out)
     );
 }
+
+/// Runs the agent with `args` and returns its exit code and peak resident set (KiB), read
+/// from its own rusage when it is reaped.
+fn peak_rss_kib(args: &[&str]) -> (i32, i64) {
+    let child = Command::new(bin())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the agent");
+    let pid = child.id() as libc::pid_t;
+    let start = Instant::now();
+    loop {
+        let mut status = 0;
+        // SAFETY: plain wait4 on our own child; rusage is a zeroed out-parameter we own.
+        let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+        assert!(r >= 0, "wait4: {}", std::io::Error::last_os_error());
+        if r == pid {
+            assert!(libc::WIFEXITED(status), "the agent died: status {status}");
+            return (libc::WEXITSTATUS(status), ru.ru_maxrss);
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            panic!("the agent did not finish within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_shard_with_very_many_names_costs_no_memory_per_name() {
+    let d = tempdir();
+    let measure = |names: usize| {
+        let root = d.path().join(format!("cache{names}"));
+        let shard = root.join("ab");
+        std::fs::create_dir_all(&shard).expect("mkdir");
+        for i in 0..names {
+            std::fs::File::create(shard.join(format!("{:064x}-d", i))).expect("create");
+        }
+        let p = support::policy(
+            d.path(),
+            &format!("p{names}.toml"),
+            &format!("[cache.w]\npath = \"{}\"\n", root.display()),
+        );
+        let p = p.display().to_string();
+        let (code, kib) = peak_rss_kib(&["--policy", &p, "check", "--json"]);
+        assert!(code <= 1, "check exit code {code}");
+        kib
+    };
+    let small = measure(10);
+    let large = measure(300_000);
+    eprintln!("peak RSS: {small} KiB with 10 names, {large} KiB with 300 000");
+    // Collected, 300 000 names of 66 bytes cost about 29 MiB; streamed, one batch.
+    assert!(
+        large - small < 8 * 1024,
+        "peak RSS grew by {} KiB for 300 000 names ({small} KiB → {large} KiB)",
+        large - small
+    );
+}

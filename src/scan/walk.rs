@@ -13,7 +13,7 @@ use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 /// One entry seen by the walk.
 pub struct Entry<'a> {
@@ -98,6 +98,8 @@ impl Default for WalkOptions {
     }
 }
 
+/// Root children a walking thread takes at a time.
+const ROOT_BATCH: usize = 4;
 /// Stack of each walking thread.
 const WORKER_STACK: usize = 8 << 20;
 /// How deep a walk goes on the caller's own stack when no thread could be started.
@@ -138,20 +140,35 @@ where
     if !first.enter(&root_entry, root) {
         return vec![first];
     }
-    let names = match root.list() {
-        Ok(n) => n,
+    // The root's children are handed out a few at a time from one streamed listing: members
+    // can put any number of names in the root, and none of them is held longer than needed.
+    let listing = match root.listing() {
+        Ok(l) => std::sync::Mutex::new(l),
         Err(e) => {
             first.skipped(&root_entry, &Skip::Unreadable(e));
             return vec![first];
         }
     };
-    let next = AtomicUsize::new(0);
+    let take = |batch: &mut Vec<CString>| -> io::Result<()> {
+        let mut l = listing
+            .lock()
+            .map_err(|_| io::Error::other("listing lock poisoned"))?;
+        l.next_batch(ROOT_BATCH, batch)
+    };
     let work = |v: &mut V| {
         let mut stack = Vec::new();
+        let mut batch = Vec::new();
         while !stop_requested() {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(n) = names.get(i) else { break };
-            visit_child(v, root, n, &mut stack, 1, opts.max_depth);
+            if let Err(e) = take(&mut batch) {
+                v.error(PathBuf::from("."), &e);
+                break;
+            }
+            if batch.is_empty() {
+                break;
+            }
+            for n in &batch {
+                visit_child(v, root, n, &mut stack, 1, opts.max_depth);
+            }
         }
     };
     let mut out = Vec::with_capacity(opts.threads);
@@ -195,11 +212,12 @@ where
         // Not even that thread started: what is left is walked here, but only as deep as any
         // stack allows (deeper directories are reported as too deep).
         let mut stack = Vec::new();
-        while !stop_requested() {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(n) = names.get(i) else { break };
-            let depth = opts.max_depth.min(INLINE_DEPTH);
-            visit_child(&mut first, root, n, &mut stack, 1, depth);
+        let mut batch = Vec::new();
+        let depth = opts.max_depth.min(INLINE_DEPTH);
+        while !stop_requested() && take(&mut batch).is_ok() && !batch.is_empty() {
+            for n in &batch {
+                visit_child(&mut first, root, n, &mut stack, 1, depth);
+            }
         }
     }
     first.leave(&root_entry, root);
@@ -271,19 +289,35 @@ fn visit_child<V: Visit>(
     if !v.enter(&e, &dir) {
         return;
     }
-    let names = match dir.list() {
-        Ok(n) => n,
+    // Streamed in batches: a shard with millions of names costs one batch of memory, and a
+    // directory that fits in one batch holds no listing fd while its children are visited.
+    let mut listing = match dir.listing() {
+        Ok(l) => l,
         Err(err) => {
             v.skipped(&e, &Skip::Unreadable(err));
             return;
         }
     };
+    let mut batch = Vec::new();
     stack.push(name.to_owned());
-    for n in &names {
-        if stop_requested() {
+    'listing: loop {
+        if let Err(err) = listing.next_batch(crate::safefs::LIST_BATCH, &mut batch) {
+            let mut rel = PathBuf::new();
+            for s in stack.iter() {
+                rel.push(OsStr::from_bytes(s.to_bytes()));
+            }
+            v.error(rel, &err);
             break;
         }
-        visit_child(v, &dir, n, stack, depth + 1, max_depth);
+        if batch.is_empty() {
+            break;
+        }
+        for n in &batch {
+            if stop_requested() {
+                break 'listing;
+            }
+            visit_child(v, &dir, n, stack, depth + 1, max_depth);
+        }
     }
     let name = stack.pop().unwrap_or_default();
     let e = Entry {
