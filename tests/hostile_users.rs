@@ -451,6 +451,8 @@ fn a_users_symlink_on_the_way_to_a_cache_does_not_lead_root_elsewhere() {
 
 /// Runs the agent with `args` and returns its exit code and peak resident set (KiB), read
 /// from its own rusage when it is reaped.
+// Reaped with wait4 (for its rusage), which clippy does not see as a wait.
+#[allow(clippy::zombie_processes)]
 fn peak_rss_kib(args: &[&str]) -> (i32, i64) {
     let child = Command::new(bin())
         .args(args)
