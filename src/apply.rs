@@ -43,6 +43,8 @@ pub struct CacheOutcome {
     /// Shards skipped for eviction because someone held a lock on them.
     pub locked_skipped: u64,
     pub trim_rewritten: bool,
+    /// trim.txt was due but someone held a lock on it: skipped rather than waited for.
+    pub trim_skipped_locked: bool,
 }
 
 impl CacheOutcome {
@@ -201,7 +203,11 @@ fn apply_cache(c: &CachePlan, now: i64, dry: bool) -> CacheOutcome {
             out.trim_rewritten = true;
         } else {
             match rewrite_trim(&root, now) {
-                Ok(()) => out.trim_rewritten = true,
+                Ok(None) => out.trim_rewritten = true,
+                Ok(Some(TrimSkip::Locked)) => {
+                    tracing::warn!(cache_path = %c.path.display(), "trim.txt not rewritten: someone holds a lock on it (skipped, not waited for)");
+                    out.trim_skipped_locked = true;
+                }
                 Err(e) => fail(&mut out, std::path::Path::new("trim.txt"), "rewrite", &e),
             }
         }
@@ -239,6 +245,7 @@ fn evict_modules(
                 out.evicted.entry(reason).or_default().add(1, bytes);
             }
             Ok(None) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => out.locked_skipped += 1,
             Err(e) => fail(out, std::path::Path::new(&u.name), "evict", &e),
         }
     }
@@ -291,29 +298,69 @@ fn write_acl(path: &str, a: &Acl, default: bool) -> io::Result<()> {
     })
 }
 
-/// Rewrites trim.txt with the current time, under the same `flock` Go's lockedfile takes.
-fn rewrite_trim(root: &Dir, now: i64) -> io::Result<()> {
+/// Why trim.txt was not rewritten although the plan said so, when that is no failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TrimSkip {
+    /// Someone holds a `flock` on it (a member's `go` reading it, or anyone who can open it
+    /// holding it forever): waiting would let any cache user stop every later sweep.
+    Locked,
+}
+
+/// Rewrites trim.txt with the current time, under the same `flock` Go's lockedfile takes,
+/// never waiting for it. A trim.txt we create gets the group and the group and other
+/// access of the root (Go's 0666 as the cache's directories allow it), whatever our umask:
+/// members' own `go` must still be able to rewrite it when the agent no longer runs.
+fn rewrite_trim(root: &Dir, now: i64) -> io::Result<Option<TrimSkip>> {
     use std::io::Write;
     let name = c"trim.txt";
-    let mut f = match root.stat(name) {
-        Ok(st) => root
-            .pin(name, &st)?
-            .reopen(nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_NONBLOCK)?,
+    let (mut f, created) = match root.stat(name) {
+        Ok(st) => (
+            root.pin(name, &st)?
+                .reopen(nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_NONBLOCK)?,
+            false,
+        ),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             // What the agent creates in a cache belongs to the cache's owner (a user's own
             // go must be able to rewrite it), not to root.
             let f = root.create_file(name, 0o666)?;
             nix::unistd::fchown(&f, Some(root.st.uid.into()), Some(root.st.gid.into()))?;
-            f
+            (f, true)
         }
         Err(e) => return Err(e),
     };
-    // SAFETY: flock on an fd we own; blocking is bounded by Go's own tiny critical section.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(io::Error::last_os_error());
+    if created {
+        share_like_root(root, &f)?;
+    }
+    // SAFETY: flock on an fd we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            return Ok(Some(TrimSkip::Locked));
+        }
+        return Err(e);
     }
     f.set_len(0)?;
     f.write_all(now.to_string().as_bytes())?;
+    Ok(None)
+}
+
+/// Gives a file we just created in `root` the root's group and Go's 0666 limited to what the
+/// root grants (so 0660 in a 2770 cache), whatever the umask. With a default ACL on the root
+/// the kernel already derived the mode from it (no umask applies) and nothing is changed.
+fn share_like_root(root: &Dir, f: &std::fs::File) -> io::Result<()> {
+    let mut buf = Vec::new();
+    if root
+        .get_own_xattr(c"system.posix_acl_default", &mut buf)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    use std::os::fd::AsFd;
+    if safefs::fstat(f.as_fd())?.gid != root.st.gid {
+        nix::unistd::fchown(f.as_fd(), None, Some(root.st.gid.into()))?;
+    }
+    let mode = root.st.mode & 0o666;
+    nix::sys::stat::fchmod(f.as_fd(), nix::sys::stat::Mode::from_bits_truncate(mode))?;
     Ok(())
 }
 
@@ -518,55 +565,66 @@ impl<'a> Applier<'a> {
         dir: &Dir,
         rel: &std::path::Path,
     ) -> Option<u64> {
-        let names = match dir.list() {
-            Ok(n) => n,
+        // Streamed: a member can put any number of names in an output directory.
+        let mut listing = match dir.listing() {
+            Ok(l) => l,
             Err(e) => {
                 fail(&mut self.out, rel, "list", &e);
                 return None;
             }
         };
         let mut bytes = st.alloc;
-        for n in &names {
-            let crel = rel.join(safefs::name_os(n));
-            let cst = match dir.stat(n) {
-                Ok(s) => s,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    fail(&mut self.out, &crel, "evict", &e);
+        let mut batch = Vec::new();
+        loop {
+            if let Err(e) = listing.next_batch(safefs::LIST_BATCH, &mut batch) {
+                fail(&mut self.out, rel, "list", &e);
+                return None;
+            }
+            if batch.is_empty() {
+                break;
+            }
+            for n in &batch {
+                let crel = rel.join(safefs::name_os(n));
+                let cst = match dir.stat(n) {
+                    Ok(s) => s,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        fail(&mut self.out, &crel, "evict", &e);
+                        return None;
+                    }
+                };
+                if cst.kind() == Kind::Dir {
+                    fail(
+                        &mut self.out,
+                        &crel,
+                        "evict",
+                        &io::Error::other("unexpected directory inside an executable output"),
+                    );
                     return None;
                 }
-            };
-            if cst.kind() == Kind::Dir {
-                fail(
-                    &mut self.out,
-                    &crel,
-                    "evict",
-                    &io::Error::other("unexpected directory inside an executable output"),
-                );
-                return None;
+                if matches!(cst.kind(), Kind::Symlink | Kind::Special) {
+                    // Go puts one regular file here; anything else is for a person to look at.
+                    let v = if cst.kind() == Kind::Symlink {
+                        Violation::Symlink
+                    } else {
+                        Violation::Special
+                    };
+                    self.out.refused.entry(v).or_default().note(crel);
+                    return None;
+                }
+                if cst.kind() == Kind::File && cst.nlink > 1 {
+                    self.out
+                        .refused
+                        .entry(Violation::Hardlink)
+                        .or_default()
+                        .note(crel);
+                    return None;
+                }
+                if !self.remove_file(dir, n, &cst, &crel) && !self.dry {
+                    return None;
+                }
+                bytes += cst.alloc;
             }
-            if matches!(cst.kind(), Kind::Symlink | Kind::Special) {
-                // Go puts one regular file here; anything else is for a person to look at.
-                let v = if cst.kind() == Kind::Symlink {
-                    Violation::Symlink
-                } else {
-                    Violation::Special
-                };
-                self.out.refused.entry(v).or_default().note(crel);
-                return None;
-            }
-            if cst.kind() == Kind::File && cst.nlink > 1 {
-                self.out
-                    .refused
-                    .entry(Violation::Hardlink)
-                    .or_default()
-                    .note(crel);
-                return None;
-            }
-            if !self.remove_file(dir, n, &cst, &crel) && !self.dry {
-                return None;
-            }
-            bytes += cst.alloc;
         }
         if self.dry {
             return Some(bytes);
@@ -800,13 +858,11 @@ impl Visit for Applier<'_> {
         if class == Class::Exec && self.plan.eviction.is_some() && !self.names.is_live(e.name) {
             // The directory's own atime moves whenever anyone lists it; its use is its file's.
             let mut last = e.st.mtime;
-            if let Ok(names) = dir.list() {
-                for n in names {
-                    if let Ok(s) = dir.stat(&n) {
-                        last = last.max(s.last_use());
-                    }
+            let _ = dir.for_each_name(|n| {
+                if let Ok(s) = dir.stat(n) {
+                    last = last.max(s.last_use());
                 }
-            }
+            });
             if let (Some(reason), Some(parent)) = (self.output_verdict(e.name, last), e.parent) {
                 if !dir.try_lock().unwrap_or(false) {
                     self.out.locked_skipped += 1;

@@ -426,9 +426,15 @@ fn enforce(
                 for (v, t) in &c.refused {
                     println!("  left alone: {} {} entries", t.count, v.as_str());
                 }
+                if c.trim_skipped_locked {
+                    println!(
+                        "  trim.txt in {} not rewritten: locked by someone else",
+                        c.path.display()
+                    );
+                }
                 if c.locked_skipped > 0 {
                     println!(
-                        "  skipped {} locked shard(s) in {}",
+                        "  skipped {} locked shard(s) or module(s) in {}",
                         c.locked_skipped,
                         c.path.display()
                     );

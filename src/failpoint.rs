@@ -6,11 +6,20 @@
 //! `before-apply` (REL `.`: after planning, before any change) and `walk-open` (a directory
 //! was listed and stat'ed, and is about to be opened; every walk, inspection walks included). A test swaps files in that window to
 //! make a scan/apply race happen every time. Without the variable this is one cached check.
+//!
+//! Only builds with the `test-hooks` cargo feature (the test suite's) read the variable: it
+//! writes files where it is told, following symlinks, so a release build must not have it.
+//! Without the feature [`active`] is `false` and [`pause`] does nothing.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
+#[cfg(feature = "test-hooks")]
+use std::path::PathBuf;
+#[cfg(feature = "test-hooks")]
 use std::sync::OnceLock;
+#[cfg(feature = "test-hooks")]
 use std::time::{Duration, Instant};
 
+#[cfg(feature = "test-hooks")]
 struct Point {
     name: String,
     nth: usize,
@@ -19,6 +28,7 @@ struct Point {
     dir: PathBuf,
 }
 
+#[cfg(feature = "test-hooks")]
 fn config() -> Option<&'static [Point]> {
     static CFG: OnceLock<Vec<Point>> = OnceLock::new();
     let v = CFG.get_or_init(|| {
@@ -28,6 +38,7 @@ fn config() -> Option<&'static [Point]> {
     (!v.is_empty()).then_some(v.as_slice())
 }
 
+#[cfg(feature = "test-hooks")]
 fn parse(v: &str) -> Option<Point> {
     let mut it = v.splitn(3, ':');
     let head = it.next()?;
@@ -47,11 +58,23 @@ fn parse(v: &str) -> Option<Point> {
 }
 
 /// Whether any failpoint is configured (lets hot paths skip building `rel`).
+#[cfg(feature = "test-hooks")]
 pub fn active() -> bool {
     config().is_some()
 }
 
+/// Without the `test-hooks` feature no failpoint exists.
+#[cfg(not(feature = "test-hooks"))]
+pub fn active() -> bool {
+    false
+}
+
+/// Without the `test-hooks` feature no failpoint exists.
+#[cfg(not(feature = "test-hooks"))]
+pub fn pause(_name: &str, _rel: &Path) {}
+
 /// Pauses at failpoint `name` for `rel` if so configured.
+#[cfg(feature = "test-hooks")]
 pub fn pause(name: &str, rel: &Path) {
     let Some(points) = config() else { return };
     for p in points {
@@ -61,6 +84,7 @@ pub fn pause(name: &str, rel: &Path) {
     }
 }
 
+#[cfg(feature = "test-hooks")]
 fn hit(p: &Point, name: &str, rel: &Path) {
     if p.hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 != p.nth {
         return;
@@ -77,5 +101,44 @@ fn hit(p: &Point, name: &str, rel: &Path) {
         && !crate::scan::walk::stop_requested()
     {
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[cfg(all(test, not(feature = "test-hooks")))]
+mod tests {
+    const CHILD: &str = "GOCACHE_WARDEN_HOOKS_TEST_CHILD";
+
+    /// A build without `test-hooks` ignores both test variables: no pause, no file written
+    /// where the failpoint says, user managers looked for in /run/user only. The variables are
+    /// set for a child run of this same test (no other test's environment is touched).
+    #[test]
+    fn test_hooks_absent_variables_are_ignored() {
+        let d = tempfile::tempdir().unwrap();
+        if let Some(dir) = std::env::var_os(CHILD) {
+            assert!(!super::active());
+            super::pause("walk-open", std::path::Path::new("x"));
+            let dir = std::path::PathBuf::from(dir);
+            assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+            assert_eq!(
+                crate::units::run_user_dir(),
+                std::path::Path::new("/run/user")
+            );
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "failpoint::tests::test_hooks_absent_variables_are_ignored",
+            ])
+            .env(CHILD, d.path())
+            .env(
+                "GOCACHE_WARDEN_FAILPOINT",
+                format!("walk-open:*:{}", d.path().display()),
+            )
+            .env("GOCACHE_WARDEN_RUN_USER", d.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains("1 passed"), "{text}");
     }
 }

@@ -11,6 +11,8 @@ pub mod alert;
 pub mod apply;
 /// `cacheprog`: a GOCACHEPROG serving shared read-only caches with verified outputs.
 pub mod cacheprog;
+/// Opening a cache root by path so no user's symlink or directory on the way can redirect it.
+pub mod chase;
 /// `check`: resolve the policy's caches, inspect them, explain deviations.
 pub mod check;
 /// Command-line interface and exit codes.
@@ -47,3 +49,5 @@ pub mod systemd;
 pub mod units;
 /// Every user's caches: `users` expanded to one cache per user, resolved as their go would.
 pub mod users;
+/// Bounded, non-blocking reads of user-controlled files, with the user's own credentials.
+pub mod untrusted;

@@ -179,8 +179,9 @@ fn remove_tree(parent: &Dir, name: &CStr, st: &Stat, depth: usize) -> io::Result
     parent.remove(name, st)
 }
 
-/// Evicts one module version unless it was used since (`floor_age` seconds before `now`) or
-/// `go` holds its lock. Returns the bytes freed, `None` when it was left alone.
+/// Evicts one module version unless it was used since (`floor_age` seconds before `now`).
+/// Returns the bytes freed, `None` when it was left alone; an error of kind `WouldBlock`
+/// when someone (`go` extracting it, or anyone) holds its lock.
 pub fn evict(
     root: &Dir,
     u: &ModUnit,
@@ -215,8 +216,10 @@ pub fn evict(
         Ok(st) => {
             let f = v.open_read(&lock_name, &st)?;
             // SAFETY: flock on an fd we own; released when `f` drops.
+            // Never wait: anyone who can open the lock file could hold it forever. The
+            // caller counts a `WouldBlock` as a locked skip, not a failure.
             if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-                return Ok(None);
+                return Err(io::Error::last_os_error());
             }
             Some(f)
         }

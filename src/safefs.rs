@@ -106,6 +106,11 @@ fn statx_raw(dirfd: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<Stat>
     })
 }
 
+/// `statx` of `name` in directory `dirfd`, never following it.
+pub fn stat_at(dirfd: BorrowedFd<'_>, name: &CStr) -> io::Result<Stat> {
+    statx_raw(dirfd, name, 0)
+}
+
 /// `fstat` of an fd (through statx, for the mount-root attribute).
 pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
     statx_raw(fd, c"", libc::AT_EMPTY_PATH)
@@ -157,15 +162,11 @@ fn cstr(name: &OsStr) -> io::Result<CString> {
 }
 
 impl Dir {
-    /// Opens the cache root itself. The final component must be a real directory (no
-    /// symlink); its ancestors are the administrator's.
+    /// Opens the cache root itself, component by component from `/` (see
+    /// [`crate::chase`]): the final component must be a real directory (no symlink), and no
+    /// user's symlink, directory or mount on the way can lead elsewhere.
     pub fn open_root(path: &Path) -> io::Result<Dir> {
-        let fd = nix::fcntl::open(
-            path,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )?;
-        let st = fstat(fd.as_fd())?;
+        let (fd, st) = crate::chase::open_dir(path)?;
         Ok(Dir { fd, st })
     }
 
@@ -192,13 +193,13 @@ impl Dir {
                     | ResolveFlag::RESOLVE_NO_XDEV
                     | ResolveFlag::RESOLVE_NO_MAGICLINKS,
             );
-        match nix::fcntl::openat2(self.fd.as_fd(), name, how) {
+        match openat2(self.fd.as_fd(), name, how) {
             Ok(fd) => Ok(fd),
-            // Kernels before 5.6: openat with O_NOFOLLOW; the caller's (dev, ino) check and
-            // the mount-root attribute stand in for RESOLVE_NO_XDEV.
-            Err(Errno::ENOSYS) => Ok(nix::fcntl::openat(
+            // No usable openat2: openat with O_NOFOLLOW on a single component; the caller's
+            // (dev, ino) check and the mount-root attribute stand in for RESOLVE_NO_XDEV.
+            Err(e) if openat2_unavailable(e) => Ok(nix::fcntl::openat(
                 self.fd.as_fd(),
-                name,
+                single(name)?,
                 flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
                 Mode::empty(),
             )?),
@@ -258,11 +259,22 @@ impl Dir {
                     | ResolveFlag::RESOLVE_NO_SYMLINKS
                     | ResolveFlag::RESOLVE_NO_XDEV,
             );
-        Ok(std::fs::File::from(nix::fcntl::openat2(
-            self.fd.as_fd(),
-            name,
-            how,
-        )?))
+        match openat2(self.fd.as_fd(), name, how) {
+            Ok(fd) => Ok(std::fs::File::from(fd)),
+            // O_CREAT | O_EXCL never follows a final symlink; a single component cannot
+            // leave this directory.
+            Err(e) if openat2_unavailable(e) => Ok(std::fs::File::from(nix::fcntl::openat(
+                self.fd.as_fd(),
+                single(name)?,
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(mode),
+            )?)),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// `flock(LOCK_EX | LOCK_NB)` on this directory: `false` if someone else holds a lock.
@@ -282,8 +294,24 @@ impl Dir {
     }
 
     /// Lists the children's names (without `.` and `..`) through a fresh open file
-    /// description, so listing never disturbs another reader's offset.
+    /// description, so listing never disturbs another reader's offset. Costs memory per name:
+    /// for directories users fill (shards, executable outputs) use [`Dir::listing`].
     pub fn list(&self) -> io::Result<Vec<CString>> {
+        let mut l = self.listing()?;
+        let mut out = Vec::new();
+        let mut batch = Vec::new();
+        loop {
+            l.next_batch(LIST_BATCH, &mut batch)?;
+            if batch.is_empty() {
+                return Ok(out);
+            }
+            out.append(&mut batch);
+        }
+    }
+
+    /// The children's names in batches ([`Listing::next_batch`]), through a fresh open file
+    /// description: memory stays bounded by the batch whatever the directory holds.
+    pub fn listing(&self) -> io::Result<Listing> {
         // O_NOATIME where permitted: listing must not make a directory (an executable output)
         // look used.
         let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
@@ -296,16 +324,25 @@ impl Dir {
             Err(Errno::EPERM) => nix::fcntl::openat(self.fd.as_fd(), c".", flags, Mode::empty())?,
             r => r?,
         };
-        let mut d = nix::dir::Dir::from_fd(fd)?;
-        let mut out = Vec::new();
-        for e in d.iter() {
-            let e = e?;
-            let n = e.file_name();
-            if n != c"." && n != c".." {
-                out.push(n.to_owned());
+        Ok(Listing {
+            it: Some(nix::dir::Dir::from_fd(fd)?.into_iter()),
+        })
+    }
+
+    /// Calls `f` with every child's name, streaming: entries `f` removes meanwhile are fine
+    /// (Linux `getdents` neither repeats nor skips the others).
+    pub fn for_each_name(&self, mut f: impl FnMut(&CStr)) -> io::Result<()> {
+        let mut l = self.listing()?;
+        let mut batch = Vec::new();
+        loop {
+            l.next_batch(LIST_BATCH, &mut batch)?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for n in &batch {
+                f(n);
             }
         }
-        Ok(out)
     }
 
     /// Removes child `name` (a file, or an empty directory with `dir`) after checking it is
@@ -390,6 +427,70 @@ impl Dir {
         let fd = nix::fcntl::openat2(self.fd.as_fd(), rel, how)?;
         let st = fstat(fd.as_fd())?;
         Ok(Dir { fd, st })
+    }
+}
+
+/// Whether an `openat2` failure means the syscall itself is unusable here, so the `openat`
+/// fallback must be taken: `ENOSYS` (kernels before 5.6), `EPERM` (a seccomp filter written
+/// before openat2 existed denies unknown syscalls with EPERM: systemd's own `chase()` falls
+/// back on it too) and `EOPNOTSUPP`. Any other error is the answer about the file.
+pub fn openat2_unavailable(e: Errno) -> bool {
+    matches!(e, Errno::ENOSYS | Errno::EPERM | Errno::EOPNOTSUPP)
+}
+
+/// The fallback's precondition: `name` is one path component, so `openat` cannot resolve
+/// anything beyond this directory but the name itself.
+fn single(name: &CStr) -> io::Result<&CStr> {
+    let b = name.to_bytes();
+    if b.is_empty() || b.contains(&b'/') || b == b".." {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    Ok(name)
+}
+
+/// `openat2`, or (tests only) a pretended `ENOSYS` so every path through the fallback runs.
+fn openat2(dirfd: BorrowedFd<'_>, name: &CStr, how: OpenHow) -> nix::Result<OwnedFd> {
+    #[cfg(test)]
+    if tests::FORCE_FALLBACK.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(Errno::ENOSYS);
+    }
+    nix::fcntl::openat2(dirfd, name, how)
+}
+
+/// Names read per batch by [`Dir::for_each_name`], [`Dir::list`] and the walk: about 100 KiB
+/// of Go-cache names, and one `getdents` buffer's worth.
+pub const LIST_BATCH: usize = 1024;
+
+/// A directory being read; see [`Dir::listing`].
+pub struct Listing {
+    /// `None` once the end was seen: the fd is closed then, so a directory that fits in one
+    /// batch holds no fd while its children are visited (a deep tree costs one fd per level).
+    it: Option<nix::dir::OwningIter>,
+}
+
+impl Listing {
+    /// Replaces `out` with up to `max` more names (without `.` and `..`); empty at the end.
+    pub fn next_batch(&mut self, max: usize, out: &mut Vec<CString>) -> io::Result<()> {
+        out.clear();
+        let Some(it) = self.it.as_mut() else {
+            return Ok(());
+        };
+        while out.len() < max {
+            match it.next() {
+                Some(e) => {
+                    let e = e?;
+                    let n = e.file_name();
+                    if n != c"." && n != c".." {
+                        out.push(n.to_owned());
+                    }
+                }
+                None => {
+                    self.it = None;
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -503,4 +604,98 @@ pub fn fs_stat_fd(fd: BorrowedFd<'_>, dev: u64) -> io::Result<FsStat> {
         inodes_total: s.files() as u64,
         inodes_free: s.files_free() as u64,
     })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Makes every `openat2` in this test process fail with ENOSYS. The fallback must be
+    /// equivalent, so other tests running meanwhile are unaffected in outcome.
+    pub(crate) static FORCE_FALLBACK: AtomicBool = AtomicBool::new(false);
+
+    #[test]
+    fn fallback_is_taken_on_enosys_eperm_eopnotsupp_only() {
+        for e in [Errno::ENOSYS, Errno::EPERM, Errno::EOPNOTSUPP] {
+            assert!(openat2_unavailable(e), "{e}");
+        }
+        for e in [
+            Errno::EACCES,
+            Errno::ELOOP,
+            Errno::EXDEV,
+            Errno::ENOENT,
+            Errno::EAGAIN,
+        ] {
+            assert!(!openat2_unavailable(e), "{e}");
+        }
+        assert!(single(c"..").is_err() && single(c"a/b").is_err() && single(c"a").is_ok());
+    }
+
+    /// A walk with openat2 unavailable still refuses symlinks (to a directory or a file) and
+    /// sees every real entry.
+    #[test]
+    fn walk_with_the_fallback_forced_refuses_symlinks() {
+        struct Seen(Vec<(PathBuf, Kind)>, Vec<PathBuf>);
+        impl crate::scan::walk::Visit for Seen {
+            fn file(&mut self, e: &crate::scan::walk::Entry) {
+                self.0.push((e.rel(), e.st.kind()));
+                if e.st.kind() == Kind::File
+                    && let Some(p) = e.parent
+                {
+                    let b = p.read_small(e.name, e.st, 64).unwrap();
+                    assert_eq!(b, b"data");
+                }
+            }
+            fn enter(&mut self, e: &crate::scan::walk::Entry, _d: &Dir) -> bool {
+                self.1.push(e.rel());
+                true
+            }
+        }
+        use std::path::PathBuf;
+        let t = tempfile::tempdir().unwrap();
+        let outside = t.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("victim"), "data").unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir_all(root.join("00/sub")).unwrap();
+        std::fs::write(root.join("00/sub/f"), "data").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("00/dirlink")).unwrap();
+        std::os::unix::fs::symlink(outside.join("victim"), root.join("00/filelink")).unwrap();
+
+        FORCE_FALLBACK.store(true, Ordering::Relaxed);
+        let dir = Dir::open_root(&root).unwrap();
+        let seen =
+            crate::scan::walk::walk(&dir, Default::default(), || Seen(Vec::new(), Vec::new()));
+        // The fallback refuses a symlink swapped in where a directory was listed.
+        let sub = dir.open_dir(c"00", &dir.stat(c"00").unwrap()).unwrap();
+        let listed = sub.stat(c"sub").unwrap();
+        std::fs::remove_file(root.join("00/sub/f")).unwrap();
+        std::fs::remove_dir(root.join("00/sub")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("00/sub")).unwrap();
+        let swapped = sub.open_dir(c"sub", &listed).unwrap_err();
+        let created = sub.create_file(c"new", 0o600);
+        FORCE_FALLBACK.store(false, Ordering::Relaxed);
+
+        let mut files: Vec<_> = seen.iter().flat_map(|s| s.0.clone()).collect();
+        files.sort();
+        assert_eq!(
+            files,
+            [
+                (PathBuf::from("00/dirlink"), Kind::Symlink),
+                (PathBuf::from("00/filelink"), Kind::Symlink),
+                (PathBuf::from("00/sub/f"), Kind::File),
+            ]
+        );
+        let mut dirs: Vec<_> = seen.iter().flat_map(|s| s.1.clone()).collect();
+        dirs.sort();
+        assert_eq!(dirs, [".", "00", "00/sub"].map(PathBuf::from));
+        assert!(
+            matches!(swapped.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)),
+            "{swapped}"
+        );
+        assert!(created.is_ok());
+        assert!(root.join("00/new").is_file());
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+    }
 }

@@ -72,10 +72,15 @@ fn dbus_scope(scope: Scope) -> systemd::Scope {
     }
 }
 
-/// The directory holding every user's runtime dir (`/run/user/UID/systemd/private`).
+/// The directory holding every user's runtime dir (`/run/user/UID/systemd/private`). Only
+/// test builds (the `test-hooks` feature) let `GOCACHE_WARDEN_RUN_USER` point it elsewhere:
+/// in a release build no environment variable decides which sockets root talks to.
 pub fn run_user_dir() -> PathBuf {
-    std::env::var_os("GOCACHE_WARDEN_RUN_USER")
-        .map_or_else(|| PathBuf::from("/run/user"), PathBuf::from)
+    #[cfg(feature = "test-hooks")]
+    if let Some(dir) = std::env::var_os("GOCACHE_WARDEN_RUN_USER") {
+        return PathBuf::from(dir);
+    }
+    PathBuf::from("/run/user")
 }
 
 /// One inspection (and, with `remediate`, the drop-ins of `drop-in` rules).

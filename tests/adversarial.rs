@@ -378,6 +378,7 @@ impl Case {
     /// Runs `enforce --json` with failpoint `spec` (`NAME[#N]:REL`), runs `race` while the
     /// binary waits at the point, then lets it go on.
     fn enforce_racing(&self, spec: &str, race: impl FnOnce()) -> Run {
+        support::require_test_hooks();
         let fp = self.dir.join("failpoint");
         std::fs::create_dir_all(&fp).expect("mkdir failpoint dir");
         let name = spec.split([':', '#']).next().expect("failpoint name");

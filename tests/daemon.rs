@@ -61,6 +61,7 @@ fn user_unit_ready_reload_bad_reload_and_stop_mid_sweep() {
     // first sweep pauses before applying (so READY can be seen not to wait for it: a cold
     // first sweep can outlast any start timeout), and so does the third (so a stop can
     // arrive in the middle of a sweep).
+    support::require_test_hooks();
     let dropin = format!(
         "[Service]\nExecStart=\nExecStart={} --scope user --policy {} run\nEnvironment=GOCACHE_WARDEN_FAILPOINT=before-apply:.:{},before-apply#3:.:{}\nStandardError=append:{}\n",
         support::bin().display(),

@@ -163,6 +163,12 @@ fn old_module_versions_go_whole_and_go_still_works() {
         "{}",
         v["outcome"]
     );
+    // The version whose lock go holds is skipped without waiting, and counted as such.
+    assert_eq!(
+        v["outcome"]["caches"][0]["locked_skipped"], 1,
+        "{}",
+        v["outcome"]
+    );
     for (m, ver) in [old_a, old_b] {
         assert!(
             !extracted(&mc, m, ver).exists(),

@@ -626,6 +626,7 @@ struct PausedEnforce {
 
 impl PausedEnforce {
     fn start(lab: &Lab) -> PausedEnforce {
+        support::require_test_hooks();
         let dir = lab.dir.path().join("failpoint");
         std::fs::create_dir(&dir).expect("mkdir failpoint");
         let mut c = Command::new(support::bin());

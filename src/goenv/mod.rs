@@ -164,13 +164,10 @@ pub fn find_go_binary(path_var: Option<&str>, cwd: Option<&Path>) -> Option<Path
     None
 }
 
+/// Whether `path` starts with `#!`. The file is whatever a unit's PATH finds first: read
+/// without blocking and only if it is (still) a regular file.
 fn is_script(path: &Path) -> bool {
-    use std::io::Read;
-    let mut head = [0u8; 2];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .map(|()| &head == b"#!")
-        .unwrap_or(false)
+    crate::untrusted::read_head(path, 2).is_ok_and(|h| h == b"#!")
 }
 
 /// Fallback for script wrappers: runs `go env GOROOT` with exactly `env`'s variables (and

@@ -412,7 +412,9 @@ fn read_env_file(
         });
         return;
     };
-    let data = match std::fs::read(&path) {
+    // The file is the user's: bounded, non-blocking, regular files only (a FIFO or
+    // /dev/zero named by GOENV must neither block nor exhaust the agent).
+    let data = match crate::untrusted::read_bounded(&path, crate::untrusted::GOENV_MAX_BYTES) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
         Err(e) => {
@@ -532,6 +534,32 @@ mod tests {
                 .to_string()
                 .starts_with(&format!("{}:3: ", f.display()))
         );
+    }
+
+    /// GOENV names whatever the user likes: /dev/zero must not be read to the end, a FIFO
+    /// must not block, and both are warnings naming the file while the rest resolves.
+    #[test]
+    fn hostile_env_files_are_skipped_with_a_warning() {
+        let t = tempfile::tempdir().unwrap();
+        let fifo = t.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let big = t.path().join("big");
+        std::fs::write(&big, vec![b'#'; crate::untrusted::GOENV_MAX_BYTES + 1]).unwrap();
+        for (file, says) in [
+            ("/dev/zero", "character device"),
+            (fifo.to_str().unwrap(), "a FIFO"),
+            (big.to_str().unwrap(), "larger than"),
+        ] {
+            let r = resolve(&env(&[("HOME", "/h"), ("GOENV", file)]));
+            assert_eq!(r.gocache.printed, "/h/.cache/go-build", "{file}");
+            assert!(
+                r.warnings
+                    .iter()
+                    .any(|w| w.file == Path::new(file) && w.message.contains(says)),
+                "{file}: {:?}",
+                r.warnings
+            );
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
 /// One entry seen by the walk.
 pub struct Entry<'a> {
@@ -98,6 +98,13 @@ impl Default for WalkOptions {
     }
 }
 
+/// Root children a walking thread takes at a time.
+const ROOT_BATCH: usize = 4;
+/// Stack of each walking thread.
+const WORKER_STACK: usize = 8 << 20;
+/// How deep a walk goes on the caller's own stack when no thread could be started.
+const INLINE_DEPTH: usize = 64;
+
 static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Asks every walk in this process to stop at the next entry (the daemon on SIGTERM). Each
@@ -133,37 +140,66 @@ where
     if !first.enter(&root_entry, root) {
         return vec![first];
     }
-    let names = match root.list() {
-        Ok(n) => n,
+    // The root's children are handed out a few at a time from one streamed listing: members
+    // can put any number of names in the root, and none of them is held longer than needed.
+    let listing = match root.listing() {
+        Ok(l) => std::sync::Mutex::new(l),
         Err(e) => {
             first.skipped(&root_entry, &Skip::Unreadable(e));
             return vec![first];
         }
     };
-    let next = AtomicUsize::new(0);
+    let take = |batch: &mut Vec<CString>| -> io::Result<()> {
+        let mut l = listing
+            .lock()
+            .map_err(|_| io::Error::other("listing lock poisoned"))?;
+        l.next_batch(ROOT_BATCH, batch)
+    };
     let work = |v: &mut V| {
         let mut stack = Vec::new();
+        let mut batch = Vec::new();
         while !stop_requested() {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(n) = names.get(i) else { break };
-            visit_child(v, root, n, &mut stack, 1, opts.max_depth);
+            if let Err(e) = take(&mut batch) {
+                v.error(PathBuf::from("."), &e);
+                break;
+            }
+            if batch.is_empty() {
+                break;
+            }
+            for n in &batch {
+                visit_child(v, root, n, &mut stack, 1, opts.max_depth);
+            }
         }
     };
     let mut out = Vec::with_capacity(opts.threads);
+    // Every descent runs on a thread of ours with a known stack, never on the caller's: the
+    // daemon calls this from a 2 MiB tokio blocking thread, and users choose how deep the
+    // trees under fuzz/ and the shards go (up to `max_depth` frames).
+    let spawn = || {
+        std::thread::Builder::new()
+            // Deep trees recurse; give them room (1024 levels × about 1 KiB in a debug build).
+            .stack_size(WORKER_STACK)
+    };
+    let mut inline = false;
     std::thread::scope(|s| {
         let handles: Vec<_> = (1..opts.threads.max(1))
             .map(|_| {
-                std::thread::Builder::new()
-                    // Deep trees recurse; give them room (1024 levels × a few hundred bytes).
-                    .stack_size(8 << 20)
-                    .spawn_scoped(s, || {
-                        let mut v = make();
-                        work(&mut v);
-                        v
-                    })
+                spawn().spawn_scoped(s, || {
+                    let mut v = make();
+                    work(&mut v);
+                    v
+                })
             })
             .collect();
-        work(&mut first);
+        let first_ref = &mut first;
+        match spawn().spawn_scoped(s, || work(first_ref)) {
+            Ok(h) => {
+                if let Err(p) = h.join() {
+                    std::panic::resume_unwind(p)
+                }
+            }
+            Err(_) => inline = true,
+        }
         // A thread that could not start left its share to the others.
         for h in handles.into_iter().flatten() {
             match h.join() {
@@ -172,6 +208,18 @@ where
             }
         }
     });
+    if inline {
+        // Not even that thread started: what is left is walked here, but only as deep as any
+        // stack allows (deeper directories are reported as too deep).
+        let mut stack = Vec::new();
+        let mut batch = Vec::new();
+        let depth = opts.max_depth.min(INLINE_DEPTH);
+        while !stop_requested() && take(&mut batch).is_ok() && !batch.is_empty() {
+            for n in &batch {
+                visit_child(&mut first, root, n, &mut stack, 1, depth);
+            }
+        }
+    }
     first.leave(&root_entry, root);
     out.insert(0, first);
     out
@@ -241,19 +289,35 @@ fn visit_child<V: Visit>(
     if !v.enter(&e, &dir) {
         return;
     }
-    let names = match dir.list() {
-        Ok(n) => n,
+    // Streamed in batches: a shard with millions of names costs one batch of memory, and a
+    // directory that fits in one batch holds no listing fd while its children are visited.
+    let mut listing = match dir.listing() {
+        Ok(l) => l,
         Err(err) => {
             v.skipped(&e, &Skip::Unreadable(err));
             return;
         }
     };
+    let mut batch = Vec::new();
     stack.push(name.to_owned());
-    for n in &names {
-        if stop_requested() {
+    'listing: loop {
+        if let Err(err) = listing.next_batch(crate::safefs::LIST_BATCH, &mut batch) {
+            let mut rel = PathBuf::new();
+            for s in stack.iter() {
+                rel.push(OsStr::from_bytes(s.to_bytes()));
+            }
+            v.error(rel, &err);
             break;
         }
-        visit_child(v, &dir, n, stack, depth + 1, max_depth);
+        if batch.is_empty() {
+            break;
+        }
+        for n in &batch {
+            if stop_requested() {
+                break 'listing;
+            }
+            visit_child(v, &dir, n, stack, depth + 1, max_depth);
+        }
     }
     let name = stack.pop().unwrap_or_default();
     let e = Entry {
@@ -264,4 +328,45 @@ fn visit_child<V: Visit>(
         stack,
     };
     v.leave(&e, &dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A member can make a chain as deep as they like under fuzz/; the daemon's first walk is
+    /// called from a 2 MiB tokio blocking thread. Called from a 1 MiB thread (a debug build
+    /// needs more than that for 1000 levels), the walk still reaches the bottom.
+    #[test]
+    fn a_thousand_deep_chain_does_not_need_the_callers_stack() {
+        use nix::fcntl::{OFlag, openat};
+        use nix::sys::stat::{Mode, mkdirat};
+        let t = tempfile::tempdir().unwrap();
+        let flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY;
+        let mut fd = nix::fcntl::open(t.path(), flags, Mode::empty()).unwrap();
+        for _ in 0..1000 {
+            mkdirat(&fd, "d", Mode::from_bits_truncate(0o755)).unwrap();
+            fd = openat(&fd, "d", flags, Mode::empty()).unwrap();
+        }
+        struct Deepest(usize);
+        impl Visit for Deepest {
+            fn file(&mut self, _e: &Entry) {}
+            fn enter(&mut self, e: &Entry, _d: &Dir) -> bool {
+                self.0 = self.0.max(e.depth);
+                true
+            }
+        }
+        let root = Dir::open_root(t.path()).unwrap();
+        let opts = WalkOptions {
+            threads: 1,
+            max_depth: 1024,
+        };
+        let deepest = std::thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn(move || walk(&root, opts, || Deepest(0))[0].0)
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(deepest, 1000);
+    }
 }

@@ -49,29 +49,39 @@ impl DropInTarget {
         }
     }
 
-    /// The user manager's `$XDG_CONFIG_HOME/systemd/user` (else `~/.config/systemd/user`).
-    /// When the config dir lies outside the home, the walk starts at `/` instead.
-    pub fn user(home: &Path, xdg_config_home: Option<&Path>, uid: u32, gid: u32) -> Self {
+    /// The user manager's `$XDG_CONFIG_HOME/systemd/user` (else `~/.config/systemd/user`),
+    /// which must lie inside the home: the user sets their manager's environment
+    /// (`systemctl --user set-environment XDG_CONFIG_HOME=/etc`), and a drop-in directory
+    /// created for them elsewhere (`/etc/systemd/user/`) would be read by every user's
+    /// manager. An `XDG_CONFIG_HOME` outside the home (or with `..`) is refused.
+    pub fn user(
+        home: &Path,
+        xdg_config_home: Option<&Path>,
+        uid: u32,
+        gid: u32,
+    ) -> Result<Self, String> {
         let config = match xdg_config_home {
             Some(dir) if dir.is_absolute() => dir.to_path_buf(),
             _ => home.join(".config"),
         };
         let unit_dir = config.join("systemd/user");
-        let (base, rel) = match unit_dir.strip_prefix(home) {
-            Ok(rel) => (home.to_path_buf(), rel.to_path_buf()),
-            Err(_) => (
-                PathBuf::from("/"),
-                unit_dir
-                    .strip_prefix("/")
-                    .unwrap_or(&unit_dir)
-                    .to_path_buf(),
-            ),
-        };
-        DropInTarget {
-            base,
-            rel,
+        let rel = unit_dir
+            .strip_prefix(home)
+            .ok()
+            .filter(|rel| rel.components().all(|c| matches!(c, Component::Normal(_))))
+            .ok_or_else(|| {
+                format!(
+                    "the manager's XDG_CONFIG_HOME puts its unit directory at \"{}\", outside \
+                     the home \"{}\": drop-ins for a user are only written inside their home",
+                    unit_dir.display(),
+                    home.display()
+                )
+            })?;
+        Ok(DropInTarget {
+            base: home.to_path_buf(),
+            rel: rel.to_path_buf(),
             owner: Some((uid, gid)),
-        }
+        })
     }
 
     /// The full path the drop-in for `unit` will have.
@@ -371,7 +381,8 @@ mod tests {
             None,
             Uid::effective().as_raw(),
             Gid::effective().as_raw(),
-        );
+        )
+        .unwrap();
         let body = contents("/srv/gocache").unwrap();
         assert_eq!(
             write(&target, "a.service", &body).unwrap(),
@@ -422,7 +433,7 @@ mod tests {
         std::fs::create_dir_all(&home).unwrap();
         std::fs::create_dir_all(&elsewhere).unwrap();
         symlink(&elsewhere, home.join(".config")).unwrap();
-        let target = DropInTarget::user(&home, None, 0, 0);
+        let target = DropInTarget::user(&home, None, 0, 0).unwrap();
         let err = write(&target, "a.service", "x").unwrap_err();
         assert!(format!("{err:#}").contains("symlink"), "{err:#}");
         assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
@@ -433,7 +444,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let victim = tmp.path().join("victim");
         std::fs::write(&victim, "keep").unwrap();
-        let target = DropInTarget::user(tmp.path(), None, 0, 0);
+        let target = DropInTarget::user(tmp.path(), None, 0, 0).unwrap();
         let dir = tmp.path().join(".config/systemd/user/a.service.d");
         std::fs::create_dir_all(&dir).unwrap();
         symlink(&victim, dir.join(DROPIN_NAME)).unwrap();
@@ -449,14 +460,17 @@ mod tests {
     }
 
     #[test]
-    fn user_target_outside_home() {
-        let t = DropInTarget::user(Path::new("/home/a"), Some(Path::new("/cfg/a")), 1, 1);
-        assert_eq!(t.base, PathBuf::from("/"));
-        assert_eq!(
-            t.path_for("x.service"),
-            PathBuf::from("/cfg/a/systemd/user/x.service.d/50-gocache-warden.conf")
-        );
-        let t = DropInTarget::user(Path::new("/home/a"), None, 1, 1);
+    fn user_target_outside_home_is_refused() {
+        for outside in ["/cfg/a", "/etc", "/home/a/../../etc", "/home/ab"] {
+            let e = DropInTarget::user(Path::new("/home/a"), Some(Path::new(outside)), 1, 1)
+                .unwrap_err();
+            assert!(e.contains("outside the home"), "{outside}: {e}");
+        }
+        let t =
+            DropInTarget::user(Path::new("/home/a"), Some(Path::new("/home/a/cfg")), 1, 1).unwrap();
+        assert_eq!(t.base, PathBuf::from("/home/a"));
+        assert_eq!(t.rel, PathBuf::from("cfg/systemd/user"));
+        let t = DropInTarget::user(Path::new("/home/a"), None, 1, 1).unwrap();
         assert_eq!(t.base, PathBuf::from("/home/a"));
         assert_eq!(t.rel, PathBuf::from(".config/systemd/user"));
     }

@@ -28,8 +28,7 @@
 //! systemd's own messages count lines differently (they skip blank lines and continuations).
 
 use std::fmt;
-use std::fs;
-use std::io::Read;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -372,25 +371,35 @@ fn to_u32(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
-/// Reads and parses one environment file. Errors (unreadable, too large, invalid UTF-8) are
-/// the ones that make systemd refuse the file.
+/// What the agent reads at most of one environment file. systemd accepts up to
+/// [`MAX_FILE_BYTES`], but the files are users' and the agent reads them on every sweep: a
+/// larger file is reported as not inspected instead of costing the agent its memory.
+pub const INSPECT_MAX_BYTES: usize = 1024 * 1024;
+
+/// Reads and parses one environment file. Errors (unreadable, not a regular file, invalid
+/// UTF-8) are the ones that make systemd refuse the file; a file larger than
+/// [`INSPECT_MAX_BYTES`] is a warning with no variables. The read never blocks (a FIFO is an
+/// error, not a wait) and follows the rules of [`crate::untrusted`]; callers run it with the
+/// unit's user's credentials.
 pub fn read(path: &Path) -> Result<EnvFile, Diagnostic> {
     let whole_file = |msg: String| Diagnostic {
         file: path.to_path_buf(),
         line: None,
         msg,
     };
-    let file = fs::File::open(path).map_err(|e| whole_file(format!("cannot open: {e}")))?;
-    let mut bytes = Vec::new();
-    // Read one byte past the limit to tell "exactly at the limit" from "over it".
-    file.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| whole_file(format!("cannot read: {e}")))?;
-    if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(whole_file(format!(
-            "larger than {MAX_FILE_BYTES} bytes: systemd refuses it"
-        )));
-    }
+    let bytes = match crate::untrusted::read_bounded(path, INSPECT_MAX_BYTES) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {
+            return Ok(EnvFile {
+                vars: vec![],
+                warnings: vec![whole_file(format!(
+                    "larger than {INSPECT_MAX_BYTES} bytes: not inspected (systemd reads up \
+                     to {MAX_FILE_BYTES})"
+                ))],
+            });
+        }
+        Err(e) => return Err(whole_file(format!("cannot open: {e}"))),
+    };
     parse(&bytes, path)
 }
 

@@ -8,6 +8,8 @@
 //! (`remediate.rs`). It does not know how `go` picks a default cache: callers pass a
 //! [`units::Resolver`]. It does not evict or repair caches either.
 
+/// Inspecting a unit with its user's file permissions (fsuid/fsgid on a reader thread).
+pub mod asuser;
 /// systemd's D-Bus API: proxies, connections, typed unit properties, signal watching.
 pub mod dbus;
 /// Safe, atomic writing of the `50-gocache-warden.conf` drop-in.

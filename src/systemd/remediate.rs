@@ -137,7 +137,13 @@ pub fn plan(inspection: &Inspection, rules: &[UnitRule]) -> Plan {
             out.skipped.push(skip(format!("{e:#}")));
             continue;
         }
-        let target = target_for(mgr);
+        let target = match target_for(mgr) {
+            Ok(t) => t,
+            Err(e) => {
+                out.skipped.push(skip(e));
+                continue;
+            }
+        };
         out.dropins.push(PlannedDropIn {
             unit: u.unit.clone(),
             path: target.path_for(&u.unit.unit),
@@ -150,16 +156,32 @@ pub fn plan(inspection: &Inspection, rules: &[UnitRule]) -> Plan {
     out
 }
 
-/// Where drop-ins for units of `mgr` go.
-pub fn target_for(mgr: &ManagerInfo) -> DropInTarget {
+/// Where drop-ins for units of `mgr` go; an error when the user's manager points its
+/// configuration outside the user's home.
+pub fn target_for(mgr: &ManagerInfo) -> Result<DropInTarget, String> {
     match &mgr.id {
-        ManagerId::System => DropInTarget::system(),
+        ManagerId::System => Ok(DropInTarget::system()),
         ManagerId::User { uid, .. } => DropInTarget::user(
             &mgr.specifiers.home,
             mgr.env.get("XDG_CONFIG_HOME").map(std::path::Path::new),
             *uid,
             mgr.gid,
         ),
+    }
+}
+
+/// Writes a planned drop-in; a user's drop-in with that user's file-system identity, so
+/// directories and the file are created as the user, with the user's permissions, in the
+/// user's home (never as root through something the user made writable only to root).
+fn write_as_owner(d: &PlannedDropIn) -> anyhow::Result<Written> {
+    match d.target.owner {
+        Some((uid, _)) if uid != 0 => {
+            let creds = crate::untrusted::Creds::of_uid(uid)?;
+            crate::untrusted::with_creds(&creds, || {
+                dropin::write(&d.target, &d.unit.unit, &d.contents)
+            })?
+        }
+        _ => dropin::write(&d.target, &d.unit.unit, &d.contents),
     }
 }
 
@@ -247,7 +269,7 @@ pub async fn apply(
         };
         let mut written = Vec::new();
         for d in dropins {
-            match dropin::write(&d.target, &d.unit.unit, &d.contents) {
+            match write_as_owner(d) {
                 Ok(w) => written.push((d, w)),
                 Err(e) => {
                     let msg = format!("{e:#}");
@@ -332,8 +354,8 @@ async fn verify(
     let Some(rule) = rules.get(rule_index) else {
         return Ok(());
     };
-    let checked =
-        units::inspect_unit(mgr, &svc, rule_index, rule, resolve).map_err(|e| e.to_string())?;
+    let checked = super::asuser::inspect_unit(mgr, &svc, rule_index, rule, resolve)
+        .map_err(|e| e.to_string())?;
     match &checked.gocache {
         Some((v, _)) if *v == d.expected => Ok(()),
         other => Err(format!(

@@ -322,7 +322,7 @@ pub async fn inspect(
                     {
                         continue;
                     }
-                    match inspect_unit(&info, &svc, rule, &rules[rule], resolve) {
+                    match super::asuser::inspect_unit(&info, &svc, rule, &rules[rule], resolve) {
                         Ok(u) => out.units.push(u),
                         Err(e) => out.unit_errors.push(e),
                     }

@@ -291,3 +291,16 @@ pub fn spawn_agent(policy: &Path, log: &Path) -> KillOnDrop {
             .expect("spawn the agent"),
     )
 }
+
+/// Fails (never skips) when the binary under test lacks the test-only hooks
+/// (`GOCACHE_WARDEN_FAILPOINT`, `GOCACHE_WARDEN_RUN_USER`): they exist only with the
+/// `test-hooks` cargo feature, which .ci/test enables.
+// A run-time failure on purpose: without the feature the suite must still compile (clippy
+// runs both ways), and only the tests that need the hooks fail, loudly.
+#[allow(clippy::assertions_on_constants)]
+pub fn require_test_hooks() {
+    assert!(
+        cfg!(feature = "test-hooks"),
+        "this test uses failpoints: run it with `cargo test --features test-hooks` (as .ci/test does)"
+    );
+}
