@@ -47,7 +47,7 @@ pub mod sweep;
 pub mod systemd;
 /// Policy unit rules ↔ the systemd subsystem.
 pub mod units;
-/// Every user's caches: `users` expanded to one cache per user, resolved as their go would.
-pub mod users;
 /// Bounded, non-blocking reads of user-controlled files, with the user's own credentials.
 pub mod untrusted;
+/// Every user's caches: `users` expanded to one cache per user, resolved as their go would.
+pub mod users;

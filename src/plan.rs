@@ -203,10 +203,18 @@ pub fn plan_cache(p: &CachePolicy, r: &CacheReport, owner_uid: Option<u32>) -> O
         permissions,
         size_bytes: 0,
         limit_bytes: r.limit_bytes,
-        skipped: r.inspect_error.clone().or_else(|| r.refused.clone()).or_else(|| {
-            r.read_only
-                .then(|| format!("{} is on a read-only mount", r.path.as_deref().unwrap_or(Path::new("")).display()))
-        }),
+        skipped: r
+            .inspect_error
+            .clone()
+            .or_else(|| r.refused.clone())
+            .or_else(|| {
+                r.read_only.then(|| {
+                    format!(
+                        "{} is on a read-only mount",
+                        r.path.as_deref().unwrap_or(Path::new("")).display()
+                    )
+                })
+            }),
         policy: p.clone(),
         owner_uid,
         user: None,

@@ -406,10 +406,18 @@ fn read_only_mount_is_one_finding_with_the_fix_and_enforce_touches_nothing() {
     let plan = &enforce["plan"]["caches"][0];
     assert!(plan["eviction"].is_null(), "nothing planned: {plan}");
     assert!(
-        plan["skipped"].as_str().is_some_and(|s| s.contains("read-only")),
+        plan["skipped"]
+            .as_str()
+            .is_some_and(|s| s.contains("read-only")),
         "{plan}"
     );
-    let failed = enforce["outcome"]["caches"][0]["failed"].as_u64().unwrap_or(0);
+    let failed = enforce["outcome"]["caches"][0]["failed"]
+        .as_u64()
+        .unwrap_or(0);
     assert_eq!(failed, 0, "no per-entry EROFS failures: {enforce}");
-    assert_eq!(find_count(&cache, &["-type", "f"]), before, "nothing removed");
+    assert_eq!(
+        find_count(&cache, &["-type", "f"]),
+        before,
+        "nothing removed"
+    );
 }

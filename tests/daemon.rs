@@ -102,10 +102,14 @@ fn user_unit_ready_reload_bad_reload_and_stop_mid_sweep() {
         "STATUS= during the first sweep"
     );
     std::fs::write(fp1.join("before-apply.go"), "").expect("release");
-    wait_for("STATUS= after the first sweep", Duration::from_secs(30), || {
-        mgr.show("gocache-warden.service", "StatusText")
-            .is_ok_and(|s| s.contains("1 cache(s)"))
-    });
+    wait_for(
+        "STATUS= after the first sweep",
+        Duration::from_secs(30),
+        || {
+            mgr.show("gocache-warden.service", "StatusText")
+                .is_ok_and(|s| s.contains("1 cache(s)"))
+        },
+    );
     let pid = mgr.show("gocache-warden.service", "MainPID").expect("pid");
 
     // A good reload: systemctl waits for RELOADING=1 … READY=1.

@@ -43,7 +43,12 @@ fn system_agent_from_the_deb_under_real_systemd() {
     let receiver = Receiver::start();
     std::fs::write(s.join("hook-port"), receiver.port.to_string()).expect("write port");
 
-    let boot = vm.boot(s, "system-agent.sh", Duration::from_secs(1500), Some(receiver.port));
+    let boot = vm.boot(
+        s,
+        "system-agent.sh",
+        Duration::from_secs(1500),
+        Some(receiver.port),
+    );
     let (ok, failed) = boot.results();
     eprintln!(
         "system agent VM: {} checks passed, {} failed, {:.0?}",
@@ -52,7 +57,12 @@ fn system_agent_from_the_deb_under_real_systemd() {
         boot.elapsed
     );
     assert_eq!(boot.rc, Some(0), "{}", boot.diagnostics());
-    assert!(failed.is_empty(), "failed checks:\n{}\n\n{}", failed.join("\n"), boot.diagnostics());
+    assert!(
+        failed.is_empty(),
+        "failed checks:\n{}\n\n{}",
+        failed.join("\n"),
+        boot.diagnostics()
+    );
     assert!(ok.len() > 60, "too few checks ran:\n{}", boot.diagnostics());
 
     // Webhooks: both sinks delivered to a non-loopback address, carrying the UID, the path
@@ -101,10 +111,15 @@ fn system_agent_from_the_deb_under_real_systemd() {
         let e = agent
             .iter()
             .find(|e| e["GOCACHE_WARDEN_ACTION"] == kind)
-            .unwrap_or_else(|| panic!("no {kind} event from gocache-warden.service in the journal"));
+            .unwrap_or_else(|| {
+                panic!("no {kind} event from gocache-warden.service in the journal")
+            });
         assert_eq!(e["SYSLOG_IDENTIFIER"], "gocache-warden", "{e}");
         if ["evict", "group-fix", "acl-fix", "violation"].contains(&kind) {
-            assert!(e["CACHE_PATH"].is_string(), "{kind} without CACHE_PATH: {e}");
+            assert!(
+                e["CACHE_PATH"].is_string(),
+                "{kind} without CACHE_PATH: {e}"
+            );
         }
         if kind.starts_with("unit-") {
             assert!(e["UNIT"].is_string(), "{kind} without UNIT: {e}");

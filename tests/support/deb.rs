@@ -116,4 +116,3 @@ pub fn build_deb_with(target: &Path, deb_args: &[&str]) -> PathBuf {
     );
     deb
 }
-

@@ -19,8 +19,10 @@ use std::time::{Duration, Instant};
 
 /// Where images are kept between runs (outside the checkout: a fresh clone reuses them).
 pub fn cache_dir() -> PathBuf {
-    std::env::var_os("GOCACHE_WARDEN_VM_CACHE")
-        .map_or_else(|| PathBuf::from("/var/cache/gocache-warden-tests/vm"), PathBuf::from)
+    std::env::var_os("GOCACHE_WARDEN_VM_CACHE").map_or_else(
+        || PathBuf::from("/var/cache/gocache-warden-tests/vm"),
+        PathBuf::from,
+    )
 }
 
 fn repo() -> PathBuf {
@@ -30,20 +32,15 @@ fn repo() -> PathBuf {
 /// The host tools the harness needs; the README's test command installs them. Missing
 /// ones fail the test (never a skip).
 pub fn require_host_tools() {
-    let missing: Vec<&str> = [
-        "qemu-system-x86_64",
-        "mmdebstrap",
-        "socat",
-        "mkfs.ext4",
-    ]
-    .into_iter()
-    .filter(|t| {
-        !Command::new("sh")
-            .args(["-c", &format!("command -v {t}")])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-    .collect();
+    let missing: Vec<&str> = ["qemu-system-x86_64", "mmdebstrap", "socat", "mkfs.ext4"]
+        .into_iter()
+        .filter(|t| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {t}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .collect();
     assert!(
         missing.is_empty(),
         "VM tests need {missing:?} (installed by .ci/test: qemu-system-x86 mmdebstrap socat e2fsprogs)"
@@ -90,7 +87,8 @@ pub fn goroot() -> PathBuf {
 /// (`lock cmpxchg16b` emulation failure), so only kvm_intel/kvm_amd count.
 fn accel() -> &'static str {
     if Path::new("/dev/kvm").exists()
-        && (Path::new("/sys/module/kvm_intel").exists() || Path::new("/sys/module/kvm_amd").exists())
+        && (Path::new("/sys/module/kvm_intel").exists()
+            || Path::new("/sys/module/kvm_amd").exists())
     {
         "kvm"
     } else {
@@ -166,7 +164,13 @@ impl Vm {
     }
 
     /// Boots a pristine guest that runs `share/script` as root; `share/out` is replaced.
-    pub fn boot(&self, share: &Path, script: &str, timeout: Duration, forward: Option<u16>) -> Boot {
+    pub fn boot(
+        &self,
+        share: &Path,
+        script: &str,
+        timeout: Duration,
+        forward: Option<u16>,
+    ) -> Boot {
         let out = share.join("out");
         let _ = std::fs::remove_dir_all(&out);
         let console = share.join("console.log");
@@ -179,7 +183,12 @@ impl Vm {
         let img = &self.image;
         let t = Instant::now();
         let status = Command::new("timeout")
-            .args(["-k", "10", &timeout.as_secs().to_string(), "qemu-system-x86_64"])
+            .args([
+                "-k",
+                "10",
+                &timeout.as_secs().to_string(),
+                "qemu-system-x86_64",
+            ])
             .args(["-accel", accel(), "-cpu", "max", "-smp", "2", "-m", "3072"])
             .args(["-display", "none", "-no-reboot", "-monitor", "none"])
             .arg("-serial")
@@ -280,8 +289,9 @@ impl Receiver {
                         path,
                         body: String::from_utf8_lossy(&body).into_owned(),
                     });
-                    let _ = (&conn)
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+                    let _ = (&conn).write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                    );
                 });
             }
         });
