@@ -25,9 +25,9 @@ fn system_agent_from_the_deb_under_real_systemd() {
     let vm = Vm::new();
     ensure_cargo_deb();
     let target = target_dir();
-    // Kept after the run (replaced by the next one): the guest's evidence, journal and
-    // console are what to read when a check fails.
-    let share = std::path::PathBuf::from("/var/tmp/gocache-warden-vm/system-agent");
+    // Kept after the run (replaced by the next one) in this checkout's target dir: the
+    // guest's evidence, journal and console are what to read when a check fails.
+    let share = target.join("vm/system-agent");
     let _ = std::fs::remove_dir_all(&share);
     std::fs::create_dir_all(&share).expect("mkdir share");
     let s = share.as_path();
