@@ -43,6 +43,10 @@ fn system_agent_from_the_deb_under_real_systemd() {
     let receiver = Receiver::start();
     std::fs::write(s.join("hook-port"), receiver.port.to_string()).expect("write port");
 
+    eprintln!(
+        "guest evidence: {}/out (results, evidence/, journal.json)",
+        s.display()
+    );
     let boot = vm.boot(
         s,
         "system-agent.sh",
