@@ -211,8 +211,7 @@ impl Observability {
         // exporting its last figures as if they were current. Gone, the series are absent and
         // the shipped "agent absent" rule says so; a restart writes it again after its sweep.
         if let Some(t) = &self.textfile
-            && let Err(e) = std::fs::remove_file(t.path())
-            && e.kind() != std::io::ErrorKind::NotFound
+            && let Err(e) = t.remove()
         {
             tracing::warn!(error = %e, "cannot remove the metrics textfile {}: {e}", t.path().display());
         }

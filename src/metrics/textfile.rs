@@ -51,6 +51,15 @@ impl TextfileWriter {
     }
 
     /// Encodes `registry` and replaces the file with it.
+    /// Removes the textfile (the agent is stopping: its figures stop being current). A file
+    /// that is already gone is not an error.
+    pub fn remove(&self) -> std::io::Result<()> {
+        match std::fs::remove_file(self.path()) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+
     pub fn write(&self, registry: &Registry) -> Result<()> {
         let text = super::encode_text(registry)?;
         self.write_text(&text)
