@@ -180,6 +180,10 @@ impl Growth {
                     // they come back one by one): watch it too.
                     if crate::scan::layout::is_shard(name.as_bytes()) {
                         self.watch(&path, cache, false);
+                        // Entries written into it before the watch took hold were not seen
+                        // (a restore with `cp -a` creates shards and fills them at once):
+                        // measure again.
+                        v.rescan = true;
                     }
                     continue;
                 }
@@ -190,12 +194,12 @@ impl Growth {
                 {
                     use std::os::unix::fs::MetadataExt;
                     let c = &mut self.caches[cache];
-                    let before = c.estimate;
                     c.estimate += md.blocks() * 512;
-                    if before <= c.trigger_bytes
-                        && c.estimate > c.trigger_bytes
-                        && !v.crossed.contains(&cache)
-                    {
+                    // Any growth above the trigger counts, not only the upward crossing: a
+                    // cache left above it (entries within min_age, a sweep that saw a copy
+                    // half done) must not grow unseen until the next tick. The daemon spaces
+                    // growth-triggered sweeps out.
+                    if c.estimate > c.trigger_bytes && !v.crossed.contains(&cache) {
                         v.crossed.push(cache);
                     }
                 }

@@ -61,6 +61,9 @@ pub struct Options {
     pub policy_paths: Vec<PathBuf>,
 }
 
+/// The least time between two sweeps triggered by growth (the first one runs at once).
+const GROWTH_SWEEP_SPACING: Duration = Duration::from_secs(10);
+
 fn notify(states: &[NotifyState]) {
     // Not under systemd (NOTIFY_SOCKET unset) this is a no-op; a send error is not fatal.
     if let Err(e) = sd_notify::notify(false, states) {
@@ -227,6 +230,9 @@ struct State {
     pending: bool,
     stopping: bool,
     last_status: Option<String>,
+    /// When the last growth-triggered sweep was asked for, and whether one is waiting.
+    last_grew: Option<std::time::Instant>,
+    grew_deferred: bool,
     /// Caches already reported as read-only: said once per agent, not every sweep.
     reported_read_only: std::collections::HashSet<PathBuf>,
 }
@@ -327,6 +333,8 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
         stopping: false,
         last_status: None,
         reported_read_only: Default::default(),
+        last_grew: None,
+        grew_deferred: false,
     };
     notify(&[NotifyState::Ready]);
     st.request_sweep(&tx);
@@ -334,10 +342,30 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
         match ev {
             Event::Tick | Event::Units => st.request_sweep(&tx),
             Event::Grew { rescan } => {
-                if !rescan {
-                    tracing::info!("a cache grew past its limit: sweeping now");
+                // Growth above the trigger keeps coming while builds run: at most one
+                // growth-triggered sweep every GROWTH_SWEEP_SPACING, the rest deferred to it.
+                let since = st.last_grew.map(|t| t.elapsed());
+                match since {
+                    Some(since) if since < GROWTH_SWEEP_SPACING => {
+                        if !st.grew_deferred {
+                            st.grew_deferred = true;
+                            let tx = tx.clone();
+                            let wait = GROWTH_SWEEP_SPACING - since;
+                            tokio::spawn(async move {
+                                tokio::time::sleep(wait).await;
+                                let _ = tx.send(Event::Grew { rescan: true });
+                            });
+                        }
+                    }
+                    _ => {
+                        st.grew_deferred = false;
+                        st.last_grew = Some(std::time::Instant::now());
+                        if !rescan {
+                            tracing::info!("a cache grew past its limit: sweeping now");
+                        }
+                        st.request_sweep(&tx);
+                    }
                 }
-                st.request_sweep(&tx);
             }
             Event::Watchdog => notify(&[NotifyState::Watchdog]),
             Event::LowSpace => {
