@@ -828,6 +828,10 @@ impl Visit for Applier<'_> {
             // Outside Go's layout: never evicted, never given the policy's permissions.
             return self.refuse(Violation::Foreign, e);
         }
+        if class == Class::Quarantine {
+            // The quarantine stays as integrity left it (0700, never evicted).
+            return;
+        }
         if class == Class::Output
             && let Some(reason) = self.output_verdict(e.name, e.st.last_use())
             && (self.evict_file(e, reason) || e.st.nlink > 1)
@@ -853,6 +857,9 @@ impl Visit for Applier<'_> {
         if class == Class::Foreign {
             // Never entered: nothing under a foreign directory is ours to change.
             self.refuse(Violation::Foreign, e);
+            return false;
+        }
+        if class == Class::Quarantine {
             return false;
         }
         if class == Class::Exec && self.plan.eviction.is_some() && !self.names.is_live(e.name) {

@@ -260,6 +260,11 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
             {
                 r.read_only = true;
                 r.findings.push(read_only_finding(path, &at));
+                r.refused = Some(format!(
+                    "refusing to change {}: {} is on a read-only mount",
+                    path.display(),
+                    at.display()
+                ));
                 return r;
             }
             let (sev, fix, auto) = if p.create {
@@ -305,6 +310,11 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
                 "replace it with a real directory".into(),
                 false,
             ));
+            // Nothing to change, and an error for enforce too (exit 1), not a silent skip.
+            r.refused = Some(format!(
+                "refusing to change {}: not a directory (a symlink is never followed)",
+                path.display()
+            ));
             return r;
         }
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && t.user.is_some() => {
@@ -322,6 +332,10 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
     {
         r.read_only = true;
         r.findings.push(read_only_finding(path, path));
+        r.refused = Some(format!(
+            "refusing to change {}: it is on a read-only mount",
+            path.display()
+        ));
     }
     let fs = safefs::fs_stat(&root).ok();
     r.filesystem = fs;

@@ -23,7 +23,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// The quarantine directory inside a cache root.
-pub const QUARANTINE: &str = "gocache-warden-quarantine";
+pub const QUARANTINE: &str = match std::str::from_utf8(crate::scan::layout::QUARANTINE_DIR) {
+    Ok(s) => s,
+    Err(_) => panic!("the quarantine's name is ASCII"),
+};
 /// Examples kept per kind of problem.
 const EXAMPLES: usize = 5;
 

@@ -370,7 +370,7 @@ fn read_only_mount_is_one_finding_with_the_fix_and_enforce_touches_nothing() {
     let script = format!(
         "mount --bind {c} {c}; mount -o remount,bind,ro {c}; \
          {bin} --policy {p} check --json > {d}/check.json || true; \
-         {bin} --policy {p} enforce --json > {d}/enforce.json; echo $? > {d}/enforce.rc",
+         rc=0; {bin} --policy {p} enforce --json > {d}/enforce.json || rc=$?; echo $rc > {d}/enforce.rc",
         c = cache.display(),
         bin = support::bin().display(),
         p = pol.display(),
@@ -411,6 +411,8 @@ fn read_only_mount_is_one_finding_with_the_fix_and_enforce_touches_nothing() {
             .is_some_and(|s| s.contains("read-only")),
         "{plan}"
     );
+    let rc = std::fs::read_to_string(d.path().join("enforce.rc")).expect("enforce rc");
+    assert_eq!(rc.trim(), "1", "a cache enforce cannot change is an error");
     let failed = enforce["outcome"]["caches"][0]["failed"]
         .as_u64()
         .unwrap_or(0);

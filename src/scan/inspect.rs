@@ -248,6 +248,10 @@ impl Visit for Inspector<'_> {
             // Not Go's: counted and reported, but its permissions are none of our business.
             return self.flag(Violation::Foreign, e);
         }
+        if class == Class::Quarantine {
+            // Ours, private on purpose: counted, never judged by the cache's permissions.
+            return;
+        }
         self.check_perms(e, None);
         match class {
             Class::Action | Class::Output => self.unit(e.st.last_use(), e.st.alloc),
@@ -267,6 +271,9 @@ impl Visit for Inspector<'_> {
         if class == Class::Foreign {
             // Walked for its size; every entry under it is foreign too.
             self.flag(Violation::Foreign, e);
+            return true;
+        }
+        if class == Class::Quarantine {
             return true;
         }
         self.check_perms(e, Some(dir));

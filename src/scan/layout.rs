@@ -28,6 +28,9 @@ pub enum Class {
     Foreign,
     /// Anything in a module cache under `cache/` or a module path (see `modcache`).
     Module,
+    /// `gocache-warden-quarantine/` (see `integrity`) and what it holds: the agent's own,
+    /// never evicted, never given the cache's permissions (it stays 0700), not foreign.
+    Quarantine,
 }
 
 pub const META_FILES: [&[u8]; 5] = [
@@ -38,6 +41,9 @@ pub const META_FILES: [&[u8]; 5] = [
     // `gocache-warden cacheprog`'s per-user counters (see `cacheprog::stats`).
     b"gocache-warden-cacheprog.json",
 ];
+
+/// Where `enforce --verify` moves what fails verification (`integrity::QUARANTINE`).
+pub const QUARANTINE_DIR: &[u8] = b"gocache-warden-quarantine";
 
 /// The first line of the README cmd/go writes into every build cache it creates.
 pub const GO_README: &[u8] =
@@ -107,8 +113,10 @@ pub fn classify(depth: usize, stack: &[&[u8]], name: &[u8], is_dir: bool) -> Cla
         1 if is_dir && is_shard(name) => Class::Shard,
         1 if is_dir && name == b"fuzz" => Class::Fuzz,
         1 if !is_dir && META_FILES.contains(&name) => Class::Meta,
+        1 if is_dir && name == QUARANTINE_DIR => Class::Quarantine,
         1 => Class::Foreign,
         _ if stack.first() == Some(&&b"fuzz"[..]) => Class::Fuzz,
+        _ if stack.first() == Some(&QUARANTINE_DIR) => Class::Quarantine,
         _ if !stack.first().is_some_and(|s| is_shard(s)) => Class::Foreign,
         2 => match (entry_suffix(name), is_dir) {
             (Some(b'a'), false) => Class::Action,
