@@ -216,12 +216,13 @@ eventually evicted-to-limit 240 bash -c 'b=$(du -sB1 /srv/gocache | cut -f1); ec
 eventually group-fixed 120 bash -c '! find /srv/gocache ! -group builders | grep .'
 eventually setgid-everywhere 60 bash -c '! find /srv/gocache -type d ! -perm -2000 | grep .'
 eventually acl-everywhere 60 bash -c '! getfacl -R -p /srv/gocache | grep -E "^mask::(r--|r-x|---|--x|-w-|-wx)"'
+# Restarted first, logs emptied after: the old loops (GOCACHE unset, or off) are gone by then.
 for u in alice bob; do
-    : > "/home/$u/builds.log"
     systemctl --user -M "$u@" restart gobuild.service
+    : > "/home/$u/builds.log"
 done
-: > /tmp/svc/builds.log
 systemctl restart gobuild-svc.service
+: > /tmp/svc/builds.log
 start_builds=$(date +%s)
 sleep 10
 # More old entries arrive while the builds run, copied by a member (as a restore from a
