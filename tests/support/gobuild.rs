@@ -18,7 +18,7 @@ fn is_goroot(p: &Path) -> bool {
     p.join("bin/go").is_file() && p.join("pkg/tool").is_dir() && p.join("VERSION").is_file()
 }
 
-fn sh(program: &str, args: &[&str]) {
+pub fn sh(program: &str, args: &[&str]) {
     let o = Command::new(program)
         .args(args)
         .output()
