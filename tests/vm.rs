@@ -60,38 +60,42 @@ fn system_agent_from_the_deb_under_real_systemd() {
         failed.len(),
         boot.elapsed
     );
-    assert_eq!(boot.rc, Some(0), "{}", boot.diagnostics());
-    assert!(
-        failed.is_empty(),
-        "failed checks:\n{}\n\n{}",
-        failed.join("\n"),
-        boot.diagnostics()
-    );
-    assert!(ok.len() > 60, "too few checks ran:\n{}", boot.diagnostics());
+    // Every problem is collected and reported at once: one boot takes minutes.
+    let mut problems: Vec<String> = failed.iter().map(|f| format!("guest check {f}")).collect();
+    if boot.rc != Some(0) {
+        problems.push(format!("the guest script ended with {:?}", boot.rc));
+    }
+    if ok.len() < 60 {
+        problems.push(format!("only {} checks passed", ok.len()));
+    }
 
     // Webhooks: both sinks delivered to a non-loopback address, carrying the UID, the path
     // and the root's `ls -ldL` line.
     let reqs = receiver.requests();
     for path in ["/slack", "/hook"] {
         let got: Vec<_> = reqs.iter().filter(|r| r.path == path).collect();
-        assert!(!got.is_empty(), "no request to {path}; got {reqs:?}");
-        assert!(got.iter().all(|r| r.method == "POST"), "{got:?}");
-        assert!(
-            got.iter().any(|r| r.body.contains("/srv/gocache")
+        if got.is_empty() {
+            problems.push(format!("no request to {path}"));
+        } else if !got.iter().all(|r| r.method == "POST") {
+            problems.push(format!("{path}: not all POST: {got:?}"));
+        } else if !got.iter().any(|r| {
+            r.body.contains("/srv/gocache")
                 && r.body.contains("drwxrws---")
-                && r.body.contains("builders")),
-            "no {path} alert names /srv/gocache with its ls -ldL line: {got:?}"
-        );
+                && r.body.contains("builders")
+        }) {
+            problems.push(format!(
+                "no {path} alert names /srv/gocache with its ls -ldL line: {got:?}"
+            ));
+        }
     }
     let hook: Vec<serde_json::Value> = reqs
         .iter()
         .filter(|r| r.path == "/hook")
         .filter_map(|r| serde_json::from_str(&r.body).ok())
         .collect();
-    assert!(
-        hook.iter().any(|v| v.to_string().contains("\"uid\"")),
-        "no generic webhook carries a uid: {hook:?}"
-    );
+    if !hook.iter().any(|v| v.to_string().contains("\"uid\"")) {
+        problems.push(format!("no generic webhook carries a uid: {hook:?}"));
+    }
 
     // The journal, as journald recorded it: every event kind this deployment produces,
     // with its fields, from the agent's own unit.
@@ -112,21 +116,31 @@ fn system_agent_from_the_deb_under_real_systemd() {
         "reload",
         "reload-failed",
     ] {
-        let e = agent
-            .iter()
-            .find(|e| e["GOCACHE_WARDEN_ACTION"] == kind)
-            .unwrap_or_else(|| {
-                panic!("no {kind} event from gocache-warden.service in the journal")
-            });
-        assert_eq!(e["SYSLOG_IDENTIFIER"], "gocache-warden", "{e}");
-        if ["evict", "group-fix", "acl-fix", "violation"].contains(&kind) {
-            assert!(
-                e["CACHE_PATH"].is_string(),
-                "{kind} without CACHE_PATH: {e}"
-            );
+        let Some(e) = agent.iter().find(|e| e["GOCACHE_WARDEN_ACTION"] == kind) else {
+            problems.push(format!(
+                "no {kind} event from gocache-warden.service in the journal"
+            ));
+            continue;
+        };
+        if e["SYSLOG_IDENTIFIER"] != "gocache-warden" {
+            problems.push(format!(
+                "{kind}: SYSLOG_IDENTIFIER is not gocache-warden: {e}"
+            ));
         }
-        if kind.starts_with("unit-") {
-            assert!(e["UNIT"].is_string(), "{kind} without UNIT: {e}");
+        if ["evict", "group-fix", "acl-fix", "violation"].contains(&kind)
+            && !e["CACHE_PATH"].is_string()
+        {
+            problems.push(format!("{kind} without CACHE_PATH: {e}"));
+        }
+        if kind.starts_with("unit-") && !e["UNIT"].is_string() {
+            problems.push(format!("{kind} without UNIT: {e}"));
         }
     }
+    assert!(
+        problems.is_empty(),
+        "{} problem(s):\n{}\n\n{}",
+        problems.len(),
+        problems.join("\n"),
+        boot.diagnostics()
+    );
 }

@@ -303,6 +303,10 @@ phase "the enforce timer's service does the same job under its own sandbox"
 systemctl stop gocache-warden
 python3 "$H/mkcache.py" /var/tmp/seed2 --entries 2500 --days 20 --seed 5 > /dev/null
 cp -a /var/tmp/seed2/. /srv/gocache/
+# With /opt/gocache outside its ReadWritePaths= the pass refuses that cache and fails (so
+# `systemctl --failed` shows it), after doing its job everywhere else.
+expect enforce-refuses-read-only bash -c 'if systemctl start gocache-warden-enforce.service; then exit 1; fi; journalctl -u gocache-warden-enforce -o cat | grep "refusing to change /opt/gocache"'
+sed -i '/^\[cache.opt\]/,/^$/d' /etc/gocache-warden/policy.d/50-build-server.toml
 expect enforce-oneshot systemctl start gocache-warden-enforce.service
 expect enforce-result bash -c 'systemctl show gocache-warden-enforce -p Result --value | grep -qx success'
 expect enforce-to-limit bash -c 'b=$(du -sB1 /srv/gocache | cut -f1); echo "$b"; [ "$b" -le $((8 * 1024 * 1024)) ]'
