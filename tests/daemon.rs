@@ -59,11 +59,11 @@ fn user_unit_ready_reload_bad_reload_and_stop_mid_sweep() {
     let log = home.join("daemon.log");
     // The shipped unit, with ExecStart pointed at the binary under test and failpoints: the
     // first sweep pauses before applying (so READY can be seen not to wait for it: a cold
-    // first sweep can outlast any start timeout), and so does the third (so a stop can
+    // first sweep can outlast any start timeout), and so does the fourth (so a stop can
     // arrive in the middle of a sweep).
     support::require_test_hooks();
     let dropin = format!(
-        "[Service]\nExecStart=\nExecStart={} --scope user --policy {} run\nEnvironment=GOCACHE_WARDEN_FAILPOINT=before-apply:.:{},before-apply#3:.:{}\nStandardError=append:{}\n",
+        "[Service]\nExecStart=\nExecStart={} --scope user --policy {} run\nEnvironment=GOCACHE_WARDEN_FAILPOINT=before-apply:.:{},before-apply#4:.:{}\nStandardError=append:{}\n",
         support::bin().display(),
         policy.display(),
         fp1.display(),
@@ -126,6 +126,25 @@ fn user_unit_ready_reload_bad_reload_and_stop_mid_sweep() {
         logtext().contains("reloaded the policy")
     });
 
+    // Settings a running agent cannot take are named on reload, not silently ignored.
+    std::fs::write(&policy, format!("{good}[metrics]\ntop_users = 3\n")).expect("policy");
+    mgr.systemctl(&["reload", "gocache-warden.service"])
+        .expect("reload");
+    wait_for(
+        "top_users named as needing a restart",
+        Duration::from_secs(10),
+        || {
+            logtext().contains(
+                "metrics.top_users changed from 10 to 3: it takes effect when the agent restarts",
+            )
+        },
+    );
+    wait_for(
+        "active again after the reload",
+        Duration::from_secs(15),
+        || state(&mgr) == "active",
+    );
+
     // A bad reload: logged, the running policy kept, the service untouched.
     std::fs::write(&policy, "[cache.t]\nmax_sise = 1\n").expect("break policy");
     mgr.systemctl(&["reload", "gocache-warden.service"])
@@ -153,11 +172,11 @@ fn user_unit_ready_reload_bad_reload_and_stop_mid_sweep() {
         "same process"
     );
 
-    // Sweep #3 (after another good reload) pauses mid-sweep; stop must finish quickly.
+    // Sweep #4 (after another good reload) pauses mid-sweep; stop must finish quickly.
     std::fs::write(&policy, &good).expect("fix policy");
     mgr.systemctl(&["reload", "gocache-warden.service"])
         .expect("reload");
-    wait_for("sweep 3 to pause", Duration::from_secs(30), || {
+    wait_for("sweep 4 to pause", Duration::from_secs(30), || {
         fp3.join("before-apply.ready").exists()
     });
     let t = Instant::now();

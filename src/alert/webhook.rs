@@ -73,6 +73,14 @@ impl SecretUrl {
     }
 
     /// Removes the URL, and its path on its own, from `text`.
+    /// A hash of the URL, to notice a changed secret without keeping a second copy of it.
+    pub fn digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.0.hash(&mut h);
+        h.finish()
+    }
+
     /// The URL itself, for the one place that must send it on (the relay request).
     pub(super) fn expose(&self) -> &str {
         &self.0

@@ -89,6 +89,9 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
 
 /// Watches the build caches of the last sweep, triggering at the alert share of their limit.
 fn watched(policy: &Policy, sweep: &Sweep) -> Vec<growth::Watched> {
+    if !policy.agent.watch {
+        return Vec::new();
+    }
     sweep
         .reports
         .iter()
@@ -111,6 +114,28 @@ fn watched(policy: &Policy, sweep: &Sweep) -> Vec<growth::Watched> {
             })
         })
         .collect()
+}
+
+/// Settings a reload cannot apply to the running agent, with their old and new values: the
+/// metrics listener is bound once, and the per-user series are registered once.
+fn restart_only(old: &Policy, new: &Policy) -> Vec<(&'static str, String, String)> {
+    let mut out = Vec::new();
+    let listen = |p: &Policy| {
+        p.metrics
+            .listen
+            .map_or("none".to_string(), |a| a.to_string())
+    };
+    if old.metrics.listen != new.metrics.listen {
+        out.push(("metrics.listen", listen(old), listen(new)));
+    }
+    if old.metrics.top_users != new.metrics.top_users {
+        out.push((
+            "metrics.top_users",
+            old.metrics.top_users.to_string(),
+            new.metrics.top_users.to_string(),
+        ));
+    }
+    out
 }
 
 fn spawn_signals(tx: UnboundedSender<Event>) -> anyhow::Result<()> {
@@ -343,9 +368,9 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
     let growth = Arc::new(Mutex::new(
         growth::Growth::new().context("cannot start inotify")?,
     ));
-    if policy.agent.watch {
-        spawn_growth(growth.clone(), tx.clone())?;
-    }
+    // Always running, idle while nothing is watched: `agent.watch` decides what the next
+    // sweep watches, so a reload can turn it on or off.
+    spawn_growth(growth.clone(), tx.clone())?;
     let mut timer = spawn_every(policy.agent.interval, tx.clone(), || Event::Tick);
     let mut wd_usec = 0u64;
     if sd_notify::watchdog_enabled(false, &mut wd_usec) && wd_usec > 0 {
@@ -451,6 +476,12 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                 notify(&states);
                 match policy::load_for(opts.scope, &opts.policy_paths) {
                     Ok(p) => {
+                        for (what, old, new) in restart_only(&st.policy, &p) {
+                            tracing::warn!(
+                                gocache_warden_action = action::RELOAD,
+                                "{what} changed from {old} to {new}: it takes effect when the agent restarts"
+                            );
+                        }
                         if let Err(e) = obs.reload(&p) {
                             tracing::error!(gocache_warden_action = action::RELOAD_FAILED, error = %format!("{e:#}"), "reload failed, keeping the running policy: {e:#}");
                         } else {

@@ -79,13 +79,7 @@ pub fn sinks(policy: &Policy, relay: Option<&Path>) -> anyhow::Result<Vec<Box<dy
         let timeout = Duration::from_secs(10);
         match a.kind {
             AlertKind::Slack | AlertKind::Webhook => {
-                let src = match (&a.url_file, &a.credential) {
-                    (Some(f), _) => SecretSource::File(f.clone()),
-                    (None, Some(c)) => SecretSource::Credential(c.clone()),
-                    (None, None) => {
-                        anyhow::bail!("alert \"{}\" has no url_file or credential", a.name)
-                    }
-                };
+                let src = secret_source(a)?;
                 let url = SecretUrl::load(&src).with_context(|| format!("alert \"{}\"", a.name))?;
                 let fmt = if a.kind == AlertKind::Slack {
                     WebhookFormat::Slack
@@ -132,8 +126,24 @@ fn thresholds(policy: &Policy) -> alert::Thresholds {
     }
 }
 
+fn secret_source(a: &crate::policy::AlertPolicy) -> anyhow::Result<SecretSource> {
+    Ok(match (&a.url_file, &a.credential) {
+        (Some(f), _) => SecretSource::File(f.clone()),
+        (None, Some(c)) => SecretSource::Credential(c.clone()),
+        (None, None) => anyhow::bail!("alert \"{}\" has no url_file or credential", a.name),
+    })
+}
+
+/// The alert sinks' configuration, with a digest of each webhook URL as its file holds it
+/// now: a URL rewritten in place (same file, new URL) must rebuild the sinks on reload too.
 fn alerts_cfg(policy: &Policy) -> String {
-    serde_json::to_string(&policy.alerts).unwrap_or_default()
+    let mut cfg = serde_json::to_string(&policy.alerts).unwrap_or_default();
+    for a in &policy.alerts {
+        if let Ok(url) = secret_source(a).and_then(|s| SecretUrl::load(&s)) {
+            cfg.push_str(&format!(" {:016x}", url.digest()));
+        }
+    }
+    cfg
 }
 
 /// The textfile writer and the alert dispatcher a policy asks for.
@@ -407,4 +417,37 @@ fn sweep_outcome(r: &CacheReport, sweep: &Sweep) -> Option<SweepOutcome> {
         duration: sweep.duration,
         finished_at: SystemTime::now(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Scope;
+
+    /// A webhook URL rewritten in its file (the usual rotation: same path, new secret) changes
+    /// the configuration a reload compares, so the sinks are rebuilt with the new URL.
+    #[test]
+    fn a_rotated_webhook_url_counts_as_a_changed_configuration() {
+        let d = tempfile::tempdir().unwrap();
+        let url = d.path().join("hook-url");
+        std::fs::write(&url, "https://hooks.example/one\n").unwrap();
+        let file = d.path().join("p.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[alert.hook]\nkind = \"webhook\"\nurl_file = \"{}\"\n",
+                url.display()
+            ),
+        )
+        .unwrap();
+        let policy = crate::policy::load_for(Scope::User, std::slice::from_ref(&file)).unwrap();
+        let before = alerts_cfg(&policy);
+        assert_eq!(alerts_cfg(&policy), before, "same file, same configuration");
+        std::fs::write(&url, "https://hooks.example/two\n").unwrap();
+        assert_ne!(alerts_cfg(&policy), before);
+        assert!(
+            !before.contains("hooks.example"),
+            "the URL itself is not kept: {before}"
+        );
+    }
 }
