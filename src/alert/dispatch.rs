@@ -238,19 +238,38 @@ impl Dispatcher {
     /// accepted it. A sink whose queue is full drops it (logged and counted).
     pub fn enqueue(&self, alert: Alert) -> usize {
         let alert = Arc::new(alert);
-        let mut accepted = 0;
-        for q in &self.queues {
-            match q.tx.try_send(alert.clone()) {
-                Ok(()) => accepted += 1,
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                    tracing::warn!(sink = %q.sink, alert = %alert.id, "alert queue full, dropping alert");
-                    if let Some(c) = &self.counter {
-                        c.with_label_values(&[q.sink.as_str(), "dropped"]).inc();
-                    }
+        self.queues
+            .iter()
+            .filter(|q| self.offer(q, alert.clone()))
+            .count()
+    }
+
+    /// Queues `alert` for the sink named `sink` only; whether its queue took it (a full
+    /// queue drops it, logged and counted: the caller offers it again later).
+    pub fn enqueue_to(&self, sink: &str, alert: Alert) -> bool {
+        let alert = Arc::new(alert);
+        self.queues
+            .iter()
+            .filter(|q| q.sink == sink)
+            .any(|q| self.offer(q, alert.clone()))
+    }
+
+    /// The sinks' names, in the order they were given.
+    pub fn sink_names(&self) -> Vec<String> {
+        self.queues.iter().map(|q| q.sink.clone()).collect()
+    }
+
+    fn offer(&self, q: &Queue, alert: Arc<Alert>) -> bool {
+        match q.tx.try_send(alert.clone()) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                tracing::warn!(sink = %q.sink, alert = %alert.id, "alert queue full, dropping alert");
+                if let Some(c) = &self.counter {
+                    c.with_label_values(&[q.sink.as_str(), "dropped"]).inc();
                 }
+                false
             }
         }
-        accepted
     }
 
     /// Stops the workers: attempts in flight finish (bounded by the sinks' timeouts),
