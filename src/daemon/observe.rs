@@ -37,6 +37,9 @@ pub struct Observability {
     /// the others. Kept across reloads for sinks that keep their name.
     trackers: BTreeMap<String, AlertTracker>,
     dispatcher: Option<Dispatcher>,
+    /// `gocache_warden_alert_notifications_total`, registered once and shared by every
+    /// dispatcher a reload makes.
+    counter: prometheus::IntCounterVec,
     thresholds: alert::Thresholds,
     /// The caches of the last completed sweep: a sweep that ends without a result is
     /// counted as a failure of each of them.
@@ -172,7 +175,7 @@ fn alerts_cfg(policy: &Policy) -> String {
 fn outputs(
     policy: &Policy,
     relay: Option<&Path>,
-    registry: Option<&Registry>,
+    counter: &prometheus::IntCounterVec,
 ) -> anyhow::Result<(
     Option<metrics::textfile::TextfileWriter>,
     Option<Dispatcher>,
@@ -185,11 +188,12 @@ fn outputs(
     let dispatcher = if sinks.is_empty() {
         None
     } else {
-        Some(Dispatcher::start(
+        let retry = alert::RetryPolicy::default();
+        Some(Dispatcher::start_counted(
             sinks,
-            alert::RetryPolicy::default(),
+            retry,
             64,
-            registry,
+            Some(counter.clone()),
         )?)
     };
     Ok((textfile, dispatcher))
@@ -199,7 +203,9 @@ impl Observability {
     pub fn new(policy: &Policy, relay: Option<&Path>) -> anyhow::Result<Observability> {
         let registry = Registry::new();
         let metrics = Metrics::new(&registry, config(policy))?;
-        let (textfile, dispatcher) = outputs(policy, relay, Some(&registry))?;
+        // Registered once, whatever the sinks: shared by every dispatcher a reload makes.
+        let counter = alert::register_counter(&registry)?;
+        let (textfile, dispatcher) = outputs(policy, relay, &counter)?;
         Ok(Observability {
             relay: relay.map(Path::to_path_buf),
             alerts_cfg: alerts_cfg(policy),
@@ -207,6 +213,7 @@ impl Observability {
             metrics,
             textfile,
             trackers: trackers(policy, BTreeMap::new()),
+            counter,
             dispatcher,
             thresholds: thresholds(policy),
             last_caches: Vec::new(),
@@ -225,12 +232,17 @@ impl Observability {
                 None => None,
             };
         } else {
-            // The notification counter stays registered from the start; a second one would
-            // clash. Alerts queued for the old sinks are given a second to go out.
-            let (textfile, dispatcher) = outputs(policy, self.relay.as_deref(), None)?;
+            // The old sinks get a second to finish what they are sending; what they could not
+            // send (queued, or between retries) goes to the new sink of the same name.
+            let (textfile, dispatcher) = outputs(policy, self.relay.as_deref(), &self.counter)?;
             self.trackers = trackers(policy, std::mem::take(&mut self.trackers));
             if let Some(old) = std::mem::replace(&mut self.dispatcher, dispatcher) {
-                old.shutdown(Duration::from_secs(1));
+                let (_, left) = old.stop_and_take(Duration::from_secs(1));
+                if let Some(new) = &self.dispatcher {
+                    for (sink, alert) in left {
+                        new.enqueue_to(&sink, alert);
+                    }
+                }
             }
             self.textfile = textfile;
             self.alerts_cfg = cfg;
