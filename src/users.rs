@@ -10,11 +10,19 @@
 //! their rights, and with a deadline, so a FIFO there cannot hold the sweep.
 //! Inside a home nothing the user controls is followed: the root is opened from the home
 //! directory with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, and must belong to the user.
+//!
+//! A user whose systemd manager or services set `GOCACHE` (`GOMODCACHE` for a module cache)
+//! to another directory builds there too, so each such directory is another cache of that
+//! user ([`CacheUser::via`] says which: `"manager"` or `"unit:NAME"`; the login one is
+//! `"go env"`), with the same limits, opened and judged exactly like the login one. The
+//! values are read over the manager's private socket by `systemd::usercaches`, once per
+//! user per sweep, on a thread of its own with a deadline ([`MANAGER_DEADLINE`]).
 
 use crate::check::Target;
 use crate::goenv::{self, GoEnv};
 use crate::policy::paths::{self, PwEntry};
-use crate::policy::{CachePolicy, Users};
+use crate::policy::{CacheKind, CachePolicy, Users};
+use crate::systemd::usercaches::{self, UserSettings};
 use crate::safefs::Dir;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -29,7 +37,16 @@ pub struct CacheUser {
     pub name: String,
     pub uid: u32,
     pub home: PathBuf,
+    /// How this directory was found: `"go env"` (as the user's login `go` resolves it),
+    /// `"manager"` (their user manager's environment) or `"unit:NAME"` (a service of theirs).
+    pub via: String,
 }
+
+/// `CacheUser::via` of the cache a login's `go` finds.
+pub const VIA_GO_ENV: &str = "go env";
+
+/// How long one user's manager may take to answer everything a sweep asks it.
+pub const MANAGER_DEADLINE: Duration = Duration::from_secs(10);
 
 /// login.defs' `UID_MIN` and `UID_MAX` (read bounded; defaults as shadow-utils').
 pub fn uid_range() -> (u32, u32) {
@@ -78,45 +95,157 @@ pub fn members(sel: &Users) -> Vec<PwEntry> {
     }
 }
 
-/// One target per user of `c` (an `auto` cache with `users`).
-pub fn targets(c: &CachePolicy, sel: &Users, process: &GoEnv) -> Vec<Target> {
+/// What each user's manager says, asked at most once per user per sweep (a policy with a
+/// build and a module cache for every user asks once).
+#[derive(Default)]
+pub struct Managers {
+    by_uid: std::collections::HashMap<u32, UserSettings>,
+}
+
+impl Managers {
+    fn of(&mut self, u: &PwEntry) -> &UserSettings {
+        self.by_uid.entry(u.uid).or_insert_with(|| {
+            let s = manager_settings(u.uid);
+            for p in &s.problems {
+                tracing::warn!(target_uid = u.uid, "user manager of {}: {p}", u.name);
+            }
+            s
+        })
+    }
+}
+
+/// One target per user of `c` (an `auto` cache with `users`), as their login `go` finds it,
+/// and, second, one per other directory their manager or services set for `c`'s kind.
+/// The second list goes after every other cache of the policy, so that a user's unit naming
+/// someone else's cache is the one refused as an overlap, never the owner's.
+pub fn targets(
+    c: &CachePolicy,
+    sel: &Users,
+    process: &GoEnv,
+    managers: &mut Managers,
+) -> (Vec<Target>, Vec<Target>) {
     let mut v = members(sel);
     v.sort_by(|a, b| a.name.cmp(&b.name));
     v.dedup_by(|a, b| a.name == b.name);
-    v.into_iter()
-        .map(|u| {
-            let user = CacheUser {
-                name: u.name.clone(),
-                uid: u.uid,
-                home: u.home.clone(),
-            };
-            let (path, source) = match resolve_as(&u, process) {
-                Ok(res) => {
-                    let r = match c.kind {
-                        crate::policy::CacheKind::Build => &res.gocache,
-                        crate::policy::CacheKind::Module => &res.gomodcache,
-                    };
-                    let path = match &r.setting {
-                        goenv::Setting::Path { path } => Ok(path.clone()),
-                        goenv::Setting::Off => Err("GOCACHE=off: go has no cache".to_string()),
-                        goenv::Setting::Invalid { value, reason } => {
-                            Err(format!("{value:?}: {reason}"))
-                        }
-                    };
-                    (path, format!("auto for {}: {}", u.name, r.source))
-                }
-                Err(e) => (Err(e), format!("auto for {}", u.name)),
-            };
-            Target {
-                policy: c.clone(),
-                path,
-                source,
-                owner_uid: Some(u.uid),
-                refused: None,
-                user: Some(user),
+    let (mut login, mut extra) = (Vec::new(), Vec::new());
+    for u in v {
+        let user = CacheUser {
+            name: u.name.clone(),
+            uid: u.uid,
+            home: u.home.clone(),
+            via: VIA_GO_ENV.to_string(),
+        };
+        let (path, source) = match resolve_as(&u, process) {
+            Ok(res) => {
+                let r = match c.kind {
+                    CacheKind::Build => &res.gocache,
+                    CacheKind::Module => &res.gomodcache,
+                };
+                let path = match &r.setting {
+                    goenv::Setting::Path { path } => Ok(path.clone()),
+                    goenv::Setting::Off => Err("GOCACHE=off: go has no cache".to_string()),
+                    goenv::Setting::Invalid { value, reason } => {
+                        Err(format!("{value:?}: {reason}"))
+                    }
+                };
+                (path, format!("auto for {}: {}", u.name, r.source))
             }
-        })
-        .collect()
+            Err(e) => (Err(e), format!("auto for {}", u.name)),
+        };
+        let var = match c.kind {
+            CacheKind::Build => "GOCACHE",
+            CacheKind::Module => "GOMODCACHE",
+        };
+        let mut seen: Vec<PathBuf> = path.iter().cloned().collect();
+        for s in managers.of(&u).settings.iter().filter(|s| s.var == var) {
+            let p = PathBuf::from(&s.value);
+            // go itself refuses a relative value and `off` (the build fails, no cache is
+            // written): nothing to manage. `[units.*]` rules report such units.
+            if !p.is_absolute() || seen.iter().any(|q| paths::overlap(q, &p) == Some(paths::Overlap::Same)) {
+                continue;
+            }
+            seen.push(p.clone());
+            // `..` could name anything: not resolved, refused.
+            let refused = p
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+                .then(|| format!("{}: a path with \"..\" is never resolved", p.display()));
+            let (via, what) = match s.source.strip_prefix("unit:") {
+                Some(unit) => (s.source.clone(), format!("{var} of {}'s unit {unit}", u.name)),
+                None => (s.source.clone(), format!("{var} in {}'s user manager environment", u.name)),
+            };
+            extra.push(Target {
+                policy: c.clone(),
+                path: Ok(p),
+                source: what,
+                owner_uid: Some(u.uid),
+                refused,
+                user: Some(CacheUser {
+                    via,
+                    ..user.clone()
+                }),
+            });
+        }
+        login.push(Target {
+            policy: c.clone(),
+            path,
+            source,
+            owner_uid: Some(u.uid),
+            refused: None,
+            user: Some(user),
+        });
+    }
+    (login, extra)
+}
+
+/// [`usercaches::settings`] for `uid` on a thread of its own (with its own runtime: sweeps
+/// run on blocking threads of the daemon's runtime or outside any), bounded by
+/// [`MANAGER_DEADLINE`] whatever the user's socket does.
+fn manager_settings(uid: u32) -> UserSettings {
+    let run_user = crate::systemd::dbus::run_user_dir();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("user-manager".into())
+        .spawn(move || {
+            let r = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| {
+                    rt.block_on(async {
+                        tokio::time::timeout(
+                            MANAGER_DEADLINE,
+                            usercaches::settings(uid, &run_user),
+                        )
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(anyhow::anyhow!(
+                                "no answer within {}s",
+                                MANAGER_DEADLINE.as_secs()
+                            ))
+                        })
+                    })
+                });
+            let _ = tx.send(r);
+        });
+    if let Err(e) = spawned {
+        return problem(format!("cannot start a thread: {e}"));
+    }
+    match rx.recv_timeout(MANAGER_DEADLINE + Duration::from_secs(1)) {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => problem(format!("not read: {e:#}")),
+        Err(_) => problem(format!(
+            "not read: no answer within {}s",
+            MANAGER_DEADLINE.as_secs()
+        )),
+    }
+}
+
+fn problem(msg: String) -> UserSettings {
+    UserSettings {
+        settings: Vec::new(),
+        problems: vec![msg],
+    }
 }
 
 /// `goenv::resolve` for `u` with the user's filesystem credentials, on a thread of its own.
@@ -239,7 +368,12 @@ pub fn render_summary(r: &crate::check::Report) -> String {
         let _ = writeln!(out, "\nper-user cache \"{name}\":");
         let (mut total, mut n) = (0u64, 0);
         for c in r.caches.iter().filter(|c| c.name == name) {
-            let Some(user) = &c.user else { continue };
+            let Some(name) = &c.user else { continue };
+            // A directory the user's manager or a unit of theirs set says how it was found.
+            let user = match c.via.as_deref() {
+                Some(via) if via != VIA_GO_ENV => format!("{name} ({via})"),
+                _ => name.clone(),
+            };
             let size = c.observed.as_ref().map_or(0, |o| o.allocated_bytes);
             let limit = c
                 .limit_bytes
@@ -266,9 +400,21 @@ pub fn render_summary(r: &crate::check::Report) -> String {
             total += size;
             n += 1;
         }
+        let users = r
+            .caches
+            .iter()
+            .filter(|c| c.name == name)
+            .filter_map(|c| c.user.as_deref())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        let of_users = if n == users {
+            format!("{users} users")
+        } else {
+            format!("{n} caches of {users} users")
+        };
         let _ = writeln!(
             out,
-            "  {:<16} {:>10} ({n} users)",
+            "  {:<16} {:>10} ({of_users})",
             "total",
             human_bytes(total)
         );

@@ -235,6 +235,8 @@ struct State {
     grew_deferred: bool,
     /// Caches already reported as read-only: said once per agent, not every sweep.
     reported_read_only: std::collections::HashSet<PathBuf>,
+    /// Per-user caches a user's manager or unit set, already announced in the journal.
+    reported_via: std::collections::HashSet<(PathBuf, String)>,
 }
 
 impl State {
@@ -333,6 +335,7 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
         stopping: false,
         last_status: None,
         reported_read_only: Default::default(),
+        reported_via: Default::default(),
         last_grew: None,
         grew_deferred: false,
     };
@@ -435,6 +438,7 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                     "{status}"
                 );
                 for r in &sweep.reports {
+                    announce_via(r, &mut st.reported_via);
                     for f in r
                         .findings
                         .iter()
@@ -458,6 +462,7 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                             cache_path = %r.path.as_deref().unwrap_or(std::path::Path::new("")).display(),
                             reason = %f.kind,
                             entries = f.count,
+                            cache_via = r.via.as_deref(),
                             "{}: {} ({}){fix}",
                             r.path.as_deref().map_or_else(|| r.name.clone(), |p| p.display().to_string()),
                             f.message,
@@ -502,4 +507,30 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
     obs.shutdown(Duration::from_secs(1));
     tracing::info!("stopped");
     Ok(0)
+}
+
+/// Says once per directory (and again after a restart) that a user's manager or unit made
+/// it one of their caches: the journal's `CACHE_VIA` then names the manager or unit.
+fn announce_via(
+    r: &crate::check::CacheReport,
+    seen: &mut std::collections::HashSet<(PathBuf, String)>,
+) {
+    let (Some(user), Some(via), Some(path)) = (&r.user, &r.via, &r.path) else {
+        return;
+    };
+    if via == crate::users::VIA_GO_ENV || !seen.insert((path.clone(), via.clone())) {
+        return;
+    }
+    let state = if r.refused.is_some() {
+        "refused (see its violation)".to_string()
+    } else {
+        format!("managed with the limits of cache \"{}\"", r.name)
+    };
+    tracing::info!(
+        cache_path = %path.display(),
+        cache_via = %via,
+        "{}: a cache of {user} ({}), {state}",
+        path.display(),
+        r.source
+    );
 }
