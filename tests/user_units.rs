@@ -285,6 +285,7 @@ fn gocache_of_a_users_manager_and_units_is_their_cache_and_hostile_values_are_re
 "$B" --policy "$P" run & pid=$!
 for i in $(seq 1 300); do journalctl -D /run/log/journal -t gocache-warden GOCACHE_WARDEN_ACTION=sweep -q -o cat 2>/dev/null | grep -q . && break; sleep 0.1; done
 for i in $(seq 1 100); do [ -e '{prom}' ] && break; sleep 0.1; done
+cp '{prom}' '{prom}.seen'
 kill -TERM $pid; wait $pid
 "#,
         bin.display(),
@@ -310,7 +311,15 @@ kill -TERM $pid; wait $pid
             && field(e, "CACHE_VIA") == Some("unit:gwt-etc.service")),
         "the refusal of /etc names its unit: {ours:?}"
     );
-    let metrics = std::fs::read_to_string(&prom).expect("textfile");
+    // The agent removes its textfile when it stops: read the copy taken while it ran.
+    let metrics = std::fs::read_to_string(prom.with_extension("prom.seen")).unwrap_or_else(|e| {
+        panic!(
+            "textfile {}: {e}\n{}\n{}\n{ours:?}",
+            prom.display(),
+            out.stderr,
+            out.diagnostics
+        )
+    });
     let line = format!(
         "gocache_warden_cache_owner_info{{cache=\"{}\",kind=\"build\",user=\"{alice_name}\",via=\"unit:gwt-ci.service\"}} 1",
         unit_cache.display()
