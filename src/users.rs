@@ -15,8 +15,9 @@
 //! to another directory builds there too, so each such directory is another cache of that
 //! user ([`CacheUser::via`] says which: `"manager"` or `"unit:NAME"`; the login one is
 //! `"go env"`), with the same limits, opened and judged exactly like the login one. The
-//! values are read over the manager's private socket by `systemd::usercaches`, once per
-//! user per sweep, on a thread of its own with a deadline ([`MANAGER_DEADLINE`]).
+//! values are read over the managers' private sockets by `systemd::usercaches`, once per
+//! user per sweep, all users at once on a thread of its own with one deadline
+//! ([`MANAGER_DEADLINE`]).
 
 use crate::check::Target;
 use crate::goenv::{self, GoEnv};
@@ -103,14 +104,34 @@ pub struct Managers {
 }
 
 impl Managers {
-    fn of(&mut self, u: &PwEntry) -> &UserSettings {
-        self.by_uid.entry(u.uid).or_insert_with(|| {
-            let s = manager_settings(u.uid);
+    /// Asks the managers of `users` not asked yet, all at once: a user whose socket stalls
+    /// costs the sweep [`MANAGER_DEADLINE`] once, however many such users there are.
+    fn ask(&mut self, users: &[PwEntry]) {
+        let mut uids: Vec<u32> = users
+            .iter()
+            .map(|u| u.uid)
+            .filter(|uid| !self.by_uid.contains_key(uid))
+            .collect();
+        uids.sort_unstable();
+        uids.dedup();
+        if uids.is_empty() {
+            return;
+        }
+        let mut answers = managers_settings(&uids);
+        for u in users {
+            if self.by_uid.contains_key(&u.uid) {
+                continue;
+            }
+            let s = answers.remove(&u.uid).unwrap_or_default();
             for p in &s.problems {
                 tracing::warn!(target_uid = u.uid, "user manager of {}: {p}", u.name);
             }
-            s
-        })
+            self.by_uid.insert(u.uid, s);
+        }
+    }
+
+    fn of(&self, uid: u32) -> &[usercaches::Setting] {
+        self.by_uid.get(&uid).map_or(&[], |s| s.settings.as_slice())
     }
 }
 
@@ -127,6 +148,7 @@ pub fn targets(
     let mut v = members(sel);
     v.sort_by(|a, b| a.name.cmp(&b.name));
     v.dedup_by(|a, b| a.name == b.name);
+    managers.ask(&v);
     let (mut login, mut extra) = (Vec::new(), Vec::new());
     for u in v {
         let user = CacheUser {
@@ -157,7 +179,7 @@ pub fn targets(
             CacheKind::Module => "GOMODCACHE",
         };
         let mut seen: Vec<PathBuf> = path.iter().cloned().collect();
-        for s in managers.of(&u).settings.iter().filter(|s| s.var == var) {
+        for s in managers.of(u.uid).iter().filter(|s| s.var == var) {
             let p = PathBuf::from(&s.value);
             // go itself refuses a relative value and `off` (the build fails, no cache is
             // written): nothing to manage. `[units.*]` rules report such units.
@@ -198,43 +220,57 @@ pub fn targets(
     (login, extra)
 }
 
-/// [`usercaches::settings`] for `uid` on a thread of its own (with its own runtime: sweeps
-/// run on blocking threads of the daemon's runtime or outside any), bounded by
-/// [`MANAGER_DEADLINE`] whatever the user's socket does.
-fn manager_settings(uid: u32) -> UserSettings {
+/// [`usercaches::settings`] for each of `uids`, concurrently, on a thread of its own (with
+/// its own runtime: sweeps run on blocking threads of the daemon's runtime or outside any),
+/// all bounded by one [`MANAGER_DEADLINE`] whatever the users' sockets do.
+fn managers_settings(uids: &[u32]) -> std::collections::HashMap<u32, UserSettings> {
     let run_user = crate::systemd::dbus::run_user_dir();
     let (tx, rx) = std::sync::mpsc::channel();
+    let asked = uids.to_vec();
     let spawned = std::thread::Builder::new()
-        .name("user-manager".into())
+        .name("user-managers".into())
         .spawn(move || {
-            let r = tokio::runtime::Builder::new_current_thread()
+            let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .map_err(anyhow::Error::from)
-                .and_then(|rt| {
-                    rt.block_on(async {
-                        tokio::time::timeout(
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("cannot start a runtime: {e}")));
+                    return;
+                }
+            };
+            let all = rt.block_on(futures_util::future::join_all(asked.into_iter().map(
+                |uid| {
+                    let run_user = run_user.clone();
+                    async move {
+                        let r = tokio::time::timeout(
                             MANAGER_DEADLINE,
                             usercaches::settings(uid, &run_user),
                         )
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err(anyhow::anyhow!(
-                                "no answer within {}s",
+                        .await;
+                        let s = match r {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => problem(format!("not read: {e:#}")),
+                            Err(_) => problem(format!(
+                                "not read: no answer within {}s",
                                 MANAGER_DEADLINE.as_secs()
-                            ))
-                        })
-                    })
-                });
-            let _ = tx.send(r);
+                            )),
+                        };
+                        (uid, s)
+                    }
+                },
+            )));
+            let _ = tx.send(Ok(all.into_iter().collect()));
         });
+    let failed = |why: String| uids.iter().map(|uid| (*uid, problem(why.clone()))).collect();
     if let Err(e) = spawned {
-        return problem(format!("cannot start a thread: {e}"));
+        return failed(format!("not read: cannot start a thread: {e}"));
     }
     match rx.recv_timeout(MANAGER_DEADLINE + Duration::from_secs(1)) {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => problem(format!("not read: {e:#}")),
-        Err(_) => problem(format!(
+        Ok(Ok(all)) => all,
+        Ok(Err(e)) => failed(format!("not read: {e}")),
+        Err(_) => failed(format!(
             "not read: no answer within {}s",
             MANAGER_DEADLINE.as_secs()
         )),

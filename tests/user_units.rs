@@ -366,3 +366,67 @@ fn a_user_without_a_manager_has_only_their_go_env_cache() {
         carol.home.join(".cache/go-build").display().to_string()
     );
 }
+
+/// A user who serves their own "manager" socket that accepts and never answers holds no
+/// sweep: `check` finishes within the one deadline for all managers, says so, and still
+/// reports that user's and everyone else's login caches.
+#[test]
+fn a_manager_socket_that_never_answers_delays_a_sweep_once_and_adds_nothing() {
+    support::require_root();
+    let mallory = TestUser::create().expect("user");
+    let dave = TestUser::create().expect("user");
+    let rundir = mallory.runtime_dir();
+    let _ = std::fs::remove_dir_all(&rundir);
+    std::fs::create_dir_all(rundir.join("systemd")).expect("mkdir");
+    chown_r(&format!("{}:", mallory.name), &rundir);
+    let socket = rundir.join("systemd/private");
+    let mut py = mallory.command("python3");
+    py.args([
+        "-c",
+        "import socket,sys,time\ns=socket.socket(socket.AF_UNIX)\ns.bind(sys.argv[1])\ns.listen(64)\nc=[]\nwhile True: c.append(s.accept())",
+    ])
+    .arg(&socket);
+    let server = support::KillOnDrop(py.spawn().expect("python3"));
+    let start = std::time::Instant::now();
+    while !socket.exists() {
+        assert!(start.elapsed() < Duration::from_secs(10), "no socket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let d = tempdir();
+    let pol = support::policy(
+        d.path(),
+        "p.toml",
+        &format!(
+            "[cache.b]\npath = \"auto\"\nusers = [\"{}\", \"{}\"]\n[cache.m]\npath = \"auto\"\nkind = \"module\"\nusers = [\"{}\", \"{}\"]\n",
+            mallory.name, dave.name, mallory.name, dave.name
+        ),
+    );
+    let start = std::time::Instant::now();
+    let o = run_check(&pol);
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    assert!(took >= Duration::from_secs(9), "the deadline was not waited for: {took:?}");
+    let r = json(&o);
+    let caches = r["caches"].as_array().expect("caches");
+    assert_eq!(caches.len(), 4, "{r}");
+    assert!(caches.iter().all(|c| c["via"] == "go env"), "{r}");
+    assert!(
+        stderr(&o).contains("no answer within 10s") && stderr(&o).contains(&mallory.name),
+        "{}",
+        stderr(&o)
+    );
+    drop(server);
+    let _ = std::fs::remove_dir_all(&rundir);
+}
+
+fn run_check(pol: &Path) -> std::process::Output {
+    run(
+        [
+            "--policy".as_ref(),
+            pol.as_os_str(),
+            "check".as_ref(),
+            "--json".as_ref(),
+        ],
+        &[],
+    )
+}

@@ -237,6 +237,8 @@ struct State {
     reported_read_only: std::collections::HashSet<PathBuf>,
     /// Per-user caches a user's manager or unit set, already announced in the journal.
     reported_via: std::collections::HashSet<(PathBuf, String)>,
+    /// Directories the last growth-watch update could not watch (said when it changes).
+    unwatched: usize,
 }
 
 impl State {
@@ -336,6 +338,7 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
         last_status: None,
         reported_read_only: Default::default(),
         reported_via: Default::default(),
+        unwatched: 0,
         last_grew: None,
         grew_deferred: false,
     };
@@ -471,7 +474,15 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                     }
                 }
                 if let Ok(mut g) = growth.lock() {
-                    g.set(watched(&st.policy, &sweep));
+                    let failed = g.set(watched(&st.policy, &sweep));
+                    if failed != st.unwatched && failed > 0 {
+                        // Each build cache with a limit costs 257 watches (root and shards),
+                        // all charged to root's fs.inotify.max_user_watches.
+                        tracing::warn!(
+                            "{failed} cache directories could not be watched for growth (is fs.inotify.max_user_watches too low? each cache with a limit needs 257): those caches are measured only by the periodic sweep"
+                        );
+                    }
+                    st.unwatched = failed;
                 }
                 if let Ok(mut p) = probes.lock() {
                     *p = crate::headroom::probes(&sweep.reports);
