@@ -23,8 +23,8 @@ use crate::check::Target;
 use crate::goenv::{self, GoEnv};
 use crate::policy::paths::{self, PwEntry};
 use crate::policy::{CacheKind, CachePolicy, Users};
-use crate::systemd::usercaches::{self, UserSettings};
 use crate::safefs::Dir;
+use crate::systemd::usercaches::{self, UserSettings};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -183,7 +183,11 @@ pub fn targets(
             let p = PathBuf::from(&s.value);
             // go itself refuses a relative value and `off` (the build fails, no cache is
             // written): nothing to manage. `[units.*]` rules report such units.
-            if !p.is_absolute() || seen.iter().any(|q| paths::overlap(q, &p) == Some(paths::Overlap::Same)) {
+            if !p.is_absolute()
+                || seen
+                    .iter()
+                    .any(|q| paths::overlap(q, &p) == Some(paths::Overlap::Same))
+            {
                 continue;
             }
             seen.push(p.clone());
@@ -193,8 +197,14 @@ pub fn targets(
                 .any(|c| c == std::path::Component::ParentDir)
                 .then(|| "a path with \"..\" is never resolved".to_string());
             let (via, what) = match s.source.strip_prefix("unit:") {
-                Some(unit) => (s.source.clone(), format!("{var} of {}'s unit {unit}", u.name)),
-                None => (s.source.clone(), format!("{var} in {}'s user manager environment", u.name)),
+                Some(unit) => (
+                    s.source.clone(),
+                    format!("{var} of {}'s unit {unit}", u.name),
+                ),
+                None => (
+                    s.source.clone(),
+                    format!("{var} in {}'s user manager environment", u.name),
+                ),
             };
             extra.push(Target {
                 policy: c.clone(),
@@ -263,7 +273,11 @@ fn managers_settings(uids: &[u32]) -> std::collections::HashMap<u32, UserSetting
             )));
             let _ = tx.send(Ok(all.into_iter().collect()));
         });
-    let failed = |why: String| uids.iter().map(|uid| (*uid, problem(why.clone()))).collect();
+    let failed = |why: String| {
+        uids.iter()
+            .map(|uid| (*uid, problem(why.clone())))
+            .collect()
+    };
     if let Err(e) = spawned {
         return failed(format!("not read: cannot start a thread: {e}"));
     }

@@ -46,7 +46,10 @@ fn build_unit(home: &Path, extra: &str) -> String {
     let go = support::gobuild::goroot().join("bin/go");
     format!(
         "[Service]\nType=oneshot\n{extra}Environment=PATH={}/bin:/usr/bin:/bin GOFLAGS=-mod=mod GOPROXY=off GOSUMDB=off GOTOOLCHAIN=local GOTELEMETRY=off CGO_ENABLED=0\nWorkingDirectory={}\nExecStart={} build -o hello .\n",
-        go.parent().and_then(Path::parent).expect("goroot").display(),
+        go.parent()
+            .and_then(Path::parent)
+            .expect("goroot")
+            .display(),
         home.join("hello").display(),
         go.display()
     )
@@ -109,10 +112,7 @@ fn gocache_of_a_users_manager_and_units_is_their_cache_and_hostile_values_are_re
         .collect();
 
     alice
-        .write_file(
-            "hello/go.mod",
-            "module example.com/hello\n\ngo 1.24\n",
-        )
+        .write_file("hello/go.mod", "module example.com/hello\n\ngo 1.24\n")
         .expect("go.mod");
     alice
         .write_file(
@@ -131,7 +131,10 @@ fn gocache_of_a_users_manager_and_units_is_their_cache_and_hostile_values_are_re
     let units = [
         (
             "gwt-ci.service",
-            build_unit(&home, &format!("Environment=GOCACHE={}\n", unit_cache.display())),
+            build_unit(
+                &home,
+                &format!("Environment=GOCACHE={}\n", unit_cache.display()),
+            ),
         ),
         (
             "gwt-file.service",
@@ -142,15 +145,28 @@ fn gocache_of_a_users_manager_and_units_is_their_cache_and_hostile_values_are_re
         ),
         ("gwt-mgr.service", build_unit(&home, "")),
         ("gwt-etc.service", setting_unit("/etc")),
-        ("gwt-other.service", setting_unit(&bobs.display().to_string())),
+        (
+            "gwt-other.service",
+            setting_unit(&bobs.display().to_string()),
+        ),
         (
             "gwt-link.service",
             setting_unit(&home.join("link/go-build").display().to_string()),
         ),
-        ("gwt-notgo.service", setting_unit(&notgo.display().to_string())),
+        (
+            "gwt-notgo.service",
+            setting_unit(&notgo.display().to_string()),
+        ),
         (
             "gwt-dots.service",
             setting_unit(&format!("{}/../{}/x", home.display(), alice.name)),
+        ),
+        (
+            "gwt-mod.service",
+            format!(
+                "[Service]\nType=oneshot\nEnvironment=GOMODCACHE={}\nExecStart=/bin/true\n",
+                home.join("unit-mod").display()
+            ),
         ),
         (
             "gwt-secret.service",
@@ -185,7 +201,7 @@ fn gocache_of_a_users_manager_and_units_is_their_cache_and_hostile_values_are_re
         d.path(),
         "p.toml",
         &format!(
-            "[cache.pu]\npath = \"auto\"\nusers = [\"{alice_name}\"]\nmax_size = \"1GiB\"\nmax_age = \"1d\"\nmin_age = \"1h\"\n[agent]\ninterval = \"1h\"\n[metrics]\ntextfile = \"{}\"\n",
+            "[cache.pu]\npath = \"auto\"\nusers = [\"{alice_name}\"]\nmax_size = \"1GiB\"\nmax_age = \"1d\"\nmin_age = \"1h\"\n[cache.mods]\npath = \"auto\"\nkind = \"module\"\nusers = [\"{alice_name}\"]\n[agent]\ninterval = \"1h\"\n[metrics]\ntextfile = \"{}\"\n",
             prom.display()
         ),
     );
@@ -196,7 +212,7 @@ fn gocache_of_a_users_manager_and_units_is_their_cache_and_hostile_values_are_re
     let by_via = |via: &str| {
         caches
             .iter()
-            .find(|c| c["via"] == via)
+            .find(|c| c["via"] == via && (c["kind"] == "build" || via == "unit:gwt-mod.service"))
             .unwrap_or_else(|| panic!("no cache via {via}: {r}"))
     };
     assert!(
@@ -233,6 +249,15 @@ fn gocache_of_a_users_manager_and_units_is_their_cache_and_hostile_values_are_re
         assert!(refused.contains(why), "{via}: {refused}");
         assert!(c["observed"].is_null(), "nothing inspected: {c}");
     }
+    // A module cache takes GOMODCACHE, not GOCACHE, from the same units.
+    let m = by_via("unit:gwt-mod.service");
+    assert_eq!(m["kind"], "module", "{m}");
+    assert_eq!(m["path"], home.join("unit-mod").display().to_string());
+    assert_eq!(
+        caches.iter().filter(|c| c["kind"] == "module").count(),
+        2,
+        "the login one and gwt-mod's: {r}"
+    );
     assert!(
         !caches
             .iter()
@@ -307,8 +332,9 @@ kill -TERM $pid; wait $pid
         Some(unit_cache.to_str().expect("utf-8"))
     );
     assert!(
-        ours.iter().any(|e| field(e, "GOCACHE_WARDEN_ACTION") == Some("violation")
-            && field(e, "CACHE_VIA") == Some("unit:gwt-etc.service")),
+        ours.iter()
+            .any(|e| field(e, "GOCACHE_WARDEN_ACTION") == Some("violation")
+                && field(e, "CACHE_VIA") == Some("unit:gwt-etc.service")),
         "the refusal of /etc names its unit: {ours:?}"
     );
     // The agent removes its textfile when it stops: read the copy taken while it ran.
@@ -326,9 +352,11 @@ kill -TERM $pid; wait $pid
     );
     assert!(metrics.contains(&line), "{line} not in:\n{metrics}");
     assert!(
-        metrics.lines().any(|l| l.starts_with("gocache_warden_cache_owner_info{")
-            && l.contains(&format!("cache=\"{}\"", mgr_cache.display()))
-            && l.ends_with("via=\"manager\"} 1")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("gocache_warden_cache_owner_info{")
+                && l.contains(&format!("cache=\"{}\"", mgr_cache.display()))
+                && l.ends_with("via=\"manager\"} 1")),
         "{metrics}"
     );
     drop(mgr);
@@ -345,7 +373,10 @@ fn a_user_without_a_manager_has_only_their_go_env_cache() {
     let pol = support::policy(
         d.path(),
         "p.toml",
-        &format!("[cache.pu]\npath = \"auto\"\nusers = [\"{}\"]\n", carol.name),
+        &format!(
+            "[cache.pu]\npath = \"auto\"\nusers = [\"{}\"]\n",
+            carol.name
+        ),
     );
     let start = std::time::Instant::now();
     let r = json(&run(
@@ -357,7 +388,11 @@ fn a_user_without_a_manager_has_only_their_go_env_cache() {
         ],
         &[],
     ));
-    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
     let caches = r["caches"].as_array().expect("caches");
     assert_eq!(caches.len(), 1, "{r}");
     assert_eq!(caches[0]["via"], "go env");
@@ -405,7 +440,10 @@ fn a_manager_socket_that_never_answers_delays_a_sweep_once_and_adds_nothing() {
     let o = run_check(&pol);
     let took = start.elapsed();
     assert!(took < Duration::from_secs(15), "took {took:?}");
-    assert!(took >= Duration::from_secs(9), "the deadline was not waited for: {took:?}");
+    assert!(
+        took >= Duration::from_secs(9),
+        "the deadline was not waited for: {took:?}"
+    );
     let r = json(&o);
     let caches = r["caches"].as_array().expect("caches");
     assert_eq!(caches.len(), 4, "{r}");

@@ -83,7 +83,8 @@ fn receiver(stop: Arc<AtomicBool>) -> (u16, Arc<Mutex<Vec<serde_json::Value>>>) 
             {
                 out.lock().expect("lock").push(v);
             }
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
         }
     });
     (port, got)
@@ -110,7 +111,10 @@ fn user_with_a_build(name: &'static str) -> User {
         "package main\n\nimport \"fmt\"\n\nfunc main() { fmt.Println(\"hi\") }\n",
     )
     .expect("main.go");
-    support::gobuild::sh("chown", &["-R", &format!("{name}:"), &dir.display().to_string()]);
+    support::gobuild::sh(
+        "chown",
+        &["-R", &format!("{name}:"), &dir.display().to_string()],
+    );
     let o = support::gobuild::go_as(
         uid,
         pw.gid.as_raw(),

@@ -155,7 +155,12 @@ mod tests {
         assert_eq!(out.settings.len(), 1);
         assert_eq!(out.settings[0].source, "manager");
         for i in 0..MAX_DIRS + 3 {
-            push(&mut out, "GOCACHE", &format!("/d{i}"), "unit:y.service".into());
+            push(
+                &mut out,
+                "GOCACHE",
+                &format!("/d{i}"),
+                "unit:y.service".into(),
+            );
         }
         push(&mut out, "GOMODCACHE", "/m", "manager".into());
         let n = |var| out.settings.iter().filter(|s| s.var == var).count();
