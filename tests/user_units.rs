@@ -206,7 +206,15 @@ fn gocache_of_a_users_manager_and_units_is_their_cache_and_hostile_values_are_re
         ),
     );
     let pol = pol.to_str().expect("utf-8");
+    let start = std::time::Instant::now();
     let chk = run(["--policy", pol, "check", "--json"], &[]);
+    // What asking a manager costs: well inside the 10 s budget for all managers.
+    let took = start.elapsed();
+    eprintln!(
+        "check of 2 caches of a user whose manager has {} services: {took:?}",
+        units.len()
+    );
+    assert!(took < Duration::from_secs(8), "{took:?}");
     let r = json(&chk);
     let caches = r["caches"].as_array().expect("caches");
     let by_via = |via: &str| {
