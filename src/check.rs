@@ -226,6 +226,7 @@ pub fn user_name(uid: u32) -> String {
 
 /// Inspects one target and explains it.
 pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
+    crate::progress::tick();
     let p = &t.policy;
     let mut r = CacheReport {
         name: p.name.clone(),

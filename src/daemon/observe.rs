@@ -20,10 +20,13 @@ use crate::sweep::Sweep;
 use anyhow::Context;
 use prometheus::Registry;
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 pub struct Observability {
     pub registry: Registry,
+    /// Where webhooks go out through, if not directly (see `alert::relay`).
+    relay: Option<PathBuf>,
     /// The alert sinks' configuration, to keep the dispatcher (and its in-flight retries)
     /// across a reload that does not change it.
     alerts_cfg: String,
@@ -35,6 +38,8 @@ pub struct Observability {
     /// The caches of the last completed sweep: a sweep that ends without a result is
     /// counted as a failure of each of them.
     last_caches: Vec<(std::path::PathBuf, MKind)>,
+    /// What the last sweep saw, for alerts re-evaluated after a units-only inspection.
+    last_observation: Option<alert::Observation>,
 }
 
 fn mkind(k: CacheKind) -> MKind {
@@ -67,19 +72,14 @@ fn config(policy: &Policy) -> MetricsConfig {
     }
 }
 
-pub fn sinks(policy: &Policy) -> anyhow::Result<Vec<Box<dyn Sink>>> {
+/// The policy's alert sinks; webhooks go out through `relay` when given.
+pub fn sinks(policy: &Policy, relay: Option<&Path>) -> anyhow::Result<Vec<Box<dyn Sink>>> {
     let mut out: Vec<Box<dyn Sink>> = Vec::new();
     for a in &policy.alerts {
         let timeout = Duration::from_secs(10);
         match a.kind {
             AlertKind::Slack | AlertKind::Webhook => {
-                let src = match (&a.url_file, &a.credential) {
-                    (Some(f), _) => SecretSource::File(f.clone()),
-                    (None, Some(c)) => SecretSource::Credential(c.clone()),
-                    (None, None) => {
-                        anyhow::bail!("alert \"{}\" has no url_file or credential", a.name)
-                    }
-                };
+                let src = secret_source(a)?;
                 let url = SecretUrl::load(&src).with_context(|| format!("alert \"{}\"", a.name))?;
                 let fmt = if a.kind == AlertKind::Slack {
                     WebhookFormat::Slack
@@ -91,6 +91,7 @@ pub fn sinks(policy: &Policy) -> anyhow::Result<Vec<Box<dyn Sink>>> {
                     fmt,
                     url,
                     timeout,
+                    relay,
                 )));
             }
             AlertKind::Exec => {
@@ -125,13 +126,30 @@ fn thresholds(policy: &Policy) -> alert::Thresholds {
     }
 }
 
+fn secret_source(a: &crate::policy::AlertPolicy) -> anyhow::Result<SecretSource> {
+    Ok(match (&a.url_file, &a.credential) {
+        (Some(f), _) => SecretSource::File(f.clone()),
+        (None, Some(c)) => SecretSource::Credential(c.clone()),
+        (None, None) => anyhow::bail!("alert \"{}\" has no url_file or credential", a.name),
+    })
+}
+
+/// The alert sinks' configuration, with a digest of each webhook URL as its file holds it
+/// now: a URL rewritten in place (same file, new URL) must rebuild the sinks on reload too.
 fn alerts_cfg(policy: &Policy) -> String {
-    serde_json::to_string(&policy.alerts).unwrap_or_default()
+    let mut cfg = serde_json::to_string(&policy.alerts).unwrap_or_default();
+    for a in &policy.alerts {
+        if let Ok(url) = secret_source(a).and_then(|s| SecretUrl::load(&s)) {
+            cfg.push_str(&format!(" {:016x}", url.digest()));
+        }
+    }
+    cfg
 }
 
 /// The textfile writer and the alert dispatcher a policy asks for.
 fn outputs(
     policy: &Policy,
+    relay: Option<&Path>,
     registry: Option<&Registry>,
 ) -> anyhow::Result<(
     Option<metrics::textfile::TextfileWriter>,
@@ -141,7 +159,7 @@ fn outputs(
         Some(p) => Some(metrics::textfile::TextfileWriter::new(p.clone())?),
         None => None,
     };
-    let sinks = sinks(policy)?;
+    let sinks = sinks(policy, relay)?;
     let dispatcher = if sinks.is_empty() {
         None
     } else {
@@ -156,10 +174,10 @@ fn outputs(
 }
 
 impl Observability {
-    pub fn new(policy: &Policy) -> anyhow::Result<Observability> {
+    pub fn new(policy: &Policy, relay: Option<&Path>) -> anyhow::Result<Observability> {
         let registry = Registry::new();
         let metrics = Metrics::new(&registry, config(policy))?;
-        let (textfile, dispatcher) = outputs(policy, Some(&registry))?;
+        let (textfile, dispatcher) = outputs(policy, relay, Some(&registry))?;
         let renotify = policy
             .alerts
             .iter()
@@ -167,6 +185,7 @@ impl Observability {
             .min()
             .unwrap_or(Duration::from_secs(6 * 3600));
         Ok(Observability {
+            relay: relay.map(Path::to_path_buf),
             alerts_cfg: alerts_cfg(policy),
             registry,
             metrics,
@@ -175,6 +194,7 @@ impl Observability {
             dispatcher,
             thresholds: thresholds(policy),
             last_caches: Vec::new(),
+            last_observation: None,
         })
     }
 
@@ -191,7 +211,7 @@ impl Observability {
         } else {
             // The notification counter stays registered from the start; a second one would
             // clash. Alerts queued for the old sinks are given a second to go out.
-            let (textfile, dispatcher) = outputs(policy, None)?;
+            let (textfile, dispatcher) = outputs(policy, self.relay.as_deref(), None)?;
             if let Some(old) = std::mem::replace(&mut self.dispatcher, dispatcher) {
                 old.shutdown(Duration::from_secs(1));
             }
@@ -232,11 +252,7 @@ impl Observability {
                 finished_at: SystemTime::now(),
             });
         }
-        if let Some(t) = &self.textfile
-            && let Err(e) = t.write(&self.registry)
-        {
-            tracing::error!(error = %e, "cannot write the metrics textfile {}: {e:#}", t.path().display());
-        }
+        self.write_textfile();
     }
 
     /// Publishes what a sweep saw and did.
@@ -272,14 +288,37 @@ impl Observability {
         }
         self.metrics
             .set_units_missing_gocache(units_missing.len() as u64);
+        self.write_textfile();
+        self.publish(&obs);
+        self.last_observation = Some(obs);
+    }
+
+    /// Publishes a units-only inspection: the units metric and textfile, and the alerts over
+    /// the last sweep's caches with the units as they are now.
+    pub fn units_checked(&mut self, units_missing: &[UnitRef]) {
+        self.metrics
+            .set_units_missing_gocache(units_missing.len() as u64);
+        self.write_textfile();
+        let Some(mut obs) = self.last_observation.take() else {
+            return;
+        };
+        obs.units_missing_gocache = units_missing.to_vec();
+        self.publish(&obs);
+        self.last_observation = Some(obs);
+    }
+
+    fn write_textfile(&self) {
         if let Some(t) = &self.textfile
             && let Err(e) = t.write(&self.registry)
         {
             tracing::error!(error = %e, "cannot write the metrics textfile {}: {e:#}", t.path().display());
         }
+    }
+
+    fn publish(&mut self, obs: &alert::Observation) {
         let alerts = self
             .tracker
-            .update(alert::evaluate(&obs, &self.thresholds), SystemTime::now());
+            .update(alert::evaluate(obs, &self.thresholds), SystemTime::now());
         if let Some(d) = &self.dispatcher {
             for a in alerts {
                 d.enqueue(a);
@@ -379,4 +418,37 @@ fn sweep_outcome(r: &CacheReport, sweep: &Sweep) -> Option<SweepOutcome> {
         duration: sweep.duration,
         finished_at: SystemTime::now(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Scope;
+
+    /// A webhook URL rewritten in its file (the usual rotation: same path, new secret) changes
+    /// the configuration a reload compares, so the sinks are rebuilt with the new URL.
+    #[test]
+    fn a_rotated_webhook_url_counts_as_a_changed_configuration() {
+        let d = tempfile::tempdir().unwrap();
+        let url = d.path().join("hook-url");
+        std::fs::write(&url, "https://hooks.example/one\n").unwrap();
+        let file = d.path().join("p.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[alert.hook]\nkind = \"webhook\"\nurl_file = \"{}\"\n",
+                url.display()
+            ),
+        )
+        .unwrap();
+        let policy = crate::policy::load_for(Scope::User, std::slice::from_ref(&file)).unwrap();
+        let before = alerts_cfg(&policy);
+        assert_eq!(alerts_cfg(&policy), before, "same file, same configuration");
+        std::fs::write(&url, "https://hooks.example/two\n").unwrap();
+        assert_ne!(alerts_cfg(&policy), before);
+        assert!(
+            !before.contains("hooks.example"),
+            "the URL itself is not kept: {before}"
+        );
+    }
 }
