@@ -118,12 +118,16 @@ pub fn targets(policy: &Policy, scope: Scope, env: &GoEnv) -> (Vec<Target>, goen
     }
     // A unit pointing at a cache the site lists (a shared cache) adds nothing: that cache is
     // managed already, by its own policy.
-    extra.retain(|x| {
-        !t.iter().any(|o| {
+    use crate::policy::paths::{Overlap, overlap};
+    let listed = |p: &Path| {
+        t.iter().any(|o| {
             matches!(o.policy.path, CachePath::Fixed(_))
-                && matches!((&x.path, &o.path), (Ok(a), Ok(b)) if crate::policy::paths::overlap(a, b) == Some(crate::policy::paths::Overlap::Same))
+                && o.path
+                    .as_ref()
+                    .is_ok_and(|q| overlap(p, q) == Some(Overlap::Same))
         })
-    });
+    };
+    extra.retain(|x| !x.path.as_ref().is_ok_and(|p| listed(p)));
     t.extend(extra);
     (refuse_overlaps(t), res)
 }

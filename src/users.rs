@@ -46,7 +46,7 @@ pub struct CacheUser {
 /// `CacheUser::via` of the cache a login's `go` finds.
 pub const VIA_GO_ENV: &str = "go env";
 
-/// How long one user's manager may take to answer everything a sweep asks it.
+/// How long the users' managers, asked all at once, may take to answer what a sweep asks.
 pub const MANAGER_DEADLINE: Duration = Duration::from_secs(10);
 
 /// login.defs' `UID_MIN` and `UID_MAX` (read bounded; defaults as shadow-utils').
@@ -196,15 +196,9 @@ pub fn targets(
                 .components()
                 .any(|c| c == std::path::Component::ParentDir)
                 .then(|| "a path with \"..\" is never resolved".to_string());
-            let (via, what) = match s.source.strip_prefix("unit:") {
-                Some(unit) => (
-                    s.source.clone(),
-                    format!("{var} of {}'s unit {unit}", u.name),
-                ),
-                None => (
-                    s.source.clone(),
-                    format!("{var} in {}'s user manager environment", u.name),
-                ),
+            let what = match s.source.strip_prefix("unit:") {
+                Some(unit) => format!("{var} of {}'s unit {unit}", u.name),
+                None => format!("{var} in {}'s user manager environment", u.name),
             };
             extra.push(Target {
                 policy: c.clone(),
@@ -213,7 +207,7 @@ pub fn targets(
                 owner_uid: Some(u.uid),
                 refused,
                 user: Some(CacheUser {
-                    via,
+                    via: s.source.clone(),
                     ..user.clone()
                 }),
             });

@@ -95,6 +95,9 @@ fn gocache_of_a_users_manager_and_units_is_their_cache_and_hostile_values_are_re
         std::os::unix::fs::PermissionsExt::from_mode(0o600),
     )
     .expect("chmod");
+    // The site's shared cache, listed in the policy: a unit using it adds no cache.
+    let shared = d.path().join("shared");
+    support::mkcache(&shared, 10, 4);
     for p in [&bobs, &victim, &notgo, &secret_cache] {
         age_tree(p);
     }
@@ -162,6 +165,10 @@ fn gocache_of_a_users_manager_and_units_is_their_cache_and_hostile_values_are_re
             setting_unit(&format!("{}/../{}/x", home.display(), alice.name)),
         ),
         (
+            "gwt-shared.service",
+            setting_unit(&shared.display().to_string()),
+        ),
+        (
             "gwt-mod.service",
             format!(
                 "[Service]\nType=oneshot\nEnvironment=GOMODCACHE={}\nExecStart=/bin/true\n",
@@ -201,7 +208,8 @@ fn gocache_of_a_users_manager_and_units_is_their_cache_and_hostile_values_are_re
         d.path(),
         "p.toml",
         &format!(
-            "[cache.pu]\npath = \"auto\"\nusers = [\"{alice_name}\"]\nmax_size = \"1GiB\"\nmax_age = \"1d\"\nmin_age = \"1h\"\n[cache.mods]\npath = \"auto\"\nkind = \"module\"\nusers = [\"{alice_name}\"]\n[agent]\ninterval = \"1h\"\n[metrics]\ntextfile = \"{}\"\n",
+            "[cache.pu]\npath = \"auto\"\nusers = [\"{alice_name}\"]\nmax_size = \"1GiB\"\nmax_age = \"1d\"\nmin_age = \"1h\"\n[cache.mods]\npath = \"auto\"\nkind = \"module\"\nusers = [\"{alice_name}\"]\n[cache.shared]\npath = \"{}\"\n[agent]\ninterval = \"1h\"\n[metrics]\ntextfile = \"{}\"\n",
+            shared.display(),
             prom.display()
         ),
     );
@@ -211,7 +219,7 @@ fn gocache_of_a_users_manager_and_units_is_their_cache_and_hostile_values_are_re
     // What asking a manager costs: well inside the 10 s budget for all managers.
     let took = start.elapsed();
     eprintln!(
-        "check of 2 caches of a user whose manager has {} services: {took:?}",
+        "check of a user whose manager has {} services of theirs: {took:?}",
         units.len()
     );
     assert!(took < Duration::from_secs(8), "{took:?}");
@@ -223,9 +231,20 @@ fn gocache_of_a_users_manager_and_units_is_their_cache_and_hostile_values_are_re
             .find(|c| c["via"] == via && (c["kind"] == "build" || via == "unit:gwt-mod.service"))
             .unwrap_or_else(|| panic!("no cache via {via}: {r}"))
     };
+    let shared_path = shared.display().to_string();
     assert!(
-        caches.iter().all(|c| c["user"] == alice_name.as_str()),
+        caches
+            .iter()
+            .all(|c| c["user"] == alice_name.as_str() || c["path"] == shared_path.as_str()),
         "{r}"
+    );
+    assert_eq!(
+        caches
+            .iter()
+            .filter(|c| c["path"] == shared_path.as_str())
+            .count(),
+        1,
+        "gwt-shared.service adds nothing to the listed cache: {r}"
     );
     assert_eq!(
         by_via("go env")["path"],
