@@ -451,10 +451,11 @@ pub fn render_summary(r: &crate::check::Report) -> String {
             .filter_map(|c| c.user.as_deref())
             .collect::<std::collections::BTreeSet<_>>()
             .len();
+        let people = if users == 1 { "user" } else { "users" };
         let of_users = if n == users {
-            format!("{users} users")
+            format!("{users} {people}")
         } else {
-            format!("{n} caches of {users} users")
+            format!("{n} caches of {users} {people}")
         };
         let _ = writeln!(
             out,

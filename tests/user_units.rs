@@ -298,6 +298,9 @@ fn gocache_of_a_users_manager_and_units_is_their_cache_and_hostile_values_are_re
             .starts_with(&format!("{alice_name} (unit:gwt-ci.service)"))),
         "{text}"
     );
+    // The build caches' total: the login one, the manager's, gwt-ci's, gwt-file's and the
+    // five refused ones.
+    assert!(text.contains("(9 caches of 1 user)"), "{text}");
 
     let e = run(["--policy", pol, "enforce", "--json"], &[]);
     assert_eq!(
