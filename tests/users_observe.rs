@@ -5,8 +5,9 @@
 //! and the generic webhook, a local HTTP server, receives one `over_limit` alert per user
 //! naming the user (name and uid) and the cache's path.
 //!
-//! `min_age` is ten years so that this test's agent, which covers every human user of the
-//! machine, evicts nothing of anyone's (other tests' users included).
+//! This test's agent covers every human user of the machine (other tests' users included),
+//! so it must change nothing: `min_age` is ten years (nothing is evicted) and `rewrite_trim`
+//! is off (no `trim.txt` is written).
 
 mod support;
 
@@ -163,7 +164,7 @@ fn metrics_and_alerts_name_each_user_whose_cache_is_over_its_limit() {
         d.path(),
         "p.toml",
         &format!(
-            "[cache.pu]\npath = \"auto\"\nusers = \"all\"\nmax_size = \"64KiB\"\nmin_age = \"3650d\"\n\
+            "[cache.pu]\npath = \"auto\"\nusers = \"all\"\nmax_size = \"64KiB\"\nmin_age = \"3650d\"\nrewrite_trim = false\n\
              [agent]\ninterval = \"1h\"\nwatch = false\n\
              [metrics]\ntextfile = \"{}\"\nlisten = \"127.0.0.1:{port}\"\n\
              [alert.hook]\nkind = \"webhook\"\nurl_file = \"{}\"\n",
