@@ -11,6 +11,7 @@ fn snapshot(size: u64, limit: Option<u64>) -> CacheSnapshot {
     CacheSnapshot {
         path: PathBuf::from("/srv/gocache"),
         user: None,
+        via: None,
         kind: CacheKind::Build,
         allocated_bytes: size,
         apparent_bytes: size,

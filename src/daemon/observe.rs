@@ -373,6 +373,7 @@ pub fn snapshot(r: &CacheReport, sweep: &Sweep) -> Option<CacheSnapshot> {
     }
     Some(CacheSnapshot {
         user: r.user.clone(),
+        via: r.via.clone(),
         allocated_bytes: sweep.size_after(&path).unwrap_or(o.allocated_bytes),
         path,
         kind: mkind(r.kind),
