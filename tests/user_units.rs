@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 use support::journald::{JournaldCommand, field};
 use support::usermgr::{TestUser, UserManager};
-use support::{json, run, stderr, stdout, tempdir};
+use support::{check_json, json, run, stderr, stdout, tempdir};
 
 /// `find PATH -printf` of everything a refused cache must keep as it is.
 fn snapshot(p: &Path) -> String {
@@ -409,15 +409,7 @@ fn a_user_without_a_manager_has_only_their_go_env_cache() {
         ),
     );
     let start = std::time::Instant::now();
-    let r = json(&run(
-        [
-            "--policy".as_ref(),
-            pol.as_os_str(),
-            "check".as_ref(),
-            "--json".as_ref(),
-        ],
-        &[],
-    ));
+    let r = check_json(&pol);
     assert!(
         start.elapsed() < Duration::from_secs(10),
         "{:?}",

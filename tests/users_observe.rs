@@ -14,32 +14,9 @@ mod support;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn promtool_check(text: &str) {
-    let mut c = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (apt-get install prometheus)");
-    c.stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write");
-    let o = c.wait_with_output().expect("promtool");
-    assert!(
-        o.status.success(),
-        "promtool check metrics:\n{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
 
 fn scrape(port: u16) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -215,7 +192,7 @@ fn metrics_and_alerts_name_each_user_whose_cache_is_over_its_limit() {
     let text = std::fs::read_to_string(&prom).expect("textfile");
     let body = scrape(port);
     for (what, t) in [("textfile", &text), ("HTTP", &body)] {
-        promtool_check(t);
+        support::promtool_check(t);
         for (u, c) in users.iter().zip(&caches) {
             let owner = format!(
                 "gocache_warden_cache_owner_info{{cache=\"{}\",kind=\"build\",user=\"{}\",via=\"go env\"}} 1",

@@ -304,3 +304,42 @@ pub fn require_test_hooks() {
         "this test uses failpoints: run it with `cargo test --features test-hooks` (as .ci/test does)"
     );
 }
+
+/// `promtool check metrics` on `text` (real promtool, which the README's test command
+/// installs): lint findings or parse errors fail the test, with the text.
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut c = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (apt-get install prometheus)");
+    c.stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let o = c.wait_with_output().expect("promtool");
+    assert!(
+        o.status.success(),
+        "promtool check metrics:\n{}{}\n{text}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// `gocache-warden --policy POLICY check --json`, parsed.
+pub fn check_json(policy: &Path) -> serde_json::Value {
+    json(&run(
+        [
+            "--policy".as_ref(),
+            policy.as_os_str(),
+            "check".as_ref(),
+            "--json".as_ref(),
+        ],
+        &[],
+    ))
+}
