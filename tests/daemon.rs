@@ -469,3 +469,49 @@ fn a_new_unit_is_inspected_without_a_sweep() {
     mgr.systemctl(&["stop", "gocache-warden.service"])
         .expect("stop");
 }
+
+/// A cache root the agent creates (`create = true`) is inspected as missing by the sweep that
+/// creates it; the agent sweeps again at once, so its watches are set and entries that
+/// arrive later are evicted within seconds, not at the next hourly timer.
+#[test]
+fn a_cache_the_agent_creates_is_watched_at_once() {
+    support::require_root();
+    let d = support::tempdir();
+    let fresh = d.path().join("fresh");
+    let policy = support::policy(
+        d.path(),
+        "p.toml",
+        &format!(
+            "[cache.fresh]\npath = \"{}\"\ncreate = true\nmax_size = \"2MiB\"\nmin_age = \"1m\"\n[agent]\ninterval = \"1h\"\n",
+            fresh.display()
+        ),
+    );
+    let log = d.path().join("agent.log");
+    let _agent = support::spawn_agent(&policy, &log);
+    let logtext = || std::fs::read_to_string(&log).unwrap_or_default();
+    // The creating sweep, then the one that sets the watches.
+    wait_for("two sweeps", Duration::from_secs(60), || {
+        fresh.is_dir() && logtext().matches("in use; last sweep").count() >= 2
+    });
+    let src = support::tempdir();
+    support::mkcache(src.path(), 400, 14);
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", src.path().display()))
+        .arg(&fresh)
+        .status()
+        .expect("cp");
+    assert!(st.success());
+    let copied = support::du_bytes(&fresh);
+    // 257 directories alone take about 1 MiB: the limit leaves room for entries.
+    assert!(copied > 4 << 20, "copied only {copied} bytes");
+    let end = Instant::now() + Duration::from_secs(60);
+    while support::du_bytes(&fresh) > 2 << 20 {
+        assert!(
+            Instant::now() < end,
+            "not evicted to the limit within 60 s (the timer is 1 h away):\n{}",
+            logtext()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -593,6 +593,16 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                 obs.after_sweep(&sweep, &units);
                 notify(&[NotifyState::Status(&status)]);
                 st.last_status = Some(status);
+                // A root this sweep created was inspected as missing, so nothing watches it
+                // yet: sweep it again at once, which also sets its watches (else entries
+                // copied or built into it would wait for the timer).
+                if sweep
+                    .outcome
+                    .as_ref()
+                    .is_some_and(|o| o.caches.iter().any(|c| c.created))
+                {
+                    st.pending = true;
+                }
                 if st.pending {
                     st.request_sweep(&tx);
                 } else if st.units_pending {
