@@ -17,8 +17,7 @@ use anyhow::{Context, Result, bail};
 use futures_util::{Stream, StreamExt};
 use serde::Serialize;
 use zbus::proxy::CacheProperties;
-use zbus::zvariant::OwnedObjectPath;
-use zbus::{Connection, proxy};
+use zbus::{Connection, OwnedObjectPath, proxy};
 
 /// One row of `ListUnits`/`ListUnitsByPatterns`: `(ssssssouso)`.
 pub type UnitListEntry = (
@@ -192,6 +191,15 @@ pub enum Scope {
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long any method call may take; `Reload` on a large system is the slowest one.
 pub const METHOD_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a user manager may take for any one call, and for all the calls of one inspection
+/// together. Its user controls it (they can serve the private socket themselves), so it gets a
+/// bound that a real one never comes near (an inspection of a few hundred units takes under a
+/// second), and the sweep goes on without it.
+pub const USER_MANAGER_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one call to a user manager may take outside an inspection (`Subscribe`, `Reload`
+/// and the checks after it); longer than [`USER_MANAGER_TIMEOUT`] so that an inspection ends on
+/// its own, clearer, error.
+pub const USER_CALL_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// Runs a connection step with [`CONNECT_TIMEOUT`], so a wedged peer cannot stall a sweep.
 async fn timed<T, E>(step: impl Future<Output = std::result::Result<T, E>>) -> Result<T>
@@ -204,14 +212,8 @@ where
     }
 }
 
-async fn build_bus(
-    builder: zbus::Result<zbus::connection::Builder<'static>>,
-    what: &str,
-) -> Result<Connection> {
-    let build = builder
-        .with_context(|| format!("cannot find the {what}"))?
-        .method_timeout(METHOD_TIMEOUT)
-        .build();
+async fn build_bus(builder: zbus::connection::Builder<'static>, what: &str) -> Result<Connection> {
+    let build = builder.method_timeout(METHOD_TIMEOUT).build();
     timed(build)
         .await
         .with_context(|| format!("cannot connect to the {what}"))
@@ -267,11 +269,11 @@ pub async fn connect_private(socket: &Path, uid: u32) -> Result<ManagerConn> {
     let (read, write) = stream.into_split();
     let split: zbus::connection::socket::BoxedSplit = zbus::connection::socket::Split::new(
         Box::new(super::p2p::SenderFix::new(read)),
-        Box::new(write),
+        Box::new(super::p2p::Writer(write)),
     );
     let build = zbus::connection::Builder::socket(split)
         .p2p()
-        .method_timeout(METHOD_TIMEOUT)
+        .method_timeout(USER_CALL_TIMEOUT)
         .build();
     let conn = timed(build)
         .await
@@ -344,8 +346,13 @@ pub async fn connect_scope(scope: Scope, run_user: &Path) -> (Vec<ManagerConn>, 
             }
             match private_sockets(run_user) {
                 Ok(sockets) => {
-                    for (uid, socket) in sockets {
-                        match connect_private(&socket, uid).await {
+                    // Side by side: a user whose socket takes its whole CONNECT_TIMEOUT to
+                    // answer must not hold up everyone after them.
+                    let each = sockets.iter().map(|(uid, socket)| async move {
+                        (socket, connect_private(socket, *uid).await)
+                    });
+                    for (socket, result) in futures_util::future::join_all(each).await {
+                        match result {
                             Ok(c) => conns.push(c),
                             Err(e) => errors.push(ManagerError {
                                 target: socket.display().to_string(),
@@ -457,14 +464,12 @@ pub async fn service_info(mgr: &ManagerConn, name: &str) -> Result<ServiceInfo, 
         .map_err(|e| err(Some("Manager.LoadUnit"), e.to_string()))?;
     let unit = UnitProxy::builder(&mgr.conn)
         .path(path.clone())
-        .map_err(|e| err(None, e.to_string()))?
         .cache_properties(CacheProperties::No)
         .build()
         .await
         .map_err(|e| err(None, e.to_string()))?;
     let service = ServiceProxy::builder(&mgr.conn)
         .path(path.clone())
-        .map_err(|e| err(None, e.to_string()))?
         .cache_properties(CacheProperties::No)
         .build()
         .await
@@ -574,10 +579,10 @@ pub enum ManagerEvent {
 pub async fn watch(mgr: &ManagerConn) -> Result<impl Stream<Item = ManagerEvent> + use<>> {
     let rule = zbus::MatchRule::builder()
         .msg_type(zbus::message::Type::Signal)
-        .sender("org.freedesktop.systemd1")?
-        .path("/org/freedesktop/systemd1")?
-        .interface("org.freedesktop.systemd1.Manager")?
-        .build();
+        .sender("org.freedesktop.systemd1")
+        .path("/org/freedesktop/systemd1")
+        .interface("org.freedesktop.systemd1.Manager")
+        .build()?;
     let stream = zbus::MessageStream::for_match_rule(rule, &mgr.conn, None)
         .await
         .with_context(|| format!("{}: cannot watch manager signals", mgr.id))?;
