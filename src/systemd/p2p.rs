@@ -266,13 +266,10 @@ mod tests {
     /// A method return as systemd sends it on its private socket, built with zbus and patched.
     fn systemd_reply(sender: &str) -> Vec<u8> {
         let call = Message::method_call("/org/freedesktop/systemd1", "Reload")
-            .unwrap()
             .build(&())
             .unwrap();
         let reply = Message::method_return(&call.header())
-            .unwrap()
             .sender(":1.234567890123456789012")
-            .unwrap()
             .build(&("ok",))
             .unwrap();
         let mut bytes = reply.data().to_vec();
@@ -304,5 +301,68 @@ mod tests {
         let mut short = vec![b'l', 2, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 200, 0, 0, 0, 2, 9];
         fix_sender(&mut short, false, 200);
         assert_eq!(short.len(), 18);
+    }
+
+    async fn decode(bytes: Vec<u8>) -> zbus::Result<Message> {
+        let mut replay = Replay {
+            data: bytes,
+            pos: 0,
+        };
+        replay
+            .receive_message(1, &mut Vec::new(), &mut Vec::new())
+            .await
+    }
+
+    /// zbus 6 refuses systemd's sender outright, so the rewrite is still needed.
+    #[tokio::test]
+    async fn zbus_6_still_needs_the_sender_rewrite() {
+        let msg = systemd_reply("org.freedesktop.systemd1");
+        assert!(decode(msg.clone()).await.is_err());
+        let mut fixed = msg;
+        let fields_len = read_u32(&fixed, 12, false).unwrap() as usize;
+        fix_sender(&mut fixed, false, fields_len);
+        let m = decode(fixed).await.unwrap();
+        assert_eq!(m.header().sender().unwrap().as_str(), ":s.xxxxxxxxxxxxxxxxxxxxx");
+    }
+
+    /// A message announced larger than MAX_MESSAGE is refused from its first 16 bytes.
+    #[tokio::test]
+    async fn oversized_messages_are_refused_before_their_body() {
+        use tokio::io::AsyncWriteExt;
+        let (ours, mut peer) = tokio::net::UnixStream::pair().unwrap();
+        let (read, _write) = ours.into_split();
+        let mut half = SenderFix::new(read);
+        let mut head = systemd_reply(":1.234567890123456789012");
+        head[4..8].copy_from_slice(&(MAX_MESSAGE as u32).to_le_bytes());
+        peer.write_all(&head[..16]).await.unwrap();
+        let err = half
+            .receive_message(1, &mut Vec::new(), &mut Vec::new())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("1024 KiB"), "{err}");
+        assert!(half.raw.len() <= 16);
+    }
+
+    /// A handshake that never ends a line stops at MAX_HANDSHAKE bytes.
+    #[tokio::test]
+    async fn the_handshake_is_bounded() {
+        use tokio::io::AsyncWriteExt;
+        let (ours, mut peer) = tokio::net::UnixStream::pair().unwrap();
+        let (read, _write) = ours.into_split();
+        let mut half = SenderFix::new(read);
+        tokio::spawn(async move {
+            let junk = vec![b'x'; 4096];
+            while peer.write_all(&junk).await.is_ok() {}
+        });
+        let mut buf = vec![0u8; 1024];
+        let mut total = 0;
+        let err = loop {
+            match half.recvmsg(&mut buf).await {
+                Ok((n, _)) => total += n,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(total, MAX_HANDSHAKE);
+        assert!(err.to_string().contains("handshake"), "{err}");
     }
 }
