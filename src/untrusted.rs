@@ -16,6 +16,9 @@
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::Duration;
 
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
@@ -109,6 +112,16 @@ impl Creds {
     }
 }
 
+/// How long a read with a user's identity may take. Local files answer in microseconds; a
+/// user can make a read wait for good with a file system they serve themselves (FUSE, through
+/// `fusermount`), which `O_NONBLOCK` does not help against.
+pub const AS_USER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reader threads left blocked at most, over the agent's life. A blocked thread cannot be
+/// cancelled; past this many, reads as users fail at once until some return.
+pub const MAX_BLOCKED_READERS: usize = 16;
+/// Reader threads running now (blocked ones included).
+static READERS: AtomicUsize = AtomicUsize::new(0);
+
 /// Runs `f` on a fresh thread whose fsuid, fsgid and supplementary groups are `creds`, so every
 /// file it opens is checked against that user's permissions (Linux drops the file
 /// capabilities `CAP_DAC_OVERRIDE`/`CAP_DAC_READ_SEARCH` of a thread whose fsuid leaves 0).
@@ -116,19 +129,54 @@ impl Creds {
 /// glibc's `setgroups` would broadcast to every thread of the agent. The thread ends with `f`,
 /// so nothing is switched back. If the identity cannot be taken (a seccomp filter, missing
 /// `CAP_SETUID`), `f` does not run: reading as root instead is exactly what must not happen.
-pub fn with_creds<T: Send>(creds: &Creds, f: impl FnOnce() -> T + Send) -> io::Result<T> {
+///
+/// The caller waits at most [`AS_USER_TIMEOUT`]: a thread still blocked then (in a file system
+/// that does not answer) is left behind with an error of kind `TimedOut`, and at most
+/// [`MAX_BLOCKED_READERS`] threads run at once.
+pub fn with_creds<T: Send + 'static>(
+    creds: &Creds,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
     if nix::unistd::geteuid().as_raw() == creds.uid {
         // Already this user (the per-user agent, or root for root's own units).
         return Ok(f());
     }
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            become_fs(creds)?;
-            Ok(f())
-        })
-        .join()
-        .map_err(|_| io::Error::other("reader thread panicked"))?
-    })
+    if READERS.fetch_add(1, Ordering::SeqCst) >= MAX_BLOCKED_READERS {
+        READERS.fetch_sub(1, Ordering::SeqCst);
+        return Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "{MAX_BLOCKED_READERS} reads as users are still blocked (a file system that \
+                 does not answer?): not read"
+            ),
+        ));
+    }
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let c = creds.clone();
+    let spawned = std::thread::Builder::new()
+        .name("gcw-as-user".to_owned())
+        .spawn(move || {
+            let r = become_fs(&c).map(|()| f());
+            READERS.fetch_sub(1, Ordering::SeqCst);
+            // The caller may have stopped waiting; then the result is dropped here.
+            let _ = tx.send(r);
+        });
+    if let Err(e) = spawned {
+        READERS.fetch_sub(1, Ordering::SeqCst);
+        return Err(e);
+    }
+    match rx.recv_timeout(AS_USER_TIMEOUT) {
+        Ok(r) => r,
+        Err(RecvTimeoutError::Timeout) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "reading as uid {} took longer than {AS_USER_TIMEOUT:?} (a file system that \
+                 does not answer?): given up",
+                creds.uid
+            ),
+        )),
+        Err(RecvTimeoutError::Disconnected) => Err(io::Error::other("reader thread panicked")),
+    }
 }
 
 fn become_fs(c: &Creds) -> io::Result<()> {
@@ -213,7 +261,8 @@ mod tests {
             gid: 65534,
             groups: vec![65534],
         };
-        let e = with_creds(&nobody, || read_bounded(&secret, 100))
+        let s = secret.clone();
+        let e = with_creds(&nobody, move || read_bounded(&s, 100))
             .unwrap()
             .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
@@ -228,9 +277,81 @@ mod tests {
             groups: vec![65534, 4242],
         };
         assert!(
-            with_creds(&member, || read_bounded(&secret, 100))
+            with_creds(&member, move || read_bounded(&secret, 100))
                 .unwrap()
                 .is_ok()
         );
+    }
+
+    /// A FUSE file system whose server never answers (what a user can mount with
+    /// `fusermount`): any lookup in it waits until the connection ends.
+    struct DeadFuse {
+        dev: Option<std::os::fd::OwnedFd>,
+        mnt: std::path::PathBuf,
+    }
+
+    impl DeadFuse {
+        fn mount(mnt: &Path) -> DeadFuse {
+            std::fs::create_dir(mnt).unwrap();
+            let dev = nix::fcntl::open("/dev/fuse", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
+                .expect("open /dev/fuse (the test needs FUSE in the kernel)");
+            let opts = format!(
+                "fd={},rootmode=40000,user_id=0,group_id=0,allow_other",
+                dev.as_raw_fd()
+            );
+            nix::mount::mount(
+                Some("gcw-dead"),
+                mnt,
+                Some("fuse.gcw-dead"),
+                nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+                Some(opts.as_str()),
+            )
+            .expect("mount the FUSE file system");
+            DeadFuse {
+                dev: Some(dev),
+                mnt: mnt.to_path_buf(),
+            }
+        }
+    }
+
+    impl Drop for DeadFuse {
+        fn drop(&mut self) {
+            // Closing the device ends the connection: waiting requests fail with ENOTCONN.
+            drop(self.dev.take());
+            let _ = nix::mount::umount2(&self.mnt, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    #[test]
+    fn a_read_blocked_in_a_dead_file_system_is_given_up() {
+        let d = tempfile::tempdir().unwrap();
+        let fuse = DeadFuse::mount(&d.path().join("mnt"));
+        let file = fuse.mnt.join("env");
+        let nobody = Creds {
+            uid: 65534,
+            gid: 65534,
+            groups: vec![65534],
+        };
+        // The call runs on its own thread so that a regression fails here instead of hanging.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let start = std::time::Instant::now();
+            let r = with_creds(&nobody, move || read_bounded(&file, 100));
+            let _ = tx.send((r.map(|inner| inner.is_ok()), start.elapsed()));
+        });
+        let (r, took) = rx
+            .recv_timeout(AS_USER_TIMEOUT + Duration::from_secs(20))
+            .expect("with_creds waited on the dead file system without a bound");
+        let e = r.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+        assert!(e.to_string().contains("uid 65534"), "{e}");
+        assert!(took >= AS_USER_TIMEOUT && took < AS_USER_TIMEOUT + Duration::from_secs(5));
+        drop(fuse);
+        // The thread left behind returns once the file system is gone, freeing its slot.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while READERS.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(READERS.load(Ordering::SeqCst), 0);
     }
 }

@@ -277,7 +277,7 @@ impl fmt::Display for Inspection {
 pub async fn inspect(
     conns: &[ManagerConn],
     rules: &[UnitRule],
-    resolve: Resolver<'_>,
+    resolve: Resolver<'static>,
 ) -> Inspection {
     let patterns: Vec<String> = rules.iter().flat_map(|r| r.patterns.clone()).collect();
     let compiled: Vec<Vec<glob::Pattern>> = rules
@@ -330,7 +330,7 @@ async fn inspect_manager(
     rules: &[UnitRule],
     patterns: &[String],
     compiled: &[Vec<glob::Pattern>],
-    resolve: Resolver<'_>,
+    resolve: Resolver<'static>,
 ) -> Result<Inspection, ManagerError> {
     let mut out = Inspection::default();
     let manager_error = |e: anyhow::Error| ManagerError {
@@ -358,7 +358,9 @@ async fn inspect_manager(
                 {
                     continue;
                 }
-                match super::asuser::inspect_unit(&info, &svc, rule, &rules[rule], resolve) {
+                let inspected =
+                    super::asuser::inspect_unit_off_loop(&info, &svc, rule, &rules[rule], resolve);
+                match inspected.await {
                     Ok(u) => out.units.push(u),
                     Err(e) => out.unit_errors.push(e),
                 }
