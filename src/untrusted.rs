@@ -11,7 +11,9 @@
 //! allocation without end. Final symlinks are followed, as systemd and `go` follow them:
 //! what makes that safe is [`with_creds`], which runs such reads on a dedicated thread whose
 //! file-system identity (fsuid, fsgid, supplementary groups) is the user's, so root reads
-//! nothing the user could not read. This module changes nothing on disk.
+//! nothing the user could not read. A read there that blocks anyway (in a FUSE file system
+//! whose server never answers) is given up after [`AS_USER_TIMEOUT`]. This module changes
+//! nothing on disk.
 
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd};
@@ -293,8 +295,9 @@ mod tests {
     impl DeadFuse {
         fn mount(mnt: &Path) -> DeadFuse {
             std::fs::create_dir(mnt).unwrap();
-            let dev = nix::fcntl::open("/dev/fuse", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
-                .expect("open /dev/fuse (the test needs FUSE in the kernel)");
+            let dev =
+                nix::fcntl::open("/dev/fuse", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
+                    .expect("open /dev/fuse (the test needs FUSE in the kernel)");
             let opts = format!(
                 "fd={},rootmode=40000,user_id=0,group_id=0,allow_other",
                 dev.as_raw_fd()

@@ -38,7 +38,8 @@ impl Fake {
         fs::create_dir_all(&runtime).expect("runtime dir");
         chown(&runtime, Some(user.uid), Some(user.gid)).expect("chown runtime dir");
         fs::set_permissions(&runtime, fs::Permissions::from_mode(0o700)).expect("chmod");
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tools/fake_user_manager.py");
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tools/fake_user_manager.py");
         let socket = runtime.join("systemd/private");
         let mut child = user
             .command("python3")
@@ -80,6 +81,8 @@ struct Run {
 
 /// `units --json` over every manager with a rule for `w-*` units, killed at [`DEADLINE`];
 /// its peak memory comes from `wait4`.
+// The child is reaped by `wait4` (for its rusage), which `Child::wait` cannot do.
+#[allow(clippy::zombie_processes)]
 fn units(dir: &std::path::Path) -> Run {
     let p = support::policy(
         dir,
@@ -161,11 +164,7 @@ fn against_fake(mode: &str) -> (Run, String) {
 
     let run = units(d.path());
     let ctx = format!("{}\nstderr: {}", run.stdout, run.stderr);
-    assert!(
-        run.elapsed < DEADLINE,
-        "took {:?}\n{ctx}",
-        run.elapsed
-    );
+    assert!(run.elapsed < DEADLINE, "took {:?}\n{ctx}", run.elapsed);
     assert!(
         !run.stderr.contains("panicked"),
         "a task panicked on the fake manager's message:\n{ctx}"

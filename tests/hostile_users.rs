@@ -248,8 +248,11 @@ fn a_file_system_that_never_answers_does_not_freeze_the_agent() {
     let user = TestUser::create().expect("user");
     user.install_unit("w-fuse.service", &oneshot("EnvironmentFile=%h/fuse/env"))
         .expect("unit");
-    user.install_unit("w-plain.service", &oneshot("Environment=GOCACHE=/srv/plain"))
-        .expect("unit");
+    user.install_unit(
+        "w-plain.service",
+        &oneshot("Environment=GOCACHE=/srv/plain"),
+    )
+    .expect("unit");
     let mgr = UserManager::start(user).expect("manager");
     let uid = mgr.uid();
     // Declared after the manager, so it is gone before the user's home is removed.

@@ -51,7 +51,9 @@ pub fn parse(data: &[u8]) -> ParsedEnvFile {
                 "{key} value ends in a carriage return, which go keeps"
             ));
         } else if val != val.trim() {
-            warn(format!("{key} value has surrounding spaces, which go keeps"));
+            warn(format!(
+                "{key} value has surrounding spaces, which go keeps"
+            ));
         }
         if val.len() >= 2
             && ((val.starts_with('"') && val.ends_with('"'))

@@ -433,11 +433,16 @@ fn read_env_file(
         Source::EnvFile(PathBuf::from(file))
     };
     let parsed = super::envfile::parse(&data);
-    warnings.extend(parsed.warnings.into_iter().map(|(line, message)| EnvFileWarning {
-        file: PathBuf::from(file),
-        line,
-        message,
-    }));
+    warnings.extend(
+        parsed
+            .warnings
+            .into_iter()
+            .map(|(line, message)| EnvFileWarning {
+                file: PathBuf::from(file),
+                line,
+                message,
+            }),
+    );
     for (key, val) in parsed.settings {
         if is_goroot && files.vars.contains_key(&key) {
             continue;

@@ -48,8 +48,7 @@ pub async fn inspect_unit_off_loop(
     resolve: Resolver<'static>,
 ) -> Result<InspectedUnit, UnitError> {
     let (m, s, r) = (mgr.clone(), svc.clone(), rule.clone());
-    match tokio::task::spawn_blocking(move || inspect_unit(&m, &s, rule_index, &r, resolve)).await
-    {
+    match tokio::task::spawn_blocking(move || inspect_unit(&m, &s, rule_index, &r, resolve)).await {
         Ok(result) => result,
         Err(e) => Err(UnitError {
             manager: mgr.id.clone(),

@@ -322,7 +322,10 @@ mod tests {
         let fields_len = read_u32(&fixed, 12, false).unwrap() as usize;
         fix_sender(&mut fixed, false, fields_len);
         let m = decode(fixed).await.unwrap();
-        assert_eq!(m.header().sender().unwrap().as_str(), ":s.xxxxxxxxxxxxxxxxxxxxx");
+        assert_eq!(
+            m.header().sender().unwrap().as_str(),
+            ":s.xxxxxxxxxxxxxxxxxxxxx"
+        );
     }
 
     /// A message announced larger than MAX_MESSAGE is refused from its first 16 bytes.

@@ -177,10 +177,9 @@ fn write_as_owner(d: &PlannedDropIn) -> anyhow::Result<Written> {
     match d.target.owner {
         Some((uid, _)) if uid != 0 => {
             let creds = crate::untrusted::Creds::of_uid(uid)?;
-            let (target, unit, contents) = (d.target.clone(), d.unit.unit.clone(), d.contents.clone());
-            crate::untrusted::with_creds(&creds, move || {
-                dropin::write(&target, &unit, &contents)
-            })?
+            let (target, unit, contents) =
+                (d.target.clone(), d.unit.unit.clone(), d.contents.clone());
+            crate::untrusted::with_creds(&creds, move || dropin::write(&target, &unit, &contents))?
         }
         _ => dropin::write(&d.target, &d.unit.unit, &d.contents),
     }
