@@ -201,6 +201,11 @@ pub const USER_MANAGER_TIMEOUT: Duration = Duration::from_secs(20);
 /// its own, clearer, error.
 pub const USER_CALL_TIMEOUT: Duration = Duration::from_secs(25);
 
+/// Messages a connection to a user manager queues for a reader (zbus's default is 64): with
+/// messages of at most 1 MiB (`p2p::MAX_MESSAGE`), a user manager flooding the agent with signals
+/// holds at most a few MiB per queue; the socket is not read while a queue is full.
+const USER_QUEUE: std::num::NonZeroUsize = std::num::NonZeroUsize::new(4).unwrap();
+
 /// Runs a connection step with [`CONNECT_TIMEOUT`], so a wedged peer cannot stall a sweep.
 async fn timed<T, E>(step: impl Future<Output = std::result::Result<T, E>>) -> Result<T>
 where
@@ -274,6 +279,7 @@ pub async fn connect_private(socket: &Path, uid: u32) -> Result<ManagerConn> {
     let build = zbus::connection::Builder::socket(split)
         .p2p()
         .method_timeout(USER_CALL_TIMEOUT)
+        .max_queued(USER_QUEUE)
         .build();
     let conn = timed(build)
         .await
@@ -583,7 +589,9 @@ pub async fn watch(mgr: &ManagerConn) -> Result<impl Stream<Item = ManagerEvent>
         .path("/org/freedesktop/systemd1")
         .interface("org.freedesktop.systemd1.Manager")
         .build()?;
-    let stream = zbus::MessageStream::for_match_rule(rule, &mgr.conn, None)
+    // The system manager's bursts (a daemon-reload announces every unit) keep zbus's default.
+    let queue = matches!(mgr.id, ManagerId::User { .. }).then_some(USER_QUEUE);
+    let stream = zbus::MessageStream::for_match_rule(rule, &mgr.conn, queue)
         .await
         .with_context(|| format!("{}: cannot watch manager signals", mgr.id))?;
     // Subscribe after installing the match rule so that no early signal is lost.
