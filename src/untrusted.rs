@@ -15,10 +15,11 @@
 //! whose server never answers) is given up after [`AS_USER_TIMEOUT`]. This module changes
 //! nothing on disk.
 
+use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::Duration;
 
@@ -118,11 +119,55 @@ impl Creds {
 /// user can make a read wait for good with a file system they serve themselves (FUSE, through
 /// `fusermount`), which `O_NONBLOCK` does not help against.
 pub const AS_USER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Reader threads left blocked at most, over the agent's life. A blocked thread cannot be
-/// cancelled; past this many, reads as users fail at once until some return.
-pub const MAX_BLOCKED_READERS: usize = 16;
-/// Reader threads running now (blocked ones included).
-static READERS: AtomicUsize = AtomicUsize::new(0);
+/// Reader threads of one user running at once (blocked ones included). A blocked thread
+/// cannot be cancelled; past this many, that user's reads fail at once until some return, and
+/// other users' reads go on.
+pub const MAX_READERS_PER_USER: usize = 4;
+/// Reader threads of all users running at once.
+pub const MAX_READERS: usize = 64;
+/// Reader threads running now, by uid.
+static READERS: Mutex<BTreeMap<u32, usize>> = Mutex::new(BTreeMap::new());
+
+/// A reader thread's slot, given back when the thread ends.
+struct Slot(u32);
+
+impl Slot {
+    fn take(uid: u32) -> io::Result<Slot> {
+        let mut r = READERS.lock().unwrap_or_else(|p| p.into_inner());
+        let total: usize = r.values().sum();
+        let mine = r.get(&uid).copied().unwrap_or(0);
+        if mine >= MAX_READERS_PER_USER || total >= MAX_READERS {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "{mine} reads as uid {uid} ({total} in all) are still blocked (a file system \
+                     that does not answer?): not read"
+                ),
+            ));
+        }
+        *r.entry(uid).or_default() += 1;
+        Ok(Slot(uid))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut r = READERS.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = r.get_mut(&self.0) {
+            *n -= 1;
+            if *n == 0 {
+                r.remove(&self.0);
+            }
+        }
+    }
+}
+
+/// Reader threads of `uid` running now.
+#[cfg(test)]
+fn readers_of(uid: u32) -> usize {
+    let r = READERS.lock().unwrap_or_else(|p| p.into_inner());
+    r.get(&uid).copied().unwrap_or(0)
+}
 
 /// Runs `f` on a fresh thread whose fsuid, fsgid and supplementary groups are `creds`, so every
 /// file it opens is checked against that user's permissions (Linux drops the file
@@ -133,8 +178,8 @@ static READERS: AtomicUsize = AtomicUsize::new(0);
 /// `CAP_SETUID`), `f` does not run: reading as root instead is exactly what must not happen.
 ///
 /// The caller waits at most [`AS_USER_TIMEOUT`]: a thread still blocked then (in a file system
-/// that does not answer) is left behind with an error of kind `TimedOut`, and at most
-/// [`MAX_BLOCKED_READERS`] threads run at once.
+/// that does not answer) is left behind with an error of kind `TimedOut`; at most
+/// [`MAX_READERS_PER_USER`] threads of a user and [`MAX_READERS`] in all run at once.
 pub fn with_creds<T: Send + 'static>(
     creds: &Creds,
     f: impl FnOnce() -> T + Send + 'static,
@@ -143,30 +188,17 @@ pub fn with_creds<T: Send + 'static>(
         // Already this user (the per-user agent, or root for root's own units).
         return Ok(f());
     }
-    if READERS.fetch_add(1, Ordering::SeqCst) >= MAX_BLOCKED_READERS {
-        READERS.fetch_sub(1, Ordering::SeqCst);
-        return Err(io::Error::new(
-            io::ErrorKind::WouldBlock,
-            format!(
-                "{MAX_BLOCKED_READERS} reads as users are still blocked (a file system that \
-                 does not answer?): not read"
-            ),
-        ));
-    }
+    let slot = Slot::take(creds.uid)?;
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let c = creds.clone();
-    let spawned = std::thread::Builder::new()
+    std::thread::Builder::new()
         .name("gcw-as-user".to_owned())
         .spawn(move || {
             let r = become_fs(&c).map(|()| f());
-            READERS.fetch_sub(1, Ordering::SeqCst);
+            drop(slot);
             // The caller may have stopped waiting; then the result is dropped here.
             let _ = tx.send(r);
-        });
-    if let Err(e) = spawned {
-        READERS.fetch_sub(1, Ordering::SeqCst);
-        return Err(e);
-    }
+        })?;
     match rx.recv_timeout(AS_USER_TIMEOUT) {
         Ok(r) => r,
         Err(RecvTimeoutError::Timeout) => Err(io::Error::new(
@@ -330,31 +362,52 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let fuse = DeadFuse::mount(&d.path().join("mnt"));
         let file = fuse.mnt.join("env");
+        // Ids of their own: the other tests here read as 65534 at the same time.
         let nobody = Creds {
-            uid: 65534,
+            uid: 65532,
             gid: 65534,
             groups: vec![65534],
         };
-        // The call runs on its own thread so that a regression fails here instead of hanging.
+        // Each call runs on its own thread so that a regression fails here instead of hanging;
+        // a user gets MAX_READERS_PER_USER of them.
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let start = std::time::Instant::now();
-            let r = with_creds(&nobody, move || read_bounded(&file, 100));
-            let _ = tx.send((r.map(|inner| inner.is_ok()), start.elapsed()));
-        });
-        let (r, took) = rx
-            .recv_timeout(AS_USER_TIMEOUT + Duration::from_secs(20))
-            .expect("with_creds waited on the dead file system without a bound");
-        let e = r.unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
-        assert!(e.to_string().contains("uid 65534"), "{e}");
-        assert!(took >= AS_USER_TIMEOUT && took < AS_USER_TIMEOUT + Duration::from_secs(5));
+        for _ in 0..MAX_READERS_PER_USER {
+            let (tx, file, nobody) = (tx.clone(), file.clone(), nobody.clone());
+            std::thread::spawn(move || {
+                let start = std::time::Instant::now();
+                let r = with_creds(&nobody, move || read_bounded(&file, 100));
+                let _ = tx.send((r.map(|inner| inner.is_ok()), start.elapsed()));
+            });
+        }
+        for _ in 0..MAX_READERS_PER_USER {
+            let (r, took) = rx
+                .recv_timeout(AS_USER_TIMEOUT + Duration::from_secs(20))
+                .expect("with_creds waited on the dead file system without a bound");
+            let e = r.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+            assert!(e.to_string().contains("uid 65532"), "{e}");
+            assert!(took >= AS_USER_TIMEOUT && took < AS_USER_TIMEOUT + Duration::from_secs(5));
+        }
+        // Its threads are all blocked: its next read fails at once; another user's does not.
+        let f = file.clone();
+        let e = with_creds(&nobody, move || read_bounded(&f, 100)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
+        let other = Creds {
+            uid: 65531,
+            gid: 65534,
+            groups: vec![65534],
+        };
+        let plain = d.path().join("plain");
+        std::fs::write(&plain, "K=v\n").unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let got = with_creds(&other, move || read_bounded(&plain, 100)).unwrap();
+        assert_eq!(got.unwrap(), b"K=v\n");
         drop(fuse);
         // The thread left behind returns once the file system is gone, freeing its slot.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while READERS.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+        while readers_of(65532) > 0 && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert_eq!(READERS.load(Ordering::SeqCst), 0);
+        assert_eq!(readers_of(65532), 0);
     }
 }
