@@ -149,19 +149,29 @@ fn units(dir: &std::path::Path) -> Run {
     }
 }
 
-/// Runs `units` with a real manager (one unit lacking GOCACHE) and a fake one in `mode`;
-/// returns the fake's manager error message after checking everything the modes share.
-fn against_fake(mode: &str) -> (Run, String) {
+/// A real manager with one unit, for the agent to inspect beside the fake one.
+fn real_manager() -> UserManager {
     let real = TestUser::create().expect("user");
     real.install_unit(
         "w-real.service",
         "[Service]\nType=oneshot\nExecStart=/bin/true\n",
     )
     .expect("unit");
-    let real = UserManager::start(real).expect("real manager");
-    let fake = Fake::start(mode);
-    let d = support::tempdir();
+    UserManager::start(real).expect("real manager")
+}
 
+/// Runs `units` with a real manager (one unit lacking GOCACHE) and a fake one in `mode`;
+/// returns the fake's manager error message after checking everything the modes share.
+fn against_fake(mode: &str) -> (Run, String) {
+    let real = real_manager();
+    let fake = Fake::start(mode);
+    judge(&real, fake.user.uid, mode)
+}
+
+/// Runs `units` and checks that it finished in time without a panic, inspected the real
+/// manager, and has exactly one error, and nothing else, for `fake_uid`; returns that error.
+fn judge(real: &UserManager, fake_uid: u32, what: &str) -> (Run, String) {
+    let d = support::tempdir();
     let run = units(d.path());
     let ctx = format!("{}\nstderr: {}", run.stdout, run.stderr);
     assert!(run.elapsed < DEADLINE, "took {:?}\n{ctx}", run.elapsed);
@@ -179,7 +189,6 @@ fn against_fake(mode: &str) -> (Run, String) {
             .any(|u| u["unit"] == "w-real.service" && u["manager"]["uid"] == real_uid),
         "the real manager's unit was not judged:\n{ctx}"
     );
-    let fake_uid = fake.user.uid;
     let errors: Vec<String> = run.json["manager_errors"]
         .as_array()
         .expect("manager_errors")
@@ -201,7 +210,7 @@ fn against_fake(mode: &str) -> (Run, String) {
     );
     let msg = errors[0].clone();
     eprintln!(
-        "{mode}: {msg} ({:?}, {} KiB peak)",
+        "{what}: {msg} ({:?}, {} KiB peak)",
         run.elapsed, run.max_rss_kib
     );
     (run, msg)
@@ -250,4 +259,31 @@ fn a_malformed_header_is_an_error_not_a_panic() {
     );
     // Rejected as it arrives, not after a timeout.
     assert!(run.elapsed < Duration::from_secs(15), "{:?}", run.elapsed);
+}
+
+/// The user's `systemd` directory is a symlink into a file system that never answers (one
+/// they mounted with `fusermount`): finding the socket there must not hold up the agent.
+#[test]
+fn a_runtime_dir_leading_into_a_dead_file_system_costs_a_bounded_time() {
+    let real = real_manager();
+    let user = TestUser::create().expect("user");
+    let runtime = user.runtime_dir();
+    let _ = fs::remove_dir_all(&runtime);
+    fs::create_dir_all(&runtime).expect("runtime dir");
+    chown(&runtime, Some(user.uid), Some(user.gid)).expect("chown runtime dir");
+    let d = support::tempdir();
+    fs::set_permissions(d.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let fuse = support::DeadFuse::mount(&d.path().join("mnt"));
+    std::os::unix::fs::symlink(&fuse.mnt, runtime.join("systemd")).expect("symlink");
+    std::os::unix::fs::lchown(runtime.join("systemd"), Some(user.uid), Some(user.gid))
+        .expect("chown symlink");
+
+    let (run, msg) = judge(&real, user.uid, "dead fs");
+    drop(fuse);
+    let _ = fs::remove_dir_all(&runtime);
+    assert!(
+        msg.contains("took longer than 10s"),
+        "the error says the lookup was given up: {msg}"
+    );
+    assert!(run.elapsed < Duration::from_secs(25), "{:?}", run.elapsed);
 }

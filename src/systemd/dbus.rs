@@ -249,17 +249,15 @@ pub async fn connect_system_bus() -> Result<ManagerConn> {
 /// A user manager peer-to-peer through its private socket. The socket's owner and the peer's
 /// credentials must both be `uid`, so that a stray socket cannot pose as someone's manager.
 pub async fn connect_private(socket: &Path, uid: u32) -> Result<ManagerConn> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let meta = std::fs::symlink_metadata(socket)
-        .with_context(|| format!("cannot stat \"{}\"", socket.display()))?;
-    if !meta.file_type().is_socket() || meta.uid() != uid {
-        bail!(
-            "\"{}\" is not a socket owned by uid {uid}",
-            socket.display()
-        );
-    }
-    let stream = timed(tokio::net::UnixStream::connect(socket))
-        .await
+    let path = socket.to_path_buf();
+    let found = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        let creds = crate::untrusted::Creds::of_uid(uid)?;
+        crate::untrusted::with_creds(&creds, move || connect_socket(&path, uid))?
+    })
+    .await
+    .with_context(|| format!("cannot connect to \"{}\"", socket.display()))?;
+    let stream = found
+        .and_then(tokio::net::UnixStream::from_std)
         .with_context(|| format!("cannot connect to \"{}\"", socket.display()))?;
     let peer = stream
         .peer_cred()
@@ -293,7 +291,47 @@ pub async fn connect_private(socket: &Path, uid: u32) -> Result<ManagerConn> {
     })
 }
 
-/// `(uid, socket)` of every `RUN_USER/<uid>/systemd/private`, sorted by uid.
+/// Connects to the socket at `path`, owned by `uid`, with a socket that never blocks. Run as
+/// `uid` (fsuid) on a thread the caller waits a bounded time for (`untrusted::with_creds`): the
+/// path lies in the user's runtime directory, where a symlink or a mount of theirs (a FUSE file
+/// system that never answers) could make the lookup wait for good. A full listen backlog is an
+/// error, not a wait.
+fn connect_socket(path: &Path, uid: u32) -> std::io::Result<std::os::unix::net::UnixStream> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.file_type().is_socket() || meta.uid() != uid {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("not a socket owned by uid {uid}"),
+        ));
+    }
+    let fd = nix::sys::socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    match nix::sys::socket::connect(fd.as_raw_fd(), &UnixAddr::new(path)?) {
+        Ok(()) => Ok(std::os::unix::net::UnixStream::from(fd)),
+        Err(nix::errno::Errno::EAGAIN) => Err(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            "the socket accepts no connection (its listen backlog is full)",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether connecting failed because there is no socket (no manager runs for that user).
+fn no_socket(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+    })
+}
+
+/// `(uid, socket)` for every `RUN_USER/<uid>`, sorted by uid; the socket may not exist.
 pub fn private_sockets(run_user: &Path) -> Result<Vec<(u32, PathBuf)>> {
     let entries = std::fs::read_dir(run_user)
         .with_context(|| format!("cannot list \"{}\"", run_user.display()))?;
@@ -307,10 +345,8 @@ pub fn private_sockets(run_user: &Path) -> Result<Vec<(u32, PathBuf)>> {
         else {
             continue;
         };
-        let socket = entry.path().join("systemd/private");
-        if socket.exists() {
-            found.push((uid, socket));
-        }
+        // Not looked at here: the user's directory may hold anything (see `connect_socket`).
+        found.push((uid, entry.path().join("systemd/private")));
     }
     found.sort();
     Ok(found)
@@ -360,6 +396,8 @@ pub async fn connect_scope(scope: Scope, run_user: &Path) -> (Vec<ManagerConn>, 
                     for (socket, result) in futures_util::future::join_all(each).await {
                         match result {
                             Ok(c) => conns.push(c),
+                            // A user without a running manager.
+                            Err(e) if no_socket(&e) => {}
                             Err(e) => errors.push(ManagerError {
                                 target: socket.display().to_string(),
                                 msg: format!("{e:#}"),
