@@ -289,7 +289,10 @@ mod tests {
             trigger_bytes: u64::MAX,
             estimate: 0,
         }]);
-        assert_eq!(failed, 0, "the symlinked shard 01 is skipped, not a failure");
+        assert_eq!(
+            failed, 0,
+            "the symlinked shard 01 is skipped, not a failure"
+        );
         // Through the watched shard: counted.
         write(&root.join("00/a"), 8192);
         let v = g.drain();
