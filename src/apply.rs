@@ -132,6 +132,7 @@ fn fail(out: &mut CacheOutcome, rel: &std::path::Path, what: &str, e: &io::Error
 }
 
 fn apply_cache(c: &CachePlan, now: i64, dry: bool) -> CacheOutcome {
+    crate::progress::tick();
     let mut out = CacheOutcome {
         name: c.name.clone(),
         path: c.path.clone(),
@@ -234,6 +235,7 @@ fn evict_modules(
 ) {
     let cutoff = ev.cutoff_age_secs.max(ev.floor_secs);
     for u in crate::modcache::units(root) {
+        crate::progress::tick();
         let age = now - u.last_use;
         if age < cutoff {
             continue;

@@ -46,6 +46,10 @@ pub struct Cli {
     /// when run as root, else user.
     #[arg(long, global = true, value_enum)]
     pub scope: Option<Scope>,
+    /// Hand webhook deliveries to the relay listening on this socket instead of connecting
+    /// out (the system unit has no network: `--alert-relay /run/gocache-warden-relay.sock`).
+    #[arg(long, global = true, value_name = "SOCKET")]
+    pub alert_relay: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -133,6 +137,11 @@ pub enum AlertCommand {
     /// Send a test alert (about the policy's first cache, with its real figures) through
     /// every [alert.*] sink, once, and say how each delivery went. Exit 0 if all succeeded.
     Test,
+    /// Deliver one webhook request read from standard input and write the outcome to
+    /// standard output: the relay gocache-warden-relay@.service runs, per connection to
+    /// gocache-warden-relay.socket, for the system agent, which has no network.
+    #[command(hide = true)]
+    Relay,
 }
 
 #[derive(Debug, Subcommand)]
@@ -314,7 +323,12 @@ fn run(cli: &Cli, scope: Scope) -> anyhow::Result<i32> {
         Command::Run => crate::daemon::run(crate::daemon::Options {
             scope,
             policy_paths: cli.policy.clone(),
+            alert_relay: cli.alert_relay.clone(),
         }),
+        Command::Alert(AlertCommand::Relay) => {
+            crate::alert::relay::serve(std::io::stdin().lock(), std::io::stdout().lock())?;
+            Ok(EXIT_OK)
+        }
         Command::Units { json, fix } => {
             let p = match policy::load_for(scope, &cli.policy) {
                 Ok(p) => p,
@@ -333,7 +347,7 @@ fn run(cli: &Cli, scope: Scope) -> anyhow::Result<i32> {
                     return Ok(EXIT_USAGE);
                 }
             };
-            alert_test(&p)
+            alert_test(&p, cli.alert_relay.as_deref())
         }
         Command::Check { json, verify } => {
             let p = match policy::load_for(scope, &cli.policy) {
@@ -599,9 +613,9 @@ fn generate_assets(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn alert_test(p: &policy::Policy) -> anyhow::Result<i32> {
+fn alert_test(p: &policy::Policy, relay: Option<&std::path::Path>) -> anyhow::Result<i32> {
     use crate::alert::{Alert, AlertKind, AlertStatus, Severity};
-    let mut sinks = crate::daemon::observe::sinks(p)?;
+    let mut sinks = crate::daemon::observe::sinks(p, relay)?;
     if sinks.is_empty() {
         println!("no [alert.*] sinks in the policy: nothing to test");
         return Ok(EXIT_VIOLATIONS);

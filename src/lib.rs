@@ -37,6 +37,8 @@ pub mod modcache;
 pub mod plan;
 /// Policy files: fragments, merging, validation.
 pub mod policy;
+/// A count of work done by sweeps, for a watchdog that means progress.
+pub mod progress;
 /// Directory handles and syscalls that never follow symlinks or cross mounts.
 pub mod safefs;
 /// Walking and measuring caches (read-only).

@@ -119,54 +119,32 @@ impl Creds {
 /// user can make a read wait for good with a file system they serve themselves (FUSE, through
 /// `fusermount`), which `O_NONBLOCK` does not help against.
 pub const AS_USER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Reader threads of one user running at once (blocked ones included). A blocked thread
-/// cannot be cancelled; past this many, that user's reads fail at once until some return, and
-/// other users' reads go on.
+/// Reader threads of one user given up on and still blocked. Such a thread cannot be
+/// cancelled; past this many, that user's reads fail at once until some return, and other
+/// users' reads go on.
 pub const MAX_READERS_PER_USER: usize = 4;
-/// Reader threads of all users running at once.
+/// Reader threads of all users given up on and still blocked.
 pub const MAX_READERS: usize = 64;
-/// Reader threads running now, by uid.
-static READERS: Mutex<BTreeMap<u32, usize>> = Mutex::new(BTreeMap::new());
+/// Reader threads given up on and still blocked, by uid.
+static STUCK: Mutex<BTreeMap<u32, usize>> = Mutex::new(BTreeMap::new());
 
-/// A reader thread's slot, given back when the thread ends.
-struct Slot(u32);
-
-impl Slot {
-    fn take(uid: u32) -> io::Result<Slot> {
-        let mut r = READERS.lock().unwrap_or_else(|p| p.into_inner());
-        let total: usize = r.values().sum();
-        let mine = r.get(&uid).copied().unwrap_or(0);
-        if mine >= MAX_READERS_PER_USER || total >= MAX_READERS {
-            return Err(io::Error::new(
-                io::ErrorKind::WouldBlock,
-                format!(
-                    "{mine} reads as uid {uid} ({total} in all) are still blocked (a file system \
-                     that does not answer?): not read"
-                ),
-            ));
-        }
-        *r.entry(uid).or_default() += 1;
-        Ok(Slot(uid))
-    }
+fn stuck() -> std::sync::MutexGuard<'static, BTreeMap<u32, usize>> {
+    STUCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut r = READERS.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = r.get_mut(&self.0) {
-            *n -= 1;
-            if *n == 0 {
-                r.remove(&self.0);
-            }
-        }
-    }
+/// Where one reader thread is: the caller and the thread agree under its lock on who counts it
+/// as stuck and who uncounts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reader {
+    Running,
+    GivenUp,
+    Done,
 }
 
-/// Reader threads of `uid` running now.
+/// Reader threads of `uid` given up on and still blocked.
 #[cfg(test)]
 fn readers_of(uid: u32) -> usize {
-    let r = READERS.lock().unwrap_or_else(|p| p.into_inner());
-    r.get(&uid).copied().unwrap_or(0)
+    stuck().get(&uid).copied().unwrap_or(0)
 }
 
 /// Runs `f` on a fresh thread whose fsuid, fsgid and supplementary groups are `creds`, so every
@@ -178,8 +156,9 @@ fn readers_of(uid: u32) -> usize {
 /// `CAP_SETUID`), `f` does not run: reading as root instead is exactly what must not happen.
 ///
 /// The caller waits at most [`AS_USER_TIMEOUT`]: a thread still blocked then (in a file system
-/// that does not answer) is left behind with an error of kind `TimedOut`; at most
-/// [`MAX_READERS_PER_USER`] threads of a user and [`MAX_READERS`] in all run at once.
+/// that does not answer) is left behind with an error of kind `TimedOut`; once
+/// [`MAX_READERS_PER_USER`] threads of a user (or [`MAX_READERS`] in all) are left behind, reads
+/// as that user fail at once until some return.
 pub fn with_creds<T: Send + 'static>(
     creds: &Creds,
     f: impl FnOnce() -> T + Send + 'static,
@@ -188,27 +167,65 @@ pub fn with_creds<T: Send + 'static>(
         // Already this user (the per-user agent, or root for root's own units).
         return Ok(f());
     }
-    let slot = Slot::take(creds.uid)?;
+    {
+        let r = stuck();
+        let mine = r.get(&creds.uid).copied().unwrap_or(0);
+        let total: usize = r.values().sum();
+        if mine >= MAX_READERS_PER_USER || total >= MAX_READERS {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "{mine} reads as uid {} ({total} in all) are still blocked (a file system \
+                     that does not answer?): not read",
+                    creds.uid
+                ),
+            ));
+        }
+    }
+    let state = std::sync::Arc::new(Mutex::new(Reader::Running));
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    let c = creds.clone();
+    let (c, st) = (creds.clone(), state.clone());
     std::thread::Builder::new()
         .name("gcw-as-user".to_owned())
         .spawn(move || {
             let r = become_fs(&c).map(|()| f());
-            drop(slot);
+            let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
+            if *s == Reader::GivenUp {
+                let mut stuck = stuck();
+                if let Some(n) = stuck.get_mut(&c.uid) {
+                    *n -= 1;
+                    if *n == 0 {
+                        stuck.remove(&c.uid);
+                    }
+                }
+            }
+            *s = Reader::Done;
+            drop(s);
             // The caller may have stopped waiting; then the result is dropped here.
             let _ = tx.send(r);
         })?;
     match rx.recv_timeout(AS_USER_TIMEOUT) {
         Ok(r) => r,
-        Err(RecvTimeoutError::Timeout) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!(
-                "reading as uid {} took longer than {AS_USER_TIMEOUT:?} (a file system that \
-                 does not answer?): given up",
-                creds.uid
-            ),
-        )),
+        Err(RecvTimeoutError::Timeout) => {
+            let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+            if *s == Reader::Done {
+                // It finished just now: its result is on its way.
+                drop(s);
+                return rx
+                    .recv()
+                    .map_err(|_| io::Error::other("reader thread panicked"))?;
+            }
+            *s = Reader::GivenUp;
+            *stuck().entry(creds.uid).or_default() += 1;
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "reading as uid {} took longer than {AS_USER_TIMEOUT:?} (a file system that \
+                     does not answer?): given up",
+                    creds.uid
+                ),
+            ))
+        }
         Err(RecvTimeoutError::Disconnected) => Err(io::Error::other("reader thread panicked")),
     }
 }

@@ -208,16 +208,94 @@ fn counter(reg: &Registry, sink: &str, outcome: &str) -> Option<f64> {
     )
 }
 
+/// A relay as `gocache-warden-relay.socket` (`Accept=yes`) runs it: the real binary,
+/// one process per connection, the connection as its standard input and output.
+struct RelaySocket {
+    _dir: tempfile::TempDir,
+    path: std::path::PathBuf,
+    /// Everything the relay processes wrote to stderr (their journal, under systemd).
+    stderr: Arc<Mutex<Vec<u8>>>,
+    /// How many connections it served.
+    served: Arc<Mutex<usize>>,
+}
+
+fn relay_socket() -> RelaySocket {
+    use std::os::unix::net::UnixListener;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.sock");
+    let l = UnixListener::bind(&path).unwrap();
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let served = Arc::new(Mutex::new(0));
+    let (e2, s2) = (stderr.clone(), served.clone());
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(conn) = conn else { break };
+            let input = std::os::fd::OwnedFd::from(conn.try_clone().unwrap());
+            let out = Command::new(env!("CARGO_BIN_EXE_gocache-warden"))
+                .args(["alert", "relay"])
+                .stdin(input)
+                .stdout(std::os::fd::OwnedFd::from(conn))
+                .stderr(std::process::Stdio::piped())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "relay failed: {out:?}");
+            e2.lock().unwrap().extend_from_slice(&out.stderr);
+            *s2.lock().unwrap() += 1;
+        }
+    });
+    RelaySocket {
+        _dir: dir,
+        path,
+        stderr,
+        served,
+    }
+}
+
+impl RelaySocket {
+    /// The number of relay processes that have exited, once it reaches `n` (the agent
+    /// has its reply before the process is reaped) or after a few seconds.
+    fn wait_served(&self, n: usize) -> usize {
+        let end = Instant::now() + Duration::from_secs(5);
+        while *self.served.lock().unwrap() < n && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        *self.served.lock().unwrap()
+    }
+}
+
 #[test]
 fn webhook_retries_through_errors_and_delivers_exactly_once() {
+    retries_through_errors_and_delivers_exactly_once("slack-flaky", None);
+}
+
+/// The same sequence of server answers through the relay: every outcome (status,
+/// Retry-After, timeout) reaches the agent's dispatcher as it would directly.
+#[test]
+fn webhook_through_the_relay_retries_and_delivers_exactly_once() {
+    let relay = relay_socket();
+    retries_through_errors_and_delivers_exactly_once("slack-relayed", Some(&relay));
+    assert_eq!(relay.wait_served(5), 5, "one relay process per attempt");
+    let stderr = String::from_utf8_lossy(&relay.stderr.lock().unwrap()).into_owned();
+    assert!(
+        stderr.contains("HTTP 500"),
+        "the relay logs a failed POST: {stderr}"
+    );
+    assert!(
+        !stderr.contains(SECRET),
+        "the relay logged the URL: {stderr}"
+    );
+}
+
+fn retries_through_errors_and_delivers_exactly_once(name: &str, relay: Option<&RelaySocket>) {
     let logs = logs();
     let srv = server(vec![Reply::Fail500, Reply::TooMany, Reply::Hang]);
     let reg = Registry::new();
     let sink = WebhookSink::new(
-        "slack-flaky",
+        name,
         WebhookFormat::Slack,
         secret_url(srv.addr),
         Duration::from_millis(500),
+        relay.map(|r| r.path.as_path()),
     );
     let d = Dispatcher::start(vec![Box::new(sink)], fast_policy(), 16, Some(&reg)).unwrap();
 
@@ -301,13 +379,13 @@ fn webhook_retries_through_errors_and_delivers_exactly_once() {
     );
 
     assert!(d.shutdown(Duration::from_secs(5)));
-    assert_eq!(counter(&reg, "slack-flaky", "delivered"), Some(2.0));
-    assert_eq!(counter(&reg, "slack-flaky", "failed"), Some(0.0));
+    assert_eq!(counter(&reg, name, "delivered"), Some(2.0));
+    assert_eq!(counter(&reg, name, "failed"), Some(0.0));
 
     let text = String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
     let retries: Vec<&str> = text
         .lines()
-        .filter(|l| l.contains("will retry") && l.contains("sink=\"slack-flaky\""))
+        .filter(|l| l.contains("will retry") && l.contains(&format!("sink=\"{name}\"")))
         .collect();
     eprintln!("enqueue took {first_enqueue:?}, {stalled_enqueue:?} during the stall");
     for r in &retries {
@@ -329,8 +407,9 @@ fn webhook_retries_through_errors_and_delivers_exactly_once() {
         "{}",
         retries[2]
     );
+    // Through the relay ureq runs in the relay's process (its stderr is checked there).
     assert!(
-        text.contains("ureq"),
+        relay.is_some() || text.contains("ureq"),
         "ureq's own log records were not captured, so the check below proves little"
     );
     assert!(
@@ -345,25 +424,83 @@ fn webhook_retries_through_errors_and_delivers_exactly_once() {
 
 #[test]
 fn client_errors_are_not_retried() {
+    client_errors_are_not_retried_by("json-404", None);
+}
+
+#[test]
+fn client_errors_through_the_relay_are_not_retried() {
+    let relay = relay_socket();
+    client_errors_are_not_retried_by("json-404-relayed", Some(&relay));
+    assert_eq!(relay.wait_served(1), 1);
+}
+
+/// With no relay listening, a delivery is retried (the relay may be restarting) and
+/// the log names the socket.
+#[test]
+fn a_missing_relay_is_retried_and_named() {
+    let _ = logs();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("absent.sock");
+    let reg = Registry::new();
+    let sink = WebhookSink::new(
+        "json-norelay",
+        WebhookFormat::Json,
+        SecretUrl::new(format!("http://127.0.0.1:9/{SECRET}")).unwrap(),
+        Duration::from_secs(1),
+        Some(&socket),
+    );
+    let policy = RetryPolicy {
+        max_attempts: 2,
+        ..fast_policy()
+    };
+    let d = Dispatcher::start(vec![Box::new(sink)], policy, 4, Some(&reg)).unwrap();
+    d.enqueue(test_alert("norelay"));
+    // Shutting down abandons pending retries: wait for the worker to give up first.
+    let end = Instant::now() + Duration::from_secs(10);
+    while !log_text()
+        .lines()
+        .any(|l| l.contains("sink=\"json-norelay\"") && l.contains("giving up"))
+        && Instant::now() < end
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(d.shutdown(Duration::from_secs(10)));
+    assert_eq!(counter(&reg, "json-norelay", "failed"), Some(1.0));
+    let text = log_text();
+    let tried: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("sink=\"json-norelay\""))
+        .collect();
+    assert_eq!(tried.len(), 2, "{text}");
+    assert!(
+        tried[0].contains("will retry") && tried[0].contains("absent.sock"),
+        "{}",
+        tried[0]
+    );
+    assert!(!text.contains(SECRET));
+}
+
+fn client_errors_are_not_retried_by(name: &str, relay: Option<&RelaySocket>) {
     let _ = logs();
     let srv = server(vec![Reply::NotFound]);
     let reg = Registry::new();
     let sink = WebhookSink::new(
-        "json-404",
+        name,
         WebhookFormat::Json,
         secret_url(srv.addr),
         Duration::from_secs(2),
+        relay.map(|r| r.path.as_path()),
     );
     let d = Dispatcher::start(vec![Box::new(sink)], fast_policy(), 4, Some(&reg)).unwrap();
     d.enqueue(test_alert("gone"));
     srv.wait_for(1, Duration::from_secs(5));
     assert!(d.shutdown(Duration::from_secs(5)));
     assert_eq!(srv.seen().len(), 1);
-    assert_eq!(counter(&reg, "json-404", "failed"), Some(1.0));
+    assert_eq!(counter(&reg, name, "failed"), Some(1.0));
     let text = log_text();
     let line = text
         .lines()
-        .find(|l| l.contains("sink=\"json-404\"") && l.contains("permanently"))
+        .find(|l| l.contains(&format!("sink=\"{name}\"")) && l.contains("permanently"))
         .expect("no failure log");
     assert!(
         line.contains("status=404") && line.contains("no_service"),
@@ -621,6 +758,7 @@ fn json_webhook_posts_the_alert_document() {
         WebhookFormat::Json,
         secret_url(srv.addr),
         Duration::from_secs(2),
+        None,
     );
     let d = Dispatcher::start(vec![Box::new(sink)], fast_policy(), 4, None).unwrap();
     d.enqueue(a.clone());
@@ -648,4 +786,54 @@ fn json_webhook_posts_the_alert_document() {
     assert_eq!(v["units"][0]["unit"], "ci-runner.service");
     assert_eq!(v["actions"][0], "evicted 1000 bytes in 2 entries by age");
     assert_eq!(v["id"], format!("over_limit:{}", dir.path().display()));
+}
+
+/// Stopping a dispatcher (a reload that changes the sinks) hands back what it had not
+/// delivered — an alert waiting between retries and one still queued behind it — with the
+/// sink's name, and the replacement delivers both.
+#[test]
+fn undelivered_alerts_survive_a_dispatcher_replacement() {
+    let _ = logs();
+    let old_srv = server(vec![Reply::Fail500]);
+    let slow_retry = RetryPolicy {
+        initial_backoff: Duration::from_secs(30),
+        ..fast_policy()
+    };
+    let sink = |addr| {
+        WebhookSink::new(
+            "handover",
+            WebhookFormat::Json,
+            secret_url(addr),
+            Duration::from_secs(2),
+            None,
+        )
+    };
+    let d = Dispatcher::start(vec![Box::new(sink(old_srv.addr))], slow_retry, 4, None).unwrap();
+    d.enqueue(test_alert("retrying"));
+    d.enqueue(test_alert("queued"));
+    assert_eq!(old_srv.wait_for(1, Duration::from_secs(10)).len(), 1);
+    let (ended, left) = d.stop_and_take(Duration::from_secs(5));
+    assert!(ended, "the worker waiting in its backoff did not end");
+    let ids: Vec<&str> = left
+        .iter()
+        .map(|(s, a)| {
+            assert_eq!(s, "handover");
+            a.id.as_str()
+        })
+        .collect();
+    assert_eq!(ids, ["over_limit:/srv/retrying", "over_limit:/srv/queued"]);
+
+    let new_srv = server(vec![]);
+    let d = Dispatcher::start(vec![Box::new(sink(new_srv.addr))], fast_policy(), 4, None).unwrap();
+    for (s, a) in left {
+        assert!(d.enqueue_to(&s, a));
+    }
+    let seen = new_srv.wait_for(2, Duration::from_secs(10));
+    assert!(d.shutdown(Duration::from_secs(5)));
+    let paths: Vec<bool> = seen
+        .iter()
+        .map(|s| s.body.contains("/srv/retrying") || s.body.contains("/srv/queued"))
+        .collect();
+    assert_eq!(paths, [true, true], "{seen:?}");
+    assert_eq!(old_srv.seen().len(), 1, "the old server was tried again");
 }

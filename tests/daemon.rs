@@ -31,56 +31,100 @@ fn chown_r(p: &Path, uid: u32, gid: u32) {
     assert!(st.success());
 }
 
-#[test]
-fn user_unit_ready_reload_bad_reload_and_stop_mid_sweep() {
-    support::require_root();
-    let user = TestUser::create().expect("test user");
-    let home = user.home.clone();
-    let cache = home.join("cache");
-    support::mkcache(&cache, 300, 9);
-    let fp1 = home.join("fp1");
-    let fp3 = home.join("fp3");
-    for d in [&fp1, &fp3] {
-        std::fs::create_dir_all(d).expect("mkdir");
-    }
-    let good = format!(
+/// The shipped user unit in a fresh user's manager, running the binary under test on a
+/// policy of one cache (`~/cache`, `entries` synthetic entries, 1 GiB, hourly sweeps) plus
+/// `policy_extra` (`{home}` in it is the user's home), with the lines `service_extra(home)` returns in its drop-in (it may make
+/// directories in the home: they are given to the user) and stderr in `~/daemon.log`.
+struct Agent {
+    mgr: UserManager,
+    home: PathBuf,
+    policy: PathBuf,
+    log: PathBuf,
+}
+
+/// The policy every agent here starts from: the embedded default's caches off, one cache.
+fn one_cache_policy(cache: &Path) -> String {
+    format!(
         "[cache.build]\nenabled = false\n[cache.modules]\nenabled = false\n[cache.t]\npath = \"{}\"\nmax_size = \"1GiB\"\n[agent]\ninterval = \"1h\"\n",
         cache.display()
-    );
-    let policy = home.join("policy.toml");
-    std::fs::write(&policy, &good).expect("policy");
-    chown_r(&home, user.uid, user.gid);
-    let unit = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("units/user/gocache-warden.service"),
     )
-    .expect("unit");
-    user.install_unit("gocache-warden.service", &unit)
-        .expect("install unit");
-    let log = home.join("daemon.log");
-    // The shipped unit, with ExecStart pointed at the binary under test and failpoints: the
-    // first sweep pauses before applying (so READY can be seen not to wait for it: a cold
-    // first sweep can outlast any start timeout), and so does the third (so a stop can
-    // arrive in the middle of a sweep).
-    support::require_test_hooks();
-    let dropin = format!(
-        "[Service]\nExecStart=\nExecStart={} --scope user --policy {} run\nEnvironment=GOCACHE_WARDEN_FAILPOINT=before-apply:.:{},before-apply#3:.:{}\nStandardError=append:{}\n",
-        support::bin().display(),
-        policy.display(),
-        fp1.display(),
-        fp3.display(),
-        log.display()
-    );
-    user.write_file(
-        ".config/systemd/user/gocache-warden.service.d/50-test.conf",
-        dropin,
-    )
-    .expect("drop-in");
-    let mgr = UserManager::start(user).expect("user manager");
-    let state = |m: &UserManager| {
-        m.show("gocache-warden.service", "ActiveState")
+}
+
+impl Agent {
+    fn install(
+        entries: usize,
+        seed: u64,
+        policy_extra: &str,
+        service_extra: impl FnOnce(&Path) -> String,
+    ) -> Agent {
+        support::require_root();
+        let user = TestUser::create().expect("test user");
+        let home = user.home.clone();
+        let cache = home.join("cache");
+        support::mkcache(&cache, entries, seed);
+        let policy = home.join("policy.toml");
+        let extra = policy_extra.replace("{home}", &home.display().to_string());
+        std::fs::write(&policy, one_cache_policy(&cache) + &extra).expect("policy");
+        let service_extra = service_extra(&home);
+        chown_r(&home, user.uid, user.gid);
+        let unit = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("units/user/gocache-warden.service"),
+        )
+        .expect("unit");
+        user.install_unit("gocache-warden.service", &unit)
+            .expect("install unit");
+        let log = home.join("daemon.log");
+        let dropin = format!(
+            "[Service]\nExecStart=\nExecStart={} --scope user --policy {} run\n{service_extra}StandardError=append:{}\n",
+            support::bin().display(),
+            policy.display(),
+            log.display()
+        );
+        user.write_file(
+            ".config/systemd/user/gocache-warden.service.d/50-test.conf",
+            dropin,
+        )
+        .expect("drop-in");
+        let mgr = UserManager::start(user).expect("user manager");
+        Agent {
+            mgr,
+            home,
+            policy,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn state(&self) -> String {
+        self.mgr
+            .show("gocache-warden.service", "ActiveState")
             .unwrap_or_default()
-    };
-    let logtext = || std::fs::read_to_string(&log).unwrap_or_default();
+    }
+}
+
+#[test]
+fn user_unit_ready_reload_bad_reload_and_stop_mid_sweep() {
+    support::require_test_hooks();
+    // Failpoints: the first sweep pauses before applying (so READY can be seen not to wait
+    // for it: a cold first sweep can outlast any start timeout), and so does the fourth (so a
+    // stop can arrive in the middle of a sweep).
+    let agent = Agent::install(300, 9, "", |home| {
+        for d in ["fp1", "fp3"] {
+            std::fs::create_dir_all(home.join(d)).expect("mkdir");
+        }
+        format!(
+            "Environment=GOCACHE_WARDEN_FAILPOINT=before-apply:.:{},before-apply#4:.:{}\n",
+            home.join("fp1").display(),
+            home.join("fp3").display()
+        )
+    });
+    let (fp1, fp3) = (agent.home.join("fp1"), agent.home.join("fp3"));
+    let (mgr, policy) = (&agent.mgr, agent.policy.clone());
+    let good = std::fs::read_to_string(&policy).expect("policy");
+    let logtext = || agent.log();
 
     mgr.systemctl(&["start", "--no-block", "gocache-warden.service"])
         .expect("start");
@@ -92,7 +136,7 @@ fn user_unit_ready_reload_bad_reload_and_stop_mid_sweep() {
     wait_for(
         "active (READY=1) while the first sweep is still running",
         Duration::from_secs(30),
-        || state(&mgr) == "active",
+        || agent.state() == "active",
     );
     let status = mgr
         .show("gocache-warden.service", "StatusText")
@@ -120,11 +164,30 @@ fn user_unit_ready_reload_bad_reload_and_stop_mid_sweep() {
     wait_for(
         "active again after the reload",
         Duration::from_secs(15),
-        || state(&mgr) == "active",
+        || agent.state() == "active",
     );
     wait_for("the reload to be logged", Duration::from_secs(10), || {
         logtext().contains("reloaded the policy")
     });
+
+    // Settings a running agent cannot take are named on reload, not silently ignored.
+    std::fs::write(&policy, format!("{good}[metrics]\ntop_users = 3\n")).expect("policy");
+    mgr.systemctl(&["reload", "gocache-warden.service"])
+        .expect("reload");
+    wait_for(
+        "top_users named as needing a restart",
+        Duration::from_secs(10),
+        || {
+            logtext().contains(
+                "metrics.top_users changed from 10 to 3: it takes effect when the agent restarts",
+            )
+        },
+    );
+    wait_for(
+        "active again after the reload",
+        Duration::from_secs(15),
+        || agent.state() == "active",
+    );
 
     // A bad reload: logged, the running policy kept, the service untouched.
     std::fs::write(&policy, "[cache.t]\nmax_sise = 1\n").expect("break policy");
@@ -145,7 +208,7 @@ fn user_unit_ready_reload_bad_reload_and_stop_mid_sweep() {
     wait_for(
         "active again after the reload",
         Duration::from_secs(15),
-        || state(&mgr) == "active",
+        || agent.state() == "active",
     );
     assert_eq!(
         mgr.show("gocache-warden.service", "MainPID").expect("pid"),
@@ -153,11 +216,11 @@ fn user_unit_ready_reload_bad_reload_and_stop_mid_sweep() {
         "same process"
     );
 
-    // Sweep #3 (after another good reload) pauses mid-sweep; stop must finish quickly.
+    // Sweep #4 (after another good reload) pauses mid-sweep; stop must finish quickly.
     std::fs::write(&policy, &good).expect("fix policy");
     mgr.systemctl(&["reload", "gocache-warden.service"])
         .expect("reload");
-    wait_for("sweep 3 to pause", Duration::from_secs(30), || {
+    wait_for("sweep 4 to pause", Duration::from_secs(30), || {
         fp3.join("before-apply.ready").exists()
     });
     let t = Instant::now();
@@ -168,7 +231,7 @@ fn user_unit_ready_reload_bad_reload_and_stop_mid_sweep() {
         took < Duration::from_secs(5),
         "stop took {took:?} (TimeoutStopSec=10s)"
     );
-    assert_eq!(state(&mgr), "inactive", "clean stop, not failed");
+    assert_eq!(agent.state(), "inactive", "clean stop, not failed");
     assert!(logtext().contains("stopped"), "{}", logtext());
 }
 
@@ -301,4 +364,108 @@ fn growth_from_a_real_go_build_triggers_eviction_before_the_timer() {
     .expect("kill");
     let st = child.0.wait().expect("wait");
     assert!(st.success(), "clean exit on SIGTERM: {st:?}\n{}", logtext());
+}
+
+/// A sweep stuck inside the process (here a failpoint that holds a walk for 60 s, as a hung
+/// file system would hold a `getdents`) while the event loop itself keeps running: the
+/// agent stops feeding the watchdog once the sweep has not moved for `WatchdogSec=`, and
+/// systemd kills and restarts it. Fed from the loop alone, it would stay "healthy" for good.
+#[test]
+fn a_sweep_that_stops_moving_starves_the_watchdog_and_the_unit_restarts() {
+    support::require_test_hooks();
+    let agent = Agent::install(300, 11, "", |home| {
+        std::fs::create_dir_all(home.join("fp")).expect("mkdir");
+        format!(
+            "WatchdogSec=3s\nRestartSec=1s\nEnvironment=GOCACHE_WARDEN_FAILPOINT=walk-open:*:{}\n",
+            home.join("fp").display()
+        )
+    });
+    let (mgr, fp) = (&agent.mgr, agent.home.join("fp"));
+    mgr.systemctl(&["start", "--no-block", "gocache-warden.service"])
+        .expect("start");
+    wait_for("the sweep to hang", Duration::from_secs(30), || {
+        fp.join("walk-open.ready").exists()
+    });
+    let hung_at = Instant::now();
+    let restarts = |m: &UserManager| {
+        m.show("gocache-warden.service", "NRestarts")
+            .ok()
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    // Starved after 3 s without progress, killed at most 3 s later, restarted after 1 s:
+    // well inside the failpoint's 60 s.
+    wait_for("a restart by the watchdog", Duration::from_secs(30), || {
+        restarts(mgr) >= 1
+    });
+    let took = hung_at.elapsed();
+    let text = agent.log();
+    assert!(
+        text.contains("the sweep has made no progress for"),
+        "the agent did not say why it stopped feeding the watchdog:\n{text}"
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "restarted only after {took:?}"
+    );
+    std::fs::write(fp.join("walk-open.go"), "").expect("release");
+    mgr.systemctl(&["stop", "gocache-warden.service"])
+        .expect("stop");
+}
+
+/// A new unit, or a manager's reload, makes the agent inspect units, not walk every cache:
+/// the unit lacking GOCACHE is counted in the textfile within seconds, and no sweep runs.
+#[test]
+fn a_new_unit_is_inspected_without_a_sweep() {
+    let agent = Agent::install(
+        200,
+        12,
+        "[metrics]\ntextfile = \"{home}/metrics.prom\"\n[units.go]\nmatch = [\"gwn-*.service\"]\nmanagers = \"user\"\n",
+        |_| String::new(),
+    );
+    let (mgr, prom) = (&agent.mgr, agent.home.join("metrics.prom"));
+    let metric = |name: &str| -> Option<f64> {
+        let text = std::fs::read_to_string(&prom).ok()?;
+        text.lines()
+            .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+            .map(|l| {
+                l.rsplit(' ')
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            })
+            .reduce(|a, b| a + b)
+    };
+    let sweeps = || metric("gocache_warden_sweeps_total").unwrap_or(0.0);
+    mgr.systemctl(&["start", "gocache-warden.service"])
+        .expect("start");
+    wait_for(
+        "the first sweep's textfile",
+        Duration::from_secs(60),
+        || sweeps() >= 1.0 && metric("gocache_warden_units_missing_gocache") == Some(0.0),
+    );
+    let before = sweeps();
+    let log_sweeps = || agent.log().matches("1 cache(s)").count();
+    let logged_before = log_sweeps();
+
+    let oneshot = "[Service]\nType=oneshot\nExecStart=/bin/true\n";
+    mgr.user
+        .install_unit("gwn-build.service", oneshot)
+        .expect("unit");
+    mgr.daemon_reload().expect("daemon-reload");
+    wait_for(
+        "the new unit to be counted",
+        Duration::from_secs(30),
+        || metric("gocache_warden_units_missing_gocache") == Some(1.0),
+    );
+    let text = agent.log();
+    assert_eq!(sweeps(), before, "a units event ran a sweep:\n{text}");
+    assert_eq!(
+        log_sweeps(),
+        logged_before,
+        "a units event ran a sweep:\n{text}"
+    );
+    assert!(text.contains("gwn-build.service"), "{text}");
+    mgr.systemctl(&["stop", "gocache-warden.service"])
+        .expect("stop");
 }

@@ -21,7 +21,7 @@ const PACKAGE: &str = "gocache-warden";
 
 /// Every file the package ships, with its mode; monitoring rule tests are added from the
 /// repository's monitoring/tests/ so a new one is expected without editing this list.
-const FILES: [(&str, u32); 18] = [
+const FILES: [(&str, u32); 20] = [
     ("usr/bin/gocache-warden", 0o755),
     ("usr/lib/systemd/system/gocache-warden.service", 0o644),
     (
@@ -31,6 +31,11 @@ const FILES: [(&str, u32); 18] = [
     ("usr/lib/systemd/system/gocache-warden-enforce.timer", 0o644),
     (
         "usr/lib/systemd/system/gocache-warden-metrics.socket",
+        0o644,
+    ),
+    ("usr/lib/systemd/system/gocache-warden-relay.socket", 0o644),
+    (
+        "usr/lib/systemd/system/gocache-warden-relay@.service",
         0o644,
     ),
     ("usr/lib/systemd/user/gocache-warden.service", 0o644),
@@ -64,7 +69,7 @@ const FILES: [(&str, u32); 18] = [
 ];
 
 /// Installed files copied verbatim from the repository.
-const VERBATIM: [(&str, &str); 8] = [
+const VERBATIM: [(&str, &str); 10] = [
     (
         "units/system/gocache-warden.service",
         "/usr/lib/systemd/system/gocache-warden.service",
@@ -80,6 +85,14 @@ const VERBATIM: [(&str, &str); 8] = [
     (
         "units/system/gocache-warden-metrics.socket",
         "/usr/lib/systemd/system/gocache-warden-metrics.socket",
+    ),
+    (
+        "units/system/gocache-warden-relay.socket",
+        "/usr/lib/systemd/system/gocache-warden-relay.socket",
+    ),
+    (
+        "units/system/gocache-warden-relay@.service",
+        "/usr/lib/systemd/system/gocache-warden-relay@.service",
     ),
     (
         "units/user/gocache-warden.service",
@@ -100,12 +113,14 @@ const VERBATIM: [(&str, &str); 8] = [
 ];
 
 /// Everything the package may leave on the system: all must be gone after the purge.
-const LEFTOVERS: [&str; 14] = [
+const LEFTOVERS: [&str; 16] = [
     "/usr/bin/gocache-warden",
     "/usr/lib/systemd/system/gocache-warden.service",
     "/usr/lib/systemd/system/gocache-warden-enforce.service",
     "/usr/lib/systemd/system/gocache-warden-enforce.timer",
     "/usr/lib/systemd/system/gocache-warden-metrics.socket",
+    "/usr/lib/systemd/system/gocache-warden-relay.socket",
+    "/usr/lib/systemd/system/gocache-warden-relay@.service",
     "/usr/lib/systemd/user/gocache-warden.service",
     "/usr/lib/gocache-warden",
     "/usr/share/gocache-warden",
@@ -340,6 +355,8 @@ fn check_installed() {
         "/usr/lib/systemd/system/gocache-warden-enforce.service",
         "/usr/lib/systemd/system/gocache-warden-enforce.timer",
         "/usr/lib/systemd/system/gocache-warden-metrics.socket",
+        "/usr/lib/systemd/system/gocache-warden-relay.socket",
+        "/usr/lib/systemd/system/gocache-warden-relay@.service",
     ];
     let o = ok(
         Command::new("systemd-analyze").arg("verify").args(units),

@@ -2,7 +2,8 @@
 //! into a message ([`AlertTracker`]: first firing, re-notify interval, resolved), and
 //! delivery to sinks ([`Dispatcher`]: Slack or JSON webhooks, an `exec` command)
 //! through bounded queues drained by worker threads, so the caller never waits on
-//! the network.
+//! the network. Webhooks go out directly or, from the system agent, which has no
+//! network, through a relay process ([`relay`]).
 //!
 //! This module does not scan or repair anything; it reads the same plain data the
 //! metrics exporter gets ([`CacheSnapshot`], [`SweepOutcome`]) plus a description of
@@ -11,11 +12,12 @@
 
 mod dispatch;
 mod exec;
+pub mod relay;
 mod root;
 mod tracker;
 mod webhook;
 
-pub use dispatch::{DeliveryError, Dispatcher, RetryPolicy, Sink};
+pub use dispatch::{DeliveryError, Dispatcher, RetryPolicy, Sink, register_counter};
 pub use exec::ExecSink;
 pub use root::{RootDescription, describe_root, format_ls_line};
 pub use tracker::AlertTracker;

@@ -73,6 +73,19 @@ impl SecretUrl {
     }
 
     /// Removes the URL, and its path on its own, from `text`.
+    /// A hash of the URL, to notice a changed secret without keeping a second copy of it.
+    pub fn digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.0.hash(&mut h);
+        h.finish()
+    }
+
+    /// The URL itself, for the one place that must send it on (the relay request).
+    pub(super) fn expose(&self) -> &str {
+        &self.0
+    }
+
     fn scrub(&self, text: &str) -> String {
         let mut out = text.replace(&self.0, "<webhook-url>");
         let after_scheme = self.0.split_once("://").map_or("", |(_, rest)| rest);
@@ -95,37 +108,58 @@ pub enum WebhookFormat {
     Json,
 }
 
+/// How a webhook request leaves the machine.
+enum Transport {
+    /// This process connects out itself (the user instance, `alert test`).
+    Direct(ureq::Agent),
+    /// Handed to the relay listening on this socket (the system agent, which has no
+    /// network of its own: see `relay`).
+    Relay(PathBuf),
+}
+
 /// One webhook endpoint.
 pub struct WebhookSink {
     name: String,
     format: WebhookFormat,
     url: SecretUrl,
-    agent: ureq::Agent,
+    timeout: Duration,
+    transport: Transport,
 }
 
 impl WebhookSink {
-    /// `timeout` bounds each request as a whole (connect, send, response).
+    /// `timeout` bounds each request as a whole (connect, send, response). With `relay`,
+    /// requests go through the relay listening on that socket instead of out from here.
     pub fn new(
         name: impl Into<String>,
         format: WebhookFormat,
         url: SecretUrl,
         timeout: Duration,
+        relay: Option<&Path>,
     ) -> WebhookSink {
-        let agent = ureq::Agent::config_builder()
-            .timeout_global(Some(timeout))
-            .http_status_as_error(false)
-            // A redirect would leave the secret URL's host; webhooks do not redirect.
-            .max_redirects(0)
-            .user_agent(concat!("gocache-warden/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .new_agent();
+        let transport = match relay {
+            Some(socket) => Transport::Relay(socket.to_path_buf()),
+            None => Transport::Direct(http_agent(timeout)),
+        };
         WebhookSink {
             name: name.into(),
             format,
             url,
-            agent,
+            timeout,
+            transport,
         }
     }
+}
+
+/// The HTTP client every webhook request uses, here or in the relay.
+pub(super) fn http_agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        // A redirect would leave the secret URL's host; webhooks do not redirect.
+        .max_redirects(0)
+        .user_agent(concat!("gocache-warden/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .new_agent()
 }
 
 /// Parses `Retry-After`: delay seconds or an HTTP date.
@@ -151,54 +185,63 @@ impl Sink for WebhookSink {
                 .map_err(|e| DeliveryError::permanent(format!("cannot serialize alert: {e}")))?,
         };
         let body = body.to_string();
-        let resp = self
-            .agent
-            .post(self.url.0.as_str())
-            .content_type("application/json")
-            .send(body.as_bytes());
-        let mut resp = match resp {
-            Ok(r) => r,
-            Err(e) => {
-                let retryable =
-                    !matches!(e, ureq::Error::BadUri(_) | ureq::Error::TooManyRedirects);
-                let reason = self.url.scrub(&e.to_string());
-                return Err(DeliveryError {
-                    retryable,
-                    status: None,
-                    retry_after: None,
-                    reason,
-                });
+        match &self.transport {
+            Transport::Direct(agent) => post(agent, &self.url, &body),
+            Transport::Relay(socket) => {
+                super::relay::post_via(socket, &self.url, &body, self.timeout)
             }
-        };
-        let status = resp.status().as_u16();
-        if (200..300).contains(&status) {
-            return Ok(());
         }
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after);
-        let text = resp
-            .body_mut()
-            .with_config()
-            .limit(4096)
-            .read_to_string()
-            .unwrap_or_default();
-        let snippet: String = text.chars().take(200).collect();
-        let retryable = status == 429 || status == 408 || status >= 500;
-        Err(DeliveryError {
-            retryable,
-            status: Some(status),
-            retry_after,
-            reason: self
-                .url
-                .scrub(&format!("HTTP {status}: {}", snippet.trim())),
-        })
     }
 }
 
-/// Escapes text for Slack mrkdwn (`&`, `<`, `>` are control characters there).
+/// One POST of `body` to `url`, the failure classified for the dispatcher's retries.
+pub(super) fn post(
+    agent: &ureq::Agent,
+    url: &SecretUrl,
+    body: &str,
+) -> std::result::Result<(), DeliveryError> {
+    let resp = agent
+        .post(url.0.as_str())
+        .content_type("application/json")
+        .send(body.as_bytes());
+    let mut resp = match resp {
+        Ok(r) => r,
+        Err(e) => {
+            let retryable = !matches!(e, ureq::Error::BadUri(_) | ureq::Error::TooManyRedirects);
+            let reason = url.scrub(&e.to_string());
+            return Err(DeliveryError {
+                retryable,
+                status: None,
+                retry_after: None,
+                reason,
+            });
+        }
+    };
+    let status = resp.status().as_u16();
+    if (200..300).contains(&status) {
+        return Ok(());
+    }
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    let text = resp
+        .body_mut()
+        .with_config()
+        .limit(4096)
+        .read_to_string()
+        .unwrap_or_default();
+    let snippet: String = text.chars().take(200).collect();
+    let retryable = status == 429 || status == 408 || status >= 500;
+    Err(DeliveryError {
+        retryable,
+        status: Some(status),
+        retry_after,
+        reason: url.scrub(&format!("HTTP {status}: {}", snippet.trim())),
+    })
+}
+
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")

@@ -2,18 +2,21 @@
 //! user instance).
 //!
 //! One event loop (tokio, current thread) over a closed set of [`Event`]s: the sweep timer,
-//! growth seen by inotify, signals, systemd manager signals, the watchdog, and the end of a
-//! sweep. Sweeps run on the blocking pool so the loop keeps answering signals and the
+//! growth seen by inotify, signals, systemd manager signals (which inspect units only: a new
+//! transient service must not cost a walk of every cache), the watchdog, and the end of a
+//! sweep or of a units inspection. Sweeps run on the blocking pool so the loop keeps answering signals and the
 //! watchdog while one is in progress; at most one runs at a time, and requests that arrive
 //! meanwhile collapse into one follow-up sweep. Idle, the loop wakes only for its timers.
 //! systemd protocol: READY=1 as soon as the policy is valid and the watches are set up, before
 //! the first sweep (a cold first sweep of millions of entries takes minutes, longer than any
 //! sensible start timeout); STATUS= when a sweep starts and after every sweep; WATCHDOG=1 from
-//! the loop itself; RELOADING=1 + MONOTONIC_USEC then
+//! the loop itself, withheld once a running sweep stops making progress (`liveness`), so a
+//! sweep hung in a thread gets the agent restarted too; RELOADING=1 + MONOTONIC_USEC then
 //! READY=1 on SIGHUP (a bad policy is logged and the old one kept); STOPPING=1 on SIGTERM,
 //! which also stops a sweep at its next entry.
 
 pub mod growth;
+mod liveness;
 pub mod observe;
 
 use crate::alert::UnitRef;
@@ -38,8 +41,10 @@ pub enum Event {
         rescan: bool,
     },
     Signal(Sig),
-    /// A systemd manager announced a new unit or a reload.
+    /// A systemd manager announced a new unit or a reload: inspect units (not caches).
     Units,
+    /// A units-only inspection finished: the units lacking GOCACHE now.
+    UnitsChecked(Vec<UnitRef>),
     /// Time to tell systemd we are alive.
     Watchdog,
     /// A filesystem holding caches fell below `min_free` / `min_free_inodes`.
@@ -59,6 +64,8 @@ pub enum Sig {
 pub struct Options {
     pub scope: Scope,
     pub policy_paths: Vec<PathBuf>,
+    /// Deliver webhooks through the relay on this socket (the system unit has no network).
+    pub alert_relay: Option<PathBuf>,
 }
 
 /// The least time between two sweeps triggered by growth (the first one runs at once).
@@ -82,6 +89,9 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
 
 /// Watches the build caches of the last sweep, triggering at the alert share of their limit.
 fn watched(policy: &Policy, sweep: &Sweep) -> Vec<growth::Watched> {
+    if !policy.agent.watch {
+        return Vec::new();
+    }
     sweep
         .reports
         .iter()
@@ -104,6 +114,28 @@ fn watched(policy: &Policy, sweep: &Sweep) -> Vec<growth::Watched> {
             })
         })
         .collect()
+}
+
+/// Settings a reload cannot apply to the running agent, with their old and new values: the
+/// metrics listener is bound once, and the per-user series are registered once.
+fn restart_only(old: &Policy, new: &Policy) -> Vec<(&'static str, String, String)> {
+    let mut out = Vec::new();
+    let listen = |p: &Policy| {
+        p.metrics
+            .listen
+            .map_or("none".to_string(), |a| a.to_string())
+    };
+    if old.metrics.listen != new.metrics.listen {
+        out.push(("metrics.listen", listen(old), listen(new)));
+    }
+    if old.metrics.top_users != new.metrics.top_users {
+        out.push((
+            "metrics.top_users",
+            old.metrics.top_users.to_string(),
+            new.metrics.top_users.to_string(),
+        ));
+    }
+    out
 }
 
 fn spawn_signals(tx: UnboundedSender<Event>) -> anyhow::Result<()> {
@@ -228,6 +260,9 @@ struct State {
     scope: Scope,
     running: bool,
     pending: bool,
+    /// A units-only inspection is running / another was asked for meanwhile.
+    units_running: bool,
+    units_pending: bool,
     stopping: bool,
     last_status: Option<String>,
     /// When the last growth-triggered sweep was asked for, and whether one is waiting.
@@ -235,14 +270,38 @@ struct State {
     grew_deferred: bool,
     /// Caches already reported as read-only: said once per agent, not every sweep.
     reported_read_only: std::collections::HashSet<PathBuf>,
+    /// Per-user caches a user's manager or unit set, already announced in the journal.
+    reported_via: std::collections::HashSet<(PathBuf, String)>,
+    /// Directories the last growth-watch update could not watch (said when it changes).
+    unwatched: usize,
 }
 
 impl State {
+    /// Inspects (and remediates) units only: a new transient service must not cost a walk
+    /// of every cache. Asked for during a sweep or another inspection, it runs after it.
+    fn request_units(&mut self, tx: &UnboundedSender<Event>) {
+        if self.stopping {
+            return;
+        }
+        if self.running || self.units_running {
+            self.units_pending = true;
+            return;
+        }
+        self.units_running = true;
+        self.units_pending = false;
+        let (policy, scope, tx) = (self.policy.clone(), self.scope, tx.clone());
+        tokio::spawn(async move {
+            let units = crate::units::missing_refs(&policy, scope).await;
+            let _ = tx.send(Event::UnitsChecked(units));
+        });
+    }
+
     fn request_sweep(&mut self, tx: &UnboundedSender<Event>) {
         if self.stopping {
             return;
         }
-        if self.running {
+        // One at a time, and not beside a units inspection: both may write drop-ins.
+        if self.running || self.units_running {
             self.pending = true;
             return;
         }
@@ -280,12 +339,20 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
             return Ok(2);
         }
     };
-    let mut obs =
-        observe::Observability::new(&policy).context("cannot set up metrics and alerts")?;
+    let mut obs = observe::Observability::new(&policy, opts.alert_relay.as_deref())
+        .context("cannot set up metrics and alerts")?;
     let (tx, mut rx) = unbounded_channel();
     spawn_signals(tx.clone())?;
     let http = match policy.metrics.listen {
-        Some(addr) => Some(crate::metrics::http::listener(addr)?),
+        // Without its HTTP listener the agent still does its job and writes the textfile:
+        // say why there is no /metrics, and go on.
+        Some(addr) => match crate::metrics::http::listener(addr) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "no metrics listener: {e:#}");
+                None
+            }
+        },
         None => crate::metrics::http::activated_listener()?
             .map(|l| (l, crate::metrics::http::ListenerOrigin::SocketActivation)),
     };
@@ -305,9 +372,9 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
     let growth = Arc::new(Mutex::new(
         growth::Growth::new().context("cannot start inotify")?,
     ));
-    if policy.agent.watch {
-        spawn_growth(growth.clone(), tx.clone())?;
-    }
+    // Always running, idle while nothing is watched: `agent.watch` decides what the next
+    // sweep watches, so a reload can turn it on or off.
+    spawn_growth(growth.clone(), tx.clone())?;
     let mut timer = spawn_every(policy.agent.interval, tx.clone(), || Event::Tick);
     let mut wd_usec = 0u64;
     if sd_notify::watchdog_enabled(false, &mut wd_usec) && wd_usec > 0 {
@@ -315,6 +382,10 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
             Event::Watchdog
         });
     }
+    let mut liveness = liveness::Liveness::new(
+        Duration::from_micros(wd_usec.max(1)),
+        crate::progress::count(),
+    );
     let mut units_watch = crate::units::spawn_watch(&policy, opts.scope, tx.clone());
     let probes = Arc::new(Mutex::new(Vec::new()));
     let mut headroom =
@@ -330,9 +401,13 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
         scope: opts.scope,
         running: false,
         pending: false,
+        units_running: false,
+        units_pending: false,
         stopping: false,
         last_status: None,
         reported_read_only: Default::default(),
+        reported_via: Default::default(),
+        unwatched: 0,
         last_grew: None,
         grew_deferred: false,
     };
@@ -340,7 +415,20 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
     st.request_sweep(&tx);
     while let Some(ev) = rx.recv().await {
         match ev {
-            Event::Tick | Event::Units => st.request_sweep(&tx),
+            Event::Tick => st.request_sweep(&tx),
+            Event::Units => st.request_units(&tx),
+            Event::UnitsChecked(units) => {
+                st.units_running = false;
+                if st.stopping {
+                    continue;
+                }
+                obs.units_checked(&units);
+                if st.pending {
+                    st.request_sweep(&tx);
+                } else if st.units_pending {
+                    st.request_units(&tx);
+                }
+            }
             Event::Grew { rescan } => {
                 // Growth above the trigger keeps coming while builds run: at most one
                 // growth-triggered sweep every GROWTH_SWEEP_SPACING, the rest deferred to it.
@@ -367,7 +455,22 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                     }
                 }
             }
-            Event::Watchdog => notify(&[NotifyState::Watchdog]),
+            Event::Watchdog => match liveness.check(
+                st.running,
+                crate::progress::count(),
+                std::time::Instant::now(),
+            ) {
+                liveness::Verdict::Feed => notify(&[NotifyState::Watchdog]),
+                liveness::Verdict::Starve { stuck, first } => {
+                    if first {
+                        tracing::error!(
+                            gocache_warden_action = action::SWEEP,
+                            "the sweep has made no progress for {}: no longer feeding the watchdog, so that systemd restarts the agent",
+                            humantime::format_duration(Duration::from_secs(stuck.as_secs()))
+                        );
+                    }
+                }
+            },
             Event::LowSpace => {
                 tracing::info!("a filesystem holding caches is below min_free: sweeping now");
                 st.request_sweep(&tx);
@@ -379,6 +482,12 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                 notify(&states);
                 match policy::load_for(opts.scope, &opts.policy_paths) {
                     Ok(p) => {
+                        for (what, old, new) in restart_only(&st.policy, &p) {
+                            tracing::warn!(
+                                gocache_warden_action = action::RELOAD,
+                                "{what} changed from {old} to {new}: it takes effect when the agent restarts"
+                            );
+                        }
                         if let Err(e) = obs.reload(&p) {
                             tracing::error!(gocache_warden_action = action::RELOAD_FAILED, error = %format!("{e:#}"), "reload failed, keeping the running policy: {e:#}");
                         } else {
@@ -435,6 +544,7 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                     "{status}"
                 );
                 for r in &sweep.reports {
+                    announce_via(r, &mut st.reported_via);
                     for f in r
                         .findings
                         .iter()
@@ -458,6 +568,7 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                             cache_path = %r.path.as_deref().unwrap_or(std::path::Path::new("")).display(),
                             reason = %f.kind,
                             entries = f.count,
+                            cache_via = r.via.as_deref(),
                             "{}: {} ({}){fix}",
                             r.path.as_deref().map_or_else(|| r.name.clone(), |p| p.display().to_string()),
                             f.message,
@@ -466,7 +577,15 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                     }
                 }
                 if let Ok(mut g) = growth.lock() {
-                    g.set(watched(&st.policy, &sweep));
+                    let failed = g.set(watched(&st.policy, &sweep));
+                    if failed != st.unwatched && failed > 0 {
+                        // Each build cache with a limit costs 257 watches (root and shards),
+                        // all charged to root's fs.inotify.max_user_watches.
+                        tracing::warn!(
+                            "{failed} cache directories could not be watched for growth (is fs.inotify.max_user_watches too low? each cache with a limit needs 257): those caches are measured only by the periodic sweep"
+                        );
+                    }
+                    st.unwatched = failed;
                 }
                 if let Ok(mut p) = probes.lock() {
                     *p = crate::headroom::probes(&sweep.reports);
@@ -476,6 +595,8 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                 st.last_status = Some(status);
                 if st.pending {
                     st.request_sweep(&tx);
+                } else if st.units_pending {
+                    st.request_units(&tx);
                 }
             }
             Event::SweepFailed(why) => {
@@ -502,4 +623,30 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
     obs.shutdown(Duration::from_secs(1));
     tracing::info!("stopped");
     Ok(0)
+}
+
+/// Says once per directory (and again after a restart) that a user's manager or unit made
+/// it one of their caches: the journal's `CACHE_VIA` then names the manager or unit.
+fn announce_via(
+    r: &crate::check::CacheReport,
+    seen: &mut std::collections::HashSet<(PathBuf, String)>,
+) {
+    let (Some(user), Some(via), Some(path)) = (&r.user, &r.via, &r.path) else {
+        return;
+    };
+    if via == crate::users::VIA_GO_ENV || !seen.insert((path.clone(), via.clone())) {
+        return;
+    }
+    let state = if r.refused.is_some() {
+        "refused (see its violation)".to_string()
+    } else {
+        format!("managed with the limits of cache \"{}\"", r.name)
+    };
+    tracing::info!(
+        cache_path = %path.display(),
+        cache_via = %via,
+        "{}: a cache of {user} ({}), {state}",
+        path.display(),
+        r.source
+    );
 }

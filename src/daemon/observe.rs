@@ -20,21 +20,32 @@ use crate::sweep::Sweep;
 use anyhow::Context;
 use prometheus::Registry;
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 pub struct Observability {
     pub registry: Registry,
+    /// Where webhooks go out through, if not directly (see `alert::relay`).
+    relay: Option<PathBuf>,
     /// The alert sinks' configuration, to keep the dispatcher (and its in-flight retries)
     /// across a reload that does not change it.
     alerts_cfg: String,
     metrics: Metrics,
     textfile: Option<metrics::textfile::TextfileWriter>,
-    tracker: AlertTracker,
+    /// One tracker per sink, by name: each sink has its own re-notify interval, and what
+    /// one sink's full queue could not take is offered to it again without re-sending to
+    /// the others. Kept across reloads for sinks that keep their name.
+    trackers: BTreeMap<String, AlertTracker>,
     dispatcher: Option<Dispatcher>,
+    /// `gocache_warden_alert_notifications_total`, registered once and shared by every
+    /// dispatcher a reload makes.
+    counter: prometheus::IntCounterVec,
     thresholds: alert::Thresholds,
     /// The caches of the last completed sweep: a sweep that ends without a result is
     /// counted as a failure of each of them.
     last_caches: Vec<(std::path::PathBuf, MKind)>,
+    /// What the last sweep saw, for alerts re-evaluated after a units-only inspection.
+    last_observation: Option<alert::Observation>,
 }
 
 fn mkind(k: CacheKind) -> MKind {
@@ -67,19 +78,14 @@ fn config(policy: &Policy) -> MetricsConfig {
     }
 }
 
-pub fn sinks(policy: &Policy) -> anyhow::Result<Vec<Box<dyn Sink>>> {
+/// The policy's alert sinks; webhooks go out through `relay` when given.
+pub fn sinks(policy: &Policy, relay: Option<&Path>) -> anyhow::Result<Vec<Box<dyn Sink>>> {
     let mut out: Vec<Box<dyn Sink>> = Vec::new();
     for a in &policy.alerts {
         let timeout = Duration::from_secs(10);
         match a.kind {
             AlertKind::Slack | AlertKind::Webhook => {
-                let src = match (&a.url_file, &a.credential) {
-                    (Some(f), _) => SecretSource::File(f.clone()),
-                    (None, Some(c)) => SecretSource::Credential(c.clone()),
-                    (None, None) => {
-                        anyhow::bail!("alert \"{}\" has no url_file or credential", a.name)
-                    }
-                };
+                let src = secret_source(a)?;
                 let url = SecretUrl::load(&src).with_context(|| format!("alert \"{}\"", a.name))?;
                 let fmt = if a.kind == AlertKind::Slack {
                     WebhookFormat::Slack
@@ -91,6 +97,7 @@ pub fn sinks(policy: &Policy) -> anyhow::Result<Vec<Box<dyn Sink>>> {
                     fmt,
                     url,
                     timeout,
+                    relay,
                 )));
             }
             AlertKind::Exec => {
@@ -125,14 +132,50 @@ fn thresholds(policy: &Policy) -> alert::Thresholds {
     }
 }
 
+/// A tracker per sink of `policy`, each with the sink's `renotify`; a sink that was there
+/// before keeps its state (what is firing, when it was last sent).
+fn trackers(
+    policy: &Policy,
+    mut old: BTreeMap<String, AlertTracker>,
+) -> BTreeMap<String, AlertTracker> {
+    policy
+        .alerts
+        .iter()
+        .map(|a| {
+            let mut t = old
+                .remove(&a.name)
+                .unwrap_or_else(|| AlertTracker::new(a.renotify));
+            t.set_renotify(a.renotify);
+            (a.name.clone(), t)
+        })
+        .collect()
+}
+
+fn secret_source(a: &crate::policy::AlertPolicy) -> anyhow::Result<SecretSource> {
+    Ok(match (&a.url_file, &a.credential) {
+        (Some(f), _) => SecretSource::File(f.clone()),
+        (None, Some(c)) => SecretSource::Credential(c.clone()),
+        (None, None) => anyhow::bail!("alert \"{}\" has no url_file or credential", a.name),
+    })
+}
+
+/// The alert sinks' configuration, with a digest of each webhook URL as its file holds it
+/// now: a URL rewritten in place (same file, new URL) must rebuild the sinks on reload too.
 fn alerts_cfg(policy: &Policy) -> String {
-    serde_json::to_string(&policy.alerts).unwrap_or_default()
+    let mut cfg = serde_json::to_string(&policy.alerts).unwrap_or_default();
+    for a in &policy.alerts {
+        if let Ok(url) = secret_source(a).and_then(|s| SecretUrl::load(&s)) {
+            cfg.push_str(&format!(" {:016x}", url.digest()));
+        }
+    }
+    cfg
 }
 
 /// The textfile writer and the alert dispatcher a policy asks for.
 fn outputs(
     policy: &Policy,
-    registry: Option<&Registry>,
+    relay: Option<&Path>,
+    counter: &prometheus::IntCounterVec,
 ) -> anyhow::Result<(
     Option<metrics::textfile::TextfileWriter>,
     Option<Dispatcher>,
@@ -141,40 +184,40 @@ fn outputs(
         Some(p) => Some(metrics::textfile::TextfileWriter::new(p.clone())?),
         None => None,
     };
-    let sinks = sinks(policy)?;
+    let sinks = sinks(policy, relay)?;
     let dispatcher = if sinks.is_empty() {
         None
     } else {
-        Some(Dispatcher::start(
+        let retry = alert::RetryPolicy::default();
+        Some(Dispatcher::start_counted(
             sinks,
-            alert::RetryPolicy::default(),
+            retry,
             64,
-            registry,
+            Some(counter.clone()),
         )?)
     };
     Ok((textfile, dispatcher))
 }
 
 impl Observability {
-    pub fn new(policy: &Policy) -> anyhow::Result<Observability> {
+    pub fn new(policy: &Policy, relay: Option<&Path>) -> anyhow::Result<Observability> {
         let registry = Registry::new();
         let metrics = Metrics::new(&registry, config(policy))?;
-        let (textfile, dispatcher) = outputs(policy, Some(&registry))?;
-        let renotify = policy
-            .alerts
-            .iter()
-            .map(|a| a.renotify)
-            .min()
-            .unwrap_or(Duration::from_secs(6 * 3600));
+        // Registered once, whatever the sinks: shared by every dispatcher a reload makes.
+        let counter = alert::register_counter(&registry)?;
+        let (textfile, dispatcher) = outputs(policy, relay, &counter)?;
         Ok(Observability {
+            relay: relay.map(Path::to_path_buf),
             alerts_cfg: alerts_cfg(policy),
             registry,
             metrics,
             textfile,
-            tracker: AlertTracker::new(renotify),
+            trackers: trackers(policy, BTreeMap::new()),
+            counter,
             dispatcher,
             thresholds: thresholds(policy),
             last_caches: Vec::new(),
+            last_observation: None,
         })
     }
 
@@ -189,11 +232,17 @@ impl Observability {
                 None => None,
             };
         } else {
-            // The notification counter stays registered from the start; a second one would
-            // clash. Alerts queued for the old sinks are given a second to go out.
-            let (textfile, dispatcher) = outputs(policy, None)?;
+            // The old sinks get a second to finish what they are sending; what they could not
+            // send (queued, or between retries) goes to the new sink of the same name.
+            let (textfile, dispatcher) = outputs(policy, self.relay.as_deref(), &self.counter)?;
+            self.trackers = trackers(policy, std::mem::take(&mut self.trackers));
             if let Some(old) = std::mem::replace(&mut self.dispatcher, dispatcher) {
-                old.shutdown(Duration::from_secs(1));
+                let (_, left) = old.stop_and_take(Duration::from_secs(1));
+                if let Some(new) = &self.dispatcher {
+                    for (sink, alert) in left {
+                        new.enqueue_to(&sink, alert);
+                    }
+                }
             }
             self.textfile = textfile;
             self.alerts_cfg = cfg;
@@ -232,11 +281,7 @@ impl Observability {
                 finished_at: SystemTime::now(),
             });
         }
-        if let Some(t) = &self.textfile
-            && let Err(e) = t.write(&self.registry)
-        {
-            tracing::error!(error = %e, "cannot write the metrics textfile {}: {e:#}", t.path().display());
-        }
+        self.write_textfile();
     }
 
     /// Publishes what a sweep saw and did.
@@ -272,18 +317,41 @@ impl Observability {
         }
         self.metrics
             .set_units_missing_gocache(units_missing.len() as u64);
+        self.write_textfile();
+        self.publish(&obs);
+        self.last_observation = Some(obs);
+    }
+
+    /// Publishes a units-only inspection: the units metric and textfile, and the alerts over
+    /// the last sweep's caches with the units as they are now.
+    pub fn units_checked(&mut self, units_missing: &[UnitRef]) {
+        self.metrics
+            .set_units_missing_gocache(units_missing.len() as u64);
+        self.write_textfile();
+        let Some(mut obs) = self.last_observation.take() else {
+            return;
+        };
+        obs.units_missing_gocache = units_missing.to_vec();
+        self.publish(&obs);
+        self.last_observation = Some(obs);
+    }
+
+    fn write_textfile(&self) {
         if let Some(t) = &self.textfile
             && let Err(e) = t.write(&self.registry)
         {
             tracing::error!(error = %e, "cannot write the metrics textfile {}: {e:#}", t.path().display());
         }
-        let alerts = self
-            .tracker
-            .update(alert::evaluate(&obs, &self.thresholds), SystemTime::now());
-        if let Some(d) = &self.dispatcher {
-            for a in alerts {
-                d.enqueue(a);
-            }
+    }
+
+    fn publish(&mut self, obs: &alert::Observation) {
+        let Some(d) = &self.dispatcher else {
+            return;
+        };
+        let checks = alert::evaluate(obs, &self.thresholds);
+        let now = SystemTime::now();
+        for (sink, tracker) in &mut self.trackers {
+            tracker.update_with(checks.clone(), now, |a| d.enqueue_to(sink, a));
         }
     }
 }
@@ -305,6 +373,7 @@ pub fn snapshot(r: &CacheReport, sweep: &Sweep) -> Option<CacheSnapshot> {
     }
     Some(CacheSnapshot {
         user: r.user.clone(),
+        via: r.via.clone(),
         allocated_bytes: sweep.size_after(&path).unwrap_or(o.allocated_bytes),
         path,
         kind: mkind(r.kind),
@@ -378,4 +447,108 @@ fn sweep_outcome(r: &CacheReport, sweep: &Sweep) -> Option<SweepOutcome> {
         duration: sweep.duration,
         finished_at: SystemTime::now(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Scope;
+
+    /// A webhook URL rewritten in its file (the usual rotation: same path, new secret) changes
+    /// the configuration a reload compares, so the sinks are rebuilt with the new URL.
+    #[test]
+    fn a_rotated_webhook_url_counts_as_a_changed_configuration() {
+        let d = tempfile::tempdir().unwrap();
+        let url = d.path().join("hook-url");
+        std::fs::write(&url, "https://hooks.example/one\n").unwrap();
+        let file = d.path().join("p.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[alert.hook]\nkind = \"webhook\"\nurl_file = \"{}\"\n",
+                url.display()
+            ),
+        )
+        .unwrap();
+        let policy = crate::policy::load_for(Scope::User, std::slice::from_ref(&file)).unwrap();
+        let before = alerts_cfg(&policy);
+        assert_eq!(alerts_cfg(&policy), before, "same file, same configuration");
+        std::fs::write(&url, "https://hooks.example/two\n").unwrap();
+        assert_ne!(alerts_cfg(&policy), before);
+        assert!(
+            !before.contains("hooks.example"),
+            "the URL itself is not kept: {before}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tracker_tests {
+    use super::*;
+    use crate::policy::Scope;
+
+    fn policy(body: &str) -> Policy {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("p.toml");
+        std::fs::write(&file, body).unwrap();
+        crate::policy::load_for(Scope::User, std::slice::from_ref(&file)).unwrap()
+    }
+
+    /// Each sink gets its own tracker with its own `renotify`; across a reload a sink that
+    /// keeps its name keeps what it knows (what is firing, when it was sent), a new sink
+    /// starts fresh, and a removed one is dropped.
+    #[test]
+    fn each_sink_tracks_with_its_own_interval_and_keeps_state_across_reloads() {
+        let exec = |name: &str, renotify: &str| {
+            format!(
+                "[alert.{name}]\nkind = \"exec\"\ncommand = [\"/bin/true\"]\nrenotify = \"{renotify}\"\n"
+            )
+        };
+        let p1 = policy(&(exec("fast", "10m") + &exec("slow", "6h")));
+        let mut t = trackers(&p1, BTreeMap::new());
+        assert_eq!(t.keys().collect::<Vec<_>>(), ["fast", "slow"]);
+        // A unit lacking GOCACHE makes an alert without any cache figures.
+        let observed = alert::Observation {
+            host: "h".into(),
+            caches: Vec::new(),
+            units_missing_gocache: vec![UnitRef {
+                unit: "build.service".into(),
+                uid: 1000,
+                user: "alice".into(),
+            }],
+        };
+        let alert = alert::evaluate(&observed, &thresholds(&p1))
+            .into_iter()
+            .find(|a| a.status == alert::AlertStatus::Firing)
+            .unwrap();
+        let id = alert.id.clone();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        for tr in t.values_mut() {
+            tr.update(vec![alert.clone()], t0);
+        }
+        let due = |t: &mut BTreeMap<String, AlertTracker>, name: &str, after: u64| {
+            t.get_mut(name)
+                .unwrap()
+                .update(vec![alert.clone()], t0 + Duration::from_secs(after))
+                .len()
+        };
+        assert_eq!(
+            due(&mut t, "fast", 600),
+            1,
+            "10m sink re-notifies after 10 min"
+        );
+        assert_eq!(due(&mut t, "slow", 600), 0, "6h sink stays quiet");
+
+        let p2 = policy(&(exec("slow", "6h") + &exec("new", "1h")));
+        let mut t = trackers(&p2, t);
+        assert_eq!(t.keys().collect::<Vec<_>>(), ["new", "slow"]);
+        assert_eq!(t["slow"].active_ids(), [id], "state kept");
+        assert!(t["new"].active_ids().is_empty());
+        assert_eq!(
+            due(&mut t, "new", 700),
+            1,
+            "a new sink hears of what is firing"
+        );
+        assert_eq!(due(&mut t, "slow", 700), 0);
+    }
 }

@@ -111,7 +111,14 @@ pub fn listener(addr: SocketAddr) -> Result<(TcpListener, ListenerOrigin)> {
     if let Some(l) = activated_listener()? {
         return Ok((l, ListenerOrigin::SocketActivation));
     }
-    let l = TcpListener::bind(addr).with_context(|| format!("cannot listen on \"{addr}\""))?;
+    let l = TcpListener::bind(addr).with_context(|| {
+        // The shipped system unit has RestrictAddressFamilies=AF_UNIX and PrivateNetwork=yes:
+        // say what works there instead of only "address family not supported".
+        format!(
+            "cannot listen on \"{addr}\" (the system unit has no network of its own: enable \
+             gocache-warden-metrics.socket, with its ListenStream= set to this address, instead)"
+        )
+    })?;
     Ok((l, ListenerOrigin::Bound))
 }
 

@@ -274,6 +274,7 @@ fn visit_child<V: Visit>(
     if crate::failpoint::active() {
         crate::failpoint::pause("walk-open", &e.rel());
     }
+    crate::progress::tick();
     let dir = match parent.open_dir(name, &st) {
         Ok(d) => d,
         Err(err) if vanished(&err) => return,
@@ -312,6 +313,7 @@ fn visit_child<V: Visit>(
         if batch.is_empty() {
             break;
         }
+        crate::progress::tick();
         for n in &batch {
             if stop_requested() {
                 break 'listing;

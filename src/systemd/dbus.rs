@@ -331,6 +331,17 @@ fn no_socket(e: &anyhow::Error) -> bool {
     })
 }
 
+/// The directory holding every user's runtime dir (`/run/user/UID/systemd/private`). Only
+/// test builds (the `test-hooks` feature) let `GOCACHE_WARDEN_RUN_USER` point it elsewhere:
+/// in a release build no environment variable decides which sockets root talks to.
+pub fn run_user_dir() -> PathBuf {
+    #[cfg(feature = "test-hooks")]
+    if let Some(dir) = std::env::var_os("GOCACHE_WARDEN_RUN_USER") {
+        return PathBuf::from(dir);
+    }
+    PathBuf::from("/run/user")
+}
+
 /// `(uid, socket)` for every `RUN_USER/<uid>`, sorted by uid; the socket may not exist.
 pub fn private_sockets(run_user: &Path) -> Result<Vec<(u32, PathBuf)>> {
     let entries = std::fs::read_dir(run_user)

@@ -24,6 +24,8 @@ pub mod remediate;
 pub mod specifiers;
 /// Inspection: effective environments and GOCACHE findings per unit.
 pub mod units;
+/// GOCACHE/GOMODCACHE a user's own manager and services set (extra per-user caches).
+pub mod usercaches;
 
 pub use dbus::{ManagerConn, ManagerEvent, ManagerId, Scope, connect_scope, watch};
 pub use remediate::{Outcome, Plan, Remediation, apply, plan};
