@@ -16,7 +16,7 @@ pub mod dbus;
 pub mod dropin;
 /// `EnvironmentFile=` parser, faithful to systemd 252.
 pub mod envfile;
-/// Socket adapter that makes zbus accept systemd's private-socket messages.
+/// The socket halves for user managers: bounded messages, systemd's sender made valid.
 pub mod p2p;
 /// Plan/apply/verify of drop-in remediations.
 pub mod remediate;

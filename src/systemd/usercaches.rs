@@ -95,18 +95,29 @@ async fn unit_settings(
             return;
         }
     };
-    // EnvironmentFile= paths are the user's to choose: read them as the user.
-    let env = match untrusted::with_creds(creds, || units::effective_env(info, &svc)) {
-        Ok(Ok(env)) => env,
-        Ok(Err(e)) => {
+    // EnvironmentFile= paths are the user's to choose: read them as the user, off the async
+    // loop (such a read may wait, up to `untrusted::AS_USER_TIMEOUT`).
+    let (i, s, c) = (info.clone(), svc.clone(), creds.clone());
+    let read = tokio::task::spawn_blocking(move || {
+        untrusted::with_creds(&c, move || units::effective_env(&i, &s))
+    })
+    .await;
+    let env = match read {
+        Ok(Ok(Ok(env))) => env,
+        Ok(Ok(Err(e))) => {
             out.problems.push(e.to_string());
             return;
         }
-        Err(e) => {
+        Ok(Err(e)) => {
             out.problems.push(format!(
-                "{} {name}: not read: cannot take uid {}'s credentials: {e}",
+                "{} {name}: not read as uid {}: {e}",
                 conn.id, creds.uid
             ));
+            return;
+        }
+        Err(e) => {
+            out.problems
+                .push(format!("{} {name}: not read: {e}", conn.id));
             return;
         }
     };

@@ -343,3 +343,47 @@ pub fn check_json(policy: &Path) -> serde_json::Value {
         &[],
     ))
 }
+
+/// A FUSE file system whose server never answers, as a user can mount one with `fusermount`
+/// (mounted here by the test, which has no `fusermount`): every lookup in it waits until the
+/// connection ends, which dropping this does.
+pub struct DeadFuse {
+    dev: Option<std::os::fd::OwnedFd>,
+    pub mnt: std::path::PathBuf,
+}
+
+impl DeadFuse {
+    pub fn mount(mnt: &Path) -> DeadFuse {
+        use std::os::fd::AsRawFd;
+        std::fs::create_dir(mnt).expect("mkdir mount point");
+        let dev = nix::fcntl::open(
+            "/dev/fuse",
+            nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .expect("open /dev/fuse (the test needs FUSE in the kernel)");
+        let opts = format!(
+            "fd={},rootmode=40000,user_id=0,group_id=0,allow_other",
+            dev.as_raw_fd()
+        );
+        nix::mount::mount(
+            Some("gcw-dead"),
+            mnt,
+            Some("fuse.gcw-dead"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some(opts.as_str()),
+        )
+        .expect("mount the FUSE file system");
+        DeadFuse {
+            dev: Some(dev),
+            mnt: mnt.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for DeadFuse {
+    fn drop(&mut self) {
+        drop(self.dev.take());
+        let _ = nix::mount::umount2(&self.mnt, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
