@@ -502,8 +502,9 @@ fn a_cache_the_agent_creates_is_watched_at_once() {
         .status()
         .expect("cp");
     assert!(st.success());
-    let copied = support::du_bytes(&fresh);
-    // 257 directories alone take about 1 MiB: the limit leaves room for entries.
+    // What was copied in is well over the limit (257 directories alone take about 1 MiB);
+    // the agent may already be evicting while `cp` runs, so the source is measured.
+    let copied = support::du_bytes(src.path());
     assert!(copied > 4 << 20, "copied only {copied} bytes");
     let end = Instant::now() + Duration::from_secs(60);
     while support::du_bytes(&fresh) > 2 << 20 {
@@ -514,4 +515,9 @@ fn a_cache_the_agent_creates_is_watched_at_once() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    assert!(
+        logtext().contains("for size"),
+        "no eviction for size logged:\n{}",
+        logtext()
+    );
 }
