@@ -50,7 +50,12 @@ fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 }
 
 /// Waits until the textfile exists and `ready` accepts it; returns it.
-fn wait_textfile(prom: &Path, log: &Path, limit: Duration, mut ready: impl FnMut(&str) -> bool) -> String {
+fn wait_textfile(
+    prom: &Path,
+    log: &Path,
+    limit: Duration,
+    mut ready: impl FnMut(&str) -> bool,
+) -> String {
     let start = Instant::now();
     loop {
         if let Ok(t) = std::fs::read_to_string(prom)
@@ -124,13 +129,43 @@ fn the_agent_exports_what_the_cache_program_served_each_user() {
         };
         let shared = [("source", "shared")];
         let own_src = [("source", "own")];
-        assert_eq!(get("gocache_warden_cacheprog_hits_total", &shared), n(&c, "shared_hits"), "{c}");
-        assert_eq!(get("gocache_warden_cacheprog_served_bytes_total", &shared), n(&c, "shared_hit_bytes"), "{c}");
-        assert_eq!(get("gocache_warden_cacheprog_hits_total", &own_src), n(&c, "own_hits"), "{c}");
-        assert_eq!(get("gocache_warden_cacheprog_served_bytes_total", &own_src), n(&c, "own_hit_bytes"), "{c}");
-        assert_eq!(get("gocache_warden_cacheprog_misses_total", &[]), n(&c, "misses"), "{c}");
-        assert_eq!(get("gocache_warden_cacheprog_puts_total", &[]), n(&c, "puts"), "{c}");
-        assert_eq!(get("gocache_warden_cacheprog_refused_total", &[("reason", "tampered")]), 0);
+        assert_eq!(
+            get("gocache_warden_cacheprog_hits_total", &shared),
+            n(&c, "shared_hits"),
+            "{c}"
+        );
+        assert_eq!(
+            get("gocache_warden_cacheprog_served_bytes_total", &shared),
+            n(&c, "shared_hit_bytes"),
+            "{c}"
+        );
+        assert_eq!(
+            get("gocache_warden_cacheprog_hits_total", &own_src),
+            n(&c, "own_hits"),
+            "{c}"
+        );
+        assert_eq!(
+            get("gocache_warden_cacheprog_served_bytes_total", &own_src),
+            n(&c, "own_hit_bytes"),
+            "{c}"
+        );
+        assert_eq!(
+            get("gocache_warden_cacheprog_misses_total", &[]),
+            n(&c, "misses"),
+            "{c}"
+        );
+        assert_eq!(
+            get("gocache_warden_cacheprog_puts_total", &[]),
+            n(&c, "puts"),
+            "{c}"
+        );
+        assert_eq!(
+            get(
+                "gocache_warden_cacheprog_refused_total",
+                &[("reason", "tampered")]
+            ),
+            0
+        );
         assert!(n(&c, "shared_hits") >= 100, "{c}");
     }
     // Bob's second build hit his own cache too (the outputs it put are small, some empty).
@@ -144,7 +179,9 @@ fn output_bytes(root: &Path) -> u64 {
         .iter()
         .filter(|(rel, (mode, ..))| {
             mode & libc::S_IFMT == libc::S_IFREG
-                && rel.components().any(|c| c.as_os_str().to_string_lossy().ends_with("-d"))
+                && rel
+                    .components()
+                    .any(|c| c.as_os_str().to_string_lossy().ends_with("-d"))
         })
         .map(|(_, (_, size, ..))| size)
         .sum()
@@ -158,7 +195,9 @@ fn the_agent_quarantines_a_tampered_shared_output_within_its_budget() {
     let snap = snapshot(&w.shared);
     let (rel, (_, size, _, _)) = snap
         .iter()
-        .filter(|(r, (m, ..))| m & libc::S_IFMT == libc::S_IFREG && r.to_string_lossy().ends_with("-d"))
+        .filter(|(r, (m, ..))| {
+            m & libc::S_IFMT == libc::S_IFREG && r.to_string_lossy().ends_with("-d")
+        })
         .max_by_key(|(_, (_, s, ..))| *s)
         .expect("an output");
     let victim = w.shared.join(rel);
@@ -187,7 +226,12 @@ fn the_agent_quarantines_a_tampered_shared_output_within_its_budget() {
     let _agent = support::spawn_agent(&p, &log);
     let cache = w.shared.display().to_string();
     let hashed = |t: &str| {
-        value(t, "gocache_warden_integrity_hashed_bytes_total", &[("cache", &cache)]).unwrap_or(0.0) as u64
+        value(
+            t,
+            "gocache_warden_integrity_hashed_bytes_total",
+            &[("cache", &cache)],
+        )
+        .unwrap_or(0.0) as u64
     };
     // A full pass at the budget, plus the first sweep and a slice's worth of slack.
     let limit = Duration::from_secs_f64(total as f64 / rate as f64) + Duration::from_secs(20);
@@ -204,34 +248,63 @@ fn the_agent_quarantines_a_tampered_shared_output_within_its_budget() {
         if samples.last().is_none_or(|(_, b)| *b != bytes) {
             samples.push((at, bytes));
         }
-        value(t, "gocache_warden_integrity_last_pass_timestamp_seconds", &[("cache", &cache)])
-            .is_some_and(|v| v > 0.0)
+        value(
+            t,
+            "gocache_warden_integrity_last_pass_timestamp_seconds",
+            &[("cache", &cache)],
+        )
+        .is_some_and(|v| v > 0.0)
     });
     let took = started.elapsed();
     promtool_check(&text);
-    assert_eq!(hashed(&text), total, "one whole pass hashed every output byte");
+    assert_eq!(
+        hashed(&text),
+        total,
+        "one whole pass hashed every output byte"
+    );
     // Measured rate over the pass, from the first slice's end to the last's.
     if let (Some(a), Some(z)) = (samples.first(), samples.last())
         && z.0 - a.0 > 3.0
     {
         let r = (z.1 - a.1) as f64 / (z.0 - a.0);
-        assert!(r <= rate as f64 * 1.05, "{r:.0} B/s measured, budget {rate} B/s ({samples:?})");
-        eprintln!("background verification: {r:.0} B/s measured over {:.1} s, budget {rate} B/s; pass of {total} bytes in {took:?}", z.0 - a.0);
+        assert!(
+            r <= rate as f64 * 1.05,
+            "{r:.0} B/s measured, budget {rate} B/s ({samples:?})"
+        );
+        eprintln!(
+            "background verification: {r:.0} B/s measured over {:.1} s, budget {rate} B/s; pass of {total} bytes in {took:?}",
+            z.0 - a.0
+        );
     }
     let problem = |what: &str| {
-        value(&text, "gocache_warden_integrity_problems_total", &[("cache", &cache), ("problem", what)])
+        value(
+            &text,
+            "gocache_warden_integrity_problems_total",
+            &[("cache", &cache), ("problem", what)],
+        )
     };
     assert_eq!(problem("tampered"), Some(1.0), "{text}");
     assert_eq!(problem("untrusted"), Some(0.0), "{text}");
     assert_eq!(
-        value(&text, "gocache_warden_integrity_actions_total", &[("cache", &cache), ("action", "quarantined")]),
+        value(
+            &text,
+            "gocache_warden_integrity_actions_total",
+            &[("cache", &cache), ("action", "quarantined")]
+        ),
         Some(1.0)
     );
     // Quarantined inside the cache, never served again from its place.
     assert!(!victim.exists(), "{victim:?} left in place");
     let shard = rel.parent().expect("shard").to_string_lossy().into_owned();
-    let name = rel.file_name().expect("name").to_string_lossy().into_owned();
-    let moved = w.shared.join("gocache-warden-quarantine").join(format!("{shard}-{name}"));
+    let name = rel
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    let moved = w
+        .shared
+        .join("gocache-warden-quarantine")
+        .join(format!("{shard}-{name}"));
     assert_eq!(std::fs::read(&moved).expect("quarantined file"), b);
     // Logged and alerted.
     let l = std::fs::read_to_string(&log).unwrap_or_default();
@@ -247,11 +320,17 @@ fn the_agent_quarantines_a_tampered_shared_output_within_its_budget() {
         if let Some(f) = found.into_iter().next() {
             break f;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "no integrity alert: {a}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no integrity alert: {a}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     assert_eq!(fired["cache"], cache.as_str(), "{fired}");
     let summary = fired["summary"].as_str().unwrap_or_default();
-    assert!(summary.contains("1 tampered") && summary.contains(&name), "{fired}");
+    assert!(
+        summary.contains("1 tampered") && summary.contains(&name),
+        "{fired}"
+    );
     assert!(took <= limit, "found within the budget's time: {took:?}");
 }

@@ -77,12 +77,13 @@ pub struct Reading {
 pub fn read_as_owner(root: &Path) -> anyhow::Result<Reading> {
     use anyhow::Context as _;
     let p = root.join(FILE_NAME);
-    let dir = crate::safefs::Dir::open_root(root).with_context(|| format!("cannot open {root:?}"))?;
+    let dir =
+        crate::safefs::Dir::open_root(root).with_context(|| format!("cannot open {root:?}"))?;
     let owner = crate::safefs::fstat(dir.as_fd())
         .with_context(|| format!("cannot stat {root:?}"))?
         .uid;
-    let creds = crate::untrusted::Creds::of_uid(owner)
-        .with_context(|| format!("owner of {root:?}"))?;
+    let creds =
+        crate::untrusted::Creds::of_uid(owner).with_context(|| format!("owner of {root:?}"))?;
     let bytes = crate::untrusted::with_creds(&creds, || read_beneath(&dir))
         .with_context(|| format!("cannot read {p:?} as uid {owner}"))?;
     let counters = match bytes {
@@ -227,10 +228,20 @@ mod tests {
         // None yet: zeros are the caller's to choose.
         let r = read_as_owner(d.path()).expect("read");
         assert_eq!((r.uid, r.counters), (nobody, None));
-        std::fs::write(&f, r#"{"schema":"gocache-warden.cacheprog-stats/v1","shared_hits":3}"#)
-            .expect("write");
-        let c = read_as_owner(d.path()).expect("read").counters.expect("counters");
-        assert_eq!((c.shared_hits, c.own_hit_bytes), (3, 0), "older files lack fields");
+        std::fs::write(
+            &f,
+            r#"{"schema":"gocache-warden.cacheprog-stats/v1","shared_hits":3}"#,
+        )
+        .expect("write");
+        let c = read_as_owner(d.path())
+            .expect("read")
+            .counters
+            .expect("counters");
+        assert_eq!(
+            (c.shared_hits, c.own_hit_bytes),
+            (3, 0),
+            "older files lack fields"
+        );
         // A file the owner cannot read is not read by root on their behalf.
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         let e = read_as_owner(d.path()).expect_err("root-only file");

@@ -378,10 +378,13 @@ impl Observability {
             last.cache = d.path.clone();
         }
         self.write_textfile();
-        let obs = self.last_observation.take().unwrap_or_else(|| alert::Observation {
-            host: crate::sweep::hostname(),
-            ..Default::default()
-        });
+        let obs = self
+            .last_observation
+            .take()
+            .unwrap_or_else(|| alert::Observation {
+                host: crate::sweep::hostname(),
+                ..Default::default()
+            });
         self.publish(&obs);
         self.last_observation = Some(obs);
     }

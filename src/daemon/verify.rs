@@ -67,9 +67,9 @@ impl Verifier {
         if targets.is_empty() || self.next_pass.is_some() {
             return;
         }
-        let next = targets.iter().find(|(p, _)| {
-            !self.cursors.get(p).is_some_and(Cursor::done)
-        });
+        let next = targets
+            .iter()
+            .find(|(p, _)| !self.cursors.get(p).is_some_and(Cursor::done));
         let Some((path, cache)) = next else {
             // Every cache's pass is complete: the next one after the sweep interval.
             let wait = policy.agent.interval;

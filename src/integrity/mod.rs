@@ -98,7 +98,12 @@ struct Shared<'a> {
 }
 
 impl<'a> Shared<'a> {
-    fn new(root: &'a Dir, quarantine: Option<Dir>, act: Act, pace: Option<&'a background::Pacer>) -> Self {
+    fn new(
+        root: &'a Dir,
+        quarantine: Option<Dir>,
+        act: Act,
+        pace: Option<&'a background::Pacer>,
+    ) -> Self {
         Shared {
             root,
             quarantine,
@@ -117,7 +122,10 @@ impl<'a> Shared<'a> {
     }
 
     fn into_verified(self, t0: std::time::Instant) -> Verified {
-        let examples = self.examples.into_inner().unwrap_or_else(|e| e.into_inner());
+        let examples = self
+            .examples
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
         Verified {
             outputs: self.outputs.into_inner(),
             bytes_hashed: self.bytes.into_inner(),
@@ -264,7 +272,6 @@ fn shard(
     }
     Ok(None)
 }
-
 
 /// An executable's `-d/` directory: owner of the directory and its file, and the file's
 /// hash against the directory's name.

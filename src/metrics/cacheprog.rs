@@ -69,8 +69,18 @@ impl Families {
                 "Shared entries the cache program refused to serve, by reason",
                 &["cache", "kind", "user", "reason"],
             )?,
-            puts: counter(r, NAMES[4], "Outputs the cache program put into the user's own cache", user)?,
-            put_bytes: counter(r, NAMES[5], "Bytes the cache program put into the user's own cache", user)?,
+            puts: counter(
+                r,
+                NAMES[4],
+                "Outputs the cache program put into the user's own cache",
+                user,
+            )?,
+            put_bytes: counter(
+                r,
+                NAMES[5],
+                "Bytes the cache program put into the user's own cache",
+                user,
+            )?,
             labels: HashMap::new(),
         })
     }

@@ -46,8 +46,18 @@ impl Families {
     pub fn new(r: &Registry) -> anyhow::Result<Families> {
         let cache = &["cache", "kind"];
         Ok(Families {
-            bytes: counter(r, NAMES[0], "Bytes of outputs hashed by background verification", cache)?,
-            outputs: counter(r, NAMES[1], "Outputs hashed by background verification", cache)?,
+            bytes: counter(
+                r,
+                NAMES[0],
+                "Bytes of outputs hashed by background verification",
+                cache,
+            )?,
+            outputs: counter(
+                r,
+                NAMES[1],
+                "Outputs hashed by background verification",
+                cache,
+            )?,
             problems: counter(
                 r,
                 NAMES[2],

@@ -16,7 +16,9 @@ mod model;
 pub mod textfile;
 
 pub use integrity::{ACTIONS as INTEGRITY_ACTIONS, IntegritySlice, PROBLEMS as INTEGRITY_PROBLEMS};
-pub use model::{CacheKind, CacheprogSnapshot, CacheSnapshot, EvictReason, Evicted, OwnerUsage, SweepOutcome};
+pub use model::{
+    CacheKind, CacheSnapshot, CacheprogSnapshot, EvictReason, Evicted, OwnerUsage, SweepOutcome,
+};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -692,20 +694,34 @@ mod tests {
         };
         m.observe_cacheprog(&s);
         let line = |src: &str, v: u64| {
-            format!("gocache_warden_cacheprog_hits_total{{cache=\"/home/alice/.cache/go-build\",kind=\"build\",source=\"{src}\",user=\"alice\"}} {v}")
+            format!(
+                "gocache_warden_cacheprog_hits_total{{cache=\"/home/alice/.cache/go-build\",kind=\"build\",source=\"{src}\",user=\"alice\"}} {v}"
+            )
         };
         let text = encode_text(&reg).expect("text");
         assert!(text.contains(&line("shared", 7)), "{text}");
         assert!(text.contains(&line("own", 0)), "zeros, not absent: {text}");
         s.shared_hits = 9;
         m.observe_cacheprog(&s);
-        assert!(encode_text(&reg).expect("text").contains(&line("shared", 9)));
+        assert!(
+            encode_text(&reg)
+                .expect("text")
+                .contains(&line("shared", 9))
+        );
         // The user deleted the file: the series goes back with it (a counter reset).
         s.shared_hits = 2;
         m.observe_cacheprog(&s);
-        assert!(encode_text(&reg).expect("text").contains(&line("shared", 2)));
+        assert!(
+            encode_text(&reg)
+                .expect("text")
+                .contains(&line("shared", 2))
+        );
         m.set_caches(&[]);
-        assert!(!encode_text(&reg).expect("text").contains("cacheprog_hits_total{"));
+        assert!(
+            !encode_text(&reg)
+                .expect("text")
+                .contains("cacheprog_hits_total{")
+        );
     }
 
     #[test]

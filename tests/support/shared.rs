@@ -4,10 +4,10 @@
 //! pointing at the program, each into an own cache of theirs.
 
 use super::gobuild;
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
 use std::path::{Path, PathBuf};
-use serde_json::Value;
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -218,4 +218,3 @@ pub fn n(v: &Value, k: &str) -> u64 {
     v[k].as_u64()
         .unwrap_or_else(|| panic!("no counter {k} in {v}"))
 }
-
