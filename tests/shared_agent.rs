@@ -334,3 +334,71 @@ fn the_agent_quarantines_a_tampered_shared_output_within_its_budget() {
     );
     assert!(took <= limit, "found within the budget's time: {took:?}");
 }
+
+/// A slice in progress does not hold the agent up: SIGTERM ends it after its current read,
+/// and the agent exits (removing its textfile) at once. No `go` needed: outputs of a
+/// synthetic cache are not named by their hashes, which only makes them "tampered" (and
+/// `untrusted = "report"` leaves them be).
+#[test]
+fn sigterm_ends_a_background_verification_slice_at_once() {
+    support::require_root();
+    let d = support::tempdir();
+    let cache = d.path().join("cache");
+    support::mkcache(&cache, 3000, 7);
+    let prom = textfile_path(d.path());
+    let p = support::policy(
+        d.path(),
+        "agent.toml",
+        &format!(
+            "[cache.c]\npath = \"{}\"\ntrusted_writers = [\"root\"]\nuntrusted = \"report\"\n[agent]\ninterval = \"1h\"\nverify_rate = \"256KiB\"\n[metrics]\ntextfile = \"{}\"\n",
+            cache.display(),
+            prom.display()
+        ),
+    );
+    let log = d.path().join("agent.log");
+    let mut agent = support::spawn_agent(&p, &log);
+    let c = cache.display().to_string();
+    // Mid-pass: one 5 s slice (1.25 MiB) of a cache of about 12 MiB of outputs is done.
+    let text = wait_textfile(&prom, &log, Duration::from_secs(60), |t| {
+        value(
+            t,
+            "gocache_warden_integrity_hashed_bytes_total",
+            &[("cache", &c)],
+        )
+        .is_some_and(|b| b > 0.0)
+    });
+    assert_eq!(
+        value(
+            &text,
+            "gocache_warden_integrity_last_pass_timestamp_seconds",
+            &[("cache", &c)]
+        ),
+        Some(0.0),
+        "the pass is not over yet"
+    );
+    let before = std::fs::read(&cache.join("trim.txt")).expect("trim.txt");
+    let t0 = Instant::now();
+    let pid = nix::unistd::Pid::from_raw(agent.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("term");
+    let status = loop {
+        if let Some(s) = agent.0.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "the agent did not stop: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = t0.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(2), "stopped in {took:?}");
+    assert!(!prom.exists(), "the textfile goes with the agent");
+    // Report-only: nothing of the cache was changed by verifying it.
+    assert!(!cache.join("gocache-warden-quarantine").exists());
+    assert_eq!(
+        std::fs::read(cache.join("trim.txt")).expect("trim.txt"),
+        before
+    );
+}
