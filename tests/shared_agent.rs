@@ -376,7 +376,7 @@ fn sigterm_ends_a_background_verification_slice_at_once() {
         Some(0.0),
         "the pass is not over yet"
     );
-    let before = std::fs::read(&cache.join("trim.txt")).expect("trim.txt");
+    let before = std::fs::read(cache.join("trim.txt")).expect("trim.txt");
     let t0 = Instant::now();
     let pid = nix::unistd::Pid::from_raw(agent.0.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("term");

@@ -586,8 +586,9 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                 if let Ok(mut p) = probes.lock() {
                     *p = crate::headroom::probes(&sweep.reports);
                 }
-                obs.after_sweep(&sweep, &units);
+                // Before the textfile is written: verified caches have their series from the start.
                 obs.set_verified(&verify::verified_paths(&st.policy));
+                obs.after_sweep(&sweep, &units);
                 verifier.request(&st.policy, &tx);
                 notify(&[NotifyState::Status(&status)]);
                 st.last_status = Some(status);

@@ -438,6 +438,17 @@ pub fn read_cacheprog(reports: &[CacheReport]) -> Vec<metrics::CacheprogSnapshot
         if crate::scan::walk::stop_requested() {
             break;
         }
+        // A user agent cannot take another user's identity: caches it does not own (a
+        // shared one) have no counters of its user anyway.
+        let euid = nix::unistd::geteuid();
+        if !euid.is_root()
+            && std::fs::symlink_metadata(path)
+                .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+                .ok()
+                != Some(euid.as_raw())
+        {
+            continue;
+        }
         let reading = match crate::cacheprog::stats::read_as_owner(path) {
             Ok(x) => x,
             Err(e) => {
