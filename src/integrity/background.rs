@@ -1,8 +1,9 @@
 //! The agent's background verification: the checks of `check --verify`, run a slice at a
 //! time within a byte budget, resuming where the last slice stopped.
 //!
-//! A slice hashes at most `rate × SLICE` bytes, paced so that at no point since its start
-//! has it read more than `rate` bytes per second (plus one read of [`CHUNK`]): a pass over a
+//! A slice hashes at most `rate × SLICE` bytes (give or take the file it is in), paced so
+//! that at no point since its start has it read more than `rate` bytes per second plus one
+//! read (at most [`CHUNK`]): a pass over a
 //! big shared cache costs builds a small, fixed share of the disk instead of a burst. Entries
 //! are taken in order (shard `00`..`ff`, names sorted within a shard), so the [`Cursor`]
 //! — a shard and the last entry handled — is all it takes to resume. One thread, on the
@@ -85,6 +86,9 @@ impl Pacer {
                 return;
             }
             std::thread::sleep((due - now).min(Duration::from_millis(100)));
+            // Waiting for the budget is progress too: at a low rate one read can be due
+            // minutes later, longer than the watchdog's stall limit.
+            crate::progress::tick();
         }
     }
 
