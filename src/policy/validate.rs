@@ -119,8 +119,11 @@ fn build(ctx: &mut Ctx, m: Fragment) -> Policy {
         .parse(&a.verify_rate, |s| match s.trim() {
             // "0" turns it off; parse_bytes refuses zero as a size limit.
             "0" => Ok(0),
-            s => value::parse_bytes(s)
-                .map_err(|e| format!("verify_rate: {e} (bytes per second, or \"0\" for off)")),
+            s => value::parse_bytes(s).map_err(|_| {
+                format!(
+                    "verify_rate {s:?} must be bytes per second (e.g. \"32MiB\") or \"0\" for off"
+                )
+            }),
         })
         .unwrap_or(DEFAULT_VERIFY_RATE);
     let agent = AgentPolicy {
