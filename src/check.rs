@@ -68,23 +68,28 @@ pub fn targets(policy: &Policy, scope: Scope, env: &GoEnv) -> (Vec<Target>, goen
     let res = goenv::resolve(env);
     let uid = nix::unistd::geteuid().as_raw();
     let per_user = scope == Scope::System && uid == 0;
-    let t = policy
-        .caches
-        .iter()
-        .flat_map(|c| match &c.path {
+    let mut managers = crate::users::Managers::default();
+    // Directories users' managers and units set come after every other cache: see
+    // `users::targets`.
+    let mut extra = Vec::new();
+    let mut t: Vec<Target> = Vec::new();
+    for c in &policy.caches {
+        match &c.path {
             // Every listed user's own cache, as their go finds it; only root can act for
             // others (a user's own agent manages just their caches).
             CachePath::Auto if per_user && let Some(users) = &c.users => {
-                crate::users::targets(c, users, env)
+                let (login, more) = crate::users::targets(c, users, env, &mut managers);
+                t.extend(login);
+                extra.extend(more);
             }
-            CachePath::Fixed(p) => vec![Target {
+            CachePath::Fixed(p) => t.push(Target {
                 policy: c.clone(),
                 path: Ok(p.clone()),
                 source: "policy".into(),
                 owner_uid: None,
                 refused: None,
                 user: None,
-            }],
+            }),
             CachePath::Auto => {
                 let r = if c.kind == CacheKind::Build {
                     &res.gocache
@@ -100,17 +105,30 @@ pub fn targets(policy: &Policy, scope: Scope, env: &GoEnv) -> (Vec<Target>, goen
                         Err(format!("{value:?}: {reason}"))
                     }
                 };
-                vec![Target {
+                t.push(Target {
                     policy: c.clone(),
                     path,
                     source: format!("auto: {}", r.source),
                     owner_uid: Some(uid),
                     refused: None,
                     user: None,
-                }]
+                });
             }
+        }
+    }
+    // A unit pointing at a cache the site lists (a shared cache) adds nothing: that cache is
+    // managed already, by its own policy.
+    use crate::policy::paths::{Overlap, overlap};
+    let listed = |p: &Path| {
+        t.iter().any(|o| {
+            matches!(o.policy.path, CachePath::Fixed(_))
+                && o.path
+                    .as_ref()
+                    .is_ok_and(|q| overlap(p, q) == Some(Overlap::Same))
         })
-        .collect();
+    };
+    extra.retain(|x| !x.path.as_ref().is_ok_and(|p| listed(p)));
+    t.extend(extra);
     (refuse_overlaps(t), res)
 }
 
@@ -124,7 +142,7 @@ fn refuse_overlaps(mut targets: Vec<Target>) -> Vec<Target> {
         let Ok(p) = targets[i].path.clone() else {
             continue;
         };
-        if targets[i].policy.path == CachePath::Auto {
+        if targets[i].policy.path == CachePath::Auto && targets[i].refused.is_none() {
             targets[i].refused =
                 paths::system_refusal(&p).or_else(|| paths::home_refusal(&p, &homes));
         }
@@ -177,6 +195,10 @@ pub struct CacheReport {
     pub refused: Option<String>,
     /// The user a per-user cache (`users`) belongs to.
     pub user: Option<String>,
+    /// How a per-user cache was found: `"go env"` (the user's login `go`), `"manager"` (their
+    /// user manager's environment) or `"unit:NAME"` (a service of theirs sets it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -228,6 +250,7 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
         read_only: false,
         refused: None,
         user: t.user.as_ref().map(|u| u.name.clone()),
+        via: t.user.as_ref().map(|u| u.via.clone()),
     };
     let path = match &t.path {
         Ok(p) if t.refused.is_some() => {

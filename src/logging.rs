@@ -56,6 +56,7 @@
 //! | `reason`                 | `REASON`                 | short machine-friendly reason        |
 //! | `error`                  | `ERROR`                  | error text (`error = %e` or `{e:#}`) |
 //! | `dry_run`                | `DRY_RUN`                | `true` when nothing was changed      |
+//! | `cache_via`              | `CACHE_VIA`              | how a per-user cache was found: `go env`, `manager`, `unit:NAME` |
 //!
 //! The level sets `PRIORITY`: `error!` = 3 (err) for failures (`evict-failed`,
 //! `reload-failed`), `warn!` = 4 (warning) for violations (`violation`,
@@ -147,11 +148,12 @@ pub mod field {
     pub const REASON: &str = "REASON";
     pub const ERROR: &str = "ERROR";
     pub const DRY_RUN: &str = "DRY_RUN";
+    pub const CACHE_VIA: &str = "CACHE_VIA";
 }
 
 /// tracing names of the contract fields; stderr hides them below `-vv` because the message
 /// already says the same in words.
-const CONTRACT_FIELDS: [&str; 9] = [
+const CONTRACT_FIELDS: [&str; 10] = [
     "gocache_warden_action",
     "cache_path",
     "bytes",
@@ -161,6 +163,7 @@ const CONTRACT_FIELDS: [&str; 9] = [
     "reason",
     "error",
     "dry_run",
+    "cache_via",
 ];
 
 /// Picks the dry-run wording: `verb(dry_run, "evicted", "would evict")`.

@@ -72,16 +72,7 @@ fn dbus_scope(scope: Scope) -> systemd::Scope {
     }
 }
 
-/// The directory holding every user's runtime dir (`/run/user/UID/systemd/private`). Only
-/// test builds (the `test-hooks` feature) let `GOCACHE_WARDEN_RUN_USER` point it elsewhere:
-/// in a release build no environment variable decides which sockets root talks to.
-pub fn run_user_dir() -> PathBuf {
-    #[cfg(feature = "test-hooks")]
-    if let Some(dir) = std::env::var_os("GOCACHE_WARDEN_RUN_USER") {
-        return PathBuf::from(dir);
-    }
-    PathBuf::from("/run/user")
-}
+pub use crate::systemd::dbus::run_user_dir;
 
 /// One inspection (and, with `remediate`, the drop-ins of `drop-in` rules).
 pub struct Report {

@@ -11,11 +11,17 @@
 //! allocation without end. Final symlinks are followed, as systemd and `go` follow them:
 //! what makes that safe is [`with_creds`], which runs such reads on a dedicated thread whose
 //! file-system identity (fsuid, fsgid, supplementary groups) is the user's, so root reads
-//! nothing the user could not read. This module changes nothing on disk.
+//! nothing the user could not read. A read there that blocks anyway (in a FUSE file system
+//! whose server never answers) is given up after [`AS_USER_TIMEOUT`]. This module changes
+//! nothing on disk.
 
+use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
+use std::sync::Mutex;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::Duration;
 
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
@@ -109,6 +115,38 @@ impl Creds {
     }
 }
 
+/// How long a read with a user's identity may take. Local files answer in microseconds; a
+/// user can make a read wait for good with a file system they serve themselves (FUSE, through
+/// `fusermount`), which `O_NONBLOCK` does not help against.
+pub const AS_USER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reader threads of one user given up on and still blocked. Such a thread cannot be
+/// cancelled; past this many, that user's reads fail at once until some return, and other
+/// users' reads go on.
+pub const MAX_READERS_PER_USER: usize = 4;
+/// Reader threads of all users given up on and still blocked.
+pub const MAX_READERS: usize = 64;
+/// Reader threads given up on and still blocked, by uid.
+static STUCK: Mutex<BTreeMap<u32, usize>> = Mutex::new(BTreeMap::new());
+
+fn stuck() -> std::sync::MutexGuard<'static, BTreeMap<u32, usize>> {
+    STUCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Where one reader thread is: the caller and the thread agree under its lock on who counts it
+/// as stuck and who uncounts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reader {
+    Running,
+    GivenUp,
+    Done,
+}
+
+/// Reader threads of `uid` given up on and still blocked.
+#[cfg(test)]
+fn readers_of(uid: u32) -> usize {
+    stuck().get(&uid).copied().unwrap_or(0)
+}
+
 /// Runs `f` on a fresh thread whose fsuid, fsgid and supplementary groups are `creds`, so every
 /// file it opens is checked against that user's permissions (Linux drops the file
 /// capabilities `CAP_DAC_OVERRIDE`/`CAP_DAC_READ_SEARCH` of a thread whose fsuid leaves 0).
@@ -116,19 +154,80 @@ impl Creds {
 /// glibc's `setgroups` would broadcast to every thread of the agent. The thread ends with `f`,
 /// so nothing is switched back. If the identity cannot be taken (a seccomp filter, missing
 /// `CAP_SETUID`), `f` does not run: reading as root instead is exactly what must not happen.
-pub fn with_creds<T: Send>(creds: &Creds, f: impl FnOnce() -> T + Send) -> io::Result<T> {
+///
+/// The caller waits at most [`AS_USER_TIMEOUT`]: a thread still blocked then (in a file system
+/// that does not answer) is left behind with an error of kind `TimedOut`; once
+/// [`MAX_READERS_PER_USER`] threads of a user (or [`MAX_READERS`] in all) are left behind, reads
+/// as that user fail at once until some return.
+pub fn with_creds<T: Send + 'static>(
+    creds: &Creds,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> io::Result<T> {
     if nix::unistd::geteuid().as_raw() == creds.uid {
         // Already this user (the per-user agent, or root for root's own units).
         return Ok(f());
     }
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            become_fs(creds)?;
-            Ok(f())
-        })
-        .join()
-        .map_err(|_| io::Error::other("reader thread panicked"))?
-    })
+    {
+        let r = stuck();
+        let mine = r.get(&creds.uid).copied().unwrap_or(0);
+        let total: usize = r.values().sum();
+        if mine >= MAX_READERS_PER_USER || total >= MAX_READERS {
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!(
+                    "{mine} reads as uid {} ({total} in all) are still blocked (a file system \
+                     that does not answer?): not read",
+                    creds.uid
+                ),
+            ));
+        }
+    }
+    let state = std::sync::Arc::new(Mutex::new(Reader::Running));
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    let (c, st) = (creds.clone(), state.clone());
+    std::thread::Builder::new()
+        .name("gcw-as-user".to_owned())
+        .spawn(move || {
+            let r = become_fs(&c).map(|()| f());
+            let mut s = st.lock().unwrap_or_else(|p| p.into_inner());
+            if *s == Reader::GivenUp {
+                let mut stuck = stuck();
+                if let Some(n) = stuck.get_mut(&c.uid) {
+                    *n -= 1;
+                    if *n == 0 {
+                        stuck.remove(&c.uid);
+                    }
+                }
+            }
+            *s = Reader::Done;
+            drop(s);
+            // The caller may have stopped waiting; then the result is dropped here.
+            let _ = tx.send(r);
+        })?;
+    match rx.recv_timeout(AS_USER_TIMEOUT) {
+        Ok(r) => r,
+        Err(RecvTimeoutError::Timeout) => {
+            let mut s = state.lock().unwrap_or_else(|p| p.into_inner());
+            if *s == Reader::Done {
+                // It finished just now: its result is on its way.
+                drop(s);
+                return rx
+                    .recv()
+                    .map_err(|_| io::Error::other("reader thread panicked"))?;
+            }
+            *s = Reader::GivenUp;
+            *stuck().entry(creds.uid).or_default() += 1;
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "reading as uid {} took longer than {AS_USER_TIMEOUT:?} (a file system that \
+                     does not answer?): given up",
+                    creds.uid
+                ),
+            ))
+        }
+        Err(RecvTimeoutError::Disconnected) => Err(io::Error::other("reader thread panicked")),
+    }
 }
 
 fn become_fs(c: &Creds) -> io::Result<()> {
@@ -213,7 +312,8 @@ mod tests {
             gid: 65534,
             groups: vec![65534],
         };
-        let e = with_creds(&nobody, || read_bounded(&secret, 100))
+        let s = secret.clone();
+        let e = with_creds(&nobody, move || read_bounded(&s, 100))
             .unwrap()
             .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
@@ -228,9 +328,103 @@ mod tests {
             groups: vec![65534, 4242],
         };
         assert!(
-            with_creds(&member, || read_bounded(&secret, 100))
+            with_creds(&member, move || read_bounded(&secret, 100))
                 .unwrap()
                 .is_ok()
         );
+    }
+
+    /// A FUSE file system whose server never answers (what a user can mount with
+    /// `fusermount`): any lookup in it waits until the connection ends.
+    struct DeadFuse {
+        dev: Option<std::os::fd::OwnedFd>,
+        mnt: std::path::PathBuf,
+    }
+
+    impl DeadFuse {
+        fn mount(mnt: &Path) -> DeadFuse {
+            std::fs::create_dir(mnt).unwrap();
+            let dev =
+                nix::fcntl::open("/dev/fuse", OFlag::O_RDWR | OFlag::O_CLOEXEC, Mode::empty())
+                    .expect("open /dev/fuse (the test needs FUSE in the kernel)");
+            let opts = format!(
+                "fd={},rootmode=40000,user_id=0,group_id=0,allow_other",
+                dev.as_raw_fd()
+            );
+            nix::mount::mount(
+                Some("gcw-dead"),
+                mnt,
+                Some("fuse.gcw-dead"),
+                nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+                Some(opts.as_str()),
+            )
+            .expect("mount the FUSE file system");
+            DeadFuse {
+                dev: Some(dev),
+                mnt: mnt.to_path_buf(),
+            }
+        }
+    }
+
+    impl Drop for DeadFuse {
+        fn drop(&mut self) {
+            // Closing the device ends the connection: waiting requests fail with ENOTCONN.
+            drop(self.dev.take());
+            let _ = nix::mount::umount2(&self.mnt, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    #[test]
+    fn a_read_blocked_in_a_dead_file_system_is_given_up() {
+        let d = tempfile::tempdir().unwrap();
+        let fuse = DeadFuse::mount(&d.path().join("mnt"));
+        let file = fuse.mnt.join("env");
+        // Ids of their own: the other tests here read as 65534 at the same time.
+        let nobody = Creds {
+            uid: 65532,
+            gid: 65534,
+            groups: vec![65534],
+        };
+        // Each call runs on its own thread so that a regression fails here instead of hanging;
+        // a user gets MAX_READERS_PER_USER of them.
+        let (tx, rx) = std::sync::mpsc::channel();
+        for _ in 0..MAX_READERS_PER_USER {
+            let (tx, file, nobody) = (tx.clone(), file.clone(), nobody.clone());
+            std::thread::spawn(move || {
+                let start = std::time::Instant::now();
+                let r = with_creds(&nobody, move || read_bounded(&file, 100));
+                let _ = tx.send((r.map(|inner| inner.is_ok()), start.elapsed()));
+            });
+        }
+        for _ in 0..MAX_READERS_PER_USER {
+            let (r, took) = rx
+                .recv_timeout(AS_USER_TIMEOUT + Duration::from_secs(20))
+                .expect("with_creds waited on the dead file system without a bound");
+            let e = r.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
+            assert!(e.to_string().contains("uid 65532"), "{e}");
+            assert!(took >= AS_USER_TIMEOUT && took < AS_USER_TIMEOUT + Duration::from_secs(5));
+        }
+        // Its threads are all blocked: its next read fails at once; another user's does not.
+        let f = file.clone();
+        let e = with_creds(&nobody, move || read_bounded(&f, 100)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock, "{e}");
+        let other = Creds {
+            uid: 65531,
+            gid: 65534,
+            groups: vec![65534],
+        };
+        let plain = d.path().join("plain");
+        std::fs::write(&plain, "K=v\n").unwrap();
+        std::fs::set_permissions(d.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let got = with_creds(&other, move || read_bounded(&plain, 100)).unwrap();
+        assert_eq!(got.unwrap(), b"K=v\n");
+        drop(fuse);
+        // The thread left behind returns once the file system is gone, freeing its slot.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while readers_of(65532) > 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(readers_of(65532), 0);
     }
 }

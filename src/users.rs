@@ -10,12 +10,21 @@
 //! their rights, and with a deadline, so a FIFO there cannot hold the sweep.
 //! Inside a home nothing the user controls is followed: the root is opened from the home
 //! directory with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, and must belong to the user.
+//!
+//! A user whose systemd manager or services set `GOCACHE` (`GOMODCACHE` for a module cache)
+//! to another directory builds there too, so each such directory is another cache of that
+//! user ([`CacheUser::via`] says which: `"manager"` or `"unit:NAME"`; the login one is
+//! `"go env"`), with the same limits, opened and judged exactly like the login one. The
+//! values are read over the managers' private sockets by `systemd::usercaches`, once per
+//! user per sweep, all users at once on a thread of its own with one deadline
+//! ([`MANAGER_DEADLINE`]).
 
 use crate::check::Target;
 use crate::goenv::{self, GoEnv};
 use crate::policy::paths::{self, PwEntry};
-use crate::policy::{CachePolicy, Users};
+use crate::policy::{CacheKind, CachePolicy, Users};
 use crate::safefs::Dir;
+use crate::systemd::usercaches::{self, UserSettings};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,7 +38,16 @@ pub struct CacheUser {
     pub name: String,
     pub uid: u32,
     pub home: PathBuf,
+    /// How this directory was found: `"go env"` (as the user's login `go` resolves it),
+    /// `"manager"` (their user manager's environment) or `"unit:NAME"` (a service of theirs).
+    pub via: String,
 }
+
+/// `CacheUser::via` of the cache a login's `go` finds.
+pub const VIA_GO_ENV: &str = "go env";
+
+/// How long the users' managers, asked all at once, may take to answer what a sweep asks.
+pub const MANAGER_DEADLINE: Duration = Duration::from_secs(10);
 
 /// login.defs' `UID_MIN` and `UID_MAX` (read bounded; defaults as shadow-utils').
 pub fn uid_range() -> (u32, u32) {
@@ -78,45 +96,200 @@ pub fn members(sel: &Users) -> Vec<PwEntry> {
     }
 }
 
-/// One target per user of `c` (an `auto` cache with `users`).
-pub fn targets(c: &CachePolicy, sel: &Users, process: &GoEnv) -> Vec<Target> {
+/// What each user's manager says, asked at most once per user per sweep (a policy with a
+/// build and a module cache for every user asks once).
+#[derive(Default)]
+pub struct Managers {
+    by_uid: std::collections::HashMap<u32, UserSettings>,
+}
+
+impl Managers {
+    /// Asks the managers of `users` not asked yet, all at once: a user whose socket stalls
+    /// costs the sweep [`MANAGER_DEADLINE`] once, however many such users there are.
+    fn ask(&mut self, users: &[PwEntry]) {
+        let mut uids: Vec<u32> = users
+            .iter()
+            .map(|u| u.uid)
+            .filter(|uid| !self.by_uid.contains_key(uid))
+            .collect();
+        uids.sort_unstable();
+        uids.dedup();
+        if uids.is_empty() {
+            return;
+        }
+        let mut answers = managers_settings(&uids);
+        for u in users {
+            if self.by_uid.contains_key(&u.uid) {
+                continue;
+            }
+            let s = answers.remove(&u.uid).unwrap_or_default();
+            for p in &s.problems {
+                tracing::warn!(target_uid = u.uid, "user manager of {}: {p}", u.name);
+            }
+            self.by_uid.insert(u.uid, s);
+        }
+    }
+
+    fn of(&self, uid: u32) -> &[usercaches::Setting] {
+        self.by_uid.get(&uid).map_or(&[], |s| s.settings.as_slice())
+    }
+}
+
+/// One target per user of `c` (an `auto` cache with `users`), as their login `go` finds it,
+/// and, second, one per other directory their manager or services set for `c`'s kind.
+/// The second list goes after every other cache of the policy, so that a user's unit naming
+/// someone else's cache is the one refused as an overlap, never the owner's.
+pub fn targets(
+    c: &CachePolicy,
+    sel: &Users,
+    process: &GoEnv,
+    managers: &mut Managers,
+) -> (Vec<Target>, Vec<Target>) {
     let mut v = members(sel);
     v.sort_by(|a, b| a.name.cmp(&b.name));
     v.dedup_by(|a, b| a.name == b.name);
-    v.into_iter()
-        .map(|u| {
-            let user = CacheUser {
-                name: u.name.clone(),
-                uid: u.uid,
-                home: u.home.clone(),
-            };
-            let (path, source) = match resolve_as(&u, process) {
-                Ok(res) => {
-                    let r = match c.kind {
-                        crate::policy::CacheKind::Build => &res.gocache,
-                        crate::policy::CacheKind::Module => &res.gomodcache,
-                    };
-                    let path = match &r.setting {
-                        goenv::Setting::Path { path } => Ok(path.clone()),
-                        goenv::Setting::Off => Err("GOCACHE=off: go has no cache".to_string()),
-                        goenv::Setting::Invalid { value, reason } => {
-                            Err(format!("{value:?}: {reason}"))
-                        }
-                    };
-                    (path, format!("auto for {}: {}", u.name, r.source))
-                }
-                Err(e) => (Err(e), format!("auto for {}", u.name)),
-            };
-            Target {
-                policy: c.clone(),
-                path,
-                source,
-                owner_uid: Some(u.uid),
-                refused: None,
-                user: Some(user),
+    managers.ask(&v);
+    let (mut login, mut extra) = (Vec::new(), Vec::new());
+    for u in v {
+        let user = CacheUser {
+            name: u.name.clone(),
+            uid: u.uid,
+            home: u.home.clone(),
+            via: VIA_GO_ENV.to_string(),
+        };
+        let (path, source) = match resolve_as(&u, process) {
+            Ok(res) => {
+                let r = match c.kind {
+                    CacheKind::Build => &res.gocache,
+                    CacheKind::Module => &res.gomodcache,
+                };
+                let path = match &r.setting {
+                    goenv::Setting::Path { path } => Ok(path.clone()),
+                    goenv::Setting::Off => Err("GOCACHE=off: go has no cache".to_string()),
+                    goenv::Setting::Invalid { value, reason } => {
+                        Err(format!("{value:?}: {reason}"))
+                    }
+                };
+                (path, format!("auto for {}: {}", u.name, r.source))
             }
-        })
-        .collect()
+            Err(e) => (Err(e), format!("auto for {}", u.name)),
+        };
+        let var = match c.kind {
+            CacheKind::Build => "GOCACHE",
+            CacheKind::Module => "GOMODCACHE",
+        };
+        let mut seen: Vec<PathBuf> = path.iter().cloned().collect();
+        for s in managers.of(u.uid).iter().filter(|s| s.var == var) {
+            let p = PathBuf::from(&s.value);
+            // go itself refuses a relative value and `off` (the build fails, no cache is
+            // written): nothing to manage. `[units.*]` rules report such units.
+            if !p.is_absolute()
+                || seen
+                    .iter()
+                    .any(|q| paths::overlap(q, &p) == Some(paths::Overlap::Same))
+            {
+                continue;
+            }
+            seen.push(p.clone());
+            // `..` could name anything: not resolved, refused.
+            let refused = p
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+                .then(|| "a path with \"..\" is never resolved".to_string());
+            let what = match s.source.strip_prefix("unit:") {
+                Some(unit) => format!("{var} of {}'s unit {unit}", u.name),
+                None => format!("{var} in {}'s user manager environment", u.name),
+            };
+            extra.push(Target {
+                policy: c.clone(),
+                path: Ok(p),
+                source: what,
+                owner_uid: Some(u.uid),
+                refused,
+                user: Some(CacheUser {
+                    via: s.source.clone(),
+                    ..user.clone()
+                }),
+            });
+        }
+        login.push(Target {
+            policy: c.clone(),
+            path,
+            source,
+            owner_uid: Some(u.uid),
+            refused: None,
+            user: Some(user),
+        });
+    }
+    (login, extra)
+}
+
+/// [`usercaches::settings`] for each of `uids`, concurrently, on a thread of its own (with
+/// its own runtime: sweeps run on blocking threads of the daemon's runtime or outside any),
+/// all bounded by one [`MANAGER_DEADLINE`] whatever the users' sockets do.
+fn managers_settings(uids: &[u32]) -> std::collections::HashMap<u32, UserSettings> {
+    let run_user = crate::systemd::dbus::run_user_dir();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let asked = uids.to_vec();
+    let spawned = std::thread::Builder::new()
+        .name("user-managers".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("cannot start a runtime: {e}")));
+                    return;
+                }
+            };
+            let all = rt.block_on(futures_util::future::join_all(asked.into_iter().map(
+                |uid| {
+                    let run_user = run_user.clone();
+                    async move {
+                        let r = tokio::time::timeout(
+                            MANAGER_DEADLINE,
+                            usercaches::settings(uid, &run_user),
+                        )
+                        .await;
+                        let s = match r {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => problem(format!("not read: {e:#}")),
+                            Err(_) => problem(format!(
+                                "not read: no answer within {}s",
+                                MANAGER_DEADLINE.as_secs()
+                            )),
+                        };
+                        (uid, s)
+                    }
+                },
+            )));
+            let _ = tx.send(Ok(all.into_iter().collect()));
+        });
+    let failed = |why: String| {
+        uids.iter()
+            .map(|uid| (*uid, problem(why.clone())))
+            .collect()
+    };
+    if let Err(e) = spawned {
+        return failed(format!("not read: cannot start a thread: {e}"));
+    }
+    match rx.recv_timeout(MANAGER_DEADLINE + Duration::from_secs(1)) {
+        Ok(Ok(all)) => all,
+        Ok(Err(e)) => failed(format!("not read: {e}")),
+        Err(_) => failed(format!(
+            "not read: no answer within {}s",
+            MANAGER_DEADLINE.as_secs()
+        )),
+    }
+}
+
+fn problem(msg: String) -> UserSettings {
+    UserSettings {
+        settings: Vec::new(),
+        problems: vec![msg],
+    }
 }
 
 /// `goenv::resolve` for `u` with the user's filesystem credentials, on a thread of its own.
@@ -239,7 +412,12 @@ pub fn render_summary(r: &crate::check::Report) -> String {
         let _ = writeln!(out, "\nper-user cache \"{name}\":");
         let (mut total, mut n) = (0u64, 0);
         for c in r.caches.iter().filter(|c| c.name == name) {
-            let Some(user) = &c.user else { continue };
+            let Some(name) = &c.user else { continue };
+            // A directory the user's manager or a unit of theirs set says how it was found.
+            let user = match c.via.as_deref() {
+                Some(via) if via != VIA_GO_ENV => format!("{name} ({via})"),
+                _ => name.clone(),
+            };
             let size = c.observed.as_ref().map_or(0, |o| o.allocated_bytes);
             let limit = c
                 .limit_bytes
@@ -266,9 +444,22 @@ pub fn render_summary(r: &crate::check::Report) -> String {
             total += size;
             n += 1;
         }
+        let users = r
+            .caches
+            .iter()
+            .filter(|c| c.name == name)
+            .filter_map(|c| c.user.as_deref())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        let people = if users == 1 { "user" } else { "users" };
+        let of_users = if n == users {
+            format!("{users} {people}")
+        } else {
+            format!("{n} caches of {users} {people}")
+        };
         let _ = writeln!(
             out,
-            "  {:<16} {:>10} ({n} users)",
+            "  {:<16} {:>10} ({of_users})",
             "total",
             human_bytes(total)
         );

@@ -787,3 +787,53 @@ fn json_webhook_posts_the_alert_document() {
     assert_eq!(v["actions"][0], "evicted 1000 bytes in 2 entries by age");
     assert_eq!(v["id"], format!("over_limit:{}", dir.path().display()));
 }
+
+/// Stopping a dispatcher (a reload that changes the sinks) hands back what it had not
+/// delivered — an alert waiting between retries and one still queued behind it — with the
+/// sink's name, and the replacement delivers both.
+#[test]
+fn undelivered_alerts_survive_a_dispatcher_replacement() {
+    let _ = logs();
+    let old_srv = server(vec![Reply::Fail500]);
+    let slow_retry = RetryPolicy {
+        initial_backoff: Duration::from_secs(30),
+        ..fast_policy()
+    };
+    let sink = |addr| {
+        WebhookSink::new(
+            "handover",
+            WebhookFormat::Json,
+            secret_url(addr),
+            Duration::from_secs(2),
+            None,
+        )
+    };
+    let d = Dispatcher::start(vec![Box::new(sink(old_srv.addr))], slow_retry, 4, None).unwrap();
+    d.enqueue(test_alert("retrying"));
+    d.enqueue(test_alert("queued"));
+    assert_eq!(old_srv.wait_for(1, Duration::from_secs(10)).len(), 1);
+    let (ended, left) = d.stop_and_take(Duration::from_secs(5));
+    assert!(ended, "the worker waiting in its backoff did not end");
+    let ids: Vec<&str> = left
+        .iter()
+        .map(|(s, a)| {
+            assert_eq!(s, "handover");
+            a.id.as_str()
+        })
+        .collect();
+    assert_eq!(ids, ["over_limit:/srv/retrying", "over_limit:/srv/queued"]);
+
+    let new_srv = server(vec![]);
+    let d = Dispatcher::start(vec![Box::new(sink(new_srv.addr))], fast_policy(), 4, None).unwrap();
+    for (s, a) in left {
+        assert!(d.enqueue_to(&s, a));
+    }
+    let seen = new_srv.wait_for(2, Duration::from_secs(10));
+    assert!(d.shutdown(Duration::from_secs(5)));
+    let paths: Vec<bool> = seen
+        .iter()
+        .map(|s| s.body.contains("/srv/retrying") || s.body.contains("/srv/queued"))
+        .collect();
+    assert_eq!(paths, [true, true], "{seen:?}");
+    assert_eq!(old_srv.seen().len(), 1, "the old server was tried again");
+}

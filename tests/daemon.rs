@@ -31,56 +31,100 @@ fn chown_r(p: &Path, uid: u32, gid: u32) {
     assert!(st.success());
 }
 
-#[test]
-fn user_unit_ready_reload_bad_reload_and_stop_mid_sweep() {
-    support::require_root();
-    let user = TestUser::create().expect("test user");
-    let home = user.home.clone();
-    let cache = home.join("cache");
-    support::mkcache(&cache, 300, 9);
-    let fp1 = home.join("fp1");
-    let fp3 = home.join("fp3");
-    for d in [&fp1, &fp3] {
-        std::fs::create_dir_all(d).expect("mkdir");
-    }
-    let good = format!(
+/// The shipped user unit in a fresh user's manager, running the binary under test on a
+/// policy of one cache (`~/cache`, `entries` synthetic entries, 1 GiB, hourly sweeps) plus
+/// `policy_extra` (`{home}` in it is the user's home), with the lines `service_extra(home)` returns in its drop-in (it may make
+/// directories in the home: they are given to the user) and stderr in `~/daemon.log`.
+struct Agent {
+    mgr: UserManager,
+    home: PathBuf,
+    policy: PathBuf,
+    log: PathBuf,
+}
+
+/// The policy every agent here starts from: the embedded default's caches off, one cache.
+fn one_cache_policy(cache: &Path) -> String {
+    format!(
         "[cache.build]\nenabled = false\n[cache.modules]\nenabled = false\n[cache.t]\npath = \"{}\"\nmax_size = \"1GiB\"\n[agent]\ninterval = \"1h\"\n",
         cache.display()
-    );
-    let policy = home.join("policy.toml");
-    std::fs::write(&policy, &good).expect("policy");
-    chown_r(&home, user.uid, user.gid);
-    let unit = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("units/user/gocache-warden.service"),
     )
-    .expect("unit");
-    user.install_unit("gocache-warden.service", &unit)
-        .expect("install unit");
-    let log = home.join("daemon.log");
-    // The shipped unit, with ExecStart pointed at the binary under test and failpoints: the
-    // first sweep pauses before applying (so READY can be seen not to wait for it: a cold
-    // first sweep can outlast any start timeout), and so does the fourth (so a stop can
-    // arrive in the middle of a sweep).
-    support::require_test_hooks();
-    let dropin = format!(
-        "[Service]\nExecStart=\nExecStart={} --scope user --policy {} run\nEnvironment=GOCACHE_WARDEN_FAILPOINT=before-apply:.:{},before-apply#4:.:{}\nStandardError=append:{}\n",
-        support::bin().display(),
-        policy.display(),
-        fp1.display(),
-        fp3.display(),
-        log.display()
-    );
-    user.write_file(
-        ".config/systemd/user/gocache-warden.service.d/50-test.conf",
-        dropin,
-    )
-    .expect("drop-in");
-    let mgr = UserManager::start(user).expect("user manager");
-    let state = |m: &UserManager| {
-        m.show("gocache-warden.service", "ActiveState")
+}
+
+impl Agent {
+    fn install(
+        entries: usize,
+        seed: u64,
+        policy_extra: &str,
+        service_extra: impl FnOnce(&Path) -> String,
+    ) -> Agent {
+        support::require_root();
+        let user = TestUser::create().expect("test user");
+        let home = user.home.clone();
+        let cache = home.join("cache");
+        support::mkcache(&cache, entries, seed);
+        let policy = home.join("policy.toml");
+        let extra = policy_extra.replace("{home}", &home.display().to_string());
+        std::fs::write(&policy, one_cache_policy(&cache) + &extra).expect("policy");
+        let service_extra = service_extra(&home);
+        chown_r(&home, user.uid, user.gid);
+        let unit = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("units/user/gocache-warden.service"),
+        )
+        .expect("unit");
+        user.install_unit("gocache-warden.service", &unit)
+            .expect("install unit");
+        let log = home.join("daemon.log");
+        let dropin = format!(
+            "[Service]\nExecStart=\nExecStart={} --scope user --policy {} run\n{service_extra}StandardError=append:{}\n",
+            support::bin().display(),
+            policy.display(),
+            log.display()
+        );
+        user.write_file(
+            ".config/systemd/user/gocache-warden.service.d/50-test.conf",
+            dropin,
+        )
+        .expect("drop-in");
+        let mgr = UserManager::start(user).expect("user manager");
+        Agent {
+            mgr,
+            home,
+            policy,
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn state(&self) -> String {
+        self.mgr
+            .show("gocache-warden.service", "ActiveState")
             .unwrap_or_default()
-    };
-    let logtext = || std::fs::read_to_string(&log).unwrap_or_default();
+    }
+}
+
+#[test]
+fn user_unit_ready_reload_bad_reload_and_stop_mid_sweep() {
+    support::require_test_hooks();
+    // Failpoints: the first sweep pauses before applying (so READY can be seen not to wait
+    // for it: a cold first sweep can outlast any start timeout), and so does the fourth (so a
+    // stop can arrive in the middle of a sweep).
+    let agent = Agent::install(300, 9, "", |home| {
+        for d in ["fp1", "fp3"] {
+            std::fs::create_dir_all(home.join(d)).expect("mkdir");
+        }
+        format!(
+            "Environment=GOCACHE_WARDEN_FAILPOINT=before-apply:.:{},before-apply#4:.:{}\n",
+            home.join("fp1").display(),
+            home.join("fp3").display()
+        )
+    });
+    let (fp1, fp3) = (agent.home.join("fp1"), agent.home.join("fp3"));
+    let (mgr, policy) = (&agent.mgr, agent.policy.clone());
+    let good = std::fs::read_to_string(&policy).expect("policy");
+    let logtext = || agent.log();
 
     mgr.systemctl(&["start", "--no-block", "gocache-warden.service"])
         .expect("start");
@@ -92,7 +136,7 @@ fn user_unit_ready_reload_bad_reload_and_stop_mid_sweep() {
     wait_for(
         "active (READY=1) while the first sweep is still running",
         Duration::from_secs(30),
-        || state(&mgr) == "active",
+        || agent.state() == "active",
     );
     let status = mgr
         .show("gocache-warden.service", "StatusText")
@@ -120,7 +164,7 @@ fn user_unit_ready_reload_bad_reload_and_stop_mid_sweep() {
     wait_for(
         "active again after the reload",
         Duration::from_secs(15),
-        || state(&mgr) == "active",
+        || agent.state() == "active",
     );
     wait_for("the reload to be logged", Duration::from_secs(10), || {
         logtext().contains("reloaded the policy")
@@ -142,7 +186,7 @@ fn user_unit_ready_reload_bad_reload_and_stop_mid_sweep() {
     wait_for(
         "active again after the reload",
         Duration::from_secs(15),
-        || state(&mgr) == "active",
+        || agent.state() == "active",
     );
 
     // A bad reload: logged, the running policy kept, the service untouched.
@@ -164,7 +208,7 @@ fn user_unit_ready_reload_bad_reload_and_stop_mid_sweep() {
     wait_for(
         "active again after the reload",
         Duration::from_secs(15),
-        || state(&mgr) == "active",
+        || agent.state() == "active",
     );
     assert_eq!(
         mgr.show("gocache-warden.service", "MainPID").expect("pid"),
@@ -187,7 +231,7 @@ fn user_unit_ready_reload_bad_reload_and_stop_mid_sweep() {
         took < Duration::from_secs(5),
         "stop took {took:?} (TimeoutStopSec=10s)"
     );
-    assert_eq!(state(&mgr), "inactive", "clean stop, not failed");
+    assert_eq!(agent.state(), "inactive", "clean stop, not failed");
     assert!(logtext().contains("stopped"), "{}", logtext());
 }
 
@@ -328,44 +372,15 @@ fn growth_from_a_real_go_build_triggers_eviction_before_the_timer() {
 /// systemd kills and restarts it. Fed from the loop alone, it would stay "healthy" for good.
 #[test]
 fn a_sweep_that_stops_moving_starves_the_watchdog_and_the_unit_restarts() {
-    support::require_root();
     support::require_test_hooks();
-    let user = TestUser::create().expect("test user");
-    let home = user.home.clone();
-    let cache = home.join("cache");
-    support::mkcache(&cache, 300, 11);
-    let fp = home.join("fp");
-    std::fs::create_dir_all(&fp).expect("mkdir");
-    let policy = home.join("policy.toml");
-    std::fs::write(
-        &policy,
+    let agent = Agent::install(300, 11, "", |home| {
+        std::fs::create_dir_all(home.join("fp")).expect("mkdir");
         format!(
-            "[cache.build]\nenabled = false\n[cache.modules]\nenabled = false\n[cache.t]\npath = \"{}\"\nmax_size = \"1GiB\"\n[agent]\ninterval = \"1h\"\n",
-            cache.display()
-        ),
-    )
-    .expect("policy");
-    chown_r(&home, user.uid, user.gid);
-    let unit = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("units/user/gocache-warden.service"),
-    )
-    .expect("unit");
-    user.install_unit("gocache-warden.service", &unit)
-        .expect("install unit");
-    let log = home.join("daemon.log");
-    let dropin = format!(
-        "[Service]\nExecStart=\nExecStart={} --scope user --policy {} run\nWatchdogSec=3s\nRestartSec=1s\nEnvironment=GOCACHE_WARDEN_FAILPOINT=walk-open:*:{}\nStandardError=append:{}\n",
-        support::bin().display(),
-        policy.display(),
-        fp.display(),
-        log.display()
-    );
-    user.write_file(
-        ".config/systemd/user/gocache-warden.service.d/50-test.conf",
-        dropin,
-    )
-    .expect("drop-in");
-    let mgr = UserManager::start(user).expect("user manager");
+            "WatchdogSec=3s\nRestartSec=1s\nEnvironment=GOCACHE_WARDEN_FAILPOINT=walk-open:*:{}\n",
+            home.join("fp").display()
+        )
+    });
+    let (mgr, fp) = (&agent.mgr, agent.home.join("fp"));
     mgr.systemctl(&["start", "--no-block", "gocache-warden.service"])
         .expect("start");
     wait_for("the sweep to hang", Duration::from_secs(30), || {
@@ -381,10 +396,10 @@ fn a_sweep_that_stops_moving_starves_the_watchdog_and_the_unit_restarts() {
     // Starved after 3 s without progress, killed at most 3 s later, restarted after 1 s:
     // well inside the failpoint's 60 s.
     wait_for("a restart by the watchdog", Duration::from_secs(30), || {
-        restarts(&mgr) >= 1
+        restarts(mgr) >= 1
     });
     let took = hung_at.elapsed();
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let text = agent.log();
     assert!(
         text.contains("the sweep has made no progress for"),
         "the agent did not say why it stopped feeding the watchdog:\n{text}"
@@ -402,42 +417,13 @@ fn a_sweep_that_stops_moving_starves_the_watchdog_and_the_unit_restarts() {
 /// the unit lacking GOCACHE is counted in the textfile within seconds, and no sweep runs.
 #[test]
 fn a_new_unit_is_inspected_without_a_sweep() {
-    support::require_root();
-    let user = TestUser::create().expect("test user");
-    let home = user.home.clone();
-    let cache = home.join("cache");
-    support::mkcache(&cache, 200, 12);
-    let prom = home.join("metrics.prom");
-    let policy = home.join("policy.toml");
-    std::fs::write(
-        &policy,
-        format!(
-            "[cache.build]\nenabled = false\n[cache.modules]\nenabled = false\n[cache.t]\npath = \"{}\"\nmax_size = \"1GiB\"\n[agent]\ninterval = \"1h\"\n[metrics]\ntextfile = \"{}\"\n[units.go]\nmatch = [\"gwn-*.service\"]\nmanagers = \"user\"\n",
-            cache.display(),
-            prom.display()
-        ),
-    )
-    .expect("policy");
-    chown_r(&home, user.uid, user.gid);
-    let unit = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("units/user/gocache-warden.service"),
-    )
-    .expect("unit");
-    user.install_unit("gocache-warden.service", &unit)
-        .expect("install unit");
-    let log = home.join("daemon.log");
-    let dropin = format!(
-        "[Service]\nExecStart=\nExecStart={} --scope user --policy {} run\nStandardError=append:{}\n",
-        support::bin().display(),
-        policy.display(),
-        log.display()
+    let agent = Agent::install(
+        200,
+        12,
+        "[metrics]\ntextfile = \"{home}/metrics.prom\"\n[units.go]\nmatch = [\"gwn-*.service\"]\nmanagers = \"user\"\n",
+        |_| String::new(),
     );
-    user.write_file(
-        ".config/systemd/user/gocache-warden.service.d/50-test.conf",
-        dropin,
-    )
-    .expect("drop-in");
-    let mgr = UserManager::start(user).expect("user manager");
+    let (mgr, prom) = (&agent.mgr, agent.home.join("metrics.prom"));
     let metric = |name: &str| -> Option<f64> {
         let text = std::fs::read_to_string(&prom).ok()?;
         text.lines()
@@ -459,12 +445,7 @@ fn a_new_unit_is_inspected_without_a_sweep() {
         || sweeps() >= 1.0 && metric("gocache_warden_units_missing_gocache") == Some(0.0),
     );
     let before = sweeps();
-    let log_sweeps = || {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .matches("1 cache(s)")
-            .count()
-    };
+    let log_sweeps = || agent.log().matches("1 cache(s)").count();
     let logged_before = log_sweeps();
 
     let oneshot = "[Service]\nType=oneshot\nExecStart=/bin/true\n";
@@ -477,7 +458,7 @@ fn a_new_unit_is_inspected_without_a_sweep() {
         Duration::from_secs(30),
         || metric("gocache_warden_units_missing_gocache") == Some(1.0),
     );
-    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let text = agent.log();
     assert_eq!(sweeps(), before, "a units event ran a sweep:\n{text}");
     assert_eq!(
         log_sweeps(),
@@ -487,4 +468,50 @@ fn a_new_unit_is_inspected_without_a_sweep() {
     assert!(text.contains("gwn-build.service"), "{text}");
     mgr.systemctl(&["stop", "gocache-warden.service"])
         .expect("stop");
+}
+
+/// A cache root the agent creates (`create = true`) is inspected as missing by the sweep that
+/// creates it; the agent sweeps again at once, so its watches are set and entries that
+/// arrive later are evicted within seconds, not at the next hourly timer.
+#[test]
+fn a_cache_the_agent_creates_is_watched_at_once() {
+    support::require_root();
+    let d = support::tempdir();
+    let fresh = d.path().join("fresh");
+    let policy = support::policy(
+        d.path(),
+        "p.toml",
+        &format!(
+            "[cache.fresh]\npath = \"{}\"\ncreate = true\nmax_size = \"2MiB\"\nmin_age = \"1m\"\n[agent]\ninterval = \"1h\"\n",
+            fresh.display()
+        ),
+    );
+    let log = d.path().join("agent.log");
+    let _agent = support::spawn_agent(&policy, &log);
+    let logtext = || std::fs::read_to_string(&log).unwrap_or_default();
+    // The creating sweep, then the one that sets the watches.
+    wait_for("two sweeps", Duration::from_secs(60), || {
+        fresh.is_dir() && logtext().matches("in use; last sweep").count() >= 2
+    });
+    let src = support::tempdir();
+    support::mkcache(src.path(), 400, 14);
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", src.path().display()))
+        .arg(&fresh)
+        .status()
+        .expect("cp");
+    assert!(st.success());
+    let copied = support::du_bytes(&fresh);
+    // 257 directories alone take about 1 MiB: the limit leaves room for entries.
+    assert!(copied > 4 << 20, "copied only {copied} bytes");
+    let end = Instant::now() + Duration::from_secs(60);
+    while support::du_bytes(&fresh) > 2 << 20 {
+        assert!(
+            Instant::now() < end,
+            "not evicted to the limit within 60 s (the timer is 1 h away):\n{}",
+            logtext()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

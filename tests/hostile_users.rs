@@ -199,6 +199,46 @@ fn a_root_only_environment_file_is_read_as_the_units_user() {
     assert_ne!(u["gocache"][0], "/srv/SECRET_VALUE_1", "{u:#}");
 }
 
+#[test]
+fn a_file_system_that_never_answers_does_not_freeze_the_agent() {
+    let user = TestUser::create().expect("user");
+    user.install_unit("w-fuse.service", &oneshot("EnvironmentFile=%h/fuse/env"))
+        .expect("unit");
+    user.install_unit(
+        "w-plain.service",
+        &oneshot("Environment=GOCACHE=/srv/plain"),
+    )
+    .expect("unit");
+    let mgr = UserManager::start(user).expect("manager");
+    let uid = mgr.uid();
+    // Declared after the manager, so it is gone before the user's home is removed.
+    let _fuse = support::DeadFuse::mount(&mgr.user.home.join("fuse"));
+    let d = tempdir();
+
+    let start = Instant::now();
+    let (out, v) = units_json(d.path());
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(start.elapsed() < Duration::from_secs(30), "{text}");
+    let errors: Vec<String> = v["unit_errors"]
+        .as_array()
+        .expect("unit_errors")
+        .iter()
+        .filter(|e| e["unit"] == "w-fuse.service" && e["manager"]["uid"] == uid)
+        .map(|e| e["msg"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert!(
+        errors.iter().any(|m| m.contains("took longer than 10s")),
+        "the blocked unit is an error saying so: {errors:?}\n{text}"
+    );
+    let plain = v["units"]
+        .as_array()
+        .expect("units")
+        .iter()
+        .find(|u| u["unit"] == "w-plain.service" && u["manager"]["uid"] == uid)
+        .unwrap_or_else(|| panic!("the other unit is still inspected: {text}"));
+    assert_eq!(plain["gocache"][0], "/srv/plain", "{plain:#}");
+}
+
 /// A shared cache `ROOT` (root:GROUP, 2770, no ACL) whose group has `member`.
 struct SharedCache {
     _dir: tempfile::TempDir,

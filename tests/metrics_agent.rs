@@ -5,32 +5,9 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-fn promtool_check(text: &str) {
-    let mut c = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (apt-get install prometheus)");
-    c.stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write");
-    let o = c.wait_with_output().expect("promtool");
-    assert!(
-        o.status.success(),
-        "promtool check metrics:\n{}{}\n{text}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -80,7 +57,7 @@ fn agent_metrics_pass_promtool_and_the_textfile_is_always_whole() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let text = std::fs::read_to_string(&prom).expect("textfile");
-    promtool_check(&text);
+    support::promtool_check(&text);
     let cache_label = format!("cache=\"{}\"", cache.display());
     let allocated = text
         .lines()
@@ -108,7 +85,7 @@ fn agent_metrics_pass_promtool_and_the_textfile_is_always_whole() {
         assert!(text.contains(name), "{name} missing:\n{text}");
     }
     let body = scrape(port);
-    promtool_check(&body);
+    support::promtool_check(&body);
     assert!(body.contains(&cache_label));
 
     // Rewrites under a reader: every read must be a whole exposition.

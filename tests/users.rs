@@ -9,7 +9,9 @@ mod support;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use support::{ensure_group, ensure_user, json, require_root, run, stderr, stdout, tempdir};
+use support::{
+    check_json, ensure_group, ensure_user, json, require_root, run, stderr, stdout, tempdir,
+};
 
 const GOROOT: &str = "/opt/gocache-warden-test-go";
 
@@ -307,15 +309,7 @@ fn group_selection_and_a_symlink_in_a_home_is_never_followed() {
         "all.toml",
         "[cache.pu]\npath = \"auto\"\nusers = \"all\"\n",
     );
-    let r = json(&run(
-        [
-            "--policy".as_ref(),
-            all.as_os_str(),
-            "check".as_ref(),
-            "--json".as_ref(),
-        ],
-        &[],
-    ));
+    let r = check_json(&all);
     let users: Vec<&str> = r["caches"]
         .as_array()
         .expect("caches")
@@ -380,15 +374,7 @@ fn the_default_policy_covers_every_human_users_caches() {
     let d = tempdir();
     let empty = d.path().join("policy.d");
     std::fs::create_dir(&empty).expect("mkdir");
-    let r = json(&run(
-        [
-            "--policy".as_ref(),
-            empty.as_os_str(),
-            "check".as_ref(),
-            "--json".as_ref(),
-        ],
-        &[],
-    ));
+    let r = check_json(&empty);
     let caches = r["caches"].as_array().expect("caches");
     let mine: Vec<_> = caches.iter().filter(|c| c["user"] == u.name).collect();
     assert_eq!(mine.len(), 2, "build and module cache of {}: {r}", u.name);
@@ -469,15 +455,7 @@ fn a_hostile_go_env_file_never_blocks_or_exhausts_the_agent() {
         ),
     );
     let start = std::time::Instant::now();
-    let r = json(&run(
-        [
-            "--policy".as_ref(),
-            pol.as_os_str(),
-            "check".as_ref(),
-            "--json".as_ref(),
-        ],
-        &[],
-    ));
+    let r = check_json(&pol);
     assert!(start.elapsed().as_secs() < 20, "took {:?}", start.elapsed());
     let by = |n: &str| {
         r["caches"]

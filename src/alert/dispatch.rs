@@ -119,6 +119,24 @@ fn random_u64() -> u64 {
     h.finish()
 }
 
+/// Registers `gocache_warden_alert_notifications_total{sink,outcome}` in `registry`. Once per
+/// registry: dispatchers that replace each other on reload share it through
+/// [`Dispatcher::start_counted`].
+pub fn register_counter(registry: &Registry) -> Result<IntCounterVec> {
+    let c = IntCounterVec::new(
+        Opts::new(
+            NOTIFICATIONS_METRIC,
+            "Alert notifications by sink and outcome (delivered, failed, dropped)",
+        ),
+        &["sink", "outcome"],
+    )
+    .context("invalid alert notification counter")?;
+    registry
+        .register(Box::new(c.clone()))
+        .with_context(|| format!("cannot register metric \"{NOTIFICATIONS_METRIC}\""))?;
+    Ok(c)
+}
+
 /// Shutdown signal that also wakes workers sleeping in a backoff.
 #[derive(Default)]
 struct Stop {
@@ -156,6 +174,8 @@ struct Queue {
 pub struct Dispatcher {
     queues: Vec<Queue>,
     stop: Arc<Stop>,
+    /// Alerts not delivered because of the stop: still queued, or between retries.
+    left: Arc<Mutex<Vec<(String, Alert)>>>,
     workers: Vec<JoinHandle<()>>,
     done: Receiver<()>,
     counter: Option<IntCounterVec>,
@@ -172,24 +192,20 @@ impl Dispatcher {
         capacity: usize,
         registry: Option<&Registry>,
     ) -> Result<Dispatcher> {
-        let counter = match registry {
-            Some(r) => {
-                let c = IntCounterVec::new(
-                    Opts::new(
-                        NOTIFICATIONS_METRIC,
-                        "Alert notifications by sink and outcome (delivered, failed, dropped)",
-                    ),
-                    &["sink", "outcome"],
-                )
-                .context("invalid alert notification counter")?;
-                r.register(Box::new(c.clone())).with_context(|| {
-                    format!("cannot register metric \"{NOTIFICATIONS_METRIC}\"")
-                })?;
-                Some(c)
-            }
-            None => None,
-        };
+        let counter = registry.map(register_counter).transpose()?;
+        Dispatcher::start_counted(sinks, policy, capacity, counter)
+    }
+
+    /// As [`start`](Self::start), counting in a notification counter already registered
+    /// (see [`register_counter`]).
+    pub fn start_counted(
+        sinks: Vec<Box<dyn Sink>>,
+        policy: RetryPolicy,
+        capacity: usize,
+        counter: Option<IntCounterVec>,
+    ) -> Result<Dispatcher> {
         let stop = Arc::new(Stop::default());
+        let left = Arc::new(Mutex::new(Vec::new()));
         let (done_tx, done) = mpsc::channel();
         let log = tracing::dispatcher::get_default(|d| d.clone());
         let mut queues = Vec::new();
@@ -202,18 +218,30 @@ impl Dispatcher {
                 }
             }
             let (tx, rx) = mpsc::sync_channel::<Arc<Alert>>(capacity.max(1));
-            let (stop, counter, done_tx, log) =
-                (stop.clone(), counter.clone(), done_tx.clone(), log.clone());
+            let (stop, counter, done_tx, log, left) = (
+                stop.clone(),
+                counter.clone(),
+                done_tx.clone(),
+                log.clone(),
+                left.clone(),
+            );
             let handle = std::thread::Builder::new()
                 .name(format!("alert-{name}"))
                 .spawn(move || {
                     tracing::dispatcher::with_default(&log, || {
                         while let Ok(alert) = rx.recv() {
-                            let outcome = if stop.is_stopped() {
+                            let mut outcome = if stop.is_stopped() {
                                 "dropped"
                             } else {
                                 deliver(sink.as_mut(), &alert, &policy, &stop)
                             };
+                            if outcome == "dropped" || outcome == INTERRUPTED {
+                                // Undelivered because of the stop: the owner may hand it on.
+                                outcome = "dropped";
+                                if let Ok(mut l) = left.lock() {
+                                    l.push((sink.name().to_string(), (*alert).clone()));
+                                }
+                            }
                             if let Some(c) = &counter {
                                 c.with_label_values(&[sink.name(), outcome]).inc();
                             }
@@ -228,6 +256,7 @@ impl Dispatcher {
         Ok(Dispatcher {
             queues,
             stop,
+            left,
             workers,
             done,
             counter,
@@ -238,30 +267,57 @@ impl Dispatcher {
     /// accepted it. A sink whose queue is full drops it (logged and counted).
     pub fn enqueue(&self, alert: Alert) -> usize {
         let alert = Arc::new(alert);
-        let mut accepted = 0;
-        for q in &self.queues {
-            match q.tx.try_send(alert.clone()) {
-                Ok(()) => accepted += 1,
-                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                    tracing::warn!(sink = %q.sink, alert = %alert.id, "alert queue full, dropping alert");
-                    if let Some(c) = &self.counter {
-                        c.with_label_values(&[q.sink.as_str(), "dropped"]).inc();
-                    }
+        self.queues
+            .iter()
+            .filter(|q| self.offer(q, alert.clone()))
+            .count()
+    }
+
+    /// Queues `alert` for the sink named `sink` only; whether its queue took it (a full
+    /// queue drops it, logged and counted: the caller offers it again later).
+    pub fn enqueue_to(&self, sink: &str, alert: Alert) -> bool {
+        let alert = Arc::new(alert);
+        self.queues
+            .iter()
+            .filter(|q| q.sink == sink)
+            .any(|q| self.offer(q, alert.clone()))
+    }
+
+    /// The sinks' names, in the order they were given.
+    pub fn sink_names(&self) -> Vec<String> {
+        self.queues.iter().map(|q| q.sink.clone()).collect()
+    }
+
+    fn offer(&self, q: &Queue, alert: Arc<Alert>) -> bool {
+        match q.tx.try_send(alert.clone()) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                tracing::warn!(sink = %q.sink, alert = %alert.id, "alert queue full, dropping alert");
+                if let Some(c) = &self.counter {
+                    c.with_label_values(&[q.sink.as_str(), "dropped"]).inc();
                 }
+                false
             }
         }
-        accepted
     }
 
     /// Stops the workers: attempts in flight finish (bounded by the sinks' timeouts),
     /// pending retries and queued alerts are abandoned. Waits at most `grace`; returns
     /// whether every worker ended in time (stragglers are detached).
     pub fn shutdown(self, grace: Duration) -> bool {
+        self.stop_and_take(grace).0
+    }
+
+    /// As [`shutdown`](Self::shutdown), also returning the alerts that were not delivered
+    /// because of it (queued, or waiting between retries), each with its sink's name, so
+    /// that a reload can hand them to the new sinks instead of losing them.
+    pub fn stop_and_take(self, grace: Duration) -> (bool, Vec<(String, Alert)>) {
         let Dispatcher {
             queues,
             stop,
             workers,
             done,
+            left,
             ..
         } = self;
         stop.stop();
@@ -275,16 +331,22 @@ impl Dispatcher {
                 Err(_) => break,
             }
         }
-        if ended == workers.len() {
+        let all = ended == workers.len();
+        if all {
             for w in workers {
                 let _ = w.join();
             }
-            true
-        } else {
-            false
         }
+        let left = left
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default();
+        (all, left)
     }
 }
+
+/// What [`deliver`] returns when a stop came between two attempts (never a metric label).
+const INTERRUPTED: &str = "interrupted";
 
 /// Delivers one alert to one sink with retries; returns the outcome label.
 fn deliver(sink: &mut dyn Sink, alert: &Alert, policy: &RetryPolicy, stop: &Stop) -> &'static str {
@@ -317,7 +379,7 @@ fn deliver(sink: &mut dyn Sink, alert: &Alert, policy: &RetryPolicy, stop: &Stop
         );
         if stop.wait(delay) {
             tracing::warn!(sink = sink.name(), alert = %alert.id, "shutting down, alert not delivered");
-            return "failed";
+            return INTERRUPTED;
         }
     }
     "failed"

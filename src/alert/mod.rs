@@ -17,7 +17,7 @@ mod root;
 mod tracker;
 mod webhook;
 
-pub use dispatch::{DeliveryError, Dispatcher, RetryPolicy, Sink};
+pub use dispatch::{DeliveryError, Dispatcher, RetryPolicy, Sink, register_counter};
 pub use exec::ExecSink;
 pub use root::{RootDescription, describe_root, format_ls_line};
 pub use tracker::AlertTracker;

@@ -11,6 +11,7 @@ fn snapshot(size: u64, limit: Option<u64>) -> CacheSnapshot {
     CacheSnapshot {
         path: PathBuf::from("/srv/gocache"),
         user: None,
+        via: None,
         kind: CacheKind::Build,
         allocated_bytes: size,
         apparent_bytes: size,
@@ -220,4 +221,53 @@ fn near_to_over_is_not_a_recovery_and_vanished_caches_resolve() {
     assert_eq!(gone.len(), 1);
     assert_eq!(gone[0].status, AlertStatus::Resolved);
     assert!(gone[0].summary.starts_with("no longer observed"));
+}
+
+/// A message its sink's queue could not take (full) is offered again at the next
+/// evaluation, firing and resolved alike; once taken, it is not sent twice.
+#[test]
+fn a_message_not_taken_is_offered_again_and_resolved_is_never_lost() {
+    let th = Thresholds::default();
+    let mut tr = AlertTracker::new(Duration::from_secs(3600));
+    let over = || evaluate(&obs(snapshot(11 * GIB, Some(10 * GIB))), &th);
+    let ok = || evaluate(&obs(snapshot(5 * GIB, Some(10 * GIB))), &th);
+    let offered = |tr: &mut AlertTracker, checks: Vec<Alert>, at: u64, take: bool| {
+        let mut seen = Vec::new();
+        tr.update_with(checks, t(at), |a| {
+            seen.push((a.id.clone(), a.status));
+            take
+        });
+        seen
+    };
+    let fire = ("over_limit:/srv/gocache".to_string(), AlertStatus::Firing);
+    let resolve = ("over_limit:/srv/gocache".to_string(), AlertStatus::Resolved);
+    assert_eq!(
+        offered(&mut tr, over(), 0, false),
+        std::slice::from_ref(&fire)
+    );
+    assert!(tr.active_ids().is_empty(), "not taken, not recorded");
+    assert_eq!(
+        offered(&mut tr, over(), 10, true),
+        std::slice::from_ref(&fire)
+    );
+    assert!(offered(&mut tr, over(), 20, true).is_empty(), "sent twice");
+    // Cleared while the queue is full: the resolved message waits for the next evaluation.
+    assert_eq!(
+        offered(&mut tr, ok(), 30, false),
+        std::slice::from_ref(&resolve)
+    );
+    assert_eq!(tr.active_ids(), ["over_limit:/srv/gocache"]);
+    assert_eq!(offered(&mut tr, ok(), 40, true), [resolve]);
+    assert!(offered(&mut tr, ok(), 50, true).is_empty());
+    // A re-notification not taken is due again at the next evaluation.
+    assert_eq!(
+        offered(&mut tr, over(), 100, true),
+        std::slice::from_ref(&fire)
+    );
+    assert_eq!(
+        offered(&mut tr, over(), 3800, false),
+        std::slice::from_ref(&fire)
+    );
+    assert_eq!(offered(&mut tr, over(), 3810, true), [fire]);
+    assert!(offered(&mut tr, over(), 3820, true).is_empty());
 }

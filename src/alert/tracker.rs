@@ -3,8 +3,11 @@
 //! gets a single "resolved" message.
 //!
 //! The tracker holds no clock and does no I/O: callers pass `now`, so tests step time
-//! without sleeping. It keeps state in memory only; after a restart, problems still
-//! present are announced again, which is the safe direction.
+//! without sleeping. A message counts as sent only once the caller's `send` accepted it
+//! (its sink's queue had room): one that was not is offered again at the next evaluation,
+//! so a "resolved" is never lost to a full queue. The daemon keeps one tracker per sink,
+//! each with that sink's own re-notify interval. State is in memory only; after a
+//! restart, problems still present are announced again, which is the safe direction.
 
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
@@ -40,6 +43,11 @@ impl AlertTracker {
         }
     }
 
+    /// A reloaded policy's interval for this sink.
+    pub fn set_renotify(&mut self, renotify: Duration) {
+        self.renotify = renotify;
+    }
+
     /// Ids of the alerts currently firing, sorted.
     pub fn active_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.active.keys().cloned().collect();
@@ -48,10 +56,26 @@ impl AlertTracker {
     }
 
     /// Takes the full result of [`super::evaluate`] and returns the messages to send
-    /// now. An active alert missing from `checks` (its cache left the policy, its
-    /// units are gone) is resolved with its last known content.
+    /// now, each taken as sent. An active alert missing from `checks` (its cache left the
+    /// policy, its units are gone) is resolved with its last known content.
     pub fn update(&mut self, checks: Vec<Alert>, now: SystemTime) -> Vec<Alert> {
         let mut out = Vec::new();
+        self.update_with(checks, now, |a| {
+            out.push(a);
+            true
+        });
+        out
+    }
+
+    /// As [`update`](Self::update), handing each message to `send`, which says whether it
+    /// was taken; a message not taken leaves the state as if it had not been due, so the
+    /// next evaluation offers it again.
+    pub fn update_with(
+        &mut self,
+        checks: Vec<Alert>,
+        now: SystemTime,
+        mut send: impl FnMut(Alert) -> bool,
+    ) {
         let over_limit_firing: Vec<Option<std::path::PathBuf>> = checks
             .iter()
             .filter(|a| a.kind == AlertKind::OverLimit && a.status == AlertStatus::Firing)
@@ -64,40 +88,43 @@ impl AlertTracker {
                 (AlertStatus::Firing, None) => {
                     alert.since = Some(rfc3339(now));
                     alert.sent_at = Some(rfc3339(now));
-                    self.active.insert(
-                        alert.id.clone(),
-                        Active {
-                            since: now,
-                            last_sent: now,
-                            last: alert.clone(),
-                        },
-                    );
-                    out.push(alert);
+                    if send(alert.clone()) {
+                        self.active.insert(
+                            alert.id.clone(),
+                            Active {
+                                since: now,
+                                last_sent: now,
+                                last: alert,
+                            },
+                        );
+                    }
                 }
                 (AlertStatus::Firing, Some(active)) => {
                     alert.since = Some(rfc3339(active.since));
                     let due =
                         now.duration_since(active.last_sent).unwrap_or_default() >= self.renotify;
                     if due {
-                        active.last_sent = now;
                         alert.sent_at = Some(rfc3339(now));
-                        out.push(alert.clone());
+                        if send(alert.clone()) {
+                            active.last_sent = now;
+                        }
                     }
                     active.last = alert;
                 }
-                (AlertStatus::Resolved, Some(_)) => {
-                    let Some(active) = self.active.remove(&alert.id) else {
-                        continue;
-                    };
+                (AlertStatus::Resolved, Some(active)) => {
                     // Going from "near" to "over" the limit is an escalation, not a recovery.
                     if alert.kind == AlertKind::NearLimit
                         && over_limit_firing.contains(&alert.cache)
                     {
+                        self.active.remove(&alert.id);
                         continue;
                     }
                     alert.since = Some(rfc3339(active.since));
                     alert.sent_at = Some(rfc3339(now));
-                    out.push(alert);
+                    let id = alert.id.clone();
+                    if send(alert) {
+                        self.active.remove(&id);
+                    }
                 }
                 (AlertStatus::Resolved, None) => {}
             }
@@ -109,14 +136,17 @@ impl AlertTracker {
             .cloned()
             .collect();
         for id in vanished {
-            if let Some(active) = self.active.remove(&id) {
-                let mut alert = active.last;
+            if let Some(active) = self.active.get(&id) {
+                let mut alert = active.last.clone();
                 alert.status = AlertStatus::Resolved;
-                alert.summary = format!("no longer observed: {}", alert.summary);
+                if !alert.summary.starts_with("no longer observed: ") {
+                    alert.summary = format!("no longer observed: {}", alert.summary);
+                }
                 alert.sent_at = Some(rfc3339(now));
-                out.push(alert);
+                if send(alert) {
+                    self.active.remove(&id);
+                }
             }
         }
-        out
     }
 }

@@ -84,7 +84,7 @@ pub fn read_as_owner(root: &Path) -> anyhow::Result<Reading> {
         .uid;
     let creds =
         crate::untrusted::Creds::of_uid(owner).with_context(|| format!("owner of {root:?}"))?;
-    let bytes = crate::untrusted::with_creds(&creds, || read_beneath(&dir))
+    let bytes = crate::untrusted::with_creds(&creds, move || read_beneath(&dir))
         .with_context(|| format!("cannot read {p:?} as uid {owner}"))?;
     let counters = match bytes {
         Ok(Some(b)) => Some(parse(&b).with_context(|| format!("cannot parse {p:?}"))?),

@@ -7,9 +7,20 @@
 //! and the sweep it triggers measures exactly. Lost watches (a shard removed by `go clean
 //! -cache`) or a queue overflow ask for a rescan. This is an estimate for *when* to sweep,
 //! never an input to *what* to evict.
+//!
+//! Members of a shared cache can write its root and shards, so everything goes through
+//! directory fds ([`crate::safefs`]): the root is opened as the sweep opens it (component by
+//! component, see [`crate::chase`]), shards are found by streaming the root's listing and
+//! opened beneath it (no symlink, no mount crossing), watches are added through
+//! `/proc/self/fd` (the very inode opened), and a new file is stat'ed beneath the shard it was
+//! reported in, reopened by the identity it had when watched. A shard swapped for a symlink
+//! (to `/etc`, say) or another directory is never listed or stat'ed through; it only asks for a
+//! rescan.
 
+use crate::safefs::{Dir, Kind, Stat};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use std::collections::HashMap;
+use std::ffi::{CStr, CString};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -35,24 +46,23 @@ pub struct Verdict {
 pub struct Growth {
     ino: Inotify,
     caches: Vec<Watched>,
-    /// Watch → (cache index, is the root).
-    wds: HashMap<WatchDescriptor, (usize, bool)>,
-    /// Watch → directory path, to stat new entries.
-    dirs: HashMap<WatchDescriptor, PathBuf>,
+    /// The root of each cache, opened when it was watched (`None`: it could not be).
+    roots: Vec<Option<Dir>>,
+    /// Watch → (cache index, the shard's name and identity; `None` for the root).
+    wds: HashMap<WatchDescriptor, (usize, Option<(CString, Stat)>)>,
 }
 
+// No IN_DONT_FOLLOW: watches are added through `/proc/self/fd/N`, a link to follow.
 const ROOT_MASK: AddWatchFlags = AddWatchFlags::IN_CREATE
     .union(AddWatchFlags::IN_MOVED_TO)
     .union(AddWatchFlags::IN_DELETE_SELF)
     .union(AddWatchFlags::IN_MOVE_SELF)
-    .union(AddWatchFlags::IN_ONLYDIR)
-    .union(AddWatchFlags::IN_DONT_FOLLOW);
+    .union(AddWatchFlags::IN_ONLYDIR);
 const SHARD_MASK: AddWatchFlags = AddWatchFlags::IN_CLOSE_WRITE
     .union(AddWatchFlags::IN_MOVED_TO)
     .union(AddWatchFlags::IN_CREATE)
     .union(AddWatchFlags::IN_DELETE_SELF)
-    .union(AddWatchFlags::IN_ONLYDIR)
-    .union(AddWatchFlags::IN_DONT_FOLLOW);
+    .union(AddWatchFlags::IN_ONLYDIR);
 
 impl Growth {
     pub fn new() -> nix::Result<Growth> {
@@ -60,8 +70,8 @@ impl Growth {
         Ok(Growth {
             ino,
             caches: Vec::new(),
+            roots: Vec::new(),
             wds: HashMap::new(),
-            dirs: HashMap::new(),
         })
     }
 
@@ -91,38 +101,63 @@ impl Growth {
             let _ = self.ino.rm_watch(*wd);
         }
         self.wds.clear();
-        self.dirs.clear();
+        self.roots.clear();
         self.caches = caches;
         let mut failed = 0;
         for i in 0..self.caches.len() {
-            let root = self.caches[i].path.clone();
-            if !self.watch(&root, i, true) {
+            let Ok(root) = Dir::open_root(&self.caches[i].path) else {
+                self.roots.push(None);
+                failed += 1;
+                continue;
+            };
+            if !self.watch(&root, i, None) {
+                self.roots.push(None);
                 failed += 1;
                 continue;
             }
-            if let Ok(rd) = std::fs::read_dir(&root) {
-                for e in rd.flatten() {
-                    let n = e.file_name();
-                    if crate::scan::layout::is_shard(n.as_bytes())
-                        && e.file_type().is_ok_and(|t| t.is_dir())
-                        && !self.watch(&e.path(), i, false)
-                    {
-                        failed += 1;
-                    }
+            let mut shards = Vec::new();
+            // Streamed: a root that members filled with names costs no memory per name.
+            let _ = root.for_each_name(|n| {
+                if crate::scan::layout::is_shard(n.to_bytes()) {
+                    shards.push(n.to_owned());
+                }
+            });
+            for n in shards {
+                if !self.watch_shard(&root, i, &n) {
+                    failed += 1;
                 }
             }
+            self.roots.push(Some(root));
         }
         failed
     }
 
-    fn watch(&mut self, dir: &Path, cache: usize, root: bool) -> bool {
-        match self
-            .ino
-            .add_watch(dir, if root { ROOT_MASK } else { SHARD_MASK })
-        {
+    /// Watches shard `name` of cache `cache` if it is a directory of the root's filesystem;
+    /// false when such a directory could not be watched. Anything else under a shard's name (a
+    /// symlink, a file, a mount) is left alone on purpose: the sweep does not enter it either.
+    fn watch_shard(&mut self, root: &Dir, cache: usize, name: &CStr) -> bool {
+        let Ok(st) = root.stat(name) else {
+            return false;
+        };
+        if st.kind() != Kind::Dir || st.mount_root {
+            return true;
+        }
+        let Ok(shard) = root.open_dir(name, &st) else {
+            return false;
+        };
+        self.watch(&shard, cache, Some((name.to_owned(), st)))
+    }
+
+    fn watch(&mut self, dir: &Dir, cache: usize, shard: Option<(CString, Stat)>) -> bool {
+        let mask = if shard.is_none() {
+            ROOT_MASK
+        } else {
+            SHARD_MASK
+        };
+        // The magic link names the inode we opened; following it is the point.
+        match self.ino.add_watch(dir.proc_path().as_str(), mask) {
             Ok(wd) => {
-                self.wds.insert(wd, (cache, root));
-                self.dirs.insert(wd, dir.to_path_buf());
+                self.wds.insert(wd, (cache, shard));
                 true
             }
             Err(_) => false,
@@ -153,12 +188,11 @@ impl Growth {
                     // A watch we still hold went away (its directory was removed): measure
                     // again. Watches we removed ourselves are no longer in the map.
                     if self.wds.remove(&ev.wd).is_some() {
-                        self.dirs.remove(&ev.wd);
                         v.rescan = true;
                     }
                     continue;
                 }
-                let Some(&(cache, is_root)) = self.wds.get(&ev.wd) else {
+                let Some((cache, shard)) = self.wds.get(&ev.wd).cloned() else {
                     continue;
                 };
                 if ev
@@ -171,30 +205,46 @@ impl Growth {
                 let Some(name) = ev.name.as_ref() else {
                     continue;
                 };
-                let Some(dir) = self.dirs.get(&ev.wd).cloned() else {
+                let Ok(name) = CString::new(name.as_bytes()) else {
                     continue;
                 };
-                let path = dir.join(name);
-                if is_root {
+                let Some((shard_name, shard_st)) = shard else {
                     // A new shard (go creates all 256 on each run; after `go clean -cache`
                     // they come back one by one): watch it too.
-                    if crate::scan::layout::is_shard(name.as_bytes()) {
-                        self.watch(&path, cache, false);
+                    if crate::scan::layout::is_shard(name.to_bytes()) {
+                        if let Some(root) = self.roots.get_mut(cache).and_then(Option::take) {
+                            self.watch_shard(&root, cache, &name);
+                            self.roots[cache] = Some(root);
+                        }
                         // Entries written into it before the watch took hold were not seen
                         // (a restore with `cp -a` creates shards and fills them at once):
                         // measure again.
                         v.rescan = true;
                     }
                     continue;
-                }
-                if ev
+                };
+                if !ev
                     .mask
                     .intersects(AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MOVED_TO)
-                    && let Ok(md) = std::fs::symlink_metadata(&path)
                 {
-                    use std::os::unix::fs::MetadataExt;
+                    continue;
+                }
+                let Some(Some(root)) = self.roots.get(cache) else {
+                    continue;
+                };
+                // The shard as it was watched, beneath the root: renamed, replaced or turned
+                // into a symlink, it is not followed, its watch is dropped (a directory moved
+                // back under the name is watched when the root reports it), and a sweep
+                // measures.
+                let Ok(dir) = root.open_dir(&shard_name, &shard_st) else {
+                    let _ = self.ino.rm_watch(ev.wd);
+                    self.wds.remove(&ev.wd);
+                    v.rescan = true;
+                    continue;
+                };
+                if let Ok(st) = dir.stat(&name) {
                     let c = &mut self.caches[cache];
-                    c.estimate += md.blocks() * 512;
+                    c.estimate += st.alloc;
                     // Any growth above the trigger counts, not only the upward crossing: a
                     // cache left above it (entries within min_age, a sweep that saw a copy
                     // half done) must not grow unseen until the next tick. The daemon spaces
@@ -206,5 +256,65 @@ impl Growth {
             }
         }
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(path: &Path, bytes: usize) {
+        let mut f = std::fs::File::create(path).unwrap();
+        f.write_all(&vec![7u8; bytes]).unwrap();
+        f.sync_all().unwrap();
+    }
+
+    /// A member swaps a watched shard for a symlink to a directory outside the cache (as
+    /// `/etc` would be): files reported in the shard are never stat'ed through the link, and
+    /// a symlinked shard is never watched.
+    #[test]
+    fn a_shard_swapped_for_a_symlink_leads_nowhere() {
+        let base = tempfile::tempdir().unwrap();
+        let root = base.path().join("cache");
+        let outside = base.path().join("outside");
+        std::fs::create_dir_all(root.join("00")).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("01")).unwrap();
+        write(&outside.join("x"), 1 << 20);
+
+        let mut g = Growth::new().unwrap();
+        let failed = g.set(vec![Watched {
+            path: root.clone(),
+            trigger_bytes: u64::MAX,
+            estimate: 0,
+        }]);
+        assert_eq!(
+            failed, 0,
+            "the symlinked shard 01 is skipped, not a failure"
+        );
+        // Through the watched shard: counted.
+        write(&root.join("00/a"), 8192);
+        let v = g.drain();
+        assert!(!v.rescan);
+        let grown = g.caches()[0].estimate;
+        assert!((8192..1 << 20).contains(&grown), "{grown}");
+        // Into the symlinked shard (the outside directory): nothing is watched there.
+        write(&outside.join("y"), 1 << 20);
+        g.drain();
+        assert_eq!(g.caches()[0].estimate, grown);
+
+        // The member moves 00 away, links 00 to the outside and writes `x` into the moved
+        // shard, whose watch still reports it as 00/x.
+        std::fs::rename(root.join("00"), root.join("00.old")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("00")).unwrap();
+        write(&root.join("00.old/x"), 4096);
+        let v = g.drain();
+        assert!(v.rescan, "a replaced shard asks for a measurement");
+        assert_eq!(
+            g.caches()[0].estimate,
+            grown,
+            "outside/x (1 MiB) was stat'ed through the symlink"
+        );
     }
 }

@@ -275,6 +275,10 @@ struct State {
     grew_deferred: bool,
     /// Caches already reported as read-only: said once per agent, not every sweep.
     reported_read_only: std::collections::HashSet<PathBuf>,
+    /// Per-user caches a user's manager or unit set, already announced in the journal.
+    reported_via: std::collections::HashSet<(PathBuf, String)>,
+    /// Directories the last growth-watch update could not watch (said when it changes).
+    unwatched: usize,
 }
 
 impl State {
@@ -410,6 +414,8 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
         stopping: false,
         last_status: None,
         reported_read_only: Default::default(),
+        reported_via: Default::default(),
+        unwatched: 0,
         last_grew: None,
         grew_deferred: false,
     };
@@ -550,6 +556,7 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                     "{status}"
                 );
                 for r in &sweep.reports {
+                    announce_via(r, &mut st.reported_via);
                     for f in r
                         .findings
                         .iter()
@@ -573,6 +580,7 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                             cache_path = %r.path.as_deref().unwrap_or(std::path::Path::new("")).display(),
                             reason = %f.kind,
                             entries = f.count,
+                            cache_via = r.via.as_deref(),
                             "{}: {} ({}){fix}",
                             r.path.as_deref().map_or_else(|| r.name.clone(), |p| p.display().to_string()),
                             f.message,
@@ -581,7 +589,15 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                     }
                 }
                 if let Ok(mut g) = growth.lock() {
-                    g.set(watched(&st.policy, &sweep));
+                    let failed = g.set(watched(&st.policy, &sweep));
+                    if failed != st.unwatched && failed > 0 {
+                        // Each build cache with a limit costs 257 watches (root and shards),
+                        // all charged to root's fs.inotify.max_user_watches.
+                        tracing::warn!(
+                            "{failed} cache directories could not be watched for growth (is fs.inotify.max_user_watches too low? each cache with a limit needs 257): those caches are measured only by the periodic sweep"
+                        );
+                    }
+                    st.unwatched = failed;
                 }
                 if let Ok(mut p) = probes.lock() {
                     *p = crate::headroom::probes(&sweep.reports);
@@ -592,6 +608,16 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                 verifier.request(&st.policy, &tx);
                 notify(&[NotifyState::Status(&status)]);
                 st.last_status = Some(status);
+                // A root this sweep created was inspected as missing, so nothing watches it
+                // yet: sweep it again at once, which also sets its watches (else entries
+                // copied or built into it would wait for the timer).
+                if sweep
+                    .outcome
+                    .as_ref()
+                    .is_some_and(|o| o.caches.iter().any(|c| c.created))
+                {
+                    st.pending = true;
+                }
                 if st.pending {
                     st.request_sweep(&tx);
                 } else if st.units_pending {
@@ -640,4 +666,30 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
     obs.shutdown(Duration::from_secs(1));
     tracing::info!("stopped");
     Ok(0)
+}
+
+/// Says once per directory (and again after a restart) that a user's manager or unit made
+/// it one of their caches: the journal's `CACHE_VIA` then names the manager or unit.
+fn announce_via(
+    r: &crate::check::CacheReport,
+    seen: &mut std::collections::HashSet<(PathBuf, String)>,
+) {
+    let (Some(user), Some(via), Some(path)) = (&r.user, &r.via, &r.path) else {
+        return;
+    };
+    if via == crate::users::VIA_GO_ENV || !seen.insert((path.clone(), via.clone())) {
+        return;
+    }
+    let state = if r.refused.is_some() {
+        "refused (see its violation)".to_string()
+    } else {
+        format!("managed with the limits of cache \"{}\"", r.name)
+    };
+    tracing::info!(
+        cache_path = %path.display(),
+        cache_via = %via,
+        "{}: a cache of {user} ({}), {state}",
+        path.display(),
+        r.source
+    );
 }

@@ -32,8 +32,14 @@ pub struct Observability {
     alerts_cfg: String,
     metrics: Metrics,
     textfile: Option<metrics::textfile::TextfileWriter>,
-    tracker: AlertTracker,
+    /// One tracker per sink, by name: each sink has its own re-notify interval, and what
+    /// one sink's full queue could not take is offered to it again without re-sending to
+    /// the others. Kept across reloads for sinks that keep their name.
+    trackers: BTreeMap<String, AlertTracker>,
     dispatcher: Option<Dispatcher>,
+    /// `gocache_warden_alert_notifications_total`, registered once and shared by every
+    /// dispatcher a reload makes.
+    counter: prometheus::IntCounterVec,
     thresholds: alert::Thresholds,
     /// The caches of the last completed sweep: a sweep that ends without a result is
     /// counted as a failure of each of them.
@@ -129,6 +135,25 @@ fn thresholds(policy: &Policy) -> alert::Thresholds {
     }
 }
 
+/// A tracker per sink of `policy`, each with the sink's `renotify`; a sink that was there
+/// before keeps its state (what is firing, when it was last sent).
+fn trackers(
+    policy: &Policy,
+    mut old: BTreeMap<String, AlertTracker>,
+) -> BTreeMap<String, AlertTracker> {
+    policy
+        .alerts
+        .iter()
+        .map(|a| {
+            let mut t = old
+                .remove(&a.name)
+                .unwrap_or_else(|| AlertTracker::new(a.renotify));
+            t.set_renotify(a.renotify);
+            (a.name.clone(), t)
+        })
+        .collect()
+}
+
 fn secret_source(a: &crate::policy::AlertPolicy) -> anyhow::Result<SecretSource> {
     Ok(match (&a.url_file, &a.credential) {
         (Some(f), _) => SecretSource::File(f.clone()),
@@ -153,7 +178,7 @@ fn alerts_cfg(policy: &Policy) -> String {
 fn outputs(
     policy: &Policy,
     relay: Option<&Path>,
-    registry: Option<&Registry>,
+    counter: &prometheus::IntCounterVec,
 ) -> anyhow::Result<(
     Option<metrics::textfile::TextfileWriter>,
     Option<Dispatcher>,
@@ -166,11 +191,12 @@ fn outputs(
     let dispatcher = if sinks.is_empty() {
         None
     } else {
-        Some(Dispatcher::start(
+        let retry = alert::RetryPolicy::default();
+        Some(Dispatcher::start_counted(
             sinks,
-            alert::RetryPolicy::default(),
+            retry,
             64,
-            registry,
+            Some(counter.clone()),
         )?)
     };
     Ok((textfile, dispatcher))
@@ -180,20 +206,17 @@ impl Observability {
     pub fn new(policy: &Policy, relay: Option<&Path>) -> anyhow::Result<Observability> {
         let registry = Registry::new();
         let metrics = Metrics::new(&registry, config(policy))?;
-        let (textfile, dispatcher) = outputs(policy, relay, Some(&registry))?;
-        let renotify = policy
-            .alerts
-            .iter()
-            .map(|a| a.renotify)
-            .min()
-            .unwrap_or(Duration::from_secs(6 * 3600));
+        // Registered once, whatever the sinks: shared by every dispatcher a reload makes.
+        let counter = alert::register_counter(&registry)?;
+        let (textfile, dispatcher) = outputs(policy, relay, &counter)?;
         Ok(Observability {
             relay: relay.map(Path::to_path_buf),
             alerts_cfg: alerts_cfg(policy),
             registry,
             metrics,
             textfile,
-            tracker: AlertTracker::new(renotify),
+            trackers: trackers(policy, BTreeMap::new()),
+            counter,
             dispatcher,
             thresholds: thresholds(policy),
             last_caches: Vec::new(),
@@ -213,11 +236,17 @@ impl Observability {
                 None => None,
             };
         } else {
-            // The notification counter stays registered from the start; a second one would
-            // clash. Alerts queued for the old sinks are given a second to go out.
-            let (textfile, dispatcher) = outputs(policy, self.relay.as_deref(), None)?;
+            // The old sinks get a second to finish what they are sending; what they could not
+            // send (queued, or between retries) goes to the new sink of the same name.
+            let (textfile, dispatcher) = outputs(policy, self.relay.as_deref(), &self.counter)?;
+            self.trackers = trackers(policy, std::mem::take(&mut self.trackers));
             if let Some(old) = std::mem::replace(&mut self.dispatcher, dispatcher) {
-                old.shutdown(Duration::from_secs(1));
+                let (_, left) = old.stop_and_take(Duration::from_secs(1));
+                if let Some(new) = &self.dispatcher {
+                    for (sink, alert) in left {
+                        new.enqueue_to(&sink, alert);
+                    }
+                }
             }
             self.textfile = textfile;
             self.alerts_cfg = cfg;
@@ -398,6 +427,9 @@ impl Observability {
     }
 
     fn publish(&mut self, obs: &alert::Observation) {
+        let Some(d) = &self.dispatcher else {
+            return;
+        };
         let mut checks = alert::evaluate(obs, &self.thresholds);
         for (path, (current, last)) in &self.integrity {
             let mut f = current.clone();
@@ -415,11 +447,9 @@ impl Observability {
             }
             checks.push(alert::integrity(&obs.host, &f));
         }
-        let alerts = self.tracker.update(checks, SystemTime::now());
-        if let Some(d) = &self.dispatcher {
-            for a in alerts {
-                d.enqueue(a);
-            }
+        let now = SystemTime::now();
+        for (sink, tracker) in &mut self.trackers {
+            tracker.update_with(checks.clone(), now, |a| d.enqueue_to(sink, a));
         }
     }
 }
@@ -498,6 +528,7 @@ pub fn snapshot(r: &CacheReport, sweep: &Sweep) -> Option<CacheSnapshot> {
     }
     Some(CacheSnapshot {
         user: r.user.clone(),
+        via: r.via.clone(),
         allocated_bytes: sweep.size_after(&path).unwrap_or(o.allocated_bytes),
         path,
         kind: mkind(r.kind),
@@ -603,5 +634,76 @@ mod tests {
             !before.contains("hooks.example"),
             "the URL itself is not kept: {before}"
         );
+    }
+}
+
+#[cfg(test)]
+mod tracker_tests {
+    use super::*;
+    use crate::policy::Scope;
+
+    fn policy(body: &str) -> Policy {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("p.toml");
+        std::fs::write(&file, body).unwrap();
+        crate::policy::load_for(Scope::User, std::slice::from_ref(&file)).unwrap()
+    }
+
+    /// Each sink gets its own tracker with its own `renotify`; across a reload a sink that
+    /// keeps its name keeps what it knows (what is firing, when it was sent), a new sink
+    /// starts fresh, and a removed one is dropped.
+    #[test]
+    fn each_sink_tracks_with_its_own_interval_and_keeps_state_across_reloads() {
+        let exec = |name: &str, renotify: &str| {
+            format!(
+                "[alert.{name}]\nkind = \"exec\"\ncommand = [\"/bin/true\"]\nrenotify = \"{renotify}\"\n"
+            )
+        };
+        let p1 = policy(&(exec("fast", "10m") + &exec("slow", "6h")));
+        let mut t = trackers(&p1, BTreeMap::new());
+        assert_eq!(t.keys().collect::<Vec<_>>(), ["fast", "slow"]);
+        // A unit lacking GOCACHE makes an alert without any cache figures.
+        let observed = alert::Observation {
+            host: "h".into(),
+            caches: Vec::new(),
+            units_missing_gocache: vec![UnitRef {
+                unit: "build.service".into(),
+                uid: 1000,
+                user: "alice".into(),
+            }],
+        };
+        let alert = alert::evaluate(&observed, &thresholds(&p1))
+            .into_iter()
+            .find(|a| a.status == alert::AlertStatus::Firing)
+            .unwrap();
+        let id = alert.id.clone();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        for tr in t.values_mut() {
+            tr.update(vec![alert.clone()], t0);
+        }
+        let due = |t: &mut BTreeMap<String, AlertTracker>, name: &str, after: u64| {
+            t.get_mut(name)
+                .unwrap()
+                .update(vec![alert.clone()], t0 + Duration::from_secs(after))
+                .len()
+        };
+        assert_eq!(
+            due(&mut t, "fast", 600),
+            1,
+            "10m sink re-notifies after 10 min"
+        );
+        assert_eq!(due(&mut t, "slow", 600), 0, "6h sink stays quiet");
+
+        let p2 = policy(&(exec("slow", "6h") + &exec("new", "1h")));
+        let mut t = trackers(&p2, t);
+        assert_eq!(t.keys().collect::<Vec<_>>(), ["new", "slow"]);
+        assert_eq!(t["slow"].active_ids(), [id], "state kept");
+        assert!(t["new"].active_ids().is_empty());
+        assert_eq!(
+            due(&mut t, "new", 700),
+            1,
+            "a new sink hears of what is firing"
+        );
+        assert_eq!(due(&mut t, "slow", 700), 0);
     }
 }

@@ -14,6 +14,8 @@
 //! variables (GOCACHEPROG, GOFLAGS, …). The only function that runs `go` is
 //! [`goroot_from_go_command`], an explicit fallback for `go` wrappers that are scripts.
 
+/// The `go env` file format, parsed from bytes (fuzzed on its own).
+pub mod envfile;
 mod findings;
 mod perms;
 mod resolve;

@@ -432,66 +432,18 @@ fn read_env_file(
     } else {
         Source::EnvFile(PathBuf::from(file))
     };
-    let mut warn = |line: usize, message: String| {
-        warnings.push(EnvFileWarning {
-            file: PathBuf::from(file),
-            line,
-            message,
-        })
-    };
-    // Go splits on '\n' only; a final line without newline still counts.
-    let lines: Vec<&[u8]> = data.split(|b| *b == b'\n').collect();
-    for (idx, raw) in lines.iter().enumerate() {
-        let n = idx + 1;
-        let text = String::from_utf8_lossy(raw);
-        let eq = raw.iter().position(|b| *b == b'=');
-        let valid_start = raw.first().is_some_and(u8::is_ascii_uppercase);
-        let (Some(eq), true) = (eq, valid_start) else {
-            let t = text.trim();
-            if !t.is_empty() && !t.starts_with('#') {
-                warn(
-                    n,
-                    format!(
-                        "ignored by go: not NAME=VALUE with NAME starting with A-Z: {:?}",
-                        text
-                    ),
-                );
-            }
-            continue;
-        };
-        let key = String::from_utf8_lossy(&raw[..eq]).into_owned();
-        let val = String::from_utf8_lossy(&raw[eq + 1..]).into_owned();
-        if std::str::from_utf8(raw).is_err() {
-            warn(n, "not valid UTF-8; read lossily".to_string());
-        }
-        if !key
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-        {
-            warn(
-                n,
-                format!(
-                    "variable name {key:?} has characters go does not trim; it sets nothing useful"
-                ),
-            );
-        }
-        if val.ends_with('\r') {
-            warn(
-                n,
-                format!("{key} value ends in a carriage return, which go keeps"),
-            );
-        } else if val != val.trim() {
-            warn(
-                n,
-                format!("{key} value has surrounding spaces, which go keeps"),
-            );
-        }
-        if val.len() >= 2
-            && ((val.starts_with('"') && val.ends_with('"'))
-                || (val.starts_with('\'') && val.ends_with('\'')))
-        {
-            warn(n, format!("{key} value is quoted; go keeps the quotes"));
-        }
+    let parsed = super::envfile::parse(&data);
+    warnings.extend(
+        parsed
+            .warnings
+            .into_iter()
+            .map(|(line, message)| EnvFileWarning {
+                file: PathBuf::from(file),
+                line,
+                message,
+            }),
+    );
+    for (key, val) in parsed.settings {
         if is_goroot && files.vars.contains_key(&key) {
             continue;
         }

@@ -107,8 +107,8 @@ struct CacheSeries {
     fixes: BTreeSet<String>,
     errors: BTreeSet<String>,
     has_limit: bool,
-    /// The `user` of `gocache_warden_cache_owner_info`, for a per-user cache.
-    owner: Option<String>,
+    /// The `user` and `via` of `gocache_warden_cache_owner_info`, for a per-user cache.
+    owner: Option<(String, String)>,
 }
 
 /// The exporter: metric families registered in a caller's registry plus the label
@@ -298,8 +298,8 @@ impl Metrics {
             owner_info: gauge(
                 r,
                 "gocache_warden_cache_owner_info",
-                "1 for a per-user cache (policy `users`), naming the user whose cache it is",
-                &["cache", "kind", "user"],
+                "1 for a per-user cache (policy `users`), naming the user whose cache it is and how it was found (via: go env, manager, unit:NAME)",
+                &["cache", "kind", "user", "via"],
             )?,
             cacheprog: Mutex::new(cacheprog::Families::new(r)?),
             integrity: Mutex::new(integrity::Families::new(r)?),
@@ -467,10 +467,10 @@ impl Metrics {
                 .user_bytes
                 .remove_label_values(&[c.as_str(), s.kind, u]);
         }
-        if let Some(o) = &s.owner {
+        if let Some((u, via)) = &s.owner {
             let _ = self
                 .owner_info
-                .remove_label_values(&[c.as_str(), s.kind, o]);
+                .remove_label_values(&[c.as_str(), s.kind, u, via]);
         }
         for v in &s.violations {
             let _ = self
@@ -540,16 +540,23 @@ impl Metrics {
             None => {}
         }
 
-        if series.owner != snap.user {
-            if let Some(old) = &series.owner {
-                let _ = self.owner_info.remove_label_values(&[c.as_str(), k, old]);
+        // `via` is empty for a per-user cache from an older caller that does not say.
+        let owner = snap
+            .user
+            .clone()
+            .map(|u| (u, snap.via.clone().unwrap_or_default()));
+        if series.owner != owner {
+            if let Some((old, via)) = &series.owner {
+                let _ = self
+                    .owner_info
+                    .remove_label_values(&[c.as_str(), k, old, via]);
             }
-            if let Some(u) = &snap.user {
+            if let Some((u, via)) = &owner {
                 self.owner_info
-                    .with_label_values(&[c.as_str(), k, u])
+                    .with_label_values(&[c.as_str(), k, u, via])
                     .set(1.0);
             }
-            series.owner = snap.user.clone();
+            series.owner = owner;
         }
 
         let users = top_users(&snap.bytes_by_owner, self.cfg.top_users);
@@ -748,6 +755,7 @@ mod tests {
         let snap = CacheSnapshot {
             path: path.clone(),
             user: Some("alice".into()),
+            via: Some("unit:ci.service".into()),
             kind: CacheKind::Build,
             allocated_bytes: 1,
             apparent_bytes: 1,
@@ -763,7 +771,7 @@ mod tests {
             violations: Default::default(),
         };
         m.observe_snapshot(&snap);
-        let line = "gocache_warden_cache_owner_info{cache=\"/home/alice/.cache/go-build\",kind=\"build\",user=\"alice\"} 1";
+        let line = "gocache_warden_cache_owner_info{cache=\"/home/alice/.cache/go-build\",kind=\"build\",user=\"alice\",via=\"unit:ci.service\"} 1";
         assert!(encode_text(&reg).expect("text").contains(line));
         m.remove_cache(&path);
         assert!(!encode_text(&reg).expect("text").contains("owner_info{"));

@@ -59,6 +59,9 @@ pub struct CacheSnapshot {
     /// The user whose own cache this is (a per-user cache of `users`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// How a per-user cache was found: `go env`, `manager` or `unit:NAME` (`users::CacheUser`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
     pub kind: CacheKind,
     /// Bytes of disk blocks the entries use (`st_blocks * 512`).
     pub allocated_bytes: u64,

@@ -37,6 +37,28 @@ fn reader(mgr: &ManagerInfo, svc: &ServiceInfo) -> Result<Option<Creds>, String>
         .map_err(|e| format!("cannot look up the groups of uid {uid}: {e}"))
 }
 
+/// [`inspect_unit`] on tokio's blocking pool: reading a user's files may wait (up to
+/// [`untrusted::AS_USER_TIMEOUT`]), which must not hold up the async loop (the daemon's runs
+/// on one thread, beside its watchdog pings).
+pub async fn inspect_unit_off_loop(
+    mgr: &ManagerInfo,
+    svc: &ServiceInfo,
+    rule_index: usize,
+    rule: &UnitRule,
+    resolve: Resolver<'static>,
+) -> Result<InspectedUnit, UnitError> {
+    let (m, s, r) = (mgr.clone(), svc.clone(), rule.clone());
+    match tokio::task::spawn_blocking(move || inspect_unit(&m, &s, rule_index, &r, resolve)).await {
+        Ok(result) => result,
+        Err(e) => Err(UnitError {
+            manager: mgr.id.clone(),
+            unit: svc.id.clone(),
+            property: None,
+            msg: format!("not inspected: the inspection task failed: {e}"),
+        }),
+    }
+}
+
 /// [`units::inspect_unit`], reading the unit's files as the unit's user. If that identity
 /// cannot be taken, the unit is an error and none of its files are read.
 pub fn inspect_unit(
@@ -44,7 +66,7 @@ pub fn inspect_unit(
     svc: &ServiceInfo,
     rule_index: usize,
     rule: &UnitRule,
-    resolve: Resolver<'_>,
+    resolve: Resolver<'static>,
 ) -> Result<InspectedUnit, UnitError> {
     let error = |msg: String| UnitError {
         manager: mgr.id.clone(),
@@ -54,9 +76,12 @@ pub fn inspect_unit(
     };
     match reader(mgr, svc).map_err(&error)? {
         None => units::inspect_unit(mgr, svc, rule_index, rule, resolve),
-        Some(creds) => untrusted::with_creds(&creds, || {
-            units::inspect_unit(mgr, svc, rule_index, rule, resolve)
-        })
+        Some(creds) => {
+            let (m, s, r) = (mgr.clone(), svc.clone(), rule.clone());
+            untrusted::with_creds(&creds, move || {
+                units::inspect_unit(&m, &s, rule_index, &r, resolve)
+            })
+        }
         .map_err(|e| {
             error(format!(
                 "not inspected: cannot read the unit's files as uid {}: {e}",

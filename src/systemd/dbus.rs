@@ -17,8 +17,7 @@ use anyhow::{Context, Result, bail};
 use futures_util::{Stream, StreamExt};
 use serde::Serialize;
 use zbus::proxy::CacheProperties;
-use zbus::zvariant::OwnedObjectPath;
-use zbus::{Connection, proxy};
+use zbus::{Connection, OwnedObjectPath, proxy};
 
 /// One row of `ListUnits`/`ListUnitsByPatterns`: `(ssssssouso)`.
 pub type UnitListEntry = (
@@ -192,6 +191,20 @@ pub enum Scope {
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long any method call may take; `Reload` on a large system is the slowest one.
 pub const METHOD_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a user manager may take for any one call, and for all the calls of one inspection
+/// together. Its user controls it (they can serve the private socket themselves), so it gets a
+/// bound that a real one never comes near (an inspection of a few hundred units takes under a
+/// second), and the sweep goes on without it.
+pub const USER_MANAGER_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long one call to a user manager may take outside an inspection (`Subscribe`, `Reload`
+/// and the checks after it); longer than [`USER_MANAGER_TIMEOUT`] so that an inspection ends on
+/// its own, clearer, error.
+pub const USER_CALL_TIMEOUT: Duration = Duration::from_secs(25);
+
+/// Messages a connection to a user manager queues for a reader (zbus's default is 64): with
+/// messages of at most 1 MiB (`p2p::MAX_MESSAGE`), a user manager flooding the agent with signals
+/// holds at most a few MiB per queue; the socket is not read while a queue is full.
+const USER_QUEUE: std::num::NonZeroUsize = std::num::NonZeroUsize::new(4).unwrap();
 
 /// Runs a connection step with [`CONNECT_TIMEOUT`], so a wedged peer cannot stall a sweep.
 async fn timed<T, E>(step: impl Future<Output = std::result::Result<T, E>>) -> Result<T>
@@ -204,14 +217,8 @@ where
     }
 }
 
-async fn build_bus(
-    builder: zbus::Result<zbus::connection::Builder<'static>>,
-    what: &str,
-) -> Result<Connection> {
-    let build = builder
-        .with_context(|| format!("cannot find the {what}"))?
-        .method_timeout(METHOD_TIMEOUT)
-        .build();
+async fn build_bus(builder: zbus::connection::Builder<'static>, what: &str) -> Result<Connection> {
+    let build = builder.method_timeout(METHOD_TIMEOUT).build();
     timed(build)
         .await
         .with_context(|| format!("cannot connect to the {what}"))
@@ -242,17 +249,15 @@ pub async fn connect_system_bus() -> Result<ManagerConn> {
 /// A user manager peer-to-peer through its private socket. The socket's owner and the peer's
 /// credentials must both be `uid`, so that a stray socket cannot pose as someone's manager.
 pub async fn connect_private(socket: &Path, uid: u32) -> Result<ManagerConn> {
-    use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let meta = std::fs::symlink_metadata(socket)
-        .with_context(|| format!("cannot stat \"{}\"", socket.display()))?;
-    if !meta.file_type().is_socket() || meta.uid() != uid {
-        bail!(
-            "\"{}\" is not a socket owned by uid {uid}",
-            socket.display()
-        );
-    }
-    let stream = timed(tokio::net::UnixStream::connect(socket))
-        .await
+    let path = socket.to_path_buf();
+    let found = tokio::task::spawn_blocking(move || -> std::io::Result<_> {
+        let creds = crate::untrusted::Creds::of_uid(uid)?;
+        crate::untrusted::with_creds(&creds, move || connect_socket(&path, uid))?
+    })
+    .await
+    .with_context(|| format!("cannot connect to \"{}\"", socket.display()))?;
+    let stream = found
+        .and_then(tokio::net::UnixStream::from_std)
         .with_context(|| format!("cannot connect to \"{}\"", socket.display()))?;
     let peer = stream
         .peer_cred()
@@ -267,11 +272,12 @@ pub async fn connect_private(socket: &Path, uid: u32) -> Result<ManagerConn> {
     let (read, write) = stream.into_split();
     let split: zbus::connection::socket::BoxedSplit = zbus::connection::socket::Split::new(
         Box::new(super::p2p::SenderFix::new(read)),
-        Box::new(write),
+        Box::new(super::p2p::Writer(write)),
     );
     let build = zbus::connection::Builder::socket(split)
         .p2p()
-        .method_timeout(METHOD_TIMEOUT)
+        .method_timeout(USER_CALL_TIMEOUT)
+        .max_queued(USER_QUEUE)
         .build();
     let conn = timed(build)
         .await
@@ -285,7 +291,58 @@ pub async fn connect_private(socket: &Path, uid: u32) -> Result<ManagerConn> {
     })
 }
 
-/// `(uid, socket)` of every `RUN_USER/<uid>/systemd/private`, sorted by uid.
+/// Connects to the socket at `path`, owned by `uid`, with a socket that never blocks. Run as
+/// `uid` (fsuid) on a thread the caller waits a bounded time for (`untrusted::with_creds`): the
+/// path lies in the user's runtime directory, where a symlink or a mount of theirs (a FUSE file
+/// system that never answers) could make the lookup wait for good. A full listen backlog is an
+/// error, not a wait.
+fn connect_socket(path: &Path, uid: u32) -> std::io::Result<std::os::unix::net::UnixStream> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.file_type().is_socket() || meta.uid() != uid {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("not a socket owned by uid {uid}"),
+        ));
+    }
+    let fd = nix::sys::socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    match nix::sys::socket::connect(fd.as_raw_fd(), &UnixAddr::new(path)?) {
+        Ok(()) => Ok(std::os::unix::net::UnixStream::from(fd)),
+        Err(nix::errno::Errno::EAGAIN) => Err(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            "the socket accepts no connection (its listen backlog is full)",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Whether connecting failed because there is no socket (no manager runs for that user).
+fn no_socket(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+    })
+}
+
+/// The directory holding every user's runtime dir (`/run/user/UID/systemd/private`). Only
+/// test builds (the `test-hooks` feature) let `GOCACHE_WARDEN_RUN_USER` point it elsewhere:
+/// in a release build no environment variable decides which sockets root talks to.
+pub fn run_user_dir() -> PathBuf {
+    #[cfg(feature = "test-hooks")]
+    if let Some(dir) = std::env::var_os("GOCACHE_WARDEN_RUN_USER") {
+        return PathBuf::from(dir);
+    }
+    PathBuf::from("/run/user")
+}
+
+/// `(uid, socket)` for every `RUN_USER/<uid>`, sorted by uid; the socket may not exist.
 pub fn private_sockets(run_user: &Path) -> Result<Vec<(u32, PathBuf)>> {
     let entries = std::fs::read_dir(run_user)
         .with_context(|| format!("cannot list \"{}\"", run_user.display()))?;
@@ -299,10 +356,8 @@ pub fn private_sockets(run_user: &Path) -> Result<Vec<(u32, PathBuf)>> {
         else {
             continue;
         };
-        let socket = entry.path().join("systemd/private");
-        if socket.exists() {
-            found.push((uid, socket));
-        }
+        // Not looked at here: the user's directory may hold anything (see `connect_socket`).
+        found.push((uid, entry.path().join("systemd/private")));
     }
     found.sort();
     Ok(found)
@@ -344,9 +399,16 @@ pub async fn connect_scope(scope: Scope, run_user: &Path) -> (Vec<ManagerConn>, 
             }
             match private_sockets(run_user) {
                 Ok(sockets) => {
-                    for (uid, socket) in sockets {
-                        match connect_private(&socket, uid).await {
+                    // Side by side: a user whose socket takes its whole CONNECT_TIMEOUT to
+                    // answer must not hold up everyone after them.
+                    let each = sockets.iter().map(|(uid, socket)| async move {
+                        (socket, connect_private(socket, *uid).await)
+                    });
+                    for (socket, result) in futures_util::future::join_all(each).await {
+                        match result {
                             Ok(c) => conns.push(c),
+                            // A user without a running manager.
+                            Err(e) if no_socket(&e) => {}
                             Err(e) => errors.push(ManagerError {
                                 target: socket.display().to_string(),
                                 msg: format!("{e:#}"),
@@ -457,14 +519,12 @@ pub async fn service_info(mgr: &ManagerConn, name: &str) -> Result<ServiceInfo, 
         .map_err(|e| err(Some("Manager.LoadUnit"), e.to_string()))?;
     let unit = UnitProxy::builder(&mgr.conn)
         .path(path.clone())
-        .map_err(|e| err(None, e.to_string()))?
         .cache_properties(CacheProperties::No)
         .build()
         .await
         .map_err(|e| err(None, e.to_string()))?;
     let service = ServiceProxy::builder(&mgr.conn)
         .path(path.clone())
-        .map_err(|e| err(None, e.to_string()))?
         .cache_properties(CacheProperties::No)
         .build()
         .await
@@ -574,11 +634,13 @@ pub enum ManagerEvent {
 pub async fn watch(mgr: &ManagerConn) -> Result<impl Stream<Item = ManagerEvent> + use<>> {
     let rule = zbus::MatchRule::builder()
         .msg_type(zbus::message::Type::Signal)
-        .sender("org.freedesktop.systemd1")?
-        .path("/org/freedesktop/systemd1")?
-        .interface("org.freedesktop.systemd1.Manager")?
-        .build();
-    let stream = zbus::MessageStream::for_match_rule(rule, &mgr.conn, None)
+        .sender("org.freedesktop.systemd1")
+        .path("/org/freedesktop/systemd1")
+        .interface("org.freedesktop.systemd1.Manager")
+        .build()?;
+    // The system manager's bursts (a daemon-reload announces every unit) keep zbus's default.
+    let queue = matches!(mgr.id, ManagerId::User { .. }).then_some(USER_QUEUE);
+    let stream = zbus::MessageStream::for_match_rule(rule, &mgr.conn, queue)
         .await
         .with_context(|| format!("{}: cannot watch manager signals", mgr.id))?;
     // Subscribe after installing the match rule so that no early signal is lost.

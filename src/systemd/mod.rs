@@ -16,7 +16,7 @@ pub mod dbus;
 pub mod dropin;
 /// `EnvironmentFile=` parser, faithful to systemd 252.
 pub mod envfile;
-/// Socket adapter that makes zbus accept systemd's private-socket messages.
+/// The socket halves for user managers: bounded messages, systemd's sender made valid.
 pub mod p2p;
 /// Plan/apply/verify of drop-in remediations.
 pub mod remediate;
@@ -24,6 +24,8 @@ pub mod remediate;
 pub mod specifiers;
 /// Inspection: effective environments and GOCACHE findings per unit.
 pub mod units;
+/// GOCACHE/GOMODCACHE a user's own manager and services set (extra per-user caches).
+pub mod usercaches;
 
 pub use dbus::{ManagerConn, ManagerEvent, ManagerId, Scope, connect_scope, watch};
 pub use remediate::{Outcome, Plan, Remediation, apply, plan};

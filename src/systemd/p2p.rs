@@ -1,77 +1,94 @@
-//! A socket adapter that lets zbus 5 talk to systemd's private socket without panicking.
+//! The socket halves of a peer-to-peer connection to a user manager, which its user controls.
 //!
-//! On `/run/user/UID/systemd/private` (and `/run/systemd/private`) systemd stamps every message
-//! with the sender `org.freedesktop.systemd1` (`sd_bus_set_sender()` in `core/dbus.c`), a
-//! well-known name where the D-Bus spec requires a unique one. zbus 5.19 accepts that header
-//! while parsing but panics in its socket reader when it rebuilds the header (`Invalid field
-//! reconstruction`), which kills the connection's reader task. This adapter sits between the
-//! socket and zbus: it reads one whole message at a time and rewrites any sender that is not a
-//! valid unique name into a unique name of the same length (`:s.xxx…`), in place, so nothing
-//! else in the message moves. It changes nothing else and is only used for peer-to-peer
-//! connections; bus connections never see such senders.
+//! A local user can stop their own `systemd --user` and serve `/run/user/UID/systemd/private`
+//! themselves, so everything that comes over this socket is hostile until checked. The read half
+//! bounds what the peer can cost the agent: at most [`MAX_HANDSHAKE`] bytes of authentication
+//! handshake and at most [`MAX_MESSAGE`] bytes per message, refused from the primary header
+//! before the body is read (the time a peer may take is bounded by the callers, see
+//! `dbus::USER_MANAGER_TIMEOUT`). zbus 6 checks each received message as a whole (header fields,
+//! repeated fields, padding) and turns a malformed one into an error; decoding runs under
+//! `catch_unwind` as well, so no header a peer can send panics the connection's reader task.
+//!
+//! systemd stamps every message on its private socket with the sender `org.freedesktop.systemd1`
+//! (`sd_bus_set_sender()` in `core/dbus.c`), a well-known name where the D-Bus spec requires a
+//! unique one, which zbus 6 rejects (zbus 5 accepted it and then panicked rebuilding the
+//! header). So the read half still rewrites any sender that is not a valid unique name into a
+//! unique name of the same length (`:s.xxx…`), in place, so nothing else in the message moves.
+//! It changes nothing else and is only used for peer-to-peer connections; bus connections never
+//! see such senders.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 
-use zbus::connection::socket::ReadHalf;
-
-type RecvmsgResult = std::io::Result<(usize, Vec<OwnedFd>)>;
+use futures_util::FutureExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use zbus::connection::socket::{ReadHalf, WriteHalf};
 use zbus::message::Message;
 
-/// D-Bus caps messages at 128 MiB.
-const MAX_MESSAGE: usize = 128 * 1024 * 1024;
+type RecvmsgResult = std::io::Result<(usize, Vec<OwnedFd>)>;
+
+/// The largest message accepted from a user manager. The agent's calls are answered with a few
+/// KiB (unit lists filtered by the policy's patterns, a handful of properties); 1 MiB leaves
+/// room for thousands of units without letting a peer make the agent hold 128 MiB (the D-Bus
+/// limit) per user.
+pub const MAX_MESSAGE: usize = 1024 * 1024;
+/// The most bytes the authentication handshake may take (systemd's takes under 100).
+pub const MAX_HANDSHAKE: usize = 16 * 1024;
 /// Header field code of SENDER in the D-Bus spec.
 const HEADER_CODE_SENDER: u8 = 7;
 
-/// Wraps the read half of a peer-to-peer connection to systemd.
+/// The read half of a peer-to-peer connection to a user manager.
 #[derive(Debug)]
-pub struct SenderFix<R: ReadHalf> {
-    inner: R,
+pub struct SenderFix {
+    inner: OwnedReadHalf,
     raw: Vec<u8>,
-    fds: Vec<OwnedFd>,
+    /// Bytes the handshake has read so far.
+    handshake: usize,
 }
 
-impl<R: ReadHalf> SenderFix<R> {
-    pub fn new(inner: R) -> Self {
+impl SenderFix {
+    pub fn new(inner: OwnedReadHalf) -> Self {
         SenderFix {
             inner,
             raw: Vec::new(),
-            fds: Vec::new(),
+            handshake: 0,
         }
     }
 
     async fn fill(&mut self, want: usize) -> zbus::Result<()> {
         let mut buf = vec![0u8; 64 * 1024];
         while self.raw.len() < want {
-            let (n, fds) = self.inner.recvmsg(&mut buf).await?;
+            let room = (want - self.raw.len()).min(buf.len());
+            let n = self.inner.read(&mut buf[..room]).await?;
             if n == 0 {
                 let eof = std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
-                    "systemd closed the connection",
+                    "the user manager closed the connection",
                 );
-                return Err(zbus::Error::InputOutput(eof.into()));
+                return Err(eof.into());
             }
             self.raw.extend_from_slice(&buf[..n]);
-            self.fds.extend(fds);
         }
         Ok(())
     }
 }
 
 #[async_trait::async_trait]
-impl<R: ReadHalf> ReadHalf for SenderFix<R> {
+impl ReadHalf for SenderFix {
     async fn receive_message(
         &mut self,
         seq: u64,
         already_received_bytes: &mut Vec<u8>,
         already_received_fds: &mut Vec<OwnedFd>,
     ) -> zbus::Result<Message> {
-        // Bytes the handshake read past its end come first.
+        // Bytes the handshake read past its end come first. File descriptors are never
+        // accepted (`can_pass_unix_fd` is false), so any the handshake saw are dropped.
         if !already_received_bytes.is_empty() {
             let mut early = std::mem::take(already_received_bytes);
             early.append(&mut self.raw);
             self.raw = early;
         }
-        self.fds.append(already_received_fds);
+        already_received_fds.clear();
 
         self.fill(16).await?;
         let big = match self.raw[0] {
@@ -79,7 +96,7 @@ impl<R: ReadHalf> ReadHalf for SenderFix<R> {
             b'B' => true,
             other => {
                 return Err(zbus::Error::Failure(format!(
-                    "bad D-Bus endianness byte {other:#x} from systemd"
+                    "bad D-Bus endianness byte {other:#x} from the user manager"
                 )));
             }
         };
@@ -87,38 +104,62 @@ impl<R: ReadHalf> ReadHalf for SenderFix<R> {
         let fields_len = read_u32(&self.raw, 12, big).unwrap_or(0) as usize;
         let total = align8(16 + fields_len) + body_len;
         if total > MAX_MESSAGE {
-            return Err(zbus::Error::ExcessData);
+            return Err(zbus::Error::Failure(format!(
+                "the user manager sent a message of {total} bytes, more than the {} KiB \
+                 accepted from a user manager",
+                MAX_MESSAGE / 1024
+            )));
         }
         self.fill(total).await?;
         let mut msg: Vec<u8> = self.raw.drain(..total).collect();
         fix_sender(&mut msg, big, fields_len);
-        // File descriptors go with the message being completed; systemd sends none to the
-        // calls gocache-warden makes, so none can belong to a following message.
-        let mut replay = Replay {
-            data: msg,
-            pos: 0,
-            fds: std::mem::take(&mut self.fds),
-        };
-        replay
-            .receive_message(seq, &mut Vec::new(), &mut Vec::new())
-            .await
+        let mut replay = Replay { data: msg, pos: 0 };
+        // zbus 6 turns a malformed message into an error; a panic in its decoding would kill the
+        // connection's reader task and leave calls waiting, so it is an error here too.
+        let (mut no_bytes, mut no_fds) = (Vec::new(), Vec::new());
+        let decode = replay.receive_message(seq, &mut no_bytes, &mut no_fds);
+        match std::panic::AssertUnwindSafe(decode).catch_unwind().await {
+            Ok(r) => r,
+            Err(_) => Err(zbus::Error::Failure(
+                "zbus could not decode a message from the user manager".to_owned(),
+            )),
+        }
     }
 
     async fn recvmsg(&mut self, buf: &mut [u8]) -> RecvmsgResult {
-        // Only the authentication handshake reads raw bytes; pass them through untouched.
-        self.inner.recvmsg(buf).await
+        // Only the authentication handshake reads raw bytes; zbus keeps all of them until it
+        // has the lines it waits for, so a peer that never ends a line is cut off here.
+        if self.handshake >= MAX_HANDSHAKE {
+            return Err(std::io::Error::other(format!(
+                "the user manager's authentication handshake is longer than {MAX_HANDSHAKE} bytes"
+            )));
+        }
+        let room = buf.len().min(MAX_HANDSHAKE - self.handshake);
+        let n = self.inner.read(&mut buf[..room]).await?;
+        self.handshake += n;
+        Ok((n, Vec::new()))
+    }
+}
+
+/// The write half of a peer-to-peer connection to a user manager.
+#[derive(Debug)]
+pub struct Writer(pub OwnedWriteHalf);
+
+#[async_trait::async_trait]
+impl WriteHalf for Writer {
+    async fn sendmsg(&mut self, buffer: &[u8], fds: &[BorrowedFd<'_>]) -> std::io::Result<usize> {
+        // The read half says it cannot pass descriptors, so zbus never hands any here.
+        if !fds.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "file descriptors are not sent to user managers",
+            ));
+        }
+        self.0.write(buffer).await
     }
 
-    fn can_pass_unix_fd(&self) -> bool {
-        self.inner.can_pass_unix_fd()
-    }
-
-    async fn peer_credentials(&mut self) -> std::io::Result<zbus::fdo::ConnectionCredentials> {
-        self.inner.peer_credentials().await
-    }
-
-    fn auth_mechanism(&self) -> zbus::AuthMechanism {
-        self.inner.auth_mechanism()
+    async fn close(&mut self) -> std::io::Result<()> {
+        self.0.shutdown().await
     }
 }
 
@@ -127,7 +168,6 @@ impl<R: ReadHalf> ReadHalf for SenderFix<R> {
 struct Replay {
     data: Vec<u8>,
     pos: usize,
-    fds: Vec<OwnedFd>,
 }
 
 #[async_trait::async_trait]
@@ -136,7 +176,7 @@ impl ReadHalf for Replay {
         let n = buf.len().min(self.data.len() - self.pos);
         buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
         self.pos += n;
-        Ok((n, std::mem::take(&mut self.fds)))
+        Ok((n, Vec::new()))
     }
 }
 
@@ -226,13 +266,10 @@ mod tests {
     /// A method return as systemd sends it on its private socket, built with zbus and patched.
     fn systemd_reply(sender: &str) -> Vec<u8> {
         let call = Message::method_call("/org/freedesktop/systemd1", "Reload")
-            .unwrap()
             .build(&())
             .unwrap();
         let reply = Message::method_return(&call.header())
-            .unwrap()
             .sender(":1.234567890123456789012")
-            .unwrap()
             .build(&("ok",))
             .unwrap();
         let mut bytes = reply.data().to_vec();
@@ -264,5 +301,71 @@ mod tests {
         let mut short = vec![b'l', 2, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 200, 0, 0, 0, 2, 9];
         fix_sender(&mut short, false, 200);
         assert_eq!(short.len(), 18);
+    }
+
+    async fn decode(bytes: Vec<u8>) -> zbus::Result<Message> {
+        let mut replay = Replay {
+            data: bytes,
+            pos: 0,
+        };
+        replay
+            .receive_message(1, &mut Vec::new(), &mut Vec::new())
+            .await
+    }
+
+    /// zbus 6 refuses systemd's sender outright, so the rewrite is still needed.
+    #[tokio::test]
+    async fn zbus_6_still_needs_the_sender_rewrite() {
+        let msg = systemd_reply("org.freedesktop.systemd1");
+        assert!(decode(msg.clone()).await.is_err());
+        let mut fixed = msg;
+        let fields_len = read_u32(&fixed, 12, false).unwrap() as usize;
+        fix_sender(&mut fixed, false, fields_len);
+        let m = decode(fixed).await.unwrap();
+        assert_eq!(
+            m.header().sender().unwrap().as_str(),
+            ":s.xxxxxxxxxxxxxxxxxxxxx"
+        );
+    }
+
+    /// A message announced larger than MAX_MESSAGE is refused from its first 16 bytes.
+    #[tokio::test]
+    async fn oversized_messages_are_refused_before_their_body() {
+        use tokio::io::AsyncWriteExt;
+        let (ours, mut peer) = tokio::net::UnixStream::pair().unwrap();
+        let (read, _write) = ours.into_split();
+        let mut half = SenderFix::new(read);
+        let mut head = systemd_reply(":1.234567890123456789012");
+        head[4..8].copy_from_slice(&(MAX_MESSAGE as u32).to_le_bytes());
+        peer.write_all(&head[..16]).await.unwrap();
+        let err = half
+            .receive_message(1, &mut Vec::new(), &mut Vec::new())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("1024 KiB"), "{err}");
+        assert!(half.raw.len() <= 16);
+    }
+
+    /// A handshake that never ends a line stops at MAX_HANDSHAKE bytes.
+    #[tokio::test]
+    async fn the_handshake_is_bounded() {
+        use tokio::io::AsyncWriteExt;
+        let (ours, mut peer) = tokio::net::UnixStream::pair().unwrap();
+        let (read, _write) = ours.into_split();
+        let mut half = SenderFix::new(read);
+        tokio::spawn(async move {
+            let junk = vec![b'x'; 4096];
+            while peer.write_all(&junk).await.is_ok() {}
+        });
+        let mut buf = vec![0u8; 1024];
+        let mut total = 0;
+        let err = loop {
+            match half.recvmsg(&mut buf).await {
+                Ok((n, _)) => total += n,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(total, MAX_HANDSHAKE);
+        assert!(err.to_string().contains("handshake"), "{err}");
     }
 }

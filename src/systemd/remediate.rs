@@ -177,9 +177,9 @@ fn write_as_owner(d: &PlannedDropIn) -> anyhow::Result<Written> {
     match d.target.owner {
         Some((uid, _)) if uid != 0 => {
             let creds = crate::untrusted::Creds::of_uid(uid)?;
-            crate::untrusted::with_creds(&creds, || {
-                dropin::write(&d.target, &d.unit.unit, &d.contents)
-            })?
+            let (target, unit, contents) =
+                (d.target.clone(), d.unit.unit.clone(), d.contents.clone());
+            crate::untrusted::with_creds(&creds, move || dropin::write(&target, &unit, &contents))?
         }
         _ => dropin::write(&d.target, &d.unit.unit, &d.contents),
     }
@@ -242,7 +242,7 @@ pub async fn apply(
     conns: &[ManagerConn],
     inspection: &Inspection,
     rules: &[UnitRule],
-    resolve: units::Resolver<'_>,
+    resolve: units::Resolver<'static>,
 ) -> Vec<Remediation> {
     let mut results = Vec::new();
     let mut managers: Vec<&ManagerId> = plan.dropins.iter().map(|d| &d.unit.manager).collect();
@@ -315,7 +315,7 @@ async fn verify(
     d: &PlannedDropIn,
     inspection: &Inspection,
     rules: &[UnitRule],
-    resolve: units::Resolver<'_>,
+    resolve: units::Resolver<'static>,
 ) -> Result<(), String> {
     let svc = dbus::service_info(conn, &d.unit.unit)
         .await
@@ -354,7 +354,8 @@ async fn verify(
     let Some(rule) = rules.get(rule_index) else {
         return Ok(());
     };
-    let checked = super::asuser::inspect_unit(mgr, &svc, rule_index, rule, resolve)
+    let checked = super::asuser::inspect_unit_off_loop(mgr, &svc, rule_index, rule, resolve)
+        .await
         .map_err(|e| e.to_string())?;
     match &checked.gocache {
         Some((v, _)) if *v == d.expected => Ok(()),

@@ -268,12 +268,17 @@ impl fmt::Display for Inspection {
 }
 
 /// Inspects every unit matching `rules` on every manager in `conns`.
+///
+/// Managers are inspected side by side, and a user manager gets
+/// [`dbus::USER_MANAGER_TIMEOUT`] for all of it: its user may serve the socket themselves and
+/// answer slowly or never, which must cost the other users nothing. A manager that fails or runs
+/// out of time is one manager error and contributes no units, so nothing later (remediation)
+/// acts on half an answer.
 pub async fn inspect(
     conns: &[ManagerConn],
     rules: &[UnitRule],
-    resolve: Resolver<'_>,
+    resolve: Resolver<'static>,
 ) -> Inspection {
-    let mut out = Inspection::default();
     let patterns: Vec<String> = rules.iter().flat_map(|r| r.patterns.clone()).collect();
     let compiled: Vec<Vec<glob::Pattern>> = rules
         .iter()
@@ -284,66 +289,98 @@ pub async fn inspect(
                 .collect()
         })
         .collect();
-    for mgr in conns {
-        let info = match manager_info(mgr).await {
-            Ok(i) => i,
-            Err(e) => {
-                out.manager_errors.push(ManagerError {
-                    target: mgr.id.to_string(),
-                    msg: format!("{e:#}"),
-                });
-                continue;
-            }
-        };
-        let names = match dbus::list_services(mgr, &patterns).await {
-            Ok(n) => n,
-            Err(e) => {
-                out.manager_errors.push(ManagerError {
-                    target: mgr.id.to_string(),
-                    msg: format!("{e:#}"),
-                });
-                continue;
-            }
-        };
-        for name in names {
-            let Some(rule) = compiled
-                .iter()
-                .position(|pats| pats.iter().any(|p| p.matches(&name)))
-            else {
-                continue;
-            };
-            match dbus::service_info(mgr, &name).await {
-                Ok(svc) if svc.load_state == "loaded" => {
-                    // Aliases list the same unit twice; keep the first.
-                    if out
-                        .units
-                        .iter()
-                        .any(|u| u.unit.manager == mgr.id && u.unit.unit == svc.id)
-                    {
-                        continue;
-                    }
-                    match super::asuser::inspect_unit(&info, &svc, rule, &rules[rule], resolve) {
-                        Ok(u) => out.units.push(u),
-                        Err(e) => out.unit_errors.push(e),
+    let each = conns.iter().map(|mgr| {
+        let one = inspect_manager(mgr, rules, &patterns, &compiled, resolve);
+        async move {
+            match &mgr.id {
+                ManagerId::System => one.await,
+                ManagerId::User { .. } => {
+                    match tokio::time::timeout(dbus::USER_MANAGER_TIMEOUT, one).await {
+                        Ok(r) => r,
+                        Err(_) => Err(ManagerError {
+                            target: mgr.id.to_string(),
+                            msg: format!(
+                                "the user manager did not answer the inspection within {:?}; \
+                                 its units were not inspected",
+                                dbus::USER_MANAGER_TIMEOUT
+                            ),
+                        }),
                     }
                 }
-                // A unit file systemd could not parse is worth reporting; masked and
-                // not-found units are not.
-                Ok(svc) if matches!(svc.load_state.as_str(), "bad-setting" | "error") => {
-                    out.unit_errors.push(UnitError {
-                        manager: mgr.id.clone(),
-                        unit: svc.id,
-                        property: Some("Unit.LoadState".to_owned()),
-                        msg: format!("systemd could not load the unit ({})", svc.load_state),
-                    });
-                }
-                Ok(_) => {}
-                Err(e) => out.unit_errors.push(e),
             }
         }
-        out.managers.push(info);
+    });
+    let mut out = Inspection::default();
+    for result in futures_util::future::join_all(each).await {
+        match result {
+            Ok(one) => {
+                out.managers.extend(one.managers);
+                out.units.extend(one.units);
+                out.unit_errors.extend(one.unit_errors);
+            }
+            Err(e) => out.manager_errors.push(e),
+        }
     }
     out
+}
+
+/// Inspects the units of one manager; an error when the manager itself could not be read.
+async fn inspect_manager(
+    mgr: &ManagerConn,
+    rules: &[UnitRule],
+    patterns: &[String],
+    compiled: &[Vec<glob::Pattern>],
+    resolve: Resolver<'static>,
+) -> Result<Inspection, ManagerError> {
+    let mut out = Inspection::default();
+    let manager_error = |e: anyhow::Error| ManagerError {
+        target: mgr.id.to_string(),
+        msg: format!("{e:#}"),
+    };
+    let info = manager_info(mgr).await.map_err(manager_error)?;
+    let names = dbus::list_services(mgr, patterns)
+        .await
+        .map_err(manager_error)?;
+    for name in names {
+        let Some(rule) = compiled
+            .iter()
+            .position(|pats| pats.iter().any(|p| p.matches(&name)))
+        else {
+            continue;
+        };
+        match dbus::service_info(mgr, &name).await {
+            Ok(svc) if svc.load_state == "loaded" => {
+                // Aliases list the same unit twice; keep the first.
+                if out
+                    .units
+                    .iter()
+                    .any(|u| u.unit.manager == mgr.id && u.unit.unit == svc.id)
+                {
+                    continue;
+                }
+                let inspected =
+                    super::asuser::inspect_unit_off_loop(&info, &svc, rule, &rules[rule], resolve);
+                match inspected.await {
+                    Ok(u) => out.units.push(u),
+                    Err(e) => out.unit_errors.push(e),
+                }
+            }
+            // A unit file systemd could not parse is worth reporting; masked and
+            // not-found units are not.
+            Ok(svc) if matches!(svc.load_state.as_str(), "bad-setting" | "error") => {
+                out.unit_errors.push(UnitError {
+                    manager: mgr.id.clone(),
+                    unit: svc.id,
+                    property: Some("Unit.LoadState".to_owned()),
+                    msg: format!("systemd could not load the unit ({})", svc.load_state),
+                });
+            }
+            Ok(_) => {}
+            Err(e) => out.unit_errors.push(e),
+        }
+    }
+    out.managers.push(info);
+    Ok(out)
 }
 
 /// Reads the manager's environment and who it runs as.

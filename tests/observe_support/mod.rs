@@ -44,6 +44,7 @@ pub fn snapshot(path: &str, kind: CacheKind, users: usize) -> CacheSnapshot {
     CacheSnapshot {
         path: PathBuf::from(path),
         user: None,
+        via: None,
         kind,
         allocated_bytes: 12 * GIB,
         apparent_bytes: 11 * GIB,

@@ -305,3 +305,86 @@ pub fn require_test_hooks() {
         "this test uses failpoints: run it with `cargo test --features test-hooks` (as .ci/test does)"
     );
 }
+
+/// `promtool check metrics` on `text` (real promtool, which the README's test command
+/// installs): lint findings or parse errors fail the test, with the text.
+pub fn promtool_check(text: &str) {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut c = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (apt-get install prometheus)");
+    c.stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let o = c.wait_with_output().expect("promtool");
+    assert!(
+        o.status.success(),
+        "promtool check metrics:\n{}{}\n{text}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// `gocache-warden --policy POLICY check --json`, parsed.
+pub fn check_json(policy: &Path) -> serde_json::Value {
+    json(&run(
+        [
+            "--policy".as_ref(),
+            policy.as_os_str(),
+            "check".as_ref(),
+            "--json".as_ref(),
+        ],
+        &[],
+    ))
+}
+
+/// A FUSE file system whose server never answers, as a user can mount one with `fusermount`
+/// (mounted here by the test, which has no `fusermount`): every lookup in it waits until the
+/// connection ends, which dropping this does.
+pub struct DeadFuse {
+    dev: Option<std::os::fd::OwnedFd>,
+    pub mnt: std::path::PathBuf,
+}
+
+impl DeadFuse {
+    pub fn mount(mnt: &Path) -> DeadFuse {
+        use std::os::fd::AsRawFd;
+        std::fs::create_dir(mnt).expect("mkdir mount point");
+        let dev = nix::fcntl::open(
+            "/dev/fuse",
+            nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .expect("open /dev/fuse (the test needs FUSE in the kernel)");
+        let opts = format!(
+            "fd={},rootmode=40000,user_id=0,group_id=0,allow_other",
+            dev.as_raw_fd()
+        );
+        nix::mount::mount(
+            Some("gcw-dead"),
+            mnt,
+            Some("fuse.gcw-dead"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some(opts.as_str()),
+        )
+        .expect("mount the FUSE file system");
+        DeadFuse {
+            dev: Some(dev),
+            mnt: mnt.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for DeadFuse {
+    fn drop(&mut self) {
+        drop(self.dev.take());
+        let _ = nix::mount::umount2(&self.mnt, nix::mount::MntFlags::MNT_DETACH);
+    }
+}

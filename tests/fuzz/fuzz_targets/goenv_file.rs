@@ -1,29 +1,20 @@
-//! The `go env` file parser (`$GOENV`, users' own file) through the real resolution: the
-//! input is written to a file GOENV names; any bytes, no panic.
+//! The `go env` file parser (`$GOENV`, users' own file) on any bytes: no panic, and what it
+//! returns is what go would read (names start with A-Z and hold no '=', nothing spans lines).
+//! The parser takes bytes, so no file is written per run.
 #![no_main]
 
-use std::collections::BTreeMap;
-use std::sync::OnceLock;
-
-use gocache_warden::goenv::{self, GoEnv};
+use gocache_warden::goenv::envfile;
 use libfuzzer_sys::fuzz_target;
 
-fn path() -> &'static std::path::Path {
-    static P: OnceLock<std::path::PathBuf> = OnceLock::new();
-    P.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("gcw-fuzz-goenv-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        dir.join("env")
-    })
-}
-
 fuzz_target!(|data: &[u8]| {
-    std::fs::write(path(), data).expect("write");
-    let vars: BTreeMap<String, String> = [
-        ("HOME".to_string(), "/h".to_string()),
-        ("GOENV".to_string(), path().display().to_string()),
-    ]
-    .into();
-    let r = goenv::resolve(&GoEnv::new(vars, None));
-    let _ = r.gocache.path();
+    let parsed = envfile::parse(data);
+    let lines = data.split(|b| *b == b'\n').count();
+    assert!(parsed.settings.len() <= lines);
+    for (key, val) in &parsed.settings {
+        assert!(key.starts_with(|c: char| c.is_ascii_uppercase()), "{key:?}");
+        assert!(!key.contains('=') && !key.contains('\n') && !val.contains('\n'));
+    }
+    for (line, _) in &parsed.warnings {
+        assert!((1..=lines).contains(line));
+    }
 });
