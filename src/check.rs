@@ -733,7 +733,10 @@ fn cacheprog_finding(c: &mut CacheReport) {
     let (Some(path), true, CacheKind::Build) = (&c.path, c.exists, c.kind) else {
         return;
     };
-    let Ok(Some(s)) = crate::cacheprog::stats::read(path) else {
+    let Ok(crate::cacheprog::stats::Reading {
+        counters: Some(s), ..
+    }) = crate::cacheprog::stats::read_as_owner(path)
+    else {
         return;
     };
     let gets = s.shared_hits + s.own_hits + s.misses;

@@ -18,6 +18,9 @@ pub struct Sweep {
     pub duration: Duration,
     /// Unix seconds when the sweep started.
     pub started: i64,
+    /// The cache program's counters of each build cache, read by the agent after the sweep
+    /// (`daemon::observe::read_cacheprog`); `enforce` leaves it empty.
+    pub cacheprog: Vec<crate::metrics::CacheprogSnapshot>,
 }
 
 impl Sweep {
@@ -164,5 +167,6 @@ fn once(policy: &Policy, scope: Scope, env: &GoEnv, dry_run: bool) -> Sweep {
         outcome,
         duration: start.elapsed(),
         started: now,
+        cacheprog: Vec::new(),
     }
 }

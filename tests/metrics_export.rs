@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use gocache_warden::alert::{Dispatcher, ExecSink, RetryPolicy};
 use gocache_warden::metrics::textfile::TextfileWriter;
-use gocache_warden::metrics::{CacheKind, METRIC_NAMES, Metrics, MetricsConfig, encode_text};
+use gocache_warden::metrics::{
+    CacheKind, CacheprogSnapshot, IntegritySlice, METRIC_NAMES, Metrics, MetricsConfig, encode_text,
+};
 use observe_support::*;
 use prometheus::Registry;
 
@@ -32,6 +34,28 @@ fn full_registry() -> (Registry, Metrics) {
     m.observe_sweep(&sweep("/srv/gocache", CacheKind::Build, true));
     m.observe_sweep(&sweep("/srv/gomodcache", CacheKind::Module, false));
     m.set_units_missing_gocache(3);
+    // What the cache program served alice, read from her own cache.
+    m.observe_cacheprog(&CacheprogSnapshot {
+        path: PathBuf::from("/home/alice/.cache/go-build"),
+        kind: CacheKind::Build,
+        user: "alice".into(),
+        shared_hits: 40,
+        shared_hit_bytes: 4 << 20,
+        own_hits: 3,
+        misses: 2,
+        ..Default::default()
+    });
+    // Background verification of the shared cache: zeros, then a slice that found one.
+    m.set_verified_caches(&[(PathBuf::from("/srv/gocache"), CacheKind::Build)]);
+    m.observe_integrity(&IntegritySlice {
+        path: PathBuf::from("/srv/gocache"),
+        kind: CacheKind::Build,
+        bytes: 1 << 20,
+        outputs: 10,
+        problems: [1, 0, 0],
+        actions: [0, 1, 0],
+        pass_ended: Some(1.7e9),
+    });
     // The alert dispatcher registers its delivery counter in the same registry.
     let sink = ExecSink::new(
         "exec",
@@ -374,8 +398,16 @@ fn textfile_is_never_seen_half_written() {
     .unwrap();
     // Fifty caches make each file a few hundred KiB, so a torn write would be visible.
     let caches: Vec<String> = (0..50).map(|i| format!("/srv/cache{i:02}")).collect();
-    // No alert dispatcher in this registry, and no per-user cache (owner_info).
-    let families = METRIC_NAMES.len() - 2;
+    // No alert dispatcher in this registry, no per-user cache (owner_info), no cache program
+    // counters and no background verification: those families have no series here.
+    let families = METRIC_NAMES
+        .iter()
+        .filter(|n| {
+            !n.starts_with("gocache_warden_cacheprog_")
+                && !n.starts_with("gocache_warden_integrity_")
+        })
+        .count()
+        - 2;
     let write_generation = |g: u64| {
         for c in &caches {
             m.observe_snapshot(&snapshot(c, CacheKind::Build, (g % 20 + 1) as usize));

@@ -8,6 +8,11 @@ use support::{run, stderr, stdout, tempdir};
 /// (file name, contents, expected "LINE:COL: message start")
 const INVALID: &[(&str, &str, &str)] = &[
     (
+        "verify-rate.toml",
+        "[agent]\nverify_rate = \"fast\"\n",
+        "2:15: verify_rate \"fast\" must be bytes per second",
+    ),
+    (
         "syntax.toml",
         "[cache.x\npath = \"/a\"\n",
         "1:9: unclosed table",

@@ -43,6 +43,8 @@ pub enum AlertKind {
     Violations,
     UnitsMissingGocache,
     SweepFailed,
+    /// Background verification found tampered or untrusted entries in a cache.
+    Integrity,
     /// Sent by `gocache-warden alert test` to check delivery.
     Test,
 }
@@ -56,6 +58,7 @@ impl AlertKind {
             AlertKind::Violations => "violations",
             AlertKind::UnitsMissingGocache => "units_missing_gocache",
             AlertKind::SweepFailed => "sweep_failed",
+            AlertKind::Integrity => "integrity",
             AlertKind::Test => "test",
         }
     }
@@ -69,6 +72,7 @@ impl AlertKind {
             AlertKind::Violations => "Go cache compliance violations",
             AlertKind::UnitsMissingGocache => "Units run Go without GOCACHE",
             AlertKind::SweepFailed => "Go cache sweep failed",
+            AlertKind::Integrity => "Go cache entries failed verification",
             AlertKind::Test => "gocache-warden test alert",
         }
     }
@@ -221,7 +225,9 @@ fn blank(host: &str, kind: AlertKind, id: String) -> Alert {
         kind,
         status: AlertStatus::Firing,
         severity: match kind {
-            AlertKind::OverLimit | AlertKind::SweepFailed => Severity::Critical,
+            AlertKind::OverLimit | AlertKind::SweepFailed | AlertKind::Integrity => {
+                Severity::Critical
+            }
             _ => Severity::Warning,
         },
         host: host.to_string(),
@@ -378,6 +384,63 @@ fn cache_checks(host: &str, c: &CacheObservation, th: &Thresholds, out: &mut Vec
                 .collect(),
             ..base(AlertKind::SweepFailed)
         });
+    }
+}
+
+/// What background verification found in one cache since its last clean pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IntegrityFound {
+    pub cache: PathBuf,
+    pub tampered: u64,
+    pub untrusted: u64,
+    pub unverifiable: u64,
+    /// What was done about them (`untrusted` in the policy).
+    pub evicted: u64,
+    pub quarantined: u64,
+    pub failed: u64,
+    /// A few of the entries, relative to the cache root.
+    pub examples: Vec<String>,
+}
+
+/// The integrity alert of one verified cache: firing while anything failed verification
+/// in the current pass or the last complete one, resolved after a clean pass. Pure.
+pub fn integrity(host: &str, f: &IntegrityFound) -> Alert {
+    let path = f.cache.display().to_string();
+    let total = f.tampered + f.untrusted + f.unverifiable;
+    let mut actions = Vec::new();
+    for (n, what) in [
+        (f.quarantined, "quarantined"),
+        (f.evicted, "evicted"),
+        (f.failed, "could not be evicted or quarantined"),
+    ] {
+        if n > 0 {
+            actions.push(format!("{n} entries {what}"));
+        }
+    }
+    if total > 0 && actions.is_empty() {
+        actions.push("reported only (untrusted = \"report\")".to_string());
+    }
+    Alert {
+        status: status(total > 0),
+        summary: if total > 0 {
+            format!(
+                "{total} entries of {path} failed verification: {} tampered, {} untrusted, {} unverifiable{}",
+                f.tampered,
+                f.untrusted,
+                f.unverifiable,
+                if f.examples.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (e.g. {})", f.examples.join(", "))
+                }
+            )
+        } else {
+            format!("every entry of {path} passed verification")
+        },
+        cache: Some(f.cache.clone()),
+        cache_kind: Some(CacheKind::Build),
+        actions,
+        ..blank(host, AlertKind::Integrity, format!("integrity:{path}"))
     }
 }
 

@@ -209,6 +209,7 @@ impl Server {
             match res {
                 Ok(Some((rec, path))) => {
                     self.counters.own_hits += 1;
+                    self.counters.own_hit_bytes += rec.size as u64;
                     return hit(rec, path.to_string_lossy().into_owned());
                 }
                 Ok(None) => {}

@@ -18,6 +18,7 @@
 pub mod growth;
 mod liveness;
 pub mod observe;
+mod verify;
 
 use crate::alert::UnitRef;
 use crate::goenv::GoEnv;
@@ -53,6 +54,10 @@ pub enum Event {
     SweepDone(Box<Sweep>, Vec<UnitRef>),
     /// A sweep ended without a result (it panicked): the loop must not wait for it.
     SweepFailed(String),
+    /// A slice of background verification finished (on the blocking pool).
+    Verified(Box<verify::Done>),
+    /// The next background verification pass is due.
+    VerifyDue,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -315,7 +320,10 @@ impl State {
         tokio::spawn(async move {
             let p = policy.clone();
             let sweep = tokio::task::spawn_blocking(move || {
-                crate::sweep::run(&p, scope, &GoEnv::from_process(), false)
+                let mut s = crate::sweep::run(&p, scope, &GoEnv::from_process(), false);
+                // Users' files, read as their owners: here on the blocking pool, not in the loop.
+                s.cacheprog = observe::read_cacheprog(&s.reports);
+                s
             })
             .await;
             let units = if crate::scan::walk::stop_requested() {
@@ -411,6 +419,7 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
         last_grew: None,
         grew_deferred: false,
     };
+    let mut verifier = verify::Verifier::default();
     notify(&[NotifyState::Ready]);
     st.request_sweep(&tx);
     while let Some(ev) = rx.recv().await {
@@ -456,7 +465,7 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                 }
             }
             Event::Watchdog => match liveness.check(
-                st.running,
+                st.running || verifier.running,
                 crate::progress::count(),
                 std::time::Instant::now(),
             ) {
@@ -522,7 +531,7 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                 notify(&[NotifyState::Stopping]);
                 st.stopping = true;
                 crate::scan::walk::request_stop();
-                if !st.running {
+                if !st.running && !verifier.running {
                     break;
                 }
                 tracing::info!("stopping: waiting for the current sweep to reach its next entry");
@@ -530,6 +539,9 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
             Event::SweepDone(sweep, units) => {
                 st.running = false;
                 if st.stopping {
+                    if verifier.running {
+                        continue;
+                    }
                     break;
                 }
                 let status = sweep.status_line();
@@ -590,7 +602,10 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                 if let Ok(mut p) = probes.lock() {
                     *p = crate::headroom::probes(&sweep.reports);
                 }
+                // Before the textfile is written: verified caches have their series from the start.
+                obs.set_verified(&verify::verified_paths(&st.policy));
                 obs.after_sweep(&sweep, &units);
+                verifier.request(&st.policy, &tx);
                 notify(&[NotifyState::Status(&status)]);
                 st.last_status = Some(status);
                 // A root this sweep created was inspected as missing, so nothing watches it
@@ -609,9 +624,27 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                     st.request_units(&tx);
                 }
             }
+            Event::Verified(done) => {
+                verifier.finish(&done);
+                if st.stopping {
+                    if st.running {
+                        continue;
+                    }
+                    break;
+                }
+                obs.after_verify(&done);
+                verifier.request(&st.policy, &tx);
+            }
+            Event::VerifyDue => {
+                verifier.new_pass();
+                verifier.request(&st.policy, &tx);
+            }
             Event::SweepFailed(why) => {
                 st.running = false;
                 if st.stopping {
+                    if verifier.running {
+                        continue;
+                    }
                     break;
                 }
                 tracing::error!(

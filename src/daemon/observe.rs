@@ -46,6 +46,9 @@ pub struct Observability {
     last_caches: Vec<(std::path::PathBuf, MKind)>,
     /// What the last sweep saw, for alerts re-evaluated after a units-only inspection.
     last_observation: Option<alert::Observation>,
+    /// Background verification, per cache: what the current pass found so far, and what
+    /// the last complete pass found (the integrity alert fires while either is not clean).
+    integrity: BTreeMap<PathBuf, (alert::IntegrityFound, alert::IntegrityFound)>,
 }
 
 fn mkind(k: CacheKind) -> MKind {
@@ -218,6 +221,7 @@ impl Observability {
             thresholds: thresholds(policy),
             last_caches: Vec::new(),
             last_observation: None,
+            integrity: BTreeMap::new(),
         })
     }
 
@@ -298,6 +302,9 @@ impl Observability {
             caches: Vec::new(),
             units_missing_gocache: units_missing.to_vec(),
         };
+        for c in &sweep.cacheprog {
+            self.metrics.observe_cacheprog(c);
+        }
         for r in &sweep.reports {
             let Some(snap) = snapshot(r, sweep) else {
                 continue;
@@ -336,6 +343,81 @@ impl Observability {
         self.last_observation = Some(obs);
     }
 
+    /// Declares the caches verified in the background (zeros from the start); a cache no
+    /// longer verified loses its series and its alert resolves.
+    pub fn set_verified(&mut self, paths: &[PathBuf]) {
+        let caches: Vec<_> = paths.iter().map(|p| (p.clone(), MKind::Build)).collect();
+        self.metrics.set_verified_caches(&caches);
+        self.integrity.retain(|p, _| paths.contains(p));
+    }
+
+    /// Publishes one slice of background verification: metrics, the journal, the alert.
+    pub fn after_verify(&mut self, d: &super::verify::Done) {
+        let path = d.path.display();
+        let s = match &d.result {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(gocache_warden_action = crate::logging::action::INTEGRITY_FAILED, cache_path = %path, error = %e, "background verification of {path} failed: {e}");
+                return;
+            }
+        };
+        let v = &s.verified;
+        let now = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |t| t.as_secs_f64());
+        self.metrics.observe_integrity(&metrics::IntegritySlice {
+            path: d.path.clone(),
+            kind: MKind::Build,
+            bytes: v.bytes_hashed,
+            outputs: v.outputs,
+            problems: [v.tampered, v.untrusted, v.unverifiable],
+            actions: [v.evicted, v.quarantined, v.failed],
+            pass_ended: s.pass_done.then_some(now),
+        });
+        let (current, last) = self.integrity.entry(d.path.clone()).or_default();
+        current.cache = d.path.clone();
+        current.tampered += v.tampered;
+        current.untrusted += v.untrusted;
+        current.unverifiable += v.unverifiable;
+        current.evicted += v.evicted;
+        current.quarantined += v.quarantined;
+        current.failed += v.failed;
+        for (_, rel) in &v.examples {
+            if current.examples.len() < 5 {
+                current.examples.push(rel.display().to_string());
+            }
+        }
+        let found = v.tampered + v.untrusted + v.unverifiable;
+        if found > 0 {
+            tracing::warn!(
+                gocache_warden_action = crate::logging::action::INTEGRITY,
+                cache_path = %path,
+                entries = found,
+                "background verification of {path}: {} tampered, {} untrusted, {} unverifiable entries; {} quarantined, {} evicted, {} left in place after a failure",
+                v.tampered, v.untrusted, v.unverifiable, v.quarantined, v.evicted, v.failed
+            );
+        }
+        if s.pass_done {
+            tracing::info!(
+                cache_path = %path,
+                "background verification pass of {path} complete; this slice hashed {} outputs ({} bytes)",
+                v.outputs, v.bytes_hashed
+            );
+            *last = std::mem::take(current);
+            last.cache = d.path.clone();
+        }
+        self.write_textfile();
+        let obs = self
+            .last_observation
+            .take()
+            .unwrap_or_else(|| alert::Observation {
+                host: crate::sweep::hostname(),
+                ..Default::default()
+            });
+        self.publish(&obs);
+        self.last_observation = Some(obs);
+    }
+
     fn write_textfile(&self) {
         if let Some(t) = &self.textfile
             && let Err(e) = t.write(&self.registry)
@@ -348,12 +430,85 @@ impl Observability {
         let Some(d) = &self.dispatcher else {
             return;
         };
-        let checks = alert::evaluate(obs, &self.thresholds);
+        let mut checks = alert::evaluate(obs, &self.thresholds);
+        for (path, (current, last)) in &self.integrity {
+            let mut f = current.clone();
+            f.cache = path.clone();
+            f.tampered += last.tampered;
+            f.untrusted += last.untrusted;
+            f.unverifiable += last.unverifiable;
+            f.evicted += last.evicted;
+            f.quarantined += last.quarantined;
+            f.failed += last.failed;
+            for e in &last.examples {
+                if f.examples.len() < 5 && !f.examples.contains(e) {
+                    f.examples.push(e.clone());
+                }
+            }
+            checks.push(alert::integrity(&obs.host, &f));
+        }
         let now = SystemTime::now();
         for (sink, tracker) in &mut self.trackers {
             tracker.update_with(checks.clone(), now, |a| d.enqueue_to(sink, a));
         }
     }
+}
+
+/// The cache program's counters in each build cache of the sweep, read as the cache root's
+/// owner (`cacheprog::stats::read_as_owner`: bounded, non-blocking, no symlinks). A cache
+/// without a counters file gets zeros, so its series exist before the first build; one whose
+/// file cannot be read or parsed is logged and left out (its series keep their last values).
+pub fn read_cacheprog(reports: &[CacheReport]) -> Vec<metrics::CacheprogSnapshot> {
+    let mut out = Vec::new();
+    for r in reports {
+        let (Some(path), true, None, CacheKind::Build) = (&r.path, r.exists, &r.refused, r.kind)
+        else {
+            continue;
+        };
+        if crate::scan::walk::stop_requested() {
+            break;
+        }
+        // A user agent cannot take another user's identity: caches it does not own (a
+        // shared one) have no counters of its user anyway.
+        let euid = nix::unistd::geteuid();
+        if !euid.is_root()
+            && std::fs::symlink_metadata(path)
+                .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+                .ok()
+                != Some(euid.as_raw())
+        {
+            continue;
+        }
+        let reading = match crate::cacheprog::stats::read_as_owner(path) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(cache_path = %path.display(), error = %format!("{e:#}"), "cache program counters not read: {e:#}");
+                continue;
+            }
+        };
+        let c = reading.counters.unwrap_or_default();
+        let user = r.owner_names.get(&reading.uid).cloned().unwrap_or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(reading.uid))
+                .ok()
+                .flatten()
+                .map_or_else(|| reading.uid.to_string(), |u| u.name)
+        });
+        out.push(metrics::CacheprogSnapshot {
+            path: path.clone(),
+            kind: MKind::Build,
+            user,
+            shared_hits: c.shared_hits,
+            shared_hit_bytes: c.shared_hit_bytes,
+            own_hits: c.own_hits,
+            own_hit_bytes: c.own_hit_bytes,
+            misses: c.misses,
+            refused_tampered: c.shared_tampered,
+            refused_untrusted: c.shared_untrusted,
+            puts: c.puts,
+            put_bytes: c.put_bytes,
+        });
+    }
+    out
 }
 
 /// The metrics view of one cache, as it is after the sweep.

@@ -9,11 +9,16 @@
 //! Each declared cache always has all its series (zeros for known kinds), and a cache
 //! dropped from the policy loses all of its series.
 
+mod cacheprog;
 pub mod http;
+mod integrity;
 mod model;
 pub mod textfile;
 
-pub use model::{CacheKind, CacheSnapshot, EvictReason, Evicted, OwnerUsage, SweepOutcome};
+pub use integrity::{ACTIONS as INTEGRITY_ACTIONS, IntegritySlice, PROBLEMS as INTEGRITY_PROBLEMS};
+pub use model::{
+    CacheKind, CacheSnapshot, CacheprogSnapshot, EvictReason, Evicted, OwnerUsage, SweepOutcome,
+};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -49,6 +54,17 @@ pub const METRIC_NAMES: &[&str] = &[
     "gocache_warden_last_successful_sweep_timestamp_seconds",
     "gocache_warden_units_missing_gocache",
     crate::alert::NOTIFICATIONS_METRIC,
+    "gocache_warden_cacheprog_hits_total",
+    "gocache_warden_cacheprog_served_bytes_total",
+    "gocache_warden_cacheprog_misses_total",
+    "gocache_warden_cacheprog_refused_total",
+    "gocache_warden_cacheprog_puts_total",
+    "gocache_warden_cacheprog_put_bytes_total",
+    "gocache_warden_integrity_hashed_bytes_total",
+    "gocache_warden_integrity_verified_outputs_total",
+    "gocache_warden_integrity_problems_total",
+    "gocache_warden_integrity_actions_total",
+    "gocache_warden_integrity_last_pass_timestamp_seconds",
 ];
 
 /// The `user` label value that sums everyone outside the top N.
@@ -120,6 +136,8 @@ pub struct Metrics {
     last_success: GaugeVec,
     units_missing: GaugeVec,
     owner_info: GaugeVec,
+    cacheprog: Mutex<cacheprog::Families>,
+    integrity: Mutex<integrity::Families>,
     state: Mutex<HashMap<PathBuf, CacheSeries>>,
 }
 
@@ -283,6 +301,8 @@ impl Metrics {
                 "1 for a per-user cache (policy `users`), naming the user whose cache it is and how it was found (via: go env, manager, unit:NAME)",
                 &["cache", "kind", "user", "via"],
             )?,
+            cacheprog: Mutex::new(cacheprog::Families::new(r)?),
+            integrity: Mutex::new(integrity::Families::new(r)?),
             cfg,
             state: Mutex::new(HashMap::new()),
         };
@@ -315,6 +335,33 @@ impl Metrics {
         for (path, kind) in caches {
             self.ensure(&mut state, path, *kind);
         }
+        let paths: Vec<PathBuf> = caches.iter().map(|(p, _)| p.clone()).collect();
+        self.cacheprog().retain(&paths);
+    }
+
+    fn cacheprog(&self) -> MutexGuard<'_, cacheprog::Families> {
+        // As for `state`: the label bookkeeping stays usable after a panic elsewhere.
+        self.cacheprog.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn integrity(&self) -> MutexGuard<'_, integrity::Families> {
+        self.integrity.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Declares the caches verified in the background: their series exist (zeros) from now
+    /// on; caches no longer verified lose theirs.
+    pub fn set_verified_caches(&self, caches: &[(PathBuf, CacheKind)]) {
+        self.integrity().declare(caches);
+    }
+
+    /// Records one slice of background verification.
+    pub fn observe_integrity(&self, s: &IntegritySlice) {
+        self.integrity().observe(s);
+    }
+
+    /// Records what the cache program counted for the user of one cache.
+    pub fn observe_cacheprog(&self, s: &CacheprogSnapshot) {
+        self.cacheprog().observe(s);
     }
 
     /// Removes every series of one cache (it left the policy).
@@ -323,6 +370,7 @@ impl Metrics {
         if let Some(series) = state.remove(path) {
             self.remove_series(path, &series);
         }
+        self.cacheprog().remove(path);
     }
 
     fn ensure<'a>(
@@ -629,6 +677,58 @@ mod tests {
             name: name.to_string(),
             bytes,
         }
+    }
+
+    #[test]
+    fn every_cacheprog_and_integrity_family_is_a_known_name() {
+        for n in cacheprog::NAMES.iter().chain(integrity::NAMES) {
+            assert!(METRIC_NAMES.contains(n), "{n}");
+        }
+    }
+
+    #[test]
+    fn cacheprog_series_follow_the_file_and_go_with_the_cache() {
+        let reg = Registry::new();
+        let m = Metrics::new(&reg, MetricsConfig::default()).expect("metrics");
+        let path = PathBuf::from("/home/alice/.cache/go-build");
+        let mut s = CacheprogSnapshot {
+            path: path.clone(),
+            kind: CacheKind::Build,
+            user: "alice".into(),
+            shared_hits: 7,
+            shared_hit_bytes: 700,
+            ..Default::default()
+        };
+        m.observe_cacheprog(&s);
+        let line = |src: &str, v: u64| {
+            format!(
+                "gocache_warden_cacheprog_hits_total{{cache=\"/home/alice/.cache/go-build\",kind=\"build\",source=\"{src}\",user=\"alice\"}} {v}"
+            )
+        };
+        let text = encode_text(&reg).expect("text");
+        assert!(text.contains(&line("shared", 7)), "{text}");
+        assert!(text.contains(&line("own", 0)), "zeros, not absent: {text}");
+        s.shared_hits = 9;
+        m.observe_cacheprog(&s);
+        assert!(
+            encode_text(&reg)
+                .expect("text")
+                .contains(&line("shared", 9))
+        );
+        // The user deleted the file: the series goes back with it (a counter reset).
+        s.shared_hits = 2;
+        m.observe_cacheprog(&s);
+        assert!(
+            encode_text(&reg)
+                .expect("text")
+                .contains(&line("shared", 2))
+        );
+        m.set_caches(&[]);
+        assert!(
+            !encode_text(&reg)
+                .expect("text")
+                .contains("cacheprog_hits_total{")
+        );
     }
 
     #[test]

@@ -11,10 +11,11 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 /// Which kind of Go cache a path holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CacheKind {
     /// A build cache (`GOCACHE`).
+    #[default]
     Build,
     /// A module cache (`GOMODCACHE`).
     Module,
@@ -172,4 +173,26 @@ impl SweepOutcome {
             parts.join("; ")
         }
     }
+}
+
+/// What `gocache-warden cacheprog` counted for the user of one (own) cache, as its counters
+/// file says: totals since the file was created.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CacheprogSnapshot {
+    /// The cache the program used as the user's own (where the counters live).
+    pub path: PathBuf,
+    pub kind: CacheKind,
+    /// The user whose builds these are (the cache root's owner).
+    pub user: String,
+    pub shared_hits: u64,
+    pub shared_hit_bytes: u64,
+    pub own_hits: u64,
+    pub own_hit_bytes: u64,
+    pub misses: u64,
+    /// Shared entries refused because their output's hash was not its name's.
+    pub refused_tampered: u64,
+    /// Shared entries refused because their owner was not a trusted writer.
+    pub refused_untrusted: u64,
+    pub puts: u64,
+    pub put_bytes: u64,
 }

@@ -81,6 +81,8 @@ pub struct AgentFragment {
     pub interval: S<String>,
     /// React to cache growth through inotify between sweeps.
     pub watch: S<bool>,
+    /// Bytes per second hashed in the background to verify caches with trusted writers.
+    pub verify_rate: S<String>,
 }
 
 #[derive(Debug, Default, Clone, Deserialize)]
@@ -166,7 +168,7 @@ impl Fragment {
     pub fn merge(&mut self, later: Fragment) {
         if let Some(a) = later.agent {
             let base = self.agent.get_or_insert_with(Default::default);
-            overlay!(base, a, interval, watch);
+            overlay!(base, a, interval, watch, verify_rate);
         }
         for (name, c) in later.cache {
             let base = self.cache.entry(name).or_default();

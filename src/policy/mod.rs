@@ -350,6 +350,9 @@ pub struct AgentPolicy {
     #[serde(serialize_with = "ser_duration")]
     pub interval: Duration,
     pub watch: bool,
+    /// Bytes per second the agent hashes in the background to verify build caches with
+    /// `trusted_writers`; 0: no background verification.
+    pub verify_rate: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]

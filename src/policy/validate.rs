@@ -6,6 +6,10 @@
 
 use super::fragment::{self, Fragment, L, SizeValue};
 use super::value::{self, parse_duration, parse_percent, parse_perm};
+
+/// `agent.verify_rate` when unset: 32 MiB/s, a few percent of a disk's read bandwidth (see
+/// README, "Shared caches without shared trust").
+pub const DEFAULT_VERIFY_RATE: u64 = 32 << 20;
 use super::*;
 
 struct Ctx<'a> {
@@ -111,9 +115,21 @@ fn build(ctx: &mut Ctx, m: Fragment) -> Policy {
     {
         ctx.err(at, "interval must be at least 1s");
     }
+    let verify_rate = ctx
+        .parse(&a.verify_rate, |s| match s.trim() {
+            // "0" turns it off; parse_bytes refuses zero as a size limit.
+            "0" => Ok(0),
+            s => value::parse_bytes(s).map_err(|_| {
+                format!(
+                    "verify_rate {s:?} must be bytes per second (e.g. \"32MiB\") or \"0\" for off"
+                )
+            }),
+        })
+        .unwrap_or(DEFAULT_VERIFY_RATE);
     let agent = AgentPolicy {
         interval,
         watch: a.watch.is_none_or(|w| w.value),
+        verify_rate,
     };
     let mf = m.metrics.unwrap_or_default();
     let metrics = MetricsPolicy {

@@ -5,6 +5,7 @@
 pub mod deb;
 pub mod gobuild;
 pub mod journald;
+pub mod shared;
 pub mod usermgr;
 pub mod vm;
 

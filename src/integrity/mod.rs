@@ -10,7 +10,10 @@
 //! `untrusted = "evict" | "quarantine"` and `enforce --verify` — removed or moved into
 //! `ROOT/gocache-warden-quarantine/`, inside the cache, by `renameat` between directory
 //! fds after re-checking the entry's identity. Besides `apply`, this is the only code that
-//! removes anything from a cache (see README, "Architecture").
+//! removes anything from a cache (see README, "Architecture"). The agent runs the same
+//! checks in the background, paced and resumable ([`background`]).
+
+pub mod background;
 
 use crate::cacheprog::store::{Hash, Trust, hash_reader};
 use crate::policy::Untrusted;
@@ -89,6 +92,53 @@ struct Shared<'a> {
     quarantined: AtomicU64,
     failed: AtomicU64,
     examples: Mutex<Vec<(Problem, PathBuf)>>,
+    /// The agent's background pass: reads paced to a byte rate, entries in name order so
+    /// a pass can resume, stopping between entries once its budget is spent.
+    pace: Option<&'a background::Pacer>,
+}
+
+impl<'a> Shared<'a> {
+    fn new(
+        root: &'a Dir,
+        quarantine: Option<Dir>,
+        act: Act,
+        pace: Option<&'a background::Pacer>,
+    ) -> Self {
+        Shared {
+            root,
+            quarantine,
+            act,
+            outputs: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            tampered: AtomicU64::new(0),
+            untrusted: AtomicU64::new(0),
+            unverifiable: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+            quarantined: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            examples: Mutex::new(Vec::new()),
+            pace,
+        }
+    }
+
+    fn into_verified(self, t0: std::time::Instant) -> Verified {
+        let examples = self
+            .examples
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
+        Verified {
+            outputs: self.outputs.into_inner(),
+            bytes_hashed: self.bytes.into_inner(),
+            tampered: self.tampered.into_inner(),
+            untrusted: self.untrusted.into_inner(),
+            unverifiable: self.unverifiable.into_inner(),
+            evicted: self.evicted.into_inner(),
+            quarantined: self.quarantined.into_inner(),
+            failed: self.failed.into_inner(),
+            examples,
+            seconds: t0.elapsed().as_secs_f64(),
+        }
+    }
 }
 
 /// Verifies the cache at `root`. `trust`: the policy's trusted writers (`None`: no owner
@@ -97,34 +147,14 @@ pub fn verify(root: &Path, trust: Option<&Trust>, act: Act) -> anyhow::Result<Ve
     use anyhow::Context;
     let t0 = std::time::Instant::now();
     let dir = Dir::open_root(root).with_context(|| format!("cannot open {root:?}"))?;
-    let quarantine =
-        if act == Act::Quarantine {
-            Some(quarantine_dir(&dir).with_context(|| {
-                format!("cannot open the quarantine {:?}", root.join(QUARANTINE))
-            })?)
-        } else {
-            None
-        };
+    let quarantine = open_quarantine(&dir, root, act)?;
     let shards: Vec<CString> = dir
         .list()
         .with_context(|| format!("cannot list {root:?}"))?
         .into_iter()
         .filter(|n| layout::is_shard(n.to_bytes()))
         .collect();
-    let s = Shared {
-        root: &dir,
-        quarantine,
-        act,
-        outputs: AtomicU64::new(0),
-        bytes: AtomicU64::new(0),
-        tampered: AtomicU64::new(0),
-        untrusted: AtomicU64::new(0),
-        unverifiable: AtomicU64::new(0),
-        evicted: AtomicU64::new(0),
-        quarantined: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        examples: Mutex::new(Vec::new()),
-    };
+    let s = Shared::new(&dir, quarantine, act, None);
     let next = AtomicUsize::new(0);
     // Hashing is CPU-bound on a warm cache and I/O-bound on a cold one: one thread per
     // core keeps both busy without flooding a shared build machine.
@@ -139,26 +169,25 @@ pub fn verify(root: &Path, trust: Option<&Trust>, act: Act) -> anyhow::Result<Ve
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(name) = shards.get(i) else { break };
-                    if shard(s, name, trust.as_ref()).is_err() {
+                    if shard(s, name, trust.as_ref(), None).is_err() {
                         s.failed.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             });
         }
     });
-    let examples = s.examples.into_inner().unwrap_or_else(|e| e.into_inner());
-    Ok(Verified {
-        outputs: s.outputs.into_inner(),
-        bytes_hashed: s.bytes.into_inner(),
-        tampered: s.tampered.into_inner(),
-        untrusted: s.untrusted.into_inner(),
-        unverifiable: s.unverifiable.into_inner(),
-        evicted: s.evicted.into_inner(),
-        quarantined: s.quarantined.into_inner(),
-        failed: s.failed.into_inner(),
-        examples,
-        seconds: t0.elapsed().as_secs_f64(),
-    })
+    Ok(s.into_verified(t0))
+}
+
+/// The quarantine directory when `act` needs it.
+fn open_quarantine(dir: &Dir, root: &Path, act: Act) -> anyhow::Result<Option<Dir>> {
+    use anyhow::Context;
+    if act != Act::Quarantine {
+        return Ok(None);
+    }
+    let q = quarantine_dir(dir)
+        .with_context(|| format!("cannot open the quarantine {:?}", root.join(QUARANTINE)))?;
+    Ok(Some(q))
 }
 
 /// Opens (creating it, 0700) the quarantine directory beneath the root; it must be a real
@@ -181,13 +210,42 @@ fn decode(name: &[u8]) -> Option<Hash> {
     Some(h)
 }
 
-fn shard(s: &Shared<'_>, name: &CStr, trust: Option<&Trust>) -> std::io::Result<()> {
-    let st = s.root.stat(name)?;
+/// Verifies the entries of one shard whose names sort after `after` (all with `None`).
+/// `None` when the shard is done; when a paced pass ran out of budget or was asked to stop,
+/// `Some(where to resume)`: after that entry, or (`Some(None)`) from the shard's start.
+fn shard(
+    s: &Shared<'_>,
+    name: &CStr,
+    trust: Option<&Trust>,
+    after: Option<&CStr>,
+) -> std::io::Result<Option<Option<CString>>> {
+    let st = match s.root.stat(name) {
+        Ok(st) => st,
+        // A shard `go` has not made yet.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
     if st.kind() != Kind::Dir {
-        return Ok(());
+        return Ok(None);
     }
     let d = s.root.open_dir(name, &st)?;
-    for entry in d.list()? {
+    let mut entries = d.list()?;
+    if s.pace.is_some() {
+        // Name order, so that a pass stopped here resumes after the last entry it handled.
+        entries.sort_unstable();
+    }
+    let mut done: Option<CString> = after.map(CStr::to_owned);
+    for entry in entries {
+        if after.is_some_and(|a| entry.as_c_str() <= a) {
+            continue;
+        }
+        if let Some(p) = s.pace
+            && p.spent()
+        {
+            return Ok(Some(done));
+        }
+        crate::progress::tick();
+        done = Some(entry.clone());
         let Some(suffix) = layout::entry_suffix(entry.to_bytes()) else {
             continue;
         };
@@ -212,7 +270,7 @@ fn shard(s: &Shared<'_>, name: &CStr, trust: Option<&Trust>) -> std::io::Result<
             note(s, p, rel, &d, &entry, &est, name);
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// An executable's `-d/` directory: owner of the directory and its file, and the file's
@@ -266,7 +324,15 @@ fn check_output(
     let Ok(mut f) = d.open_read(name, st) else {
         return Some(Problem::Unverifiable);
     };
-    let Ok((got, n)) = hash_reader(&mut f) else {
+    let hashed = match s.pace {
+        Some(p) => hash_reader(&mut p.reader(&mut f)),
+        None => hash_reader(&mut f),
+    };
+    let Ok((got, n)) = hashed else {
+        // A pass stopped mid-file has not verified it: nothing to say about it.
+        if s.pace.is_some_and(|p| p.stopped()) {
+            return None;
+        }
         return Some(Problem::Unverifiable);
     };
     s.outputs.fetch_add(1, Ordering::Relaxed);
