@@ -191,13 +191,26 @@ fn finds_the_users_real_gocache_with_no_policy_file() {
         build["observed"]["allocated_bytes"].as_u64(),
         Some(support::du_bytes(&home.join(".cache/go-build")))
     );
-    assert_eq!(
-        v["exit_code"],
-        0,
-        "{}",
-        serde_json::to_string_pretty(&v).unwrap_or_default()
-    );
-    assert_eq!(o.status.code(), Some(0));
+    // The embedded default also keeps 10% of each filesystem free: on a test machine whose
+    // disk is fuller than that, its finding is true and expected; nothing else may be found.
+    let headroom = |f: &serde_json::Value| {
+        matches!(
+            f["kind"].as_str(),
+            Some("low-free-space" | "low-free-inodes")
+        )
+    };
+    let findings: Vec<&serde_json::Value> = v["caches"]
+        .as_array()
+        .expect("caches")
+        .iter()
+        .flat_map(|c| c["findings"].as_array().into_iter().flatten())
+        .filter(|f| f["severity"] != "info")
+        .collect();
+    let report = serde_json::to_string_pretty(&v).unwrap_or_default();
+    assert!(findings.iter().all(|f| headroom(f)), "{report}");
+    let expected = if findings.is_empty() { 0 } else { 1 };
+    assert_eq!(v["exit_code"], expected, "{report}");
+    assert_eq!(o.status.code(), Some(expected));
     // The human report names the path and the sizes.
     let mut c = Command::new(support::bin());
     c.args(["--scope", "user", "check"])
