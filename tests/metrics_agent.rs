@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -15,17 +14,6 @@ fn free_port() -> u16 {
         .local_addr()
         .expect("addr")
         .port()
-}
-
-fn scrape(port: u16) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .expect("request");
-    let mut r = String::new();
-    s.read_to_string(&mut r).expect("response");
-    let (head, body) = r.split_once("\r\n\r\n").expect("http response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
 }
 
 #[test]
@@ -84,7 +72,7 @@ fn agent_metrics_pass_promtool_and_the_textfile_is_always_whole() {
     ] {
         assert!(text.contains(name), "{name} missing:\n{text}");
     }
-    let body = scrape(port);
+    let body = support::scrape_metrics(port);
     support::promtool_check(&body);
     assert!(body.contains(&cache_label));
 

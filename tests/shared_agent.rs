@@ -9,33 +9,10 @@
 mod support;
 
 use serde_json::Value;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 use support::shared::*;
-
-fn promtool_check(text: &str) {
-    let mut c = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (apt-get install prometheus)");
-    c.stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write");
-    let o = c.wait_with_output().expect("promtool");
-    assert!(
-        o.status.success(),
-        "promtool check metrics:\n{}{}\n{text}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
 
 /// The value of the one series of `name` whose labels include every `label="value"` given.
 fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -112,7 +89,7 @@ fn the_agent_exports_what_the_cache_program_served_each_user() {
     let text = wait_textfile(&prom, &log, Duration::from_secs(60), |t| {
         t.contains("gocache_warden_cacheprog_hits_total{")
     });
-    promtool_check(&text);
+    support::promtool_check(&text);
     for (own, u) in [(&own_a, &alice), (&own_b, &bob)] {
         let c = counters(own);
         let cache = own.display().to_string();
@@ -256,7 +233,7 @@ fn the_agent_quarantines_a_tampered_shared_output_within_its_budget() {
         .is_some_and(|v| v > 0.0)
     });
     let took = started.elapsed();
-    promtool_check(&text);
+    support::promtool_check(&text);
     assert_eq!(
         hashed(&text),
         total,

@@ -18,17 +18,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-fn scrape(port: u16) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .expect("request");
-    let mut r = String::new();
-    s.read_to_string(&mut r).expect("response");
-    let (head, body) = r.split_once("\r\n\r\n").expect("http response");
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
-}
-
 /// A webhook receiver: every POSTed body, parsed, until `stop`.
 fn receiver(stop: Arc<AtomicBool>) -> (u16, Arc<Mutex<Vec<serde_json::Value>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -190,7 +179,7 @@ fn metrics_and_alerts_name_each_user_whose_cache_is_over_its_limit() {
     }
 
     let text = std::fs::read_to_string(&prom).expect("textfile");
-    let body = scrape(port);
+    let body = support::scrape_metrics(port);
     for (what, t) in [("textfile", &text), ("HTTP", &body)] {
         support::promtool_check(t);
         for (u, c) in users.iter().zip(&caches) {

@@ -388,3 +388,16 @@ impl Drop for DeadFuse {
         let _ = nix::mount::umount2(&self.mnt, nix::mount::MntFlags::MNT_DETACH);
     }
 }
+
+/// `GET /metrics` from the agent's HTTP listener on 127.0.0.1:`port`: the body of a 200.
+pub fn scrape_metrics(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("request");
+    let mut r = String::new();
+    s.read_to_string(&mut r).expect("response");
+    let (head, body) = r.split_once("\r\n\r\n").expect("http response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
