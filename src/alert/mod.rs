@@ -402,6 +402,26 @@ pub struct IntegrityFound {
     pub examples: Vec<String>,
 }
 
+impl IntegrityFound {
+    /// At most this many example entries are kept.
+    const MAX_EXAMPLES: usize = 5;
+
+    /// Adds what `o` found and did; examples are kept up to the cap, without repeats.
+    pub fn merge(&mut self, o: &IntegrityFound) {
+        self.tampered += o.tampered;
+        self.untrusted += o.untrusted;
+        self.unverifiable += o.unverifiable;
+        self.evicted += o.evicted;
+        self.quarantined += o.quarantined;
+        self.failed += o.failed;
+        for e in &o.examples {
+            if self.examples.len() < Self::MAX_EXAMPLES && !self.examples.contains(e) {
+                self.examples.push(e.clone());
+            }
+        }
+    }
+}
+
 /// The integrity alert of one verified cache: firing while anything failed verification
 /// in the current pass or the last complete one, resolved after a clean pass. Pure.
 pub fn integrity(host: &str, f: &IntegrityFound) -> Alert {

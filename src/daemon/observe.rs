@@ -376,17 +376,20 @@ impl Observability {
         });
         let (current, last) = self.integrity.entry(d.path.clone()).or_default();
         current.cache = d.path.clone();
-        current.tampered += v.tampered;
-        current.untrusted += v.untrusted;
-        current.unverifiable += v.unverifiable;
-        current.evicted += v.evicted;
-        current.quarantined += v.quarantined;
-        current.failed += v.failed;
-        for (_, rel) in &v.examples {
-            if current.examples.len() < 5 {
-                current.examples.push(rel.display().to_string());
-            }
-        }
+        current.merge(&alert::IntegrityFound {
+            cache: d.path.clone(),
+            tampered: v.tampered,
+            untrusted: v.untrusted,
+            unverifiable: v.unverifiable,
+            evicted: v.evicted,
+            quarantined: v.quarantined,
+            failed: v.failed,
+            examples: v
+                .examples
+                .iter()
+                .map(|(_, rel)| rel.display().to_string())
+                .collect(),
+        });
         let found = v.tampered + v.untrusted + v.unverifiable;
         if found > 0 {
             tracing::warn!(
@@ -434,17 +437,7 @@ impl Observability {
         for (path, (current, last)) in &self.integrity {
             let mut f = current.clone();
             f.cache = path.clone();
-            f.tampered += last.tampered;
-            f.untrusted += last.untrusted;
-            f.unverifiable += last.unverifiable;
-            f.evicted += last.evicted;
-            f.quarantined += last.quarantined;
-            f.failed += last.failed;
-            for e in &last.examples {
-                if f.examples.len() < 5 && !f.examples.contains(e) {
-                    f.examples.push(e.clone());
-                }
-            }
+            f.merge(last);
             checks.push(alert::integrity(&obs.host, &f));
         }
         let now = SystemTime::now();
