@@ -38,11 +38,15 @@ impl Fake {
         fs::create_dir_all(&runtime).expect("runtime dir");
         chown(&runtime, Some(user.uid), Some(user.gid)).expect("chown runtime dir");
         fs::set_permissions(&runtime, fs::Permissions::from_mode(0o700)).expect("chmod");
-        let script =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tools/fake_user_manager.py");
+        // Handed over as text: the user may not be able to enter the checkout (a 0700 home).
+        let script = fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/tools/fake_user_manager.py"),
+        )
+        .expect("read tests/tools/fake_user_manager.py");
         let socket = runtime.join("systemd/private");
         let mut child = user
             .command("python3")
+            .arg("-c")
             .arg(&script)
             .arg(&socket)
             .arg(mode)

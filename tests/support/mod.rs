@@ -14,9 +14,70 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The binary under test.
+/// The binary under test, at a path every user can reach.
+///
+/// Many tests run it as unprivileged users (cache program, user managers). A checkout in a
+/// directory only its owner can enter (`mktemp -d`, a 0700 home) makes the built binary
+/// unreachable for them ("fork/exec …: permission denied"), so it is then copied once, per
+/// build, to a root-owned 0755 directory in /tmp.
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_gocache-warden"))
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let built = PathBuf::from(env!("CARGO_BIN_EXE_gocache-warden"));
+        if reachable_by_everyone(&built) {
+            built
+        } else {
+            reachable_copy(&built)
+        }
+    })
+    .clone()
+}
+
+/// Every directory on the way can be searched by others, and the file executed by them.
+fn reachable_by_everyone(path: &Path) -> bool {
+    let file_ok = std::fs::metadata(path).is_ok_and(|m| m.mode() & 0o001 != 0);
+    file_ok
+        && path
+            .ancestors()
+            .skip(1)
+            .filter(|a| !a.as_os_str().is_empty())
+            .all(|a| std::fs::metadata(a).is_ok_and(|m| m.mode() & 0o001 != 0))
+}
+
+fn reachable_copy(built: &Path) -> PathBuf {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let m = std::fs::metadata(built).expect("stat the built binary");
+    // One directory per build (size and mtime), shared by every test binary of the run.
+    let dir = PathBuf::from(format!(
+        "/tmp/gcw-bin-{}-{}-{}",
+        m.len(),
+        m.mtime(),
+        m.mtime_nsec()
+    ));
+    match std::fs::DirBuilder::new().mode(0o755).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => panic!("create {}: {e}", dir.display()),
+    }
+    // /tmp is world-writable: use the directory only if it is ours and only we can write it.
+    let d = std::fs::symlink_metadata(&dir).expect("stat the copy's directory");
+    assert!(
+        d.is_dir() && d.uid() == 0 && d.mode() & 0o022 == 0,
+        "{} is not a root-owned directory only root can write",
+        dir.display()
+    );
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+        .expect("chmod the copy's directory");
+    let dest = dir.join("gocache-warden");
+    if !dest.exists() {
+        // Copy, then rename: test binaries running side by side never see half a file.
+        let tmp = dir.join(format!(".gocache-warden.{}", std::process::id()));
+        std::fs::copy(built, &tmp).expect("copy the binary");
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the copy");
+        std::fs::rename(&tmp, &dest).expect("rename the copy into place");
+    }
+    dest
 }
 
 /// Fails (never skips) when not root: these tests exercise root-only behaviour.
