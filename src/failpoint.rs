@@ -120,7 +120,7 @@ mod tests {
             let dir = std::path::PathBuf::from(dir);
             assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
             assert_eq!(
-                crate::units::run_user_dir(),
+                crate::systemd::dbus::run_user_dir(),
                 std::path::Path::new("/run/user")
             );
             return;

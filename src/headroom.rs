@@ -12,18 +12,17 @@
 //! filesystem. Between sweeps the daemon polls the filesystems (see [`Probe`]).
 //! This module plans and measures; only `apply` removes anything.
 
-use crate::check::{CacheReport, Finding, Severity, Target};
 use crate::plan::{CachePlan, Eviction, Reason};
 use crate::policy::CachePolicy;
 use crate::policy::value::human_bytes;
+use crate::report::{CacheReport, Finding, Severity, Target};
 use crate::safefs::FsStat;
 use crate::scan::Usage;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Eviction for headroom cleans until this many times the threshold is free.
-pub const LOW_WATER_FACTOR: f64 = 1.25;
+pub use crate::policy::LOW_WATER_FACTOR;
 /// How often the daemon looks at the filesystems of caches with headroom settings.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// While a filesystem stays short after a sweep (filled by something that is not a Go

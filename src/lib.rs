@@ -11,8 +11,6 @@ pub mod alert;
 pub mod apply;
 /// `cacheprog`: a GOCACHEPROG serving shared read-only caches with verified outputs.
 pub mod cacheprog;
-/// Opening a cache root by path so no user's symlink or directory on the way can redirect it.
-pub mod chase;
 /// `check`: resolve the policy's caches, inspect them, explain deviations.
 pub mod check;
 /// Command-line interface and exit codes.
@@ -39,6 +37,8 @@ pub mod plan;
 pub mod policy;
 /// A count of work done by sweeps, for a watchdog that means progress.
 pub mod progress;
+/// What inspection found, as plain data shared by check, plan, metrics and alerts.
+pub mod report;
 /// Directory handles and syscalls that never follow symlinks or cross mounts.
 pub mod safefs;
 /// Walking and measuring caches (read-only).

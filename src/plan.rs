@@ -9,9 +9,9 @@
 //! "would …" line per change.
 
 use crate::acl::Want;
-use crate::check::CacheReport;
 use crate::policy::value::{human_bytes, human_duration};
 use crate::policy::{CacheKind, CachePolicy, Scope};
+use crate::report::CacheReport;
 use crate::scan::{Tally, Usage, Violation};
 use serde::Serialize;
 use std::collections::BTreeMap;

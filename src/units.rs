@@ -160,14 +160,16 @@ pub async fn missing_refs(policy: &Policy, scope: Scope) -> Vec<crate::alert::Un
         .collect()
 }
 
-/// Subscribes to every manager's `UnitNew`/`Reloading` and turns them into daemon events,
-/// coalescing bursts (a `daemon-reload` announces every unit) into one.
+/// Subscribes to every manager's `UnitNew`/`Reloading` and sends `event()` on `tx` for each
+/// change, coalescing bursts (a `daemon-reload` announces every unit) into one. The caller
+/// chooses the message, so this module does not know the daemon's event type.
 /// `None` when the policy has no unit rules. The daemon aborts and respawns it on reload, so
 /// rules added by a reload are watched too (and managers that appeared since).
-pub fn spawn_watch(
+pub fn spawn_watch<E: Send + 'static>(
     policy: &Policy,
     scope: Scope,
-    tx: UnboundedSender<crate::daemon::Event>,
+    tx: UnboundedSender<E>,
+    event: impl Fn() -> E + Send + 'static,
 ) -> Option<tokio::task::JoinHandle<()>> {
     if rules(policy, scope).is_empty() {
         return None;
@@ -183,7 +185,7 @@ pub fn spawn_watch(
             // Let the burst settle, then one sweep for all of it.
             tokio::time::sleep(std::time::Duration::from_secs(2)).await;
             while erx.try_recv().is_ok() {}
-            if tx.send(crate::daemon::Event::Units).is_err() {
+            if tx.send(event()).is_err() {
                 break;
             }
         }

@@ -19,10 +19,11 @@
 //! user per sweep, all users at once on a thread of its own with one deadline
 //! ([`MANAGER_DEADLINE`]).
 
-use crate::check::Target;
 use crate::goenv::{self, GoEnv};
 use crate::policy::paths::{self, PwEntry};
 use crate::policy::{CacheKind, CachePolicy, Users};
+pub use crate::report::CacheUser;
+use crate::report::Target;
 use crate::safefs::Dir;
 use crate::systemd::usercaches::{self, UserSettings};
 use std::io;
@@ -31,17 +32,6 @@ use std::time::Duration;
 
 /// How long a user's `go env` file may take to read.
 const RESOLVE_DEADLINE: Duration = Duration::from_secs(2);
-
-/// The user a per-user cache belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheUser {
-    pub name: String,
-    pub uid: u32,
-    pub home: PathBuf,
-    /// How this directory was found: `"go env"` (as the user's login `go` resolves it),
-    /// `"manager"` (their user manager's environment) or `"unit:NAME"` (a service of theirs).
-    pub via: String,
-}
 
 /// `CacheUser::via` of the cache a login's `go` finds.
 pub const VIA_GO_ENV: &str = "go env";
@@ -397,7 +387,7 @@ pub fn open_root(path: &Path, user: &CacheUser) -> io::Result<Dir> {
 
 /// `check`'s per-user table: one line per user (size, limit, oldest use) and a total, for
 /// every cache with `users`.
-pub fn render_summary(r: &crate::check::Report) -> String {
+pub fn render_summary(r: &crate::report::Report) -> String {
     use crate::policy::value::{human_bytes, human_duration};
     use std::fmt::Write as _;
     let mut out = String::new();

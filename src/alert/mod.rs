@@ -28,7 +28,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::metrics::{CacheKind, CacheSnapshot, OwnerUsage, SweepOutcome};
+use crate::report::snapshot::{CacheKind, CacheSnapshot, OwnerUsage, SweepOutcome};
 
 /// Counter of alert deliveries per sink and outcome (`delivered`, `failed`, `dropped`).
 pub const NOTIFICATIONS_METRIC: &str = "gocache_warden_alert_notifications_total";

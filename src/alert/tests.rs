@@ -3,7 +3,7 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::*;
-use crate::metrics::{EvictReason, Evicted};
+use crate::report::snapshot::{EvictReason, Evicted};
 
 const GIB: u64 = 1 << 30;
 

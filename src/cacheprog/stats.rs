@@ -70,7 +70,7 @@ pub struct Reading {
 
 /// Reads the counters of cache `root` as the root's owner, for the agent running as root:
 /// the file is the user's to write, so it is opened beneath the root (pinned by
-/// [`crate::chase`], no symlink followed on the way) with `RESOLVE_NO_SYMLINKS`, `O_NONBLOCK`
+/// [`crate::safefs::chase`], no symlink followed on the way) with `RESOLVE_NO_SYMLINKS`, `O_NONBLOCK`
 /// and the owner's file-system credentials ([`crate::untrusted::with_creds`]), must be a
 /// regular file, and at most 64 KiB are read. A FIFO, a link to a file the user cannot
 /// read or a huge file gives an error naming the file, never a blocked agent.

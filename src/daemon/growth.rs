@@ -10,7 +10,7 @@
 //!
 //! Members of a shared cache can write its root and shards, so everything goes through
 //! directory fds ([`crate::safefs`]): the root is opened as the sweep opens it (component by
-//! component, see [`crate::chase`]), shards are found by streaming the root's listing and
+//! component, see [`crate::safefs::chase`]), shards are found by streaming the root's listing and
 //! opened beneath it (no symlink, no mount crossing), watches are added through
 //! `/proc/self/fd` (the very inode opened), and a new file is stat'ed beneath the shard it was
 //! reported in, reopened by the identity it had when watched. A shard swapped for a symlink

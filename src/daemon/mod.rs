@@ -394,7 +394,8 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
         Duration::from_micros(wd_usec.max(1)),
         crate::progress::count(),
     );
-    let mut units_watch = crate::units::spawn_watch(&policy, opts.scope, tx.clone());
+    let mut units_watch =
+        crate::units::spawn_watch(&policy, opts.scope, tx.clone(), || Event::Units);
     let probes = Arc::new(Mutex::new(Vec::new()));
     let mut headroom =
         crate::headroom::wanted(&policy).then(|| spawn_headroom(probes.clone(), tx.clone()));
@@ -505,7 +506,10 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                             if let Some(w) = units_watch.take() {
                                 w.abort();
                             }
-                            units_watch = crate::units::spawn_watch(&p, opts.scope, tx.clone());
+                            units_watch =
+                                crate::units::spawn_watch(&p, opts.scope, tx.clone(), || {
+                                    Event::Units
+                                });
                             if let Some(h) = headroom.take() {
                                 h.abort();
                             }

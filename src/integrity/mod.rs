@@ -417,8 +417,8 @@ fn quarantine(d: &Dir, entry: &CStr, est: &Stat, q: &Dir, shard: &CStr) -> std::
 }
 
 /// The findings `check --verify` reports for one cache.
-pub fn findings(v: &Verified, policy: &crate::policy::CachePolicy) -> Vec<crate::check::Finding> {
-    use crate::check::{Finding, Severity};
+pub fn findings(v: &Verified, policy: &crate::policy::CachePolicy) -> Vec<crate::report::Finding> {
+    use crate::report::{Finding, Severity};
     let act = match policy.untrusted {
         Untrusted::Report => None,
         Untrusted::Evict => Some("evict them"),
@@ -520,7 +520,7 @@ pub fn trust_of(policy: &crate::policy::CachePolicy) -> anyhow::Result<Option<Tr
 /// cache's `untrusted` setting says. Adds the findings to the report and recomputes its
 /// verdict. Returns what each cache's pass found, by path.
 pub fn verify_report(
-    report: &mut crate::check::Report,
+    report: &mut crate::report::Report,
     policy: &crate::policy::Policy,
     apply: bool,
 ) -> Vec<(PathBuf, anyhow::Result<Verified>)> {
@@ -541,6 +541,6 @@ pub fn verify_report(
         }
         out.push((path.clone(), res));
     }
-    crate::check::recompute(report);
+    crate::report::recompute(report);
     out
 }

@@ -12,13 +12,12 @@
 mod cacheprog;
 pub mod http;
 mod integrity;
-mod model;
 pub mod textfile;
 
-pub use integrity::{ACTIONS as INTEGRITY_ACTIONS, IntegritySlice, PROBLEMS as INTEGRITY_PROBLEMS};
-pub use model::{
+pub use crate::report::snapshot::{
     CacheKind, CacheSnapshot, CacheprogSnapshot, EvictReason, Evicted, OwnerUsage, SweepOutcome,
 };
+pub use integrity::{ACTIONS as INTEGRITY_ACTIONS, IntegritySlice, PROBLEMS as INTEGRITY_PROBLEMS};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};

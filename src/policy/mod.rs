@@ -26,6 +26,11 @@ pub const DEFAULT_NAME: &str = "<embedded>/policy/default.toml";
 
 /// System drop-in directories, lowest priority first: a file in a later directory replaces a
 /// file of the same name in an earlier one (`/etc` overrides `/run` overrides `/usr/lib`).
+/// Headroom eviction cleans until this many times a `min_free` threshold is free (a low-water
+/// mark, so eviction does not run on every write). Here rather than in `headroom` because
+/// validation turns percentages into thresholds with it, and policy sits below headroom.
+pub const LOW_WATER_FACTOR: f64 = 1.25;
+
 pub const SYSTEM_DIRS: [&str; 3] = [
     "/usr/lib/gocache-warden/policy.d",
     "/run/gocache-warden/policy.d",

@@ -444,7 +444,7 @@ fn headroom(ctx: &mut Ctx, c: &fragment::CacheFragment) -> (Option<SizeLimit>, O
         if pct > 50.0 {
             Err(format!(
                 "{pct}% is more than half of the filesystem: eviction would clean to {}%",
-                pct * crate::headroom::LOW_WATER_FACTOR
+                pct * super::LOW_WATER_FACTOR
             ))
         } else {
             Ok(pct)

@@ -8,59 +8,17 @@
 use crate::goenv::{self, GoEnv, Identity};
 use crate::policy::value::{human_bytes, human_duration};
 use crate::policy::{CacheKind, CachePath, CachePolicy, Policy, Scope};
-use crate::safefs::{self, Dir, FsStat};
+use crate::safefs::{self, Dir};
 use crate::scan::{self, InspectOptions, Observed, Violation};
-use serde::Serialize;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::report::{CacheReport, CacheUser, Finding, Report, Severity, Target, recompute};
+
+mod render;
+pub use render::render;
+
 pub const SCHEMA: &str = "gocache-warden.check/v1";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Severity {
-    /// Builds fail or the cache is unsafe.
-    Error,
-    /// The cache deviates from policy.
-    Warning,
-    /// Worth knowing; not a violation.
-    Info,
-}
-
-/// One problem with a cache or the environment, and what to do about it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Finding {
-    pub kind: String,
-    pub severity: Severity,
-    /// Entries affected (1 for cache-level findings).
-    pub count: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bytes: Option<u64>,
-    pub message: String,
-    /// The change `enforce` would make, or what a person must do.
-    pub fix: String,
-    /// Can `enforce` fix it by itself?
-    pub auto_fix: bool,
-    pub examples: Vec<String>,
-}
-
-/// A cache the policy covers, resolved to a path.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub policy: CachePolicy,
-    /// The directory, or why there is none (GOCACHE=off, relative, no HOME…).
-    pub path: Result<PathBuf, String>,
-    /// How the path was found: "policy", or cmd/go's source ("set by ~/.config/go/env").
-    pub source: String,
-    /// Every entry should belong to this uid (single-user caches found by `auto`).
-    pub owner_uid: Option<u32>,
-    /// The resolved path is one no cache may have (a system or home directory, or another
-    /// cache's): the cache is reported and left alone.
-    pub refused: Option<String>,
-    /// A per-user cache (`users`): whose, and where their home is.
-    pub user: Option<crate::users::CacheUser>,
-}
 
 /// Resolves the policy's caches. `auto` caches are resolved as `go env` would for `env`;
 /// in the system scope (as root) an `auto` cache with `users` is one cache per user.
@@ -164,55 +122,6 @@ fn refuse_overlaps(mut targets: Vec<Target>) -> Vec<Target> {
         targets[i].refused = earlier;
     }
     targets
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct CacheReport {
-    pub name: String,
-    pub kind: CacheKind,
-    pub path: Option<PathBuf>,
-    pub source: String,
-    pub exists: bool,
-    pub limit_bytes: Option<u64>,
-    pub low_water_bytes: Option<u64>,
-    pub filesystem: Option<FsStat>,
-    /// `min_free` and `min_free_inodes` resolved for the filesystem (bytes, inodes).
-    pub min_free_bytes: Option<u64>,
-    pub min_free_inodes: Option<u64>,
-    pub observed: Option<Observed>,
-    /// Owner uid → user name for `observed.owners`.
-    pub owner_names: std::collections::BTreeMap<u32, String>,
-    pub findings: Vec<Finding>,
-    /// The cache could not be inspected (exit code 3).
-    pub inspect_error: Option<String>,
-    /// The cache (or, when it is to be created, the directory it goes in) is on a read-only
-    /// mount: nothing is planned for it. Under the shipped unit this means its path is not in
-    /// `ReadWritePaths=`.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub read_only: bool,
-    /// The root does not look like a Go cache of its kind (or the path is one no cache may
-    /// have): nothing in it is inspected or changed, and `enforce` exits 1.
-    pub refused: Option<String>,
-    /// The user a per-user cache (`users`) belongs to.
-    pub user: Option<String>,
-    /// How a per-user cache was found: `"go env"` (the user's login `go`), `"manager"` (their
-    /// user manager's environment) or `"unit:NAME"` (a service of theirs sets it).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub via: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    pub schema: &'static str,
-    pub host: String,
-    pub scope: Scope,
-    pub generated_at: i64,
-    pub policy_sources: Vec<String>,
-    pub caches: Vec<CacheReport>,
-    /// Problems of the Go environment itself (GOCACHE=off, stray caches, env files).
-    pub environment: Vec<Finding>,
-    pub compliant: bool,
-    pub exit_code: i32,
 }
 
 pub fn now() -> i64 {
@@ -755,26 +664,6 @@ fn cacheprog_finding(c: &mut CacheReport) {
     });
 }
 
-/// Recomputes the verdict after findings were added (e.g. by `--verify`).
-pub fn recompute(r: &mut Report) {
-    let counts = |f: &&Finding| f.severity != Severity::Info;
-    let violations = r
-        .caches
-        .iter()
-        .flat_map(|c| &c.findings)
-        .chain(&r.environment)
-        .any(|f| counts(&f));
-    let failed = r.caches.iter().any(|c| c.inspect_error.is_some());
-    r.exit_code = if failed {
-        3
-    } else if violations {
-        1
-    } else {
-        0
-    };
-    r.compliant = !violations && !failed;
-}
-
 /// Runs the whole check.
 pub fn run(policy: &Policy, scope: Scope, env: &GoEnv) -> Report {
     let now = now();
@@ -816,162 +705,4 @@ pub fn run(policy: &Policy, scope: Scope, env: &GoEnv) -> Report {
         compliant: !violations && !failed,
         exit_code,
     }
-}
-
-fn sev_mark(s: Severity) -> &'static str {
-    match s {
-        Severity::Error => "error  ",
-        Severity::Warning => "warning",
-        Severity::Info => "info   ",
-    }
-}
-
-fn render_findings(out: &mut String, fs: &[Finding]) {
-    for f in fs {
-        let count = if f.count > 1 {
-            format!(" ({} entries)", f.count)
-        } else {
-            String::new()
-        };
-        let _ = writeln!(
-            out,
-            "    {} {}{}: {}",
-            sev_mark(f.severity),
-            f.kind,
-            count,
-            f.message
-        );
-        let who = if f.auto_fix {
-            "enforce would"
-        } else {
-            "to fix"
-        };
-        let _ = writeln!(out, "            {who}: {}", f.fix);
-        for e in &f.examples {
-            let _ = writeln!(out, "            e.g. {e}");
-        }
-    }
-}
-
-/// The human report: sizes formatted, worst problems first, each with its fix.
-pub fn render(r: &Report) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "gocache-warden check ({} scope) on {}",
-        match r.scope {
-            Scope::System => "system",
-            Scope::User => "user",
-        },
-        r.host
-    );
-    let _ = writeln!(out, "policy: {}", r.policy_sources.join(", "));
-    for c in &r.caches {
-        let _ = writeln!(out);
-        let path = c
-            .path
-            .as_ref()
-            .map_or("(none)".to_string(), |p| scan::display_path(p));
-        let _ = writeln!(
-            out,
-            "{} cache \"{}\": {}  [{}]",
-            c.kind, c.name, path, c.source
-        );
-        if let Some(e) = &c.inspect_error {
-            let _ = writeln!(out, "    error: could not inspect: {e}");
-        }
-        if let Some(o) = &c.observed {
-            let limit = c.limit_bytes.map_or("no limit".to_string(), |l| {
-                format!(
-                    "of {} limit ({:.0}%)",
-                    human_bytes(l),
-                    o.allocated_bytes as f64 * 100.0 / l.max(1) as f64
-                )
-            });
-            let _ = writeln!(
-                out,
-                "  size       {} allocated, {} apparent, {limit}",
-                human_bytes(o.allocated_bytes),
-                human_bytes(o.apparent_bytes)
-            );
-            let cls = |k| o.classes.get(&k).map_or(0, |u: &scan::Usage| u.entries);
-            use scan::layout::Class;
-            let _ = write!(out, "  entries    {} files, {} dirs", o.files, o.dirs);
-            if c.kind == CacheKind::Build {
-                let _ = write!(
-                    out,
-                    "; {} actions, {} outputs, {} executables, {} foreign",
-                    cls(Class::Action),
-                    cls(Class::Output),
-                    cls(Class::Exec),
-                    cls(Class::Foreign)
-                );
-            }
-            let _ = writeln!(out);
-            if let Some(fs) = &c.filesystem {
-                let iu = ((fs.inodes_total - fs.inodes_free) * 100)
-                    .checked_div(fs.inodes_total)
-                    .unwrap_or(0);
-                let _ = writeln!(
-                    out,
-                    "  filesystem {} free of {}, inodes {}% used{}",
-                    human_bytes(fs.avail_bytes),
-                    human_bytes(fs.size_bytes),
-                    iu,
-                    crate::headroom::describe_limits(c)
-                );
-            }
-            if let (Some(old), Some(new)) = (o.oldest_use, o.newest_use) {
-                let ago = |t: i64| {
-                    human_duration(Duration::from_secs((r.generated_at - t).max(0) as u64))
-                };
-                let _ = writeln!(
-                    out,
-                    "  last use   oldest {} ago, newest {} ago",
-                    ago(old),
-                    ago(new)
-                );
-            }
-            let mut owners: Vec<_> = o.owners.iter().collect();
-            owners.sort_by_key(|o| std::cmp::Reverse(o.1.bytes));
-            let list: Vec<String> = owners
-                .iter()
-                .take(5)
-                .map(|(uid, u)| {
-                    format!(
-                        "{} {}",
-                        c.owner_names
-                            .get(uid)
-                            .cloned()
-                            .unwrap_or_else(|| uid.to_string()),
-                        human_bytes(u.bytes)
-                    )
-                })
-                .collect();
-            let more = if owners.len() > 5 {
-                format!(" (+{} more)", owners.len() - 5)
-            } else {
-                String::new()
-            };
-            let _ = writeln!(out, "  owners     {}{more}", list.join(", "));
-        }
-        if c.findings.is_empty() && c.inspect_error.is_none() {
-            let _ = writeln!(out, "  ok: compliant with the policy");
-        } else {
-            render_findings(&mut out, &c.findings);
-        }
-    }
-    out.push_str(&crate::users::render_summary(r));
-    if !r.environment.is_empty() {
-        let _ = writeln!(out, "\ngo environment:");
-        render_findings(&mut out, &r.environment);
-    }
-    let _ = writeln!(out);
-    let verdict = match r.exit_code {
-        0 => "compliant",
-        1 => "violations found",
-        _ => "could not inspect every cache",
-    };
-    let _ = writeln!(out, "result: {verdict} (exit {})", r.exit_code);
-    out
 }

@@ -7,6 +7,9 @@
 //! only through `O_PATH` fds that were re-`fstat`ed (see [`Dir::pin`]). This module knows
 //! nothing about Go or policy; it is the syscall boundary, kept small so it can be audited.
 
+/// Opening a cache root by path so no user's symlink or directory on the way can redirect it.
+pub mod chase;
+
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
@@ -163,10 +166,10 @@ fn cstr(name: &OsStr) -> io::Result<CString> {
 
 impl Dir {
     /// Opens the cache root itself, component by component from `/` (see
-    /// [`crate::chase`]): the final component must be a real directory (no symlink), and no
+    /// [`crate::safefs::chase`]): the final component must be a real directory (no symlink), and no
     /// user's symlink, directory or mount on the way can lead elsewhere.
     pub fn open_root(path: &Path) -> io::Result<Dir> {
-        let (fd, st) = crate::chase::open_dir(path)?;
+        let (fd, st) = crate::safefs::chase::open_dir(path)?;
         Ok(Dir { fd, st })
     }
 

@@ -13,7 +13,7 @@
 //!   ("unsafe transition": alice's directory holding root's or bob's);
 //! - a mount point inside a directory of an unprivileged user (a FUSE mount the user made).
 //!
-//! It only opens; [`crate::safefs`] takes over from the directory it returns.
+//! It only opens; [`super`] (`safefs`) takes over from the directory it returns.
 
 use std::collections::VecDeque;
 use std::ffi::{CString, OsStr, OsString};
@@ -25,7 +25,7 @@ use std::path::{Component, Path};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
-use crate::safefs::{Kind, Stat, fstat};
+use super::{Kind, Stat, fstat};
 
 /// Symlinks followed at most in one path, as the kernel's own limit.
 const MAX_LINKS: usize = 40;
@@ -80,7 +80,7 @@ pub fn open_dir(path: &Path) -> io::Result<(OwnedFd, Stat)> {
         walked.push(&name);
         let cname = CString::new(name.as_bytes())
             .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        let st = crate::safefs::stat_at(parent.as_fd(), &cname)?;
+        let st = super::stat_at(parent.as_fd(), &cname)?;
         match st.kind() {
             // ELOOP, as O_NOFOLLOW says it: callers report "not a directory".
             Kind::Symlink if todo.is_empty() => {
