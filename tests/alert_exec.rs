@@ -2,7 +2,7 @@
 //! dispatcher → sink) stepping a fake clock: first message, quiet repeats, re-notify
 //! after the interval, one resolved message.
 
-mod observe_support;
+mod support;
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,8 +12,8 @@ use gocache_warden::alert::{
     UnitRef, evaluate,
 };
 use gocache_warden::metrics::{CacheKind, encode_text};
-use observe_support::*;
 use prometheus::Registry;
+use support::observe::*;
 
 fn sh(script: &str, args: &[&Path]) -> (String, Vec<String>) {
     let mut a = vec!["-c".to_string(), script.to_string(), "sh".to_string()];

@@ -1,7 +1,7 @@
 //! The exporter's text checked by the real promtool, series lifecycle (zeros present,
 //! vanished caches removed, bounded user cardinality), and the atomic textfile.
 
-mod observe_support;
+mod support;
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -15,8 +15,8 @@ use gocache_warden::metrics::textfile::TextfileWriter;
 use gocache_warden::metrics::{
     CacheKind, CacheprogSnapshot, IntegritySlice, METRIC_NAMES, Metrics, MetricsConfig, encode_text,
 };
-use observe_support::*;
 use prometheus::Registry;
+use support::observe::*;
 
 /// A registry with every family populated, as the daemon would have it.
 fn full_registry() -> (Registry, Metrics) {

@@ -2,7 +2,7 @@
 //! sleep), error paths, and systemd socket activation through the real
 //! `systemd-socket-activate` tool.
 
-mod observe_support;
+mod support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use gocache_warden::metrics::http::{ListenerOrigin, listener, serve};
 use gocache_warden::metrics::{CacheKind, Metrics, MetricsConfig};
-use observe_support::*;
 use prometheus::Registry;
+use support::observe::*;
 
 /// Sends a raw request and returns the whole response.
 fn raw(addr: SocketAddr, request: &str) -> String {

@@ -2,14 +2,14 @@
 //! `promtool test rules`; every metric the rules, their tests and the Grafana
 //! dashboard query is one the exporter emits.
 
-mod observe_support;
+mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use gocache_warden::metrics::METRIC_NAMES;
-use observe_support::*;
+use support::observe::*;
 
 fn monitoring() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("monitoring")

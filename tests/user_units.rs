@@ -28,15 +28,6 @@ fn snapshot(p: &Path) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-fn age_tree(p: &Path) {
-    let o = Command::new("find")
-        .arg(p)
-        .args(["-exec", "touch", "-h", "-d", "@1000000000", "{}", "+"])
-        .output()
-        .expect("touch");
-    assert!(o.status.success());
-}
-
 fn chown_r(who: &str, p: &Path) {
     support::gobuild::sh("chown", &["-R", who, &p.display().to_string()]);
 }
@@ -99,7 +90,7 @@ fn gocache_of_a_users_manager_and_units_is_their_cache_and_hostile_values_are_re
     let shared = d.path().join("shared");
     support::mkcache(&shared, 10, 4);
     for p in [&bobs, &victim, &notgo, &secret_cache] {
-        age_tree(p);
+        support::age_tree(p);
     }
     std::os::unix::fs::symlink(&victim, home.join("link")).expect("symlink");
     let _ = nix::unistd::fchownat(
@@ -198,7 +189,7 @@ fn gocache_of_a_users_manager_and_units_is_their_cache_and_hostile_values_are_re
     }
     for p in [&unit_cache, &file_cache, &mgr_cache] {
         assert!(p.join("README").is_file(), "go built into {}", p.display());
-        age_tree(p);
+        support::age_tree(p);
     }
     let alice_name = mgr.user.name.clone();
 

@@ -105,15 +105,6 @@ fn go_env_gocache(u: &User) -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
 }
 
-fn age_tree(p: &Path) {
-    let o = Command::new("find")
-        .arg(p)
-        .args(["-exec", "touch", "-h", "-d", "@1000000000", "{}", "+"])
-        .output()
-        .expect("touch");
-    assert!(o.status.success());
-}
-
 /// Two users, each with a real Go cache: one at go's default place (and a go env file only
 /// root could read, which their go ignores), one moved by `go env -w GOCACHE=`. Both found
 /// as their go finds them, aged entries evicted per user, trim.txt created as the user,
@@ -154,7 +145,7 @@ fn each_users_cache_is_found_as_their_go_finds_it_and_managed_as_theirs() {
     assert_eq!(want1, u1.home.join(".cache/go-build"));
     assert_eq!(want2, custom);
     for p in [&want1, &want2] {
-        age_tree(p);
+        support::age_tree(p);
     }
     std::fs::remove_file(want2.join("trim.txt")).expect("rm trim.txt");
     let d = tempdir();
@@ -236,7 +227,7 @@ fn group_selection_and_a_symlink_in_a_home_is_never_followed() {
     // A Go cache that is not evil's: root's, old, at the end of evil's symlink.
     let victim = d.path().join("victim");
     support::mkcache(&victim.join("go-build"), 50, 3);
-    age_tree(&victim);
+    support::age_tree(&victim);
     let before = Command::new("find")
         .arg(&victim)
         .args(["-printf", "%p %m %U %G %T@ %C@\n"])
@@ -247,7 +238,7 @@ fn group_selection_and_a_symlink_in_a_home_is_never_followed() {
     let _ = std::fs::remove_dir_all(&cache_dir);
     let _ = std::fs::remove_file(&cache_dir);
     std::os::unix::fs::symlink(&victim, &cache_dir).expect("symlink");
-    age_tree(&good.home.join(".cache/go-build"));
+    support::age_tree(&good.home.join(".cache/go-build"));
     let pol = support::policy(
         d.path(),
         "group.toml",

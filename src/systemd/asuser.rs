@@ -17,17 +17,7 @@ fn reader(mgr: &ManagerInfo, svc: &ServiceInfo) -> Result<Option<Creds>, String>
     let uid = match &mgr.id {
         ManagerId::User { uid, .. } => *uid,
         ManagerId::System if svc.user.is_empty() => return Ok(None),
-        ManagerId::System => {
-            let pw = match svc.user.parse::<u32>() {
-                Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
-                Err(_) => nix::unistd::User::from_name(&svc.user),
-            };
-            match pw {
-                Ok(Some(pw)) => pw.uid.as_raw(),
-                Ok(None) => return Err(format!("user {:?} does not exist", svc.user)),
-                Err(e) => return Err(format!("cannot look up user {:?}: {e}", svc.user)),
-            }
-        }
+        ManagerId::System => super::environ::lookup_user(&svc.user)?.uid.as_raw(),
     };
     if uid == 0 {
         return Ok(None);

@@ -16,6 +16,8 @@ pub mod dbus;
 pub mod dropin;
 /// `EnvironmentFile=` parser, faithful to systemd 252.
 pub mod envfile;
+/// The environment a service gets: manager, `User=`, `Environment=`, files, unsets.
+pub mod environ;
 /// The socket halves for user managers: bounded messages, systemd's sender made valid.
 pub mod p2p;
 /// Plan/apply/verify of drop-in remediations.

@@ -5,6 +5,7 @@
 pub mod deb;
 pub mod gobuild;
 pub mod journald;
+pub mod observe;
 pub mod shared;
 pub mod usermgr;
 pub mod vm;
@@ -144,6 +145,17 @@ pub fn mkcache(root: &Path, entries: usize, seed: u64) {
         "mkcache failed: {}",
         String::from_utf8_lossy(&o.stderr)
     );
+}
+
+/// Sets every entry under `p` (links themselves, not their targets) to 2001: old for any
+/// policy, as a tree that has not been used for years.
+pub fn age_tree(p: &Path) {
+    let o = Command::new("find")
+        .arg(p)
+        .args(["-exec", "touch", "-h", "-d", "@1000000000", "{}", "+"])
+        .output()
+        .expect("touch");
+    assert!(o.status.success());
 }
 
 /// A policy that switches off the embedded default caches and adds `body`.

@@ -1,6 +1,5 @@
 //! Shared helpers for the observability integration tests: sample data and the
 //! external tools they need (failing with an install hint when one is missing).
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
