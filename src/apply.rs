@@ -236,7 +236,10 @@ fn evict_modules(
 ) {
     let swept = crate::modcache::evict_old(root, &out.path, ev, now, dry);
     for (reason, u) in swept.evicted {
-        out.evicted.entry(reason).or_default().add(u.entries, u.bytes);
+        out.evicted
+            .entry(reason)
+            .or_default()
+            .add(u.entries, u.bytes);
     }
     out.locked_skipped += swept.locked.len() as u64;
     for (name, e) in &swept.failed {

@@ -17,6 +17,9 @@
 //!   eviction therefore writes `.partial` before it removes the first file of the tree and
 //!   removes it only after the tree and the download files are gone: a sweep interrupted
 //!   anywhere leaves either a complete version or one `go` re-extracts (or downloads again).
+//!   Without the marker a `go` would use the incomplete tree and record its listing in the
+//!   build cache's module index, keyed by the directory alone: builds of that user keep
+//!   failing even after the tree is restored (measured with Go 1.27.3).
 //! - Last use: `go` never sets times on the module cache, it only reads. Where reads move
 //!   atime (relatime, the default; measured here: a `go build` reads `.info`, `.mod`,
 //!   `.ziphash` and the package files of the tree), the newest max(atime, mtime) of those
@@ -415,4 +418,144 @@ pub fn evict_old(root: &Dir, cache: &Path, ev: &Eviction, now: i64, dry: bool) -
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::path::PathBuf;
+
+    const DAY: i64 = 86400;
+
+    fn set_times(p: &Path, atime: i64, mtime: i64) {
+        let (a, m) = (
+            nix::sys::time::TimeSpec::new(atime, 0),
+            nix::sys::time::TimeSpec::new(mtime, 0),
+        );
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            p,
+            &a,
+            &m,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+    }
+
+    /// A module cache with `example.com/m@v1.0.0` as go leaves it (read-only tree), every
+    /// time `age` seconds before `now`. Returns (root, download dir, tree).
+    fn cache(d: &Path, now: i64, age: i64) -> (PathBuf, PathBuf, PathBuf) {
+        let v = d.join("cache/download/example.com/m/@v");
+        std::fs::create_dir_all(&v).unwrap();
+        for ext in ["info", "mod", "zip", "ziphash", "lock"] {
+            let p = v.join(format!("v1.0.0.{ext}"));
+            std::fs::write(&p, if ext == "lock" { "" } else { "x" }).unwrap();
+            set_times(&p, now - age, now - age);
+        }
+        let t = d.join("example.com/m@v1.0.0");
+        std::fs::create_dir_all(t.join("sub")).unwrap();
+        for f in ["go.mod", "sub/a.go"] {
+            std::fs::write(t.join(f), "package a\n").unwrap();
+            set_times(&t.join(f), now - age, now - age);
+        }
+        for dir in [t.join("sub"), t.clone()] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+        }
+        (d.to_path_buf(), v, t)
+    }
+
+    fn now() -> i64 {
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
+            .unwrap()
+            .tv_sec()
+    }
+
+    #[test]
+    fn eviction_keeps_the_lock_and_leaves_no_partial() {
+        let d = tempfile::tempdir().unwrap();
+        let now = now();
+        let (root, v, t) = cache(d.path(), now, 100 * DAY);
+        let r = Dir::open_root(&root).unwrap();
+        let us = units(&r);
+        assert_eq!(us.len(), 1);
+        assert_eq!(us[0].name, "example.com/m@v1.0.0");
+        assert!(evict(&r, &us[0], now, DAY, false).unwrap().is_some());
+        assert!(!t.exists());
+        assert!(v.join("v1.0.0.lock").exists(), "the lock stays");
+        for ext in ["info", "mod", "zip", "ziphash", "partial"] {
+            assert!(!v.join(format!("v1.0.0.{ext}")).exists(), "{ext} removed");
+        }
+        // What is left (the lock alone) is no unit: nothing to evict again.
+        assert!(units(&r).is_empty());
+    }
+
+    #[test]
+    fn a_held_lock_is_would_block_and_nothing_changes() {
+        let d = tempfile::tempdir().unwrap();
+        let now = now();
+        let (root, v, t) = cache(d.path(), now, 100 * DAY);
+        let held = std::fs::File::open(v.join("v1.0.0.lock")).unwrap();
+        // SAFETY: flock on an fd we own; released when `held` drops.
+        assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let r = Dir::open_root(&root).unwrap();
+        let u = units(&r).remove(0);
+        let e = evict(&r, &u, now, DAY, false).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        assert!(t.join("sub/a.go").exists() && v.join("v1.0.0.zip").exists());
+        assert!(!v.join("v1.0.0.partial").exists());
+    }
+
+    #[test]
+    fn tree_files_count_toward_last_use_directories_do_not() {
+        let d = tempfile::tempdir().unwrap();
+        let now = now();
+        let (root, _, t) = cache(d.path(), now, 100 * DAY);
+        let r = Dir::open_root(&root).unwrap();
+        // A directory's atime moves when anyone lists it (our own walk included).
+        set_times(&t.join("sub"), now, now - 100 * DAY);
+        assert!(now - units(&r)[0].last_use >= 100 * DAY);
+        // A source file read an hour ago (its atime) is use.
+        set_times(&t.join("sub/a.go"), now - 3600, now - 100 * DAY);
+        assert_eq!(units(&r)[0].last_use, now - 3600);
+        // And it is re-checked under the lock: planned as old, used since, kept.
+        let mut u = units(&r).remove(0);
+        u.last_use = now - 100 * DAY;
+        assert!(evict(&r, &u, now, DAY, false).unwrap().is_none());
+        assert!(t.join("go.mod").exists());
+    }
+
+    #[test]
+    fn an_eviction_stopped_half_way_leaves_the_partial_marker() {
+        let d = tempfile::tempdir().unwrap();
+        let now = now();
+        let (root, v, t) = cache(d.path(), now, 100 * DAY);
+        // A hardlinked file in the tree is refused: the eviction stops in the middle.
+        std::fs::set_permissions(t.join("sub"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::hard_link(t.join("sub/a.go"), d.path().join("elsewhere")).unwrap();
+        let r = Dir::open_root(&root).unwrap();
+        let u = units(&r).remove(0);
+        assert!(evict(&r, &u, now, DAY, false).is_err());
+        // go sees the version as not extracted and extracts it again from the zip.
+        assert!(v.join("v1.0.0.partial").exists(), ".partial stays");
+        assert!(v.join("v1.0.0.zip").exists() && v.join("v1.0.0.lock").exists());
+    }
+
+    #[test]
+    fn a_lock_the_agent_creates_belongs_to_the_directorys_owner() {
+        let d = tempfile::tempdir().unwrap();
+        let now = now();
+        let (root, v, _) = cache(d.path(), now, 100 * DAY);
+        std::fs::remove_file(v.join("v1.0.0.lock")).unwrap();
+        nix::unistd::chown(&v, Some(4242.into()), Some(4243.into())).unwrap();
+        std::fs::set_permissions(&v, std::fs::Permissions::from_mode(0o775)).unwrap();
+        let r = Dir::open_root(&root).unwrap();
+        let u = units(&r).remove(0);
+        assert!(evict(&r, &u, now, DAY, false).unwrap().is_some());
+        let md = std::fs::metadata(v.join("v1.0.0.lock")).unwrap();
+        assert_eq!(
+            (md.uid(), md.gid(), md.mode() & 0o7777),
+            (4242, 4243, 0o664)
+        );
+    }
 }

@@ -86,7 +86,9 @@ fn age_version(modcache: &Path, escaped: &str, ver: &str, secs: i64) {
             support::age(&p, secs);
         }
     }
-    each_entry(&extracted(modcache, escaped, ver), &mut |p| support::age(p, secs));
+    each_entry(&extracted(modcache, escaped, ver), &mut |p| {
+        support::age(p, secs)
+    });
 }
 
 /// Runs `f` on every entry beneath `dir` (children first) and on `dir` itself.
@@ -310,7 +312,10 @@ impl Filled {
 /// hold it, and leaves no `.partial` behind after a complete eviction.
 #[test]
 fn evicted_versions_keep_their_lock_files() {
-    let mods = [("example.com/keep/a", "v1.0.0"), ("example.com/keep/b", "v1.1.0")];
+    let mods = [
+        ("example.com/keep/a", "v1.0.0"),
+        ("example.com/keep/b", "v1.1.0"),
+    ];
     let f = filled(&mods);
     for (m, v) in mods {
         assert!(f.file(m, v, "lock").exists(), "go made {m}@{v}.lock");
@@ -335,7 +340,10 @@ fn evicted_versions_keep_their_lock_files() {
         &f.home,
         &f.mc,
         &f.url,
-        &mods.iter().map(|(m, v)| format!("{m}@{v}")).collect::<Vec<_>>(),
+        &mods
+            .iter()
+            .map(|(m, v)| format!("{m}@{v}"))
+            .collect::<Vec<_>>(),
     );
     let b = f.build_offline(mods[0].0, mods[0].1);
     assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
@@ -345,7 +353,10 @@ fn evicted_versions_keep_their_lock_files() {
 /// never lets go) is skipped at once, counted and named in the log; the sweep does not wait.
 #[test]
 fn a_held_version_lock_is_skipped_promptly_and_named() {
-    let mods = [("example.com/held/d", "v1.0.0"), ("example.com/free/e", "v1.0.0")];
+    let mods = [
+        ("example.com/held/d", "v1.0.0"),
+        ("example.com/free/e", "v1.0.0"),
+    ];
     let f = filled(&mods);
     for (m, v) in mods {
         age_version(&f.mc, m, v, 100 * 86400);
@@ -370,14 +381,20 @@ fn a_held_version_lock_is_skipped_promptly_and_named() {
         }
         // SAFETY: as above.
         unsafe { libc::flock(probe.as_raw_fd(), libc::LOCK_UN) };
-        assert!(start.elapsed().as_secs() < 10, "flock(1) never took the lock");
+        assert!(
+            start.elapsed().as_secs() < 10,
+            "flock(1) never took the lock"
+        );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 
     let start = std::time::Instant::now();
     let (o, v) = f.enforce();
     let took = start.elapsed();
-    assert!(took.as_secs() < 10, "the sweep waited for the lock: {took:?}");
+    assert!(
+        took.as_secs() < 10,
+        "the sweep waited for the lock: {took:?}"
+    );
     let c = &v["outcome"]["caches"][0];
     assert_eq!(c["locked_skipped"], 1, "{c}");
     assert_eq!(c["evicted"]["age"]["entries"], 1, "{c}");
@@ -387,12 +404,17 @@ fn a_held_version_lock_is_skipped_promptly_and_named() {
         "the skipped version is named in the log:\n{log}"
     );
     assert!(
-        extracted(&f.mc, mods[0].0, mods[0].1).join("lib.go").exists(),
+        extracted(&f.mc, mods[0].0, mods[0].1)
+            .join("lib.go")
+            .exists(),
         "held version kept whole"
     );
     assert!(f.file(mods[0].0, mods[0].1, "zip").exists());
     assert!(!f.file(mods[0].0, mods[0].1, "partial").exists());
-    assert!(!extracted(&f.mc, mods[1].0, mods[1].1).exists(), "free version evicted");
+    assert!(
+        !extracted(&f.mc, mods[1].0, mods[1].1).exists(),
+        "free version evicted"
+    );
     drop(holder);
 }
 
@@ -453,7 +475,10 @@ fn an_interrupted_eviction_leaves_a_version_go_re_extracts() {
     for p in ["go.mod", "lib.go", "sub/sub.go"] {
         assert!(tree.join(p).exists(), "go re-extracted {p}");
     }
-    assert!(!f.file(m, ver, "partial").exists(), "go finished the extraction");
+    assert!(
+        !f.file(m, ver, "partial").exists(),
+        "go finished the extraction"
+    );
 }
 
 /// Sets only the atime of every entry beneath `dir` to `secs` ago, keeping mtimes: what a
@@ -515,7 +540,10 @@ fn a_version_used_through_its_tree_is_not_evicted_as_old() {
     let (_, v) = f.enforce();
     let c = &v["outcome"]["caches"][0];
     assert_eq!(c["evicted"]["age"]["entries"], 1, "{c}");
-    assert!(!extracted(&f.mc, idle.0, idle.1).exists(), "idle version evicted");
+    assert!(
+        !extracted(&f.mc, idle.0, idle.1).exists(),
+        "idle version evicted"
+    );
     for (m, ver) in [read, again] {
         assert!(
             extracted(&f.mc, m, ver).join("lib.go").exists() && f.file(m, ver, "zip").exists(),
