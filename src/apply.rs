@@ -225,7 +225,8 @@ fn apply_cache(c: &CachePlan, now: i64, dry: bool) -> CacheOutcome {
     out
 }
 
-/// Module caches: every module version at least as old as the cutoff goes, whole.
+/// Module caches: every module version at least as old as the cutoff goes, whole, under
+/// cmd/go's own lock (see `modcache`).
 fn evict_modules(
     out: &mut CacheOutcome,
     root: &Dir,
@@ -233,23 +234,16 @@ fn evict_modules(
     now: i64,
     dry: bool,
 ) {
-    let cutoff = ev.cutoff_age_secs.max(ev.floor_secs);
-    for u in crate::modcache::units(root) {
-        crate::progress::tick();
-        let age = now - u.last_use;
-        if age < cutoff {
-            continue;
-        }
-        let reason = ev.reason(age);
-        match crate::modcache::evict(root, &u, now, ev.floor_secs, dry) {
-            Ok(Some(bytes)) => {
-                tracing::debug!("{} module {}", verb(dry, "evicted", "would evict"), u.name);
-                out.evicted.entry(reason).or_default().add(1, bytes);
-            }
-            Ok(None) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => out.locked_skipped += 1,
-            Err(e) => fail(out, std::path::Path::new(&u.name), "evict", &e),
-        }
+    let swept = crate::modcache::evict_old(root, &out.path, ev, now, dry);
+    for (reason, u) in swept.evicted {
+        out.evicted
+            .entry(reason)
+            .or_default()
+            .add(u.entries, u.bytes);
+    }
+    out.locked_skipped += swept.locked.len() as u64;
+    for (name, e) in &swept.failed {
+        fail(out, std::path::Path::new(name), "evict", e);
     }
 }
 

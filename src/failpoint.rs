@@ -4,7 +4,9 @@
 //! `N`th time (default 1st) it is about to act on the cache-relative path `REL` (`*` matches
 //! any), create `DIR/NAME.ready` and wait (up to 60 s) for `DIR/NAME.go` to exist. Points:
 //! `before-apply` (REL `.`: after planning, before any change) and `walk-open` (a directory
-//! was listed and stat'ed, and is about to be opened; every walk, inspection walks included). A test swaps files in that window to
+//! was listed and stat'ed, and is about to be opened; every walk, inspection walks included).
+//! `modcache-evict` (REL `<escaped module>@<version>`: the version's `.partial` is written and
+//! the first file of its extracted tree removed). A test swaps files in that window to
 //! make a scan/apply race happen every time. Without the variable this is one cached check.
 //!
 //! Only builds with the `test-hooks` cargo feature (the test suite's) read the variable: it

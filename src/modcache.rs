@@ -1,19 +1,52 @@
-//! Go's module cache (GOMODCACHE): its eviction unit is one module version.
+//! Go's module cache (GOMODCACHE): its eviction unit is one module version, removed the way
+//! cmd/go itself would tolerate.
 //!
 //! A version lives in two places: the download files `cache/download/<escaped path>/@v/
-//! <version>.{info,mod,zip,ziphash,lock}` and the extracted tree `<escaped path>@<version>/`
-//! (files 0444, directories 0555 unless `-modcacherw`). Its last use is the newest
-//! max(atime, mtime) of the `.info`, `.mod` and `.zip` files, which `go` reads when it loads
-//! the module. Evicting a version takes `go`'s own `<version>.lock` (a `flock`, as cmd/go's
-//! lockedfile), removes the extracted tree (making its directories writable first: only ever
-//! inside the cache), then the download files. Everything goes through `safefs`.
+//! <version>.{info,mod,zip,ziphash,lock,partial}` and the extracted tree
+//! `<escaped path>@<version>/` (files 0444, directories 0555 unless `-modcacherw`). The rules
+//! come from cmd/go's `modfetch` (`fetch.go`, `cache.go`, Go 1.27):
+//!
+//! - `<version>.lock` is cmd/go's per-version mutex (`lockedfile.MutexAt`, a `flock` on Linux),
+//!   held while it downloads the zip and while it extracts the tree. cmd/go never deletes it:
+//!   a `go` blocked on the old inode would wake up holding a lock on a file no one else uses
+//!   any more. So an eviction takes that lock (`LOCK_EX | LOCK_NB`: whoever holds it, a `go`
+//!   or a user holding it forever, the version is skipped this sweep, never waited for), and
+//!   never removes the lock file. A missing lock file is created as `go` would create it.
+//! - `<version>.partial` marks an extraction in progress: cmd/go's `DownloadDir` treats a tree
+//!   beside a `.partial` as incomplete and `unzip` removes and re-extracts it from the zip. An
+//!   eviction therefore writes `.partial` before it removes the first file of the tree and
+//!   removes it only after the tree and the download files are gone: a sweep interrupted
+//!   anywhere leaves either a complete version or one `go` re-extracts (or downloads again).
+//!   Without the marker a `go` would use the incomplete tree and record its listing in the
+//!   build cache's module index, keyed by the directory alone: builds of that user keep
+//!   failing even after the tree is restored (measured with Go 1.27.3).
+//! - Last use: `go` never sets times on the module cache, it only reads. Where reads move
+//!   atime (relatime, the default; measured here: a `go build` reads `.info`, `.mod`,
+//!   `.ziphash` and the package files of the tree), the newest max(atime, mtime) of those
+//!   files is the last use; a tool that reads only the tree (gopls, an editor jumping to a
+//!   definition) moves only the tree's atimes. Where reads move nothing (`noatime`), the
+//!   newest mtime left is the tree's own: a tree `go` re-extracted (after an interrupted
+//!   eviction, or one removed by hand) is new while its zip is old. So a version's last use
+//!   is the newest max(atime, mtime) of its `.info`, `.mod`, `.zip`, `.ziphash` and of every
+//!   regular file of its tree. Directories do not count: listing them (which the agent does
+//!   itself to measure the tree) moves their atime.
+//!
+//! The agent runs as root: everything goes through `safefs` (by fd, no symlink followed, no
+//! mount crossed, hardlinked files refused), the lock file is opened `O_NONBLOCK | O_NOATIME`
+//! only after it was pinned and found to be a regular file with one name (never read, only
+//! locked), and a file the agent creates (`.lock`, `.partial`) is created `O_EXCL` and given
+//! to the owner and group of its directory with the directory's write bits, so the user's own
+//! `go` can rewrite or remove it later exactly as if it had made it.
 
+use crate::plan::{Eviction, Reason};
 use crate::safefs::{Dir, Kind, Stat};
+use crate::scan::Usage;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::ffi::{CStr, CString};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::Path;
 
 /// One module version in the cache.
 #[derive(Debug, Clone, Serialize)]
@@ -28,7 +61,13 @@ pub struct ModUnit {
     pub bytes: u64,
 }
 
+/// Every suffix cmd/go gives a version's files in the download directory.
 const EXTS: [&str; 6] = ["info", "mod", "zip", "ziphash", "lock", "partial"];
+/// The download files `go` reads when it resolves a version: their times say when it was used.
+const USE_EXTS: [&str; 4] = ["info", "mod", "zip", "ziphash"];
+/// The download files an eviction removes, in this order (`.lock` never; `.partial` last).
+/// The zip goes first: without it `go` fetches the version again whatever else is left.
+const REMOVE_EXTS: [&str; 4] = ["zip", "ziphash", "info", "mod"];
 const MAX_DEPTH: usize = 64;
 
 fn open_child(d: &Dir, name: &CStr) -> io::Result<Dir> {
@@ -48,9 +87,9 @@ pub fn units(root: &Dir) -> Vec<ModUnit> {
     let mut path = Vec::new();
     visit(&dl, &mut path, &mut out);
     for u in &mut out {
-        if let Some((parents, name)) = tree_location(u) {
-            u.bytes += within(root, parents, &mut |d| tree_bytes(d, &name, 0)).unwrap_or(0);
-        }
+        let t = tree_usage(root, u);
+        u.bytes += t.bytes;
+        u.last_use = u.last_use.max(t.newest);
     }
     out
 }
@@ -90,8 +129,11 @@ fn versions(v: &Dir, path: &[CString], out: &mut Vec<ModUnit>) {
         };
         let Ok(st) = v.stat(&n) else { continue };
         let e = by.entry(ver.to_vec()).or_insert((i64::MIN, 0));
-        e.1 += st.alloc;
-        if matches!(ext, "info" | "mod" | "zip") {
+        if ext != "lock" {
+            // The lock file stays: it is not part of what an eviction frees.
+            e.1 += st.alloc;
+        }
+        if USE_EXTS.contains(&ext) {
             e.0 = e.0.max(st.last_use());
         }
     }
@@ -101,7 +143,8 @@ fn versions(v: &Dir, path: &[CString], out: &mut Vec<ModUnit>) {
             continue;
         };
         if last == i64::MIN {
-            // Only a lock or a partial download: a download in progress or abandoned; not ours.
+            // Only a lock or a partial marker: a download in progress, abandoned, or what an
+            // eviction leaves behind (the lock). Nothing to evict.
             continue;
         }
         let name = format!(
@@ -134,28 +177,55 @@ fn tree_location(u: &ModUnit) -> Option<(&[CString], CString)> {
     Some((parents, name))
 }
 
-fn tree_bytes(parent: &Dir, name: &CStr, depth: usize) -> u64 {
-    let Ok(st) = parent.stat(name) else { return 0 };
-    if st.mount_root {
-        return 0;
-    }
-    if st.kind() != Kind::Dir || depth > MAX_DEPTH {
-        return st.alloc;
-    }
-    let Ok(d) = parent.open_dir(name, &st) else {
-        return st.alloc;
+/// What an extracted tree holds: allocated bytes, and the newest use of its regular files.
+#[derive(Debug, Clone, Copy)]
+struct TreeUsage {
+    bytes: u64,
+    newest: i64,
+}
+
+fn tree_usage(root: &Dir, u: &ModUnit) -> TreeUsage {
+    let mut t = TreeUsage {
+        bytes: 0,
+        newest: i64::MIN,
     };
-    let Ok(names) = d.list() else { return st.alloc };
-    st.alloc
-        + names
-            .iter()
-            .map(|n| tree_bytes(&d, n, depth + 1))
-            .sum::<u64>()
+    if let Some((parents, name)) = tree_location(u) {
+        within(root, parents, &mut |d| tree_walk(d, &name, 0, &mut t));
+    }
+    t
+}
+
+fn tree_walk(parent: &Dir, name: &CStr, depth: usize, t: &mut TreeUsage) {
+    let Ok(st) = parent.stat(name) else { return };
+    if st.mount_root {
+        return;
+    }
+    t.bytes += st.alloc;
+    match st.kind() {
+        Kind::File => t.newest = t.newest.max(st.last_use()),
+        Kind::Dir if depth <= MAX_DEPTH => {
+            let Ok(d) = parent.open_dir(name, &st) else {
+                return;
+            };
+            let Ok(names) = d.list() else { return };
+            for n in names {
+                tree_walk(&d, &n, depth + 1, t);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Removes a directory tree beneath `parent`, making its directories writable on the way
 /// (module trees are read-only by design). Refuses symlinked, mounted or hardlinked content.
-fn remove_tree(parent: &Dir, name: &CStr, st: &Stat, depth: usize) -> io::Result<()> {
+/// `removed` runs after each file is unlinked.
+fn remove_tree(
+    parent: &Dir,
+    name: &CStr,
+    st: &Stat,
+    depth: usize,
+    removed: &mut dyn FnMut(),
+) -> io::Result<()> {
     if depth > MAX_DEPTH {
         return Err(io::Error::other("module tree too deep"));
     }
@@ -169,19 +239,94 @@ fn remove_tree(parent: &Dir, name: &CStr, st: &Stat, depth: usize) -> io::Result
     for n in d.list()? {
         let cst = d.stat(&n)?;
         match cst.kind() {
-            Kind::Dir => remove_tree(&d, &n, &cst, depth + 1)?,
+            Kind::Dir => remove_tree(&d, &n, &cst, depth + 1, removed)?,
             Kind::File if cst.nlink > 1 => {
                 return Err(io::Error::other("hardlinked file in a module tree"));
             }
-            _ => d.remove(&n, &cst)?,
+            _ => {
+                d.remove(&n, &cst)?;
+                removed();
+            }
         }
     }
     parent.remove(name, st)
 }
 
+/// Creates `name` in download directory `v` (`O_EXCL`, no symlink followed) and gives it to
+/// the directory's owner and group with the directory's read and write bits (so 0644 in a
+/// user's 0755 directory, 0664 in a group's 2775 one), as that user's `go` would have made it
+/// under a usual umask; with a default ACL on the directory the kernel already derived the
+/// mode from it and it is left alone.
+fn create_owned(v: &Dir, name: &CStr) -> io::Result<std::fs::File> {
+    let f = v.create_file(name, 0o666)?;
+    nix::unistd::fchown(&f, Some(v.st.uid.into()), Some(v.st.gid.into()))?;
+    let mut buf = Vec::new();
+    if v.get_own_xattr(c"system.posix_acl_default", &mut buf)?
+        .is_none()
+    {
+        nix::sys::stat::fchmod(
+            f.as_fd(),
+            nix::sys::stat::Mode::from_bits_truncate(v.st.mode & 0o666),
+        )?;
+    }
+    Ok(f)
+}
+
+/// Takes cmd/go's lock on one version without waiting: the open file holds it until dropped.
+/// `WouldBlock` if anyone holds it. The file is created if missing, as `lockedfile` does.
+fn lock_version(v: &Dir, name: &CStr) -> io::Result<std::fs::File> {
+    let f = match v.stat(name) {
+        Ok(st) => v.open_read(name, &st)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => match create_owned(v, name) {
+            Ok(f) => f,
+            // A `go` created it in between: lock that one.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let st = v.stat(name)?;
+                v.open_read(name, &st)?
+            }
+            Err(e) => return Err(e),
+        },
+        Err(e) => return Err(e),
+    };
+    // SAFETY: flock on an fd we own; released when `f` drops. Never wait: anyone who can open
+    // the lock file could hold it forever.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(f)
+}
+
+fn version_file(u: &ModUnit, ext: &str) -> io::Result<CString> {
+    CString::new([u.version.as_bytes(), b".", ext.as_bytes()].concat())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+}
+
+fn download_dir(root: &Dir, u: &ModUnit) -> io::Result<Dir> {
+    let mut dl = open_child(&open_child(root, c"cache")?, c"download")?;
+    for p in &u.dir {
+        dl = open_child(&dl, p)?;
+    }
+    open_child(&dl, c"@v")
+}
+
+/// The version's last use as it is now (see the module documentation).
+fn last_use_now(root: &Dir, v: &Dir, u: &ModUnit) -> io::Result<i64> {
+    let mut last = i64::MIN;
+    for ext in USE_EXTS {
+        if let Ok(st) = v.stat(&version_file(u, ext)?) {
+            last = last.max(st.last_use());
+        }
+    }
+    Ok(last.max(tree_usage(root, u).newest))
+}
+
 /// Evicts one module version unless it was used since (`floor_age` seconds before `now`).
 /// Returns the bytes freed, `None` when it was left alone; an error of kind `WouldBlock`
-/// when someone (`go` extracting it, or anyone) holds its lock.
+/// when someone (`go` downloading or extracting it, or anyone) holds its lock.
+///
+/// Under the lock: re-check the last use, write `.partial`, remove the tree, the download
+/// files, then `.partial`. The lock file stays. An error after `.partial` was written leaves
+/// it there on purpose: the tree may be incomplete, and `go` must re-extract it.
 pub fn evict(
     root: &Dir,
     u: &ModUnit,
@@ -189,58 +334,228 @@ pub fn evict(
     min_age: i64,
     dry: bool,
 ) -> io::Result<Option<u64>> {
-    let mut dl = open_child(&open_child(root, c"cache")?, c"download")?;
-    for p in &u.dir {
-        dl = open_child(&dl, p)?;
+    let v = download_dir(root, u)?;
+    if dry {
+        return Ok((now - last_use_now(root, &v, u)? >= min_age).then_some(u.bytes));
     }
-    let v = open_child(&dl, c"@v")?;
-    let file = |ext: &str| {
-        CString::new([u.version.as_bytes(), b".", ext.as_bytes()].concat())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
-    };
-    let mut last = i64::MIN;
-    for ext in ["info", "mod", "zip"] {
-        if let Ok(st) = v.stat(&file(ext)?) {
-            last = last.max(st.last_use());
-        }
-    }
-    if now - last < min_age {
+    let _lock = lock_version(&v, &version_file(u, "lock")?)?;
+    // Planned from an earlier look: a build may have used it since.
+    if now - last_use_now(root, &v, u)? < min_age {
         return Ok(None);
     }
-    if dry {
-        return Ok(Some(u.bytes));
-    }
-    // Hold go's lock for this version while removing it.
-    let lock_name = file("lock")?;
-    let _lock = match v.stat(&lock_name) {
-        Ok(st) => {
-            let f = v.open_read(&lock_name, &st)?;
-            // SAFETY: flock on an fd we own; released when `f` drops.
-            // Never wait: anyone who can open the lock file could hold it forever. The
-            // caller counts a `WouldBlock` as a locked skip, not a failure.
-            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Some(f)
+    let partial = version_file(u, "partial")?;
+    match create_owned(&v, &partial) {
+        // Left by an interrupted extraction or eviction: it already says "incomplete".
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        r => {
+            r?;
         }
-        Err(_) => None,
-    };
+    }
     if let Some((parents, name)) = tree_location(u) {
-        let removed = within(root, parents, &mut |d| match d.stat(&name) {
-            Ok(st) if st.kind() == Kind::Dir => remove_tree(d, &name, &st, 0),
+        let mut first = true;
+        let mut removed = || {
+            if std::mem::take(&mut first) {
+                // Tests stop here: the tree is partly gone, `.partial` is on disk.
+                crate::failpoint::pause("modcache-evict", Path::new(&u.name));
+            }
+        };
+        let r = within(root, parents, &mut |d| match d.stat(&name) {
+            Ok(st) if st.kind() == Kind::Dir => remove_tree(d, &name, &st, 0, &mut removed),
             _ => Ok(()),
         });
-        removed.transpose()?;
+        r.transpose()?;
     }
-    for ext in EXTS
-        .iter()
-        .filter(|e| **e != "lock")
-        .chain(std::iter::once(&"lock"))
-    {
-        let n = file(ext)?;
+    for ext in REMOVE_EXTS {
+        let n = version_file(u, ext)?;
         if let Ok(st) = v.stat(&n) {
             v.remove(&n, &st)?;
         }
     }
+    if let Ok(st) = v.stat(&partial) {
+        v.remove(&partial, &st)?;
+    }
     Ok(Some(u.bytes))
+}
+
+/// What one sweep of a module cache did.
+#[derive(Debug, Default)]
+pub struct Swept {
+    pub evicted: BTreeMap<Reason, Usage>,
+    /// Versions skipped because someone held their lock (`<module>@<version>`).
+    pub locked: Vec<String>,
+    /// Versions whose eviction failed, with the error.
+    pub failed: Vec<(String, io::Error)>,
+}
+
+/// Evicts every module version at least as old as the plan's cutoff (never one used within
+/// the floor), whole, each under its lock; a locked version is skipped and logged.
+pub fn evict_old(root: &Dir, cache: &Path, ev: &Eviction, now: i64, dry: bool) -> Swept {
+    let mut out = Swept::default();
+    let cutoff = ev.cutoff_age_secs.max(ev.floor_secs);
+    for u in units(root) {
+        crate::progress::tick();
+        let age = now - u.last_use;
+        if age < cutoff {
+            continue;
+        }
+        let reason = ev.reason(age);
+        match evict(root, &u, now, ev.floor_secs, dry) {
+            Ok(Some(bytes)) => {
+                tracing::debug!(
+                    "{} module {}",
+                    crate::logging::verb(dry, "evicted", "would evict"),
+                    u.name
+                );
+                out.evicted.entry(reason).or_default().add(1, bytes);
+            }
+            Ok(None) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tracing::warn!(cache_path = %cache.display(), module = %u.name,
+                    "module {} not evicted: someone holds its lock (a go command downloading or extracting it?); skipped, not waited for", u.name);
+                out.locked.push(u.name);
+            }
+            Err(e) => out.failed.push((u.name, e)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::path::PathBuf;
+
+    const DAY: i64 = 86400;
+
+    fn set_times(p: &Path, atime: i64, mtime: i64) {
+        let (a, m) = (
+            nix::sys::time::TimeSpec::new(atime, 0),
+            nix::sys::time::TimeSpec::new(mtime, 0),
+        );
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            p,
+            &a,
+            &m,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+    }
+
+    /// A module cache with `example.com/m@v1.0.0` as go leaves it (read-only tree), every
+    /// time `age` seconds before `now`. Returns (root, download dir, tree).
+    fn cache(d: &Path, now: i64, age: i64) -> (PathBuf, PathBuf, PathBuf) {
+        let v = d.join("cache/download/example.com/m/@v");
+        std::fs::create_dir_all(&v).unwrap();
+        for ext in ["info", "mod", "zip", "ziphash", "lock"] {
+            let p = v.join(format!("v1.0.0.{ext}"));
+            std::fs::write(&p, if ext == "lock" { "" } else { "x" }).unwrap();
+            set_times(&p, now - age, now - age);
+        }
+        let t = d.join("example.com/m@v1.0.0");
+        std::fs::create_dir_all(t.join("sub")).unwrap();
+        for f in ["go.mod", "sub/a.go"] {
+            std::fs::write(t.join(f), "package a\n").unwrap();
+            set_times(&t.join(f), now - age, now - age);
+        }
+        for dir in [t.join("sub"), t.clone()] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+        }
+        (d.to_path_buf(), v, t)
+    }
+
+    fn now() -> i64 {
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_REALTIME)
+            .unwrap()
+            .tv_sec()
+    }
+
+    #[test]
+    fn eviction_keeps_the_lock_and_leaves_no_partial() {
+        let d = tempfile::tempdir().unwrap();
+        let now = now();
+        let (root, v, t) = cache(d.path(), now, 100 * DAY);
+        let r = Dir::open_root(&root).unwrap();
+        let us = units(&r);
+        assert_eq!(us.len(), 1);
+        assert_eq!(us[0].name, "example.com/m@v1.0.0");
+        assert!(evict(&r, &us[0], now, DAY, false).unwrap().is_some());
+        assert!(!t.exists());
+        assert!(v.join("v1.0.0.lock").exists(), "the lock stays");
+        for ext in ["info", "mod", "zip", "ziphash", "partial"] {
+            assert!(!v.join(format!("v1.0.0.{ext}")).exists(), "{ext} removed");
+        }
+        // What is left (the lock alone) is no unit: nothing to evict again.
+        assert!(units(&r).is_empty());
+    }
+
+    #[test]
+    fn a_held_lock_is_would_block_and_nothing_changes() {
+        let d = tempfile::tempdir().unwrap();
+        let now = now();
+        let (root, v, t) = cache(d.path(), now, 100 * DAY);
+        let held = std::fs::File::open(v.join("v1.0.0.lock")).unwrap();
+        // SAFETY: flock on an fd we own; released when `held` drops.
+        assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX) }, 0);
+        let r = Dir::open_root(&root).unwrap();
+        let u = units(&r).remove(0);
+        let e = evict(&r, &u, now, DAY, false).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        assert!(t.join("sub/a.go").exists() && v.join("v1.0.0.zip").exists());
+        assert!(!v.join("v1.0.0.partial").exists());
+    }
+
+    #[test]
+    fn tree_files_count_toward_last_use_directories_do_not() {
+        let d = tempfile::tempdir().unwrap();
+        let now = now();
+        let (root, _, t) = cache(d.path(), now, 100 * DAY);
+        let r = Dir::open_root(&root).unwrap();
+        // A directory's atime moves when anyone lists it (our own walk included).
+        set_times(&t.join("sub"), now, now - 100 * DAY);
+        assert!(now - units(&r)[0].last_use >= 100 * DAY);
+        // A source file read an hour ago (its atime) is use.
+        set_times(&t.join("sub/a.go"), now - 3600, now - 100 * DAY);
+        assert_eq!(units(&r)[0].last_use, now - 3600);
+        // And it is re-checked under the lock: planned as old, used since, kept.
+        let mut u = units(&r).remove(0);
+        u.last_use = now - 100 * DAY;
+        assert!(evict(&r, &u, now, DAY, false).unwrap().is_none());
+        assert!(t.join("go.mod").exists());
+    }
+
+    #[test]
+    fn an_eviction_stopped_half_way_leaves_the_partial_marker() {
+        let d = tempfile::tempdir().unwrap();
+        let now = now();
+        let (root, v, t) = cache(d.path(), now, 100 * DAY);
+        // A hardlinked file in the tree is refused: the eviction stops in the middle.
+        std::fs::set_permissions(t.join("sub"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::hard_link(t.join("sub/a.go"), d.path().join("elsewhere")).unwrap();
+        let r = Dir::open_root(&root).unwrap();
+        let u = units(&r).remove(0);
+        assert!(evict(&r, &u, now, DAY, false).is_err());
+        // go sees the version as not extracted and extracts it again from the zip.
+        assert!(v.join("v1.0.0.partial").exists(), ".partial stays");
+        assert!(v.join("v1.0.0.zip").exists() && v.join("v1.0.0.lock").exists());
+    }
+
+    #[test]
+    fn a_lock_the_agent_creates_belongs_to_the_directorys_owner() {
+        let d = tempfile::tempdir().unwrap();
+        let now = now();
+        let (root, v, _) = cache(d.path(), now, 100 * DAY);
+        std::fs::remove_file(v.join("v1.0.0.lock")).unwrap();
+        nix::unistd::chown(&v, Some(4242.into()), Some(4243.into())).unwrap();
+        std::fs::set_permissions(&v, std::fs::Permissions::from_mode(0o775)).unwrap();
+        let r = Dir::open_root(&root).unwrap();
+        let u = units(&r).remove(0);
+        assert!(evict(&r, &u, now, DAY, false).unwrap().is_some());
+        let md = std::fs::metadata(v.join("v1.0.0.lock")).unwrap();
+        assert_eq!(
+            (md.uid(), md.gid(), md.mode() & 0o7777),
+            (4242, 4243, 0o664)
+        );
+    }
 }
