@@ -16,6 +16,7 @@ use crate::plan::{CachePlan, Plan, Reason};
 use crate::policy::CacheKind;
 use crate::safefs::{self, Dir, Kind, Stat};
 use crate::scan::layout::{self, Class};
+use crate::scan::units::id_key;
 use crate::scan::walk::{self, Entry, Skip, Visit};
 use crate::scan::{Tally, Usage, Violation};
 use serde::Serialize;
@@ -43,6 +44,9 @@ pub struct CacheOutcome {
     /// Shards skipped for eviction because someone held a lock on them.
     pub locked_skipped: u64,
     pub trim_rewritten: bool,
+    /// Allocated bytes of the cache measured after eviction (a walk that only counts), when
+    /// anything was evicted; `None` in a dry run or when nothing went.
+    pub size_after: Option<u64>,
     /// trim.txt was due but someone held a lock on it: skipped rather than waited for.
     pub trim_skipped_locked: bool,
 }
@@ -198,6 +202,11 @@ fn apply_cache(c: &CachePlan, now: i64, dry: bool) -> CacheOutcome {
         for v in visitors {
             out.merge(v.out);
         }
+    }
+    if !dry && !out.evicted.is_empty() {
+        // What the cache holds now, measured: what apply freed is not what it counted when a
+        // member wrote or removed entries meanwhile.
+        out.size_after = Some(crate::scan::allocated_bytes(&root));
     }
     if c.rewrite_trim {
         if dry {
@@ -435,21 +444,6 @@ impl OutputNames {
             None
         }
     }
-}
-
-/// An 8-byte key for an output id (64 hex digits, from a record or before `-d` in a name):
-/// a hash of all of it, so a set costs 8 bytes per action and ids that share a prefix (test
-/// fixtures, hand-made names) still differ. A collision can only keep an output (live) or
-/// let it go with an evicted action past the floor, never delete anything outside the rules.
-fn id_key(hex_or_name: &[u8]) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let id = hex_or_name.get(..64)?;
-    if hex_or_name.len() > 64 && hex_or_name.get(64) != Some(&b'-') {
-        return None;
-    }
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    id.hash(&mut h);
-    Some(h.finish())
 }
 
 struct Applier<'a> {
@@ -925,20 +919,6 @@ mod tests {
 
     fn name(output: &str) -> std::ffi::CString {
         std::ffi::CString::new(format!("{output}-d")).expect("no NUL")
-    }
-
-    #[test]
-    fn a_record_and_the_output_file_it_names_share_a_key() {
-        let o = hex("ab", 7);
-        assert_eq!(id_key(o.as_bytes()), id_key(name(&o).to_bytes()));
-        // Ids that share their first 16 (or 63) digits are still told apart.
-        assert_ne!(
-            id_key(hex("ab", 7).as_bytes()),
-            id_key(hex("ab", 8).as_bytes())
-        );
-        // Not an id: too short, or something other than `-d`/`-a` glued on.
-        assert_eq!(id_key(b"ab12"), None);
-        assert_eq!(id_key(format!("{o}x").as_bytes()), None);
     }
 
     #[test]

@@ -264,10 +264,11 @@ fn plan_eviction(
     let max_age = p.max_age.map(secs);
     let mut cutoff: Option<i64> = max_age.map(|m| m.max(floor));
     let (mut target, mut floor_limited) = (None, false);
+    // The limit is on evictable bytes: what never goes (fuzz/, shards, foreign entries)
+    // could never be brought under it, and must not push the cutoff down to the floor.
     if let (Some(limit), Some(low)) = (r.limit_bytes, r.low_water_bytes)
-        && obs.allocated_bytes > limit
+        && let Some(c) = h.size_cutoff(limit, low, floor)
     {
-        let c = h.cutoff(obs.allocated_bytes - low, floor);
         cutoff = Some(cutoff.map_or(c.min_age_secs, |a| a.min(c.min_age_secs)));
         target = Some(low);
         floor_limited = c.floor_limited;

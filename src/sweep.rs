@@ -33,19 +33,22 @@ impl Sweep {
         self.reports.iter().filter_map(|r| r.refused.as_deref())
     }
 
-    /// Allocated bytes per cache path after the sweep (before minus what was evicted).
+    /// Allocated bytes per cache path after the sweep: measured after eviction when anything
+    /// went, else as inspected.
     pub fn size_after(&self, path: &std::path::Path) -> Option<u64> {
+        let measured = self
+            .outcome
+            .as_ref()
+            .and_then(|o| o.caches.iter().rev().find(|c| c.path == path))
+            .and_then(|c| c.size_after);
+        if measured.is_some() {
+            return measured;
+        }
         let r = self
             .reports
             .iter()
             .find(|r| r.path.as_deref() == Some(path))?;
-        let before = r.observed.as_ref()?.allocated_bytes;
-        let evicted: u64 = self
-            .outcome
-            .as_ref()
-            .and_then(|o| o.caches.iter().find(|c| c.path == path))
-            .map_or(0, |c| c.evicted.values().map(|u| u.bytes).sum());
-        Some(before.saturating_sub(evicted))
+        Some(r.observed.as_ref()?.allocated_bytes)
     }
 
     /// A one-line summary for logs and systemd's STATUS=.
@@ -126,6 +129,7 @@ fn absorb(o: &mut Outcome, later: Outcome) {
         }
         c.locked_skipped += l.locked_skipped;
         c.trim_rewritten |= l.trim_rewritten;
+        c.size_after = l.size_after.or(c.size_after);
     }
 }
 

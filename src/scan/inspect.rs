@@ -4,6 +4,7 @@
 
 use super::layout::{self, Class};
 use super::lru::Histogram;
+use super::units::{UnitLog, id_key};
 use super::walk::{Entry, Skip, Visit};
 use super::{Tally, Usage, Violation};
 use crate::acl::{self, Acl, Want};
@@ -28,7 +29,7 @@ pub struct Observed {
     /// Unix seconds of the least and most recent use (max of atime, mtime) of any entry.
     pub oldest_use: Option<i64>,
     pub newest_use: Option<i64>,
-    /// Evictable units older than `max_age` (and the floor).
+    /// Evictable units older than `max_age` (and the floor): the histogram's count of them.
     pub past_max_age: Usage,
     /// Allocated bytes and entries per owner uid.
     pub owners: BTreeMap<u32, Usage>,
@@ -97,6 +98,8 @@ pub struct Inspector<'p> {
     xbuf: Vec<u8>,
     /// The executable output directory being walked: (allocated bytes, last use).
     exec: Option<(u64, i64)>,
+    /// This thread's units, paired after the walk ([`UnitLog::fold`]).
+    pub units: UnitLog,
 }
 
 impl<'p> Inspector<'p> {
@@ -116,6 +119,7 @@ impl<'p> Inspector<'p> {
             obs,
             xbuf: Vec::new(),
             exec: None,
+            units: UnitLog::default(),
         }
     }
 
@@ -155,17 +159,31 @@ impl<'p> Inspector<'p> {
         }
     }
 
-    /// Records an evictable unit (action, output, whole executable directory).
-    fn unit(&mut self, last_use: i64, bytes: u64) {
-        let age = self.opts.now - last_use;
-        if let Some(h) = &self.obs.histogram {
-            h.add(age, bytes);
-        }
-        if let Some(max) = self.policy.max_age {
-            let max = max.as_secs() as i64;
-            if age >= max && age >= self.policy.min_age.as_secs() as i64 {
-                self.obs.past_max_age.add(1, bytes);
+    /// An action record: apply opens it (a file with one name only), removes it if it is old
+    /// enough and reads the output it names, which then follows it; one it keeps (hardlinked)
+    /// keeps its output. Read as apply reads it, so the units here are apply's.
+    fn action(&mut self, e: &Entry) {
+        let Some(parent) = e.parent else { return };
+        let Ok(f) = parent.open_read(e.name, e.st) else {
+            return;
+        };
+        let names = crate::safefs::read_up_to(f, 512, e.st.size)
+            .ok()
+            .and_then(|r| super::layout::action_output(&r))
+            .and_then(|o| id_key(&o));
+        if e.st.nlink > 1 {
+            if let Some(k) = names {
+                self.units.kept_action(k);
             }
+            return;
+        }
+        self.units.action(names, e.st.last_use(), e.st.alloc);
+    }
+
+    /// An output file or executable directory apply may evict.
+    fn output(&mut self, name: &std::ffi::CStr, last_use: i64, bytes: u64) {
+        if let Some(k) = id_key(name.to_bytes()) {
+            self.units.output(k, last_use, bytes);
         }
     }
 
@@ -253,8 +271,13 @@ impl Visit for Inspector<'_> {
             return;
         }
         self.check_perms(e, None);
+        let units = self.obs.histogram.is_some() && e.st.kind() == Kind::File;
         match class {
-            Class::Action | Class::Output => self.unit(e.st.last_use(), e.st.alloc),
+            Class::Action if units => self.action(e),
+            // A hardlinked output is never removed: not a unit.
+            Class::Output if units && e.st.nlink == 1 => {
+                self.output(e.name, e.st.last_use(), e.st.alloc)
+            }
             Class::ExecContent => {
                 if let Some((b, t)) = &mut self.exec {
                     *b += e.st.alloc;
@@ -287,8 +310,9 @@ impl Visit for Inspector<'_> {
     fn leave(&mut self, e: &Entry, _dir: &Dir) {
         if e.depth == 2
             && let Some((b, t)) = self.exec.take()
+            && self.obs.histogram.is_some()
         {
-            self.unit(t, b);
+            self.output(e.name, t, b);
         }
     }
 
