@@ -10,7 +10,7 @@
 //! no hardlinked files). A failing entry is counted and the walk goes on. In dry-run mode the
 //! same decisions are made and logged as "would …" but no syscall that changes anything runs.
 
-use crate::acl::{self, Acl, Want};
+use crate::acl::{self, Acl};
 use crate::logging::{action, verb};
 use crate::plan::{CachePlan, Plan, Reason};
 use crate::policy::CacheKind;
@@ -282,7 +282,7 @@ fn create_root(c: &CachePlan, cr: &crate::plan::CreateRoot) -> io::Result<()> {
     let parent = Dir::open_root(parent)?;
     let dir = parent.mkdir(&safefs::component(name)?, 0o700)?;
     nix::unistd::fchown(dir.as_fd(), Some(cr.uid.into()), Some(cr.gid.into()))?;
-    if let Some(w) = Want::for_entry(&c.policy, true, 0o777) {
+    if let Some(w) = c.permissions.as_ref().and_then(|p| p.want(true, 0o777)) {
         let cur = Acl::from_mode(cr.mode);
         write_acl(&dir.proc_path(), &w.access_acl(&cur), false)?;
         write_acl(&dir.proc_path(), &w.default_acl(), true)?;
@@ -669,11 +669,13 @@ impl<'a> Applier<'a> {
 
     /// Brings one file or directory to the policy's group, ACLs, setgid and other access.
     fn fix_entry(&mut self, e: &Entry, dir: Option<&Dir>) {
-        let p = &self.plan.policy;
+        let Some(p) = &self.plan.permissions else {
+            return;
+        };
         let st = *e.st;
         let is_dir = dir.is_some();
         let mut todo: Vec<Violation> = Vec::new();
-        if p.group.as_ref().is_some_and(|g| g.gid != st.gid) {
+        if p.gid.is_some_and(|g| g != st.gid) {
             todo.push(Violation::Group);
         }
         if is_dir && p.setgid && st.mode & libc::S_ISGID == 0 {
@@ -689,7 +691,7 @@ impl<'a> Applier<'a> {
         if other_want.is_some_and(|o| (st.mode & 7) as u8 != o.bits()) {
             todo.push(Violation::OtherAccess);
         }
-        let want = Want::for_entry(p, is_dir, st.mode);
+        let want = p.want(is_dir, st.mode);
         let mut current = Acl::from_mode(st.mode);
         if let Some(w) = &want {
             let read = match (dir, e.parent) {
@@ -748,7 +750,7 @@ impl<'a> Applier<'a> {
         };
         let res = (|| -> io::Result<()> {
             if todo.contains(&Violation::Group) {
-                let gid = p.group.as_ref().map(|g| g.gid.into());
+                let gid = p.gid.map(Into::into);
                 nix::unistd::fchownat(fd, "", None, gid, nix::fcntl::AtFlags::AT_EMPTY_PATH)?;
             }
             if let Some(w) = &want {
@@ -826,6 +828,14 @@ impl Visit for Applier<'_> {
         }
         if class == Class::Quarantine {
             // The quarantine stays as integrity left it (0700, never evicted).
+            return;
+        }
+        if self.dry
+            && class == Class::Action
+            && e.st.nlink == 1
+            && self.verdict(e.st.last_use()).is_some()
+        {
+            // Phase 1 would have removed it: a dry run must not say it would fix it too.
             return;
         }
         if class == Class::Output

@@ -9,11 +9,12 @@
 //! "would …" line per change.
 
 use crate::acl::Want;
+use crate::policy::value::Perm;
 use crate::check::CacheReport;
 use crate::policy::value::{human_bytes, human_duration};
 use crate::policy::{CacheKind, CachePolicy, Scope};
 use crate::scan::{Tally, Usage, Violation};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -25,9 +26,9 @@ pub const SCHEMA: &str = "gocache-warden.plan/v1";
 /// than this keeps every user's `go` off the (since Go 1.21 fatal) trim path.
 pub const TRIM_REWRITE_AFTER_SECS: i64 = 3600;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
-    pub schema: &'static str,
+    pub schema: String,
     pub host: String,
     pub scope: Scope,
     /// The reference time (Unix seconds) all ages in the plan are measured from.
@@ -35,7 +36,7 @@ pub struct Plan {
     pub caches: Vec<CachePlan>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CachePlan {
     pub name: String,
     pub kind: CacheKind,
@@ -54,33 +55,41 @@ pub struct CachePlan {
     pub limit_bytes: Option<u64>,
     /// Nothing was inspected: the cache could not be opened.
     pub skipped: Option<String>,
-    #[serde(skip)]
-    pub policy: CachePolicy,
-    #[serde(skip)]
-    pub owner_uid: Option<u32>,
-    /// A per-user cache: apply opens its root as `check` did (nothing the user controls
-    /// followed, owned by them).
-    #[serde(skip)]
+    /// A per-user cache: apply opens its root as `check` did, beneath this user's home
+    /// (nothing the user controls followed) and owned by this uid.
     pub user: Option<crate::users::CacheUser>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreateRoot {
     pub uid: u32,
     pub gid: u32,
     pub mode: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Permissions {
     pub group: Option<String>,
     pub gid: Option<u32>,
     pub setgid: bool,
-    pub group_access: Option<String>,
-    pub other: Option<String>,
+    pub group_access: Option<Perm>,
+    pub other: Option<Perm>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+impl Permissions {
+    /// What the ACL of an entry with `mode` must grant (none without a group and access).
+    pub fn want(&self, is_dir: bool, mode: u32) -> Option<Want> {
+        Some(Want::for_grant(
+            self.gid?,
+            self.group_access?,
+            self.other,
+            is_dir,
+            mode,
+        ))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Reason {
     Age,
@@ -100,7 +109,7 @@ impl Reason {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Eviction {
     /// Evict every unit (action, output, executable directory) at least this old.
     pub cutoff_age_secs: i64,
@@ -181,15 +190,20 @@ fn secs(d: Duration) -> i64 {
 }
 
 /// Plans one cache from what `check` saw. Pure.
-pub fn plan_cache(p: &CachePolicy, r: &CacheReport, owner_uid: Option<u32>) -> Option<CachePlan> {
+/// `user`: whose cache it is, for a per-user cache (apply opens its root as theirs).
+pub fn plan_cache(
+    p: &CachePolicy,
+    r: &CacheReport,
+    user: Option<&crate::users::CacheUser>,
+) -> Option<CachePlan> {
     let path = r.path.clone()?;
     let want_any = Want::for_entry(p, true, 0o777);
     let permissions = (p.group.is_some() || p.other.is_some()).then(|| Permissions {
         group: p.group.as_ref().map(|g| g.name.clone()),
         gid: p.group.as_ref().map(|g| g.gid),
         setgid: p.setgid,
-        group_access: p.group_access.map(|a| a.to_string()),
-        other: p.other.map(|o| o.to_string()),
+        group_access: p.group_access,
+        other: p.other,
     });
     let mut plan = CachePlan {
         name: p.name.clone(),
@@ -215,9 +229,7 @@ pub fn plan_cache(p: &CachePolicy, r: &CacheReport, owner_uid: Option<u32>) -> O
                     )
                 })
             }),
-        policy: p.clone(),
-        owner_uid,
-        user: None,
+        user: user.cloned(),
     };
     if r.read_only {
         // Nothing can change there: a plan that says so, not one that fails entry by entry.

@@ -144,7 +144,7 @@ fn once(policy: &Policy, scope: Scope, env: &GoEnv, dry_run: bool) -> Sweep {
         .collect();
     crate::headroom::explain(&targets, &mut reports);
     let mut plan = Plan {
-        schema: plan::SCHEMA,
+        schema: plan::SCHEMA.into(),
         host: hostname(),
         scope,
         now,
@@ -152,9 +152,7 @@ fn once(policy: &Policy, scope: Scope, env: &GoEnv, dry_run: bool) -> Sweep {
             .iter()
             .zip(&reports)
             .filter_map(|(t, r)| {
-                let mut c = plan::plan_cache(&t.policy, r, t.owner_uid)?;
-                c.user = t.user.clone();
-                Some(c)
+                plan::plan_cache(&t.policy, r, t.user.as_ref())
             })
             .collect(),
     };

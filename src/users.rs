@@ -33,7 +33,7 @@ use std::time::Duration;
 const RESOLVE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// The user a per-user cache belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CacheUser {
     pub name: String,
     pub uid: u32,

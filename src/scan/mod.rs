@@ -9,14 +9,14 @@ pub mod recognize;
 pub mod units;
 pub mod walk;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 pub use inspect::{InspectOptions, Observed};
 
 /// A per-entry deviation from policy or from what a Go cache may contain. Ordered worst
 /// first: the report lists them in this order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Violation {
     /// A mount point inside the cache: never entered.
@@ -89,7 +89,7 @@ impl Violation {
 }
 
 /// How many entries and how many (allocated) bytes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     pub entries: u64,
     pub bytes: u64,
@@ -103,7 +103,7 @@ impl Usage {
 }
 
 /// A count with the first few examples (paths relative to the cache root).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Tally {
     pub count: u64,
     /// Escaped for display (a name may hold newlines or bytes that are not UTF-8).
