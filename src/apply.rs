@@ -10,12 +10,13 @@
 //! no hardlinked files). A failing entry is counted and the walk goes on. In dry-run mode the
 //! same decisions are made and logged as "would …" but no syscall that changes anything runs.
 
-use crate::acl::{self, Acl};
+use crate::acl::Acl;
 use crate::logging::{action, verb};
 use crate::plan::{CachePlan, Plan, Reason};
 use crate::policy::CacheKind;
 use crate::safefs::{self, Dir, Kind, Stat};
 use crate::scan::layout::{self, Class};
+use crate::scan::perms::{Judgement, judge_entry};
 use crate::scan::units::id_key;
 use crate::scan::walk::{self, Entry, Skip, Visit};
 use crate::scan::{Tally, Usage, Violation};
@@ -282,7 +283,11 @@ fn create_root(c: &CachePlan, cr: &crate::plan::CreateRoot) -> io::Result<()> {
     let parent = Dir::open_root(parent)?;
     let dir = parent.mkdir(&safefs::component(name)?, 0o700)?;
     nix::unistd::fchown(dir.as_fd(), Some(cr.uid.into()), Some(cr.gid.into()))?;
-    if let Some(w) = c.permissions.as_ref().and_then(|p| p.want(true, 0o777)) {
+    if let Some(w) = c
+        .permissions
+        .as_ref()
+        .and_then(|p| p.grant().want(true, 0o777))
+    {
         let cur = Acl::from_mode(cr.mode);
         write_acl(&dir.proc_path(), &w.access_acl(&cur), false)?;
         write_acl(&dir.proc_path(), &w.default_acl(), true)?;
@@ -674,47 +679,15 @@ impl<'a> Applier<'a> {
         };
         let st = *e.st;
         let is_dir = dir.is_some();
-        let mut todo: Vec<Violation> = Vec::new();
-        if p.gid.is_some_and(|g| g != st.gid) {
-            todo.push(Violation::Group);
-        }
-        if is_dir && p.setgid && st.mode & libc::S_ISGID == 0 {
-            todo.push(Violation::Setgid);
-        }
-        let other_want = p.other.map(|o| {
-            if is_dir || st.mode & 0o100 != 0 {
-                o
-            } else {
-                o.without_x()
-            }
-        });
-        if other_want.is_some_and(|o| (st.mode & 7) as u8 != o.bits()) {
-            todo.push(Violation::OtherAccess);
-        }
-        let want = p.want(is_dir, st.mode);
-        let mut current = Acl::from_mode(st.mode);
-        if let Some(w) = &want {
-            let read = match (dir, e.parent) {
-                (Some(d), _) => d.get_own_xattr(acl::XATTR_ACCESS, &mut self.xbuf),
-                (None, Some(par)) => par.get_xattr(e.name, acl::XATTR_ACCESS, &mut self.xbuf),
-                (None, None) => Ok(None),
-            };
-            if let Ok(Some(n)) = read {
-                current = Acl::decode(&self.xbuf[..n]).unwrap_or(current);
-            }
-            if !w.access_ok(&current) {
-                todo.push(Violation::Acl);
-            }
-            if let Some(d) = dir {
-                let def = match d.get_own_xattr(acl::XATTR_DEFAULT, &mut self.xbuf) {
-                    Ok(Some(n)) => Acl::decode(&self.xbuf[..n]),
-                    _ => None,
-                };
-                if !w.default_ok(def.as_ref()) {
-                    todo.push(Violation::DefaultAcl);
-                }
-            }
-        }
+        let Some(Judgement {
+            todo,
+            current,
+            want,
+            other_want,
+        }) = judge_entry(&p.grant(), e, dir, &mut self.xbuf)
+        else {
+            return;
+        };
         if todo.is_empty() {
             return;
         }

@@ -77,15 +77,14 @@ pub struct Permissions {
 }
 
 impl Permissions {
-    /// What the ACL of an entry with `mode` must grant (none without a group and access).
-    pub fn want(&self, is_dir: bool, mode: u32) -> Option<Want> {
-        Some(Want::for_grant(
-            self.gid?,
-            self.group_access?,
-            self.other,
-            is_dir,
-            mode,
-        ))
+    /// What apply brings every entry to (and inspection judged against).
+    pub fn grant(&self) -> crate::scan::perms::Grant {
+        crate::scan::perms::Grant {
+            gid: self.gid,
+            setgid: self.setgid,
+            group_access: self.group_access,
+            other: self.other,
+        }
     }
 }
 

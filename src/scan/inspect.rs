@@ -7,7 +7,7 @@ use super::lru::Histogram;
 use super::units::{UnitLog, id_key};
 use super::walk::{Entry, Skip, Visit};
 use super::{Tally, Usage, Violation};
-use crate::acl::{self, Acl, Want};
+use super::perms::{Grant, judge_entry};
 use crate::policy::CachePolicy;
 use crate::safefs::{Dir, Kind};
 use serde::Serialize;
@@ -100,6 +100,7 @@ pub struct Inspector<'p> {
     exec: Option<(u64, i64)>,
     /// This thread's units, paired after the walk ([`UnitLog::fold`]).
     pub units: UnitLog,
+    grant: Grant,
 }
 
 impl<'p> Inspector<'p> {
@@ -120,6 +121,7 @@ impl<'p> Inspector<'p> {
             xbuf: Vec::new(),
             exec: None,
             units: UnitLog::default(),
+            grant: Grant::from_policy(policy),
         }
     }
 
@@ -190,60 +192,16 @@ impl<'p> Inspector<'p> {
     /// Ownership, group, setgid, ACL and other-access checks for a file or directory.
     fn check_perms(&mut self, e: &Entry, dir: Option<&Dir>) {
         let st = e.st;
-        let is_dir = dir.is_some();
         if let Some(uid) = self.opts.owner_uid
             && st.uid != uid
         {
             self.flag(Violation::ForeignOwner, e);
         }
-        if let Some(g) = &self.policy.group
-            && st.gid != g.gid
-        {
-            self.flag(Violation::Group, e);
-        }
-        if is_dir && self.policy.setgid && st.mode & libc::S_ISGID == 0 {
-            self.flag(Violation::Setgid, e);
-        }
-        if let Some(o) = self.policy.other {
-            let want = if is_dir || st.mode & 0o100 != 0 {
-                o
-            } else {
-                o.without_x()
-            };
-            if (st.mode & 7) as u8 != want.bits() {
-                self.flag(Violation::OtherAccess, e);
-            }
-        }
-        let Some(want) = Want::for_entry(self.policy, is_dir, st.mode) else {
+        let Some(j) = judge_entry(&self.grant, e, dir, &mut self.xbuf) else {
             return;
         };
-        let access = match (dir, e.parent) {
-            (Some(d), _) => d.get_own_xattr(acl::XATTR_ACCESS, &mut self.xbuf),
-            (None, Some(p)) => p.get_xattr(e.name, acl::XATTR_ACCESS, &mut self.xbuf),
-            (None, None) => return,
-        };
-        match access {
-            Ok(n) => {
-                let acl = n
-                    .and_then(|n| Acl::decode(&self.xbuf[..n]))
-                    .unwrap_or_else(|| Acl::from_mode(st.mode));
-                if !want.access_ok(&acl) {
-                    self.flag(Violation::Acl, e);
-                }
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return,
-            Err(_) => self.flag(Violation::Unreadable, e),
-        }
-        if let Some(d) = dir {
-            match d.get_own_xattr(acl::XATTR_DEFAULT, &mut self.xbuf) {
-                Ok(n) => {
-                    let def = n.and_then(|n| Acl::decode(&self.xbuf[..n]));
-                    if !want.default_ok(def.as_ref()) {
-                        self.flag(Violation::DefaultAcl, e);
-                    }
-                }
-                Err(_) => self.flag(Violation::Unreadable, e),
-            }
+        for v in j.todo {
+            self.flag(v, e);
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod inspect;
 pub mod layout;
+pub mod perms;
 pub mod lru;
 pub mod recognize;
 pub mod units;
