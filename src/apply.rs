@@ -506,9 +506,7 @@ impl<'a> Applier<'a> {
     }
 
     fn class(&self, e: &Entry) -> Class {
-        let stack: Vec<&[u8]> = e.stack.iter().map(|s| s.to_bytes()).collect();
-        let is_dir = e.st.kind() == Kind::Dir;
-        layout::classify_in(self.plan.kind, e.depth, &stack, e.name.to_bytes(), is_dir)
+        layout::class_of(self.plan.kind, e)
     }
 
     /// Should a unit last used at `last_use` go, and for which reason?
@@ -772,9 +770,9 @@ impl<'a> Applier<'a> {
 impl Visit for Applier<'_> {
     fn wants(&self, depth: usize, name: &CStr) -> bool {
         match self.phase {
-            Phase::Actions { .. } => depth == 1 || (depth == 2 && name.to_bytes().ends_with(b"-a")),
+            Phase::Actions { .. } => depth == 1 || layout::may_be_action(depth, name.to_bytes()),
             // Phase 1 has seen (and refused, if need be) every action record already.
-            Phase::Rest { fix: false } => !(depth == 2 && name.to_bytes().ends_with(b"-a")),
+            Phase::Rest { fix: false } => !layout::may_be_action(depth, name.to_bytes()),
             Phase::Rest { fix: true } => true,
         }
     }

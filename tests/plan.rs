@@ -87,3 +87,33 @@ fn apply_follows_a_changed_plan_not_the_policy() {
     let shard = file.parent().expect("shard");
     assert!(getfacl(shard).contains("group:gwt-plan:r-x"), "{}", getfacl(shard));
 }
+
+/// Inspection and apply classify with one function: a stray `notes-a` in a shard is foreign
+/// to both (reported by `check`, refused by `enforce`), not an action record apply skips.
+#[test]
+fn apply_refuses_what_inspection_calls_foreign() {
+    support::require_root();
+    let d = tempdir();
+    let c = build(&d.path().join("cache"));
+    std::fs::write(c.root.join("ab/notes-a"), "mine").expect("write");
+    let evictable: u64 = c.units.iter().map(|u| u.bytes).sum();
+    let p = support::policy(
+        d.path(),
+        "p.toml",
+        &format!(
+            "[cache.t]\npath = \"{}\"\nmax_size = {}\n",
+            c.root.display(),
+            evictable / 2
+        ),
+    );
+    let o = support::run(
+        ["--policy".as_ref(), p.as_os_str(), "enforce".as_ref(), "--json".as_ref()],
+        &[],
+    );
+    let v = support::json(&o);
+    let plan = &v["plan"]["caches"][0];
+    assert_eq!(plan["refused"]["foreign"]["count"], 1, "{plan}");
+    let out = &v["outcome"]["caches"][0];
+    assert_eq!(out["refused"]["foreign"]["count"], 1, "{out}");
+    assert!(c.root.join("ab/notes-a").exists());
+}

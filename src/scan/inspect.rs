@@ -126,9 +126,7 @@ impl<'p> Inspector<'p> {
     }
 
     fn class(&self, e: &Entry) -> Class {
-        let stack: Vec<&[u8]> = e.stack.iter().map(|s| s.to_bytes()).collect();
-        let is_dir = e.st.kind() == Kind::Dir;
-        layout::classify_in(self.policy.kind, e.depth, &stack, e.name.to_bytes(), is_dir)
+        layout::class_of(self.policy.kind, e)
     }
 
     fn flag(&mut self, v: Violation, e: &Entry) {
