@@ -129,6 +129,16 @@ pub struct Eviction {
 }
 
 impl Eviction {
+    /// What goes by this eviction according to `h`, by reason: every unit past the cutoff,
+    /// each under [`Eviction::reason`] (the one rule; apply asks it per unit).
+    pub fn expect(&self, h: &crate::scan::lru::Histogram) -> BTreeMap<Reason, Usage> {
+        let mut out: BTreeMap<Reason, Usage> = BTreeMap::new();
+        for (age, n, bytes) in h.buckets_from(self.cutoff_age_secs.max(self.floor_secs)) {
+            out.entry(self.reason(age)).or_default().add(n, bytes);
+        }
+        out
+    }
+
     /// Why a unit `age` seconds old (past the cutoff and the floor) goes.
     pub fn reason(&self, age: i64) -> Reason {
         if self.max_age_secs.is_some_and(|m| age >= m) {
@@ -284,41 +294,21 @@ fn plan_eviction(
         target = Some(low);
         floor_limited = c.floor_limited;
     }
-    let cutoff = cutoff?;
-    let (all_n, all_b) = h.at_least(cutoff);
-    let mut expected = BTreeMap::new();
-    let (age_n, age_b) = max_age.map_or((0, 0), |m| h.at_least(m.max(cutoff)));
-    if age_n > 0 {
-        expected.insert(
-            Reason::Age,
-            Usage {
-                entries: age_n,
-                bytes: age_b,
-            },
-        );
-    }
-    if all_n > age_n {
-        expected.insert(
-            Reason::Size,
-            Usage {
-                entries: all_n - age_n,
-                bytes: all_b - age_b,
-            },
-        );
-    }
-    if expected.is_empty() && target.is_none() {
-        return None;
-    }
-    Some(Eviction {
-        cutoff_age_secs: cutoff,
+    let mut ev = Eviction {
+        cutoff_age_secs: cutoff?,
         floor_secs: floor,
         max_age_secs: max_age,
-        expected,
+        expected: BTreeMap::new(),
         target_bytes: target,
         floor_limited,
         free_cutoff_secs: None,
         own_cutoff_secs: None,
-    })
+    };
+    ev.expected = ev.expect(h);
+    if ev.expected.is_empty() && target.is_none() {
+        return None;
+    }
+    Some(ev)
 }
 
 impl fmt::Display for Plan {
@@ -418,6 +408,24 @@ mod tests {
             free_cutoff_secs: free,
             own_cutoff_secs: own,
         }
+    }
+
+    /// The plan's expectation by reason is the per-unit rule apply uses, summed.
+    #[test]
+    fn expected_by_reason_is_the_per_unit_rule() {
+        let day = 86400;
+        let h = crate::scan::lru::Histogram::default();
+        let ages: Vec<i64> = (1..=50).map(|d| d * day + 7).collect();
+        for a in &ages {
+            h.add(*a, 1000);
+        }
+        let e = ev(Some(10 * day), Some(2 * day));
+        let mut want: BTreeMap<Reason, Usage> = BTreeMap::new();
+        for a in ages.iter().filter(|a| **a >= e.cutoff_age_secs) {
+            want.entry(e.reason(*a)).or_default().add(1, 1000);
+        }
+        assert_eq!(e.expect(&h), want);
+        assert_eq!(want.len(), 3);
     }
 
     #[test]

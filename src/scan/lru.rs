@@ -103,6 +103,16 @@ impl Histogram {
         u64::from(self.count[b].load(Relaxed))
     }
 
+    /// Each non-empty bucket from the one `age` falls in, oldest last: (the youngest age in
+    /// it, but not below `age`; units; bytes).
+    pub fn buckets_from(&self, age: i64) -> impl Iterator<Item = (i64, u64, u64)> + '_ {
+        (bucket(age)..BUCKETS).filter_map(move |b| {
+            let n = self.count_at(b);
+            let bytes = self.bytes_at(b);
+            (n > 0 || bytes > 0).then(|| (lower_bound(b).max(age), n, bytes))
+        })
+    }
+
     /// Units and bytes at least `age` old (whole buckets from the one `age` falls in).
     pub fn at_least(&self, age: i64) -> (u64, u64) {
         let from = bucket(age);
