@@ -17,6 +17,8 @@ pub mod chase;
 pub mod check;
 /// Command-line interface and exit codes.
 pub mod cli;
+/// Cancellation tokens: how walks, pauses and sweeps learn they should stop.
+pub mod cancel;
 /// The agent: one event loop, sd_notify, inotify growth, reload, stop.
 pub mod daemon;
 /// Deterministic pauses for race tests (inactive unless an env var is set).

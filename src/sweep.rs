@@ -92,7 +92,7 @@ pub fn run(policy: &Policy, scope: Scope, env: &GoEnv, dry_run: bool) -> Sweep {
         });
         let probes = crate::headroom::probes(&sweep.reports);
         if !freed
-            || crate::scan::walk::stop_requested()
+            || crate::cancel::Cancel::process().is_cancelled()
             || !probes.iter().any(crate::headroom::is_short)
         {
             break;
@@ -159,9 +159,10 @@ fn once(policy: &Policy, scope: Scope, env: &GoEnv, dry_run: bool) -> Sweep {
     // Filesystems short of headroom: evict across all their Go caches, oldest first.
     let short = crate::headroom::shortages(&targets, &reports);
     crate::headroom::plan(&short, &targets, &reports, &mut plan.caches);
-    crate::failpoint::pause("before-apply", std::path::Path::new("."));
+    let cancel = crate::cancel::Cancel::process();
+    crate::failpoint::pause("before-apply", std::path::Path::new("."), &cancel);
     // A stop during inspection leaves partial observations: plan them, apply nothing.
-    let stopped = crate::scan::walk::stop_requested();
+    let stopped = cancel.is_cancelled();
     let outcome = (!dry_run && !stopped).then(|| apply::apply(&plan, false));
     Sweep {
         reports,

@@ -326,7 +326,7 @@ impl State {
                 s
             })
             .await;
-            let units = if crate::scan::walk::stop_requested() {
+            let units = if crate::cancel::Cancel::process().is_cancelled() {
                 Vec::new()
             } else {
                 crate::units::missing_refs(&policy, scope).await
@@ -530,7 +530,7 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
             Event::Signal(Sig::Stop) => {
                 notify(&[NotifyState::Stopping]);
                 st.stopping = true;
-                crate::scan::walk::request_stop();
+                crate::cancel::Cancel::process().cancel();
                 if !st.running && !verifier.running {
                     break;
                 }
