@@ -144,13 +144,7 @@ impl Want {
 
     /// Group `gid` gets `access`, others `other`; execute only on directories and on files
     /// whose owner has it (as `setfacl`'s `X`).
-    pub fn for_grant(
-        gid: u32,
-        access: Perm,
-        other: Option<Perm>,
-        is_dir: bool,
-        mode: u32,
-    ) -> Want {
+    pub fn for_grant(gid: u32, access: Perm, other: Option<Perm>, is_dir: bool, mode: u32) -> Want {
         let owner_x = mode & 0o100 != 0;
         let adj = |p: Perm| if is_dir || owner_x { p } else { p.without_x() };
         Want {

@@ -114,7 +114,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         if let Some(dir) = std::env::var_os(CHILD) {
             assert!(!super::active());
-            super::pause("walk-open", std::path::Path::new("x"), &Cancel::new());
+            super::pause(
+                "walk-open",
+                std::path::Path::new("x"),
+                &crate::cancel::Cancel::new(),
+            );
             let dir = std::path::PathBuf::from(dir);
             assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
             assert_eq!(

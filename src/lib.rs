@@ -11,14 +11,14 @@ pub mod alert;
 pub mod apply;
 /// `cacheprog`: a GOCACHEPROG serving shared read-only caches with verified outputs.
 pub mod cacheprog;
+/// Cancellation tokens: how walks, pauses and sweeps learn they should stop.
+pub mod cancel;
 /// Opening a cache root by path so no user's symlink or directory on the way can redirect it.
 pub mod chase;
 /// `check`: resolve the policy's caches, inspect them, explain deviations.
 pub mod check;
 /// Command-line interface and exit codes.
 pub mod cli;
-/// Cancellation tokens: how walks, pauses and sweeps learn they should stop.
-pub mod cancel;
 /// The agent: one event loop, sd_notify, inotify growth, reload, stop.
 pub mod daemon;
 /// Deterministic pauses for race tests (inactive unless an env var is set).

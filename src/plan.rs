@@ -9,8 +9,8 @@
 //! "would …" line per change.
 
 use crate::acl::Want;
-use crate::policy::value::Perm;
 use crate::check::CacheReport;
+use crate::policy::value::Perm;
 use crate::policy::value::{human_bytes, human_duration};
 use crate::policy::{CacheKind, CachePolicy, Scope};
 use crate::scan::{Tally, Usage, Violation};

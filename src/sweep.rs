@@ -151,9 +151,7 @@ fn once(policy: &Policy, scope: Scope, env: &GoEnv, dry_run: bool) -> Sweep {
         caches: targets
             .iter()
             .zip(&reports)
-            .filter_map(|(t, r)| {
-                plan::plan_cache(&t.policy, r, t.user.as_ref())
-            })
+            .filter_map(|(t, r)| plan::plan_cache(&t.policy, r, t.user.as_ref()))
             .collect(),
     };
     // Filesystems short of headroom: evict across all their Go caches, oldest first.

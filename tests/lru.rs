@@ -112,5 +112,10 @@ fn a_large_fuzz_directory_does_not_make_the_sweep_floor_limited() {
     let ev = &v["plan"]["caches"][0]["eviction"];
     assert_eq!(ev["floor_limited"], false, "{ev}");
     assert_prefix(&c.units, &gone, &want);
-    assert_eq!(std::fs::read_dir(c.root.join("fuzz/FuzzParse")).expect("fuzz").count(), 64);
+    assert_eq!(
+        std::fs::read_dir(c.root.join("fuzz/FuzzParse"))
+            .expect("fuzz")
+            .count(),
+        64
+    );
 }

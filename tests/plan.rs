@@ -63,7 +63,11 @@ fn a_plan_read_back_from_its_json_applies_as_the_original() {
     assert_eq!(got.failed.count, 0, "{got:?}");
     assert_eq!(got.evicted, want.evicted, "{want:?}\n{got:?}");
     assert_eq!(got.fixed, want.fixed);
-    let kept = c.units.iter().find(|u| u.paths[0].exists()).expect("a unit stays");
+    let kept = c
+        .units
+        .iter()
+        .find(|u| u.paths[0].exists())
+        .expect("a unit stays");
     assert!(getfacl(&kept.paths[0]).contains("group:gwt-plan:rw-"));
 }
 
@@ -83,9 +87,17 @@ fn apply_follows_a_changed_plan_not_the_policy() {
         assert!(u.paths.iter().all(|p| p.exists()), "{u:?} was evicted");
     }
     let file = &c.units[1].paths[0];
-    assert!(getfacl(file).contains("group:gwt-plan:r--"), "{}", getfacl(file));
+    assert!(
+        getfacl(file).contains("group:gwt-plan:r--"),
+        "{}",
+        getfacl(file)
+    );
     let shard = file.parent().expect("shard");
-    assert!(getfacl(shard).contains("group:gwt-plan:r-x"), "{}", getfacl(shard));
+    assert!(
+        getfacl(shard).contains("group:gwt-plan:r-x"),
+        "{}",
+        getfacl(shard)
+    );
 }
 
 /// Inspection and apply classify with one function: a stray `notes-a` in a shard is foreign
@@ -107,7 +119,12 @@ fn apply_refuses_what_inspection_calls_foreign() {
         ),
     );
     let o = support::run(
-        ["--policy".as_ref(), p.as_os_str(), "enforce".as_ref(), "--json".as_ref()],
+        [
+            "--policy".as_ref(),
+            p.as_os_str(),
+            "enforce".as_ref(),
+            "--json".as_ref(),
+        ],
         &[],
     );
     let v = support::json(&o);

@@ -4,10 +4,10 @@
 
 use super::layout::{self, Class};
 use super::lru::Histogram;
+use super::perms::{Grant, judge_entry};
 use super::units::{UnitLog, id_key};
 use super::walk::{Entry, Skip, Visit};
 use super::{Tally, Usage, Violation};
-use super::perms::{Grant, judge_entry};
 use crate::policy::CachePolicy;
 use crate::safefs::{Dir, Kind};
 use serde::Serialize;

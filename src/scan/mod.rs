@@ -4,8 +4,8 @@
 
 pub mod inspect;
 pub mod layout;
-pub mod perms;
 pub mod lru;
+pub mod perms;
 pub mod recognize;
 pub mod units;
 pub mod walk;

@@ -201,7 +201,10 @@ mod tests {
             AclRead::from_xattr(Err(eio), &[]),
             Some(AclRead::Unreadable)
         );
-        assert_eq!(AclRead::from_xattr(Ok(Some(3)), b"xyz"), Some(AclRead::Unreadable));
+        assert_eq!(
+            AclRead::from_xattr(Ok(Some(3)), b"xyz"),
+            Some(AclRead::Unreadable)
+        );
         assert_eq!(AclRead::from_xattr(Ok(None), &[]), Some(AclRead::Absent));
         let gone = std::io::Error::from(std::io::ErrorKind::NotFound);
         assert_eq!(AclRead::from_xattr(Err(gone), &[]), None);

@@ -367,10 +367,12 @@ mod tests {
             cancel: crate::cancel::Cancel::new(),
             ..WalkOptions::default()
         };
-        let seen: usize = walk(&root, fresh, || StopAfterOne(0, crate::cancel::Cancel::new()))
-            .iter()
-            .map(|v| v.0)
-            .sum();
+        let seen: usize = walk(&root, fresh, || {
+            StopAfterOne(0, crate::cancel::Cancel::new())
+        })
+        .iter()
+        .map(|v| v.0)
+        .sum();
         assert_eq!(seen, 50);
     }
 

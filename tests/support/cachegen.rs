@@ -161,4 +161,3 @@ pub fn oldest_prefix(units: &[Unit], low: u64) -> BTreeSet<i64> {
     }
     out
 }
-
