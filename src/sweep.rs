@@ -51,6 +51,26 @@ impl Sweep {
         Some(r.observed.as_ref()?.allocated_bytes)
     }
 
+    /// What eviction could still remove from a cache after the sweep (the bytes a size limit
+    /// counts): its evictable bytes as inspected, less what went. The daemon's growth
+    /// estimate starts from this, so a large `fuzz/` never keeps a cache "above its limit".
+    pub fn evictable_after(&self, path: &std::path::Path) -> Option<u64> {
+        let r = self
+            .reports
+            .iter()
+            .find(|r| r.path.as_deref() == Some(path))?;
+        let obs = r.observed.as_ref()?;
+        let Some(h) = &obs.histogram else {
+            return self.size_after(path);
+        };
+        let evicted: u64 = self
+            .outcome
+            .as_ref()
+            .and_then(|o| o.caches.iter().find(|c| c.path == path))
+            .map_or(0, |c| c.evicted.values().map(|u| u.bytes).sum());
+        Some(h.total().1.saturating_sub(evicted))
+    }
+
     /// A one-line summary for logs and systemd's STATUS=.
     pub fn status_line(&self) -> String {
         let total: u64 = self

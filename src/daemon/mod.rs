@@ -113,7 +113,8 @@ fn watched(policy: &Policy, sweep: &Sweep) -> Vec<growth::Watched> {
                 .map_or(100.0, |c| c.alert_size_percent.min(100.0));
             let trigger_bytes = (limit as f64 * share / 100.0) as u64;
             Some(growth::Watched {
-                estimate: sweep.size_after(&path).unwrap_or(0),
+                // The limit counts evictable bytes; so does the estimate (see `Sweep`).
+                estimate: sweep.evictable_after(&path).unwrap_or(0),
                 trigger_bytes,
                 path,
             })
