@@ -248,7 +248,7 @@ fn plan_and_dry_run_apply(bencher: divan::Bencher, entries: usize) {
         let cp = plan::plan_cache(&p.caches[0], &r, None)
             .unwrap_or_else(|| panic!("nothing planned: {r:?}"));
         let plan = Plan {
-            schema: plan::SCHEMA,
+            schema: plan::SCHEMA.into(),
             host: "bench".into(),
             scope: Scope::System,
             now,

@@ -133,14 +133,25 @@ pub struct Want {
 impl Want {
     pub fn for_entry(policy: &CachePolicy, is_dir: bool, mode: u32) -> Option<Want> {
         let g = policy.group.as_ref()?;
-        let access = policy.group_access?;
+        Some(Want::for_grant(
+            g.gid,
+            policy.group_access?,
+            policy.other,
+            is_dir,
+            mode,
+        ))
+    }
+
+    /// Group `gid` gets `access`, others `other`; execute only on directories and on files
+    /// whose owner has it (as `setfacl`'s `X`).
+    pub fn for_grant(gid: u32, access: Perm, other: Option<Perm>, is_dir: bool, mode: u32) -> Want {
         let owner_x = mode & 0o100 != 0;
         let adj = |p: Perm| if is_dir || owner_x { p } else { p.without_x() };
-        Some(Want {
-            gid: g.gid,
+        Want {
+            gid,
             group: adj(access),
-            other: policy.other.map(adj),
-        })
+            other: other.map(adj),
+        }
     }
 
     /// Does `acl` (the entry's access ACL) give the group exactly what is wanted? Compared by

@@ -13,6 +13,7 @@
 //! writes files where it is told, following symlinks, so a release build must not have it.
 //! Without the feature [`active`] is `false` and [`pause`] does nothing.
 
+use crate::cancel::Cancel;
 use std::path::Path;
 #[cfg(feature = "test-hooks")]
 use std::path::PathBuf;
@@ -73,21 +74,22 @@ pub fn active() -> bool {
 
 /// Without the `test-hooks` feature no failpoint exists.
 #[cfg(not(feature = "test-hooks"))]
-pub fn pause(_name: &str, _rel: &Path) {}
+pub fn pause(_name: &str, _rel: &Path, _cancel: &Cancel) {}
 
-/// Pauses at failpoint `name` for `rel` if so configured.
+/// Pauses at failpoint `name` for `rel` if so configured, until released or `cancel` is
+/// cancelled (a stop request ends the pause as it ends the walk that paused).
 #[cfg(feature = "test-hooks")]
-pub fn pause(name: &str, rel: &Path) {
+pub fn pause(name: &str, rel: &Path, cancel: &Cancel) {
     let Some(points) = config() else { return };
     for p in points {
         if p.name == name && (p.rel == "*" || Path::new(&p.rel) == rel) {
-            hit(p, name, rel);
+            hit(p, name, rel, cancel);
         }
     }
 }
 
 #[cfg(feature = "test-hooks")]
-fn hit(p: &Point, name: &str, rel: &Path) {
+fn hit(p: &Point, name: &str, rel: &Path, cancel: &Cancel) {
     if p.hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 != p.nth {
         return;
     }
@@ -97,11 +99,7 @@ fn hit(p: &Point, name: &str, rel: &Path) {
         rel.as_os_str().as_encoded_bytes(),
     );
     let start = Instant::now();
-    // A stop request (SIGTERM to the daemon) ends the pause too, as it ends a walk.
-    while !go.exists()
-        && start.elapsed() < Duration::from_secs(60)
-        && !crate::scan::walk::stop_requested()
-    {
+    while !go.exists() && start.elapsed() < Duration::from_secs(60) && !cancel.is_cancelled() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -118,7 +116,11 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         if let Some(dir) = std::env::var_os(CHILD) {
             assert!(!super::active());
-            super::pause("walk-open", std::path::Path::new("x"));
+            super::pause(
+                "walk-open",
+                std::path::Path::new("x"),
+                &crate::cancel::Cancel::new(),
+            );
             let dir = std::path::PathBuf::from(dir);
             assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
             assert_eq!(

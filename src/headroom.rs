@@ -12,12 +12,11 @@
 //! filesystem. Between sweeps the daemon polls the filesystems (see [`Probe`]).
 //! This module plans and measures; only `apply` removes anything.
 
-use crate::plan::{CachePlan, Eviction, Reason};
+use crate::plan::{CachePlan, Eviction};
 use crate::policy::CachePolicy;
 use crate::policy::value::human_bytes;
 use crate::report::{CacheReport, Finding, Severity, Target};
 use crate::safefs::FsStat;
-use crate::scan::Usage;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -157,15 +156,9 @@ pub fn plan(
             if own.is_some_and(|o| o <= cut) {
                 continue;
             }
-            let (n, b) = h.at_least(cut);
-            let (on, ob) = own.map_or((0, 0), |o| h.at_least(o));
-            if n <= on {
+            if h.at_least(cut).0 <= own.map_or(0, |o| h.at_least(o).0) {
                 continue;
             }
-            let usage = Usage {
-                entries: n - on,
-                bytes: b.saturating_sub(ob),
-            };
             let ev = plan.eviction.get_or_insert_with(|| Eviction {
                 cutoff_age_secs: cut,
                 floor_secs: floor(p),
@@ -180,7 +173,7 @@ pub fn plan(
             ev.cutoff_age_secs = cut;
             ev.free_cutoff_secs = Some(cut);
             ev.floor_limited |= s.cutoff.floor_limited;
-            ev.expected.insert(Reason::Free, usage);
+            ev.expected = ev.expect(h);
         }
     }
 }

@@ -11,6 +11,8 @@ pub mod alert;
 pub mod apply;
 /// `cacheprog`: a GOCACHEPROG serving shared read-only caches with verified outputs.
 pub mod cacheprog;
+/// Cancellation tokens: how walks, pauses and sweeps learn they should stop.
+pub mod cancel;
 /// `check`: resolve the policy's caches, inspect them, explain deviations.
 pub mod check;
 /// Command-line interface and exit codes.

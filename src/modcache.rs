@@ -356,7 +356,11 @@ pub fn evict(
         let mut removed = || {
             if std::mem::take(&mut first) {
                 // Tests stop here: the tree is partly gone, `.partial` is on disk.
-                crate::failpoint::pause("modcache-evict", Path::new(&u.name));
+                crate::failpoint::pause(
+                    "modcache-evict",
+                    Path::new(&u.name),
+                    &crate::cancel::Cancel::process(),
+                );
             }
         };
         let r = within(root, parents, &mut |d| match d.stat(&name) {

@@ -9,11 +9,12 @@
 //! "would …" line per change.
 
 use crate::acl::Want;
+use crate::policy::value::Perm;
 use crate::policy::value::{human_bytes, human_duration};
 use crate::policy::{CacheKind, CachePolicy, Scope};
 use crate::report::CacheReport;
 use crate::scan::{Tally, Usage, Violation};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -25,9 +26,9 @@ pub const SCHEMA: &str = "gocache-warden.plan/v1";
 /// than this keeps every user's `go` off the (since Go 1.21 fatal) trim path.
 pub const TRIM_REWRITE_AFTER_SECS: i64 = 3600;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {
-    pub schema: &'static str,
+    pub schema: String,
     pub host: String,
     pub scope: Scope,
     /// The reference time (Unix seconds) all ages in the plan are measured from.
@@ -35,7 +36,7 @@ pub struct Plan {
     pub caches: Vec<CachePlan>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CachePlan {
     pub name: String,
     pub kind: CacheKind,
@@ -54,33 +55,40 @@ pub struct CachePlan {
     pub limit_bytes: Option<u64>,
     /// Nothing was inspected: the cache could not be opened.
     pub skipped: Option<String>,
-    #[serde(skip)]
-    pub policy: CachePolicy,
-    #[serde(skip)]
-    pub owner_uid: Option<u32>,
-    /// A per-user cache: apply opens its root as `check` did (nothing the user controls
-    /// followed, owned by them).
-    #[serde(skip)]
+    /// A per-user cache: apply opens its root as `check` did, beneath this user's home
+    /// (nothing the user controls followed) and owned by this uid.
     pub user: Option<crate::users::CacheUser>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CreateRoot {
     pub uid: u32,
     pub gid: u32,
     pub mode: u32,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Permissions {
     pub group: Option<String>,
     pub gid: Option<u32>,
     pub setgid: bool,
-    pub group_access: Option<String>,
-    pub other: Option<String>,
+    pub group_access: Option<Perm>,
+    pub other: Option<Perm>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+impl Permissions {
+    /// What apply brings every entry to (and inspection judged against).
+    pub fn grant(&self) -> crate::scan::perms::Grant {
+        crate::scan::perms::Grant {
+            gid: self.gid,
+            setgid: self.setgid,
+            group_access: self.group_access,
+            other: self.other,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Reason {
     Age,
@@ -100,7 +108,7 @@ impl Reason {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Eviction {
     /// Evict every unit (action, output, executable directory) at least this old.
     pub cutoff_age_secs: i64,
@@ -121,6 +129,16 @@ pub struct Eviction {
 }
 
 impl Eviction {
+    /// What goes by this eviction according to `h`, by reason: every unit past the cutoff,
+    /// each under [`Eviction::reason`] (the one rule; apply asks it per unit).
+    pub fn expect(&self, h: &crate::scan::lru::Histogram) -> BTreeMap<Reason, Usage> {
+        let mut out: BTreeMap<Reason, Usage> = BTreeMap::new();
+        for (age, n, bytes) in h.buckets_from(self.cutoff_age_secs.max(self.floor_secs)) {
+            out.entry(self.reason(age)).or_default().add(n, bytes);
+        }
+        out
+    }
+
     /// Why a unit `age` seconds old (past the cutoff and the floor) goes.
     pub fn reason(&self, age: i64) -> Reason {
         if self.max_age_secs.is_some_and(|m| age >= m) {
@@ -181,15 +199,20 @@ fn secs(d: Duration) -> i64 {
 }
 
 /// Plans one cache from what `check` saw. Pure.
-pub fn plan_cache(p: &CachePolicy, r: &CacheReport, owner_uid: Option<u32>) -> Option<CachePlan> {
+/// `user`: whose cache it is, for a per-user cache (apply opens its root as theirs).
+pub fn plan_cache(
+    p: &CachePolicy,
+    r: &CacheReport,
+    user: Option<&crate::users::CacheUser>,
+) -> Option<CachePlan> {
     let path = r.path.clone()?;
     let want_any = Want::for_entry(p, true, 0o777);
     let permissions = (p.group.is_some() || p.other.is_some()).then(|| Permissions {
         group: p.group.as_ref().map(|g| g.name.clone()),
         gid: p.group.as_ref().map(|g| g.gid),
         setgid: p.setgid,
-        group_access: p.group_access.map(|a| a.to_string()),
-        other: p.other.map(|o| o.to_string()),
+        group_access: p.group_access,
+        other: p.other,
     });
     let mut plan = CachePlan {
         name: p.name.clone(),
@@ -215,9 +238,7 @@ pub fn plan_cache(p: &CachePolicy, r: &CacheReport, owner_uid: Option<u32>) -> O
                     )
                 })
             }),
-        policy: p.clone(),
-        owner_uid,
-        user: None,
+        user: user.cloned(),
     };
     if r.read_only {
         // Nothing can change there: a plan that says so, not one that fails entry by entry.
@@ -264,49 +285,30 @@ fn plan_eviction(
     let max_age = p.max_age.map(secs);
     let mut cutoff: Option<i64> = max_age.map(|m| m.max(floor));
     let (mut target, mut floor_limited) = (None, false);
+    // The limit is on evictable bytes: what never goes (fuzz/, shards, foreign entries)
+    // could never be brought under it, and must not push the cutoff down to the floor.
     if let (Some(limit), Some(low)) = (r.limit_bytes, r.low_water_bytes)
-        && obs.allocated_bytes > limit
+        && let Some(c) = h.size_cutoff(limit, low, floor)
     {
-        let c = h.cutoff(obs.allocated_bytes - low, floor);
         cutoff = Some(cutoff.map_or(c.min_age_secs, |a| a.min(c.min_age_secs)));
         target = Some(low);
         floor_limited = c.floor_limited;
     }
-    let cutoff = cutoff?;
-    let (all_n, all_b) = h.at_least(cutoff);
-    let mut expected = BTreeMap::new();
-    let (age_n, age_b) = max_age.map_or((0, 0), |m| h.at_least(m.max(cutoff)));
-    if age_n > 0 {
-        expected.insert(
-            Reason::Age,
-            Usage {
-                entries: age_n,
-                bytes: age_b,
-            },
-        );
-    }
-    if all_n > age_n {
-        expected.insert(
-            Reason::Size,
-            Usage {
-                entries: all_n - age_n,
-                bytes: all_b - age_b,
-            },
-        );
-    }
-    if expected.is_empty() && target.is_none() {
-        return None;
-    }
-    Some(Eviction {
-        cutoff_age_secs: cutoff,
+    let mut ev = Eviction {
+        cutoff_age_secs: cutoff?,
         floor_secs: floor,
         max_age_secs: max_age,
-        expected,
+        expected: BTreeMap::new(),
         target_bytes: target,
         floor_limited,
         free_cutoff_secs: None,
         own_cutoff_secs: None,
-    })
+    };
+    ev.expected = ev.expect(h);
+    if ev.expected.is_empty() && target.is_none() {
+        return None;
+    }
+    Some(ev)
 }
 
 impl fmt::Display for Plan {
@@ -406,6 +408,24 @@ mod tests {
             free_cutoff_secs: free,
             own_cutoff_secs: own,
         }
+    }
+
+    /// The plan's expectation by reason is the per-unit rule apply uses, summed.
+    #[test]
+    fn expected_by_reason_is_the_per_unit_rule() {
+        let day = 86400;
+        let h = crate::scan::lru::Histogram::default();
+        let ages: Vec<i64> = (1..=50).map(|d| d * day + 7).collect();
+        for a in &ages {
+            h.add(*a, 1000);
+        }
+        let e = ev(Some(10 * day), Some(2 * day));
+        let mut want: BTreeMap<Reason, Usage> = BTreeMap::new();
+        for a in ages.iter().filter(|a| **a >= e.cutoff_age_secs) {
+            want.entry(e.reason(*a)).or_default().add(1, 1000);
+        }
+        assert_eq!(e.expect(&h), want);
+        assert_eq!(want.len(), 3);
     }
 
     #[test]

@@ -33,19 +33,42 @@ impl Sweep {
         self.reports.iter().filter_map(|r| r.refused.as_deref())
     }
 
-    /// Allocated bytes per cache path after the sweep (before minus what was evicted).
+    /// Allocated bytes per cache path after the sweep: measured after eviction when anything
+    /// went, else as inspected.
     pub fn size_after(&self, path: &std::path::Path) -> Option<u64> {
+        let measured = self
+            .outcome
+            .as_ref()
+            .and_then(|o| o.caches.iter().rev().find(|c| c.path == path))
+            .and_then(|c| c.size_after);
+        if measured.is_some() {
+            return measured;
+        }
         let r = self
             .reports
             .iter()
             .find(|r| r.path.as_deref() == Some(path))?;
-        let before = r.observed.as_ref()?.allocated_bytes;
+        Some(r.observed.as_ref()?.allocated_bytes)
+    }
+
+    /// What eviction could still remove from a cache after the sweep (the bytes a size limit
+    /// counts): its evictable bytes as inspected, less what went. The daemon's growth
+    /// estimate starts from this, so a large `fuzz/` never keeps a cache "above its limit".
+    pub fn evictable_after(&self, path: &std::path::Path) -> Option<u64> {
+        let r = self
+            .reports
+            .iter()
+            .find(|r| r.path.as_deref() == Some(path))?;
+        let obs = r.observed.as_ref()?;
+        let Some(h) = &obs.histogram else {
+            return self.size_after(path);
+        };
         let evicted: u64 = self
             .outcome
             .as_ref()
             .and_then(|o| o.caches.iter().find(|c| c.path == path))
             .map_or(0, |c| c.evicted.values().map(|u| u.bytes).sum());
-        Some(before.saturating_sub(evicted))
+        Some(h.total().1.saturating_sub(evicted))
     }
 
     /// A one-line summary for logs and systemd's STATUS=.
@@ -89,7 +112,7 @@ pub fn run(policy: &Policy, scope: Scope, env: &GoEnv, dry_run: bool) -> Sweep {
         });
         let probes = crate::headroom::probes(&sweep.reports);
         if !freed
-            || crate::scan::walk::stop_requested()
+            || crate::cancel::Cancel::process().is_cancelled()
             || !probes.iter().any(crate::headroom::is_short)
         {
             break;
@@ -126,6 +149,7 @@ fn absorb(o: &mut Outcome, later: Outcome) {
         }
         c.locked_skipped += l.locked_skipped;
         c.trim_rewritten |= l.trim_rewritten;
+        c.size_after = l.size_after.or(c.size_after);
     }
 }
 
@@ -140,26 +164,23 @@ fn once(policy: &Policy, scope: Scope, env: &GoEnv, dry_run: bool) -> Sweep {
         .collect();
     crate::headroom::explain(&targets, &mut reports);
     let mut plan = Plan {
-        schema: plan::SCHEMA,
+        schema: plan::SCHEMA.into(),
         host: hostname(),
         scope,
         now,
         caches: targets
             .iter()
             .zip(&reports)
-            .filter_map(|(t, r)| {
-                let mut c = plan::plan_cache(&t.policy, r, t.owner_uid)?;
-                c.user = t.user.clone();
-                Some(c)
-            })
+            .filter_map(|(t, r)| plan::plan_cache(&t.policy, r, t.user.as_ref()))
             .collect(),
     };
     // Filesystems short of headroom: evict across all their Go caches, oldest first.
     let short = crate::headroom::shortages(&targets, &reports);
     crate::headroom::plan(&short, &targets, &reports, &mut plan.caches);
-    crate::failpoint::pause("before-apply", std::path::Path::new("."));
+    let cancel = crate::cancel::Cancel::process();
+    crate::failpoint::pause("before-apply", std::path::Path::new("."), &cancel);
     // A stop during inspection leaves partial observations: plan them, apply nothing.
-    let stopped = crate::scan::walk::stop_requested();
+    let stopped = cancel.is_cancelled();
     let outcome = (!dry_run && !stopped).then(|| apply::apply(&plan, false));
     Sweep {
         reports,

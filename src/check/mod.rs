@@ -297,16 +297,10 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
         // A module cache's eviction unit is a module version, not a file: rebuild the
         // histogram and the age figures from those.
         let h = scan::lru::Histogram::default();
-        obs.past_max_age = Default::default();
         for u in crate::modcache::units(&root) {
-            let age = now - u.last_use;
-            h.add(age, u.bytes);
-            if p.max_age.is_some_and(|m| age >= m.as_secs() as i64)
-                && age >= p.min_age.as_secs() as i64
-            {
-                obs.past_max_age.add(1, u.bytes);
-            }
+            h.add(now - u.last_use, u.bytes);
         }
+        obs.past_max_age = scan::past_max_age(&h, p);
         obs.histogram = Some(std::sync::Arc::new(h));
     }
     explain(&mut r, p, &obs, now);
@@ -478,22 +472,26 @@ fn explain(r: &mut CacheReport, p: &CachePolicy, obs: &Observed, now: i64) {
         r.findings.push(f);
     }
     if let Some(limit) = r.limit_bytes {
-        if obs.allocated_bytes > limit {
-            let low = r.low_water_bytes.unwrap_or(limit);
-            let cut = obs
-                .histogram
-                .as_ref()
-                .map(|h| h.cutoff(obs.allocated_bytes - low, p.min_age.as_secs() as i64));
-            let (fix, auto) = match cut {
-                Some(c) if c.floor_limited => (
+        let low = r.low_water_bytes.unwrap_or(limit);
+        let floor = p.min_age.as_secs() as i64;
+        // The limit is on what eviction can free (the histogram's units), as `plan` sees it.
+        let evictable = obs.histogram.as_ref().map(|h| h.total().1);
+        let cut = obs
+            .histogram
+            .as_ref()
+            .and_then(|h| h.size_cutoff(limit, low, floor));
+        if let Some(c) = cut {
+            let (fix, auto) = if c.floor_limited {
+                (
                     format!(
                         "evict everything unused for {} or more ({}), which is not enough: the min_age floor keeps the rest",
                         human_duration(Duration::from_secs(c.min_age_secs as u64)),
                         human_bytes(c.bytes)
                     ),
                     true,
-                ),
-                Some(c) => (
+                )
+            } else {
+                (
                     format!(
                         "evict the least recently used {} entries ({}) down to low_water {}",
                         c.entries,
@@ -501,25 +499,28 @@ fn explain(r: &mut CacheReport, p: &CachePolicy, obs: &Observed, now: i64) {
                         human_bytes(low)
                     ),
                     true,
-                ),
-                None => ("evict least recently used entries".into(), true),
+                )
             };
+            let evictable = evictable.unwrap_or(obs.allocated_bytes);
             let mut f = finding(
                 "over-size",
                 Severity::Warning,
                 1,
                 format!(
-                    "uses {} of its {} limit ({})",
+                    "uses {} ({} of it evictable) of its {} limit ({})",
                     human_bytes(obs.allocated_bytes),
+                    human_bytes(evictable),
                     human_bytes(limit),
                     p.max_size.map_or(String::new(), |m| m.to_string())
                 ),
                 fix,
                 auto,
             );
-            f.bytes = Some(obs.allocated_bytes - limit);
+            f.bytes = Some(evictable - limit);
             r.findings.push(f);
-        } else if obs.allocated_bytes as f64 >= limit as f64 * p.alert_size_percent / 100.0 {
+        } else if evictable.unwrap_or(obs.allocated_bytes) as f64
+            >= limit as f64 * p.alert_size_percent / 100.0
+        {
             r.findings.push(finding(
                 "near-limit",
                 Severity::Info,

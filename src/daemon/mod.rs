@@ -113,7 +113,8 @@ fn watched(policy: &Policy, sweep: &Sweep) -> Vec<growth::Watched> {
                 .map_or(100.0, |c| c.alert_size_percent.min(100.0));
             let trigger_bytes = (limit as f64 * share / 100.0) as u64;
             Some(growth::Watched {
-                estimate: sweep.size_after(&path).unwrap_or(0),
+                // The limit counts evictable bytes; so does the estimate (see `Sweep`).
+                estimate: sweep.evictable_after(&path).unwrap_or(0),
                 trigger_bytes,
                 path,
             })
@@ -326,7 +327,7 @@ impl State {
                 s
             })
             .await;
-            let units = if crate::scan::walk::stop_requested() {
+            let units = if crate::cancel::Cancel::process().is_cancelled() {
                 Vec::new()
             } else {
                 crate::units::missing_refs(&policy, scope).await
@@ -534,7 +535,7 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
             Event::Signal(Sig::Stop) => {
                 notify(&[NotifyState::Stopping]);
                 st.stopping = true;
-                crate::scan::walk::request_stop();
+                crate::cancel::Cancel::process().cancel();
                 if !st.running && !verifier.running {
                     break;
                 }

@@ -458,7 +458,7 @@ pub fn read_cacheprog(reports: &[CacheReport]) -> Vec<metrics::CacheprogSnapshot
         else {
             continue;
         };
-        if crate::scan::walk::stop_requested() {
+        if crate::cancel::Cancel::process().is_cancelled() {
             break;
         }
         // A user agent cannot take another user's identity: caches it does not own (a

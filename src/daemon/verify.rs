@@ -58,7 +58,7 @@ pub fn verified_paths(policy: &Policy) -> Vec<PathBuf> {
 impl Verifier {
     /// Starts the next slice unless one runs, none is wanted, or the next pass is not due.
     pub fn request(&mut self, policy: &Policy, tx: &UnboundedSender<Event>) {
-        if self.running || crate::scan::walk::stop_requested() {
+        if self.running || crate::cancel::Cancel::process().is_cancelled() {
             return;
         }
         let targets = targets(policy);

@@ -39,7 +39,7 @@ pub const SYSTEM_DIRS: [&str; 3] = [
 
 /// Which instance the agent is: the system one (root, shared caches, all managers) or a
 /// user's own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     System,
@@ -219,7 +219,7 @@ pub enum CachePath {
     Fixed(PathBuf),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CacheKind {
     Build,

@@ -127,6 +127,14 @@ impl Serialize for Perm {
     }
 }
 
+/// As written in a plan: `"rwx"`, `"r-x"`.
+impl<'de> serde::Deserialize<'de> for Perm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_perm(&s).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Parses `"rwx"`, `"r-x"`, `"---"`; `X` is accepted for `x` (files get execute only where
 /// their owner has it, as `setfacl`'s `X`).
 pub fn parse_perm(s: &str) -> Result<Perm, String> {

@@ -59,7 +59,7 @@ pub struct Target {
 }
 
 /// The user a per-user cache belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct CacheUser {
     pub name: String,
     pub uid: u32,

@@ -4,9 +4,10 @@
 
 use super::layout::{self, Class};
 use super::lru::Histogram;
+use super::perms::{Grant, judge_entry};
+use super::units::{UnitLog, id_key};
 use super::walk::{Entry, Skip, Visit};
 use super::{Tally, Usage, Violation};
-use crate::acl::{self, Acl, Want};
 use crate::policy::CachePolicy;
 use crate::safefs::{Dir, Kind};
 use serde::Serialize;
@@ -28,7 +29,7 @@ pub struct Observed {
     /// Unix seconds of the least and most recent use (max of atime, mtime) of any entry.
     pub oldest_use: Option<i64>,
     pub newest_use: Option<i64>,
-    /// Evictable units older than `max_age` (and the floor).
+    /// Evictable units older than `max_age` (and the floor): the histogram's count of them.
     pub past_max_age: Usage,
     /// Allocated bytes and entries per owner uid.
     pub owners: BTreeMap<u32, Usage>,
@@ -97,6 +98,9 @@ pub struct Inspector<'p> {
     xbuf: Vec<u8>,
     /// The executable output directory being walked: (allocated bytes, last use).
     exec: Option<(u64, i64)>,
+    /// This thread's units, paired after the walk ([`UnitLog::fold`]).
+    pub units: UnitLog,
+    grant: Grant,
 }
 
 impl<'p> Inspector<'p> {
@@ -116,13 +120,13 @@ impl<'p> Inspector<'p> {
             obs,
             xbuf: Vec::new(),
             exec: None,
+            units: UnitLog::default(),
+            grant: Grant::from_policy(policy),
         }
     }
 
     fn class(&self, e: &Entry) -> Class {
-        let stack: Vec<&[u8]> = e.stack.iter().map(|s| s.to_bytes()).collect();
-        let is_dir = e.st.kind() == Kind::Dir;
-        layout::classify_in(self.policy.kind, e.depth, &stack, e.name.to_bytes(), is_dir)
+        layout::class_of(self.policy.kind, e)
     }
 
     fn flag(&mut self, v: Violation, e: &Entry) {
@@ -155,77 +159,47 @@ impl<'p> Inspector<'p> {
         }
     }
 
-    /// Records an evictable unit (action, output, whole executable directory).
-    fn unit(&mut self, last_use: i64, bytes: u64) {
-        let age = self.opts.now - last_use;
-        if let Some(h) = &self.obs.histogram {
-            h.add(age, bytes);
-        }
-        if let Some(max) = self.policy.max_age {
-            let max = max.as_secs() as i64;
-            if age >= max && age >= self.policy.min_age.as_secs() as i64 {
-                self.obs.past_max_age.add(1, bytes);
+    /// An action record: apply opens it (a file with one name only), removes it if it is old
+    /// enough and reads the output it names, which then follows it; one it keeps (hardlinked)
+    /// keeps its output. Read as apply reads it, so the units here are apply's.
+    fn action(&mut self, e: &Entry) {
+        let Some(parent) = e.parent else { return };
+        let Ok(f) = parent.open_read(e.name, e.st) else {
+            return;
+        };
+        let names = crate::safefs::read_up_to(f, 512, e.st.size)
+            .ok()
+            .and_then(|r| super::layout::action_output(&r))
+            .and_then(|o| id_key(&o));
+        if e.st.nlink > 1 {
+            if let Some(k) = names {
+                self.units.kept_action(k);
             }
+            return;
+        }
+        self.units.action(names, e.st.last_use(), e.st.alloc);
+    }
+
+    /// An output file or executable directory apply may evict.
+    fn output(&mut self, name: &std::ffi::CStr, last_use: i64, bytes: u64) {
+        if let Some(k) = id_key(name.to_bytes()) {
+            self.units.output(k, last_use, bytes);
         }
     }
 
     /// Ownership, group, setgid, ACL and other-access checks for a file or directory.
     fn check_perms(&mut self, e: &Entry, dir: Option<&Dir>) {
         let st = e.st;
-        let is_dir = dir.is_some();
         if let Some(uid) = self.opts.owner_uid
             && st.uid != uid
         {
             self.flag(Violation::ForeignOwner, e);
         }
-        if let Some(g) = &self.policy.group
-            && st.gid != g.gid
-        {
-            self.flag(Violation::Group, e);
-        }
-        if is_dir && self.policy.setgid && st.mode & libc::S_ISGID == 0 {
-            self.flag(Violation::Setgid, e);
-        }
-        if let Some(o) = self.policy.other {
-            let want = if is_dir || st.mode & 0o100 != 0 {
-                o
-            } else {
-                o.without_x()
-            };
-            if (st.mode & 7) as u8 != want.bits() {
-                self.flag(Violation::OtherAccess, e);
-            }
-        }
-        let Some(want) = Want::for_entry(self.policy, is_dir, st.mode) else {
+        let Some(j) = judge_entry(&self.grant, e, dir, &mut self.xbuf) else {
             return;
         };
-        let access = match (dir, e.parent) {
-            (Some(d), _) => d.get_own_xattr(acl::XATTR_ACCESS, &mut self.xbuf),
-            (None, Some(p)) => p.get_xattr(e.name, acl::XATTR_ACCESS, &mut self.xbuf),
-            (None, None) => return,
-        };
-        match access {
-            Ok(n) => {
-                let acl = n
-                    .and_then(|n| Acl::decode(&self.xbuf[..n]))
-                    .unwrap_or_else(|| Acl::from_mode(st.mode));
-                if !want.access_ok(&acl) {
-                    self.flag(Violation::Acl, e);
-                }
-            }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return,
-            Err(_) => self.flag(Violation::Unreadable, e),
-        }
-        if let Some(d) = dir {
-            match d.get_own_xattr(acl::XATTR_DEFAULT, &mut self.xbuf) {
-                Ok(n) => {
-                    let def = n.and_then(|n| Acl::decode(&self.xbuf[..n]));
-                    if !want.default_ok(def.as_ref()) {
-                        self.flag(Violation::DefaultAcl, e);
-                    }
-                }
-                Err(_) => self.flag(Violation::Unreadable, e),
-            }
+        for v in j.todo {
+            self.flag(v, e);
         }
     }
 }
@@ -253,8 +227,13 @@ impl Visit for Inspector<'_> {
             return;
         }
         self.check_perms(e, None);
+        let units = self.obs.histogram.is_some() && e.st.kind() == Kind::File;
         match class {
-            Class::Action | Class::Output => self.unit(e.st.last_use(), e.st.alloc),
+            Class::Action if units => self.action(e),
+            // A hardlinked output is never removed: not a unit.
+            Class::Output if units && e.st.nlink == 1 => {
+                self.output(e.name, e.st.last_use(), e.st.alloc)
+            }
             Class::ExecContent => {
                 if let Some((b, t)) = &mut self.exec {
                     *b += e.st.alloc;
@@ -287,8 +266,9 @@ impl Visit for Inspector<'_> {
     fn leave(&mut self, e: &Entry, _dir: &Dir) {
         if e.depth == 2
             && let Some((b, t)) = self.exec.take()
+            && self.obs.histogram.is_some()
         {
-            self.unit(t, b);
+            self.output(e.name, t, b);
         }
     }
 

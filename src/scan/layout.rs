@@ -83,6 +83,23 @@ pub fn classify_in(
     }
 }
 
+/// The class of walk entry `e` in a cache of `kind`: the one classifier inspection and apply
+/// both use (the root, at depth 0, is `Root` whatever its name).
+pub fn class_of(kind: CacheKind, e: &super::walk::Entry) -> Class {
+    if e.depth == 0 {
+        return Class::Root;
+    }
+    let stack: Vec<&[u8]> = e.stack.iter().map(|s| s.to_bytes()).collect();
+    let is_dir = e.st.kind() == crate::safefs::Kind::Dir;
+    classify_in(kind, e.depth, &stack, e.name.to_bytes(), is_dir)
+}
+
+/// Can child `name` at `depth` be an action record, by its name alone (before any `statx`)?
+/// What a walk that needs only action records looks at below the shards.
+pub fn may_be_action(depth: usize, name: &[u8]) -> bool {
+    depth == 2 && entry_suffix(name) == Some(b'a')
+}
+
 fn is_hex(b: &[u8]) -> bool {
     b.iter()
         .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
@@ -190,6 +207,33 @@ mod tests {
             classify_in(m, 3, &[b"notes", b"x"], b"y", false),
             Class::Foreign
         );
+    }
+
+    /// One classifier for inspection and apply: the root is `Root` for both kinds, and the
+    /// name-only filter apply's action walk uses agrees with it below the shards (a
+    /// `notes-a` in a shard is foreign, not an action record to skip).
+    #[test]
+    fn the_walk_classifier_and_the_action_filter_agree() {
+        let st = crate::safefs::Stat::default();
+        let root = crate::scan::walk::Entry {
+            parent: None,
+            name: c".",
+            st: &st,
+            depth: 0,
+            stack: &[],
+        };
+        assert_eq!(class_of(CacheKind::Build, &root), Class::Root);
+        assert_eq!(class_of(CacheKind::Module, &root), Class::Root);
+        let a = format!("{}-a", "c".repeat(64));
+        for name in [a.as_bytes(), b"notes-a", b"x-a"] {
+            assert_eq!(
+                may_be_action(2, name),
+                classify(2, &[b"cc"], name, false) == Class::Action,
+                "{}",
+                String::from_utf8_lossy(name)
+            );
+        }
+        assert!(!may_be_action(3, a.as_bytes()));
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! A last-use histogram: how eviction picks what goes without holding every entry in memory.
 //!
-//! One pass over the cache adds each evictable unit's age and size; the histogram then gives
-//! the age cutoff that frees enough bytes, oldest first. A second pass removes every unit at
+//! One pass over the cache adds each evictable unit's age and size (a unit is what apply removes
+//! together: an action record with the output it names, an orphan output, an executable, a
+//! module version; see `scan::units`); the histogram then gives the age cutoff that frees
+//! enough bytes, oldest first. Only evictable bytes are in it: a size limit is a limit on them
+//! (`fuzz/`, the shards, foreign entries are never evicted and never count towards it). A second pass removes every unit at
 //! least that old. Because the decision is a single age threshold, the order is exactly LRU:
 //! nothing kept is older than anything removed. Buckets are one minute wide for 60 days and
 //! one hour wide up to 10 years (about 2 MiB), so over-eviction is at most one bucket. The
@@ -74,12 +77,40 @@ impl Histogram {
         let _ = self.count[b].fetch_update(Relaxed, Relaxed, |c| c.checked_add(1));
     }
 
+    /// Adds bytes to a unit already counted (an output freed with the action naming it).
+    pub fn add_bytes(&self, age_secs: i64, bytes: u64) {
+        self.bytes[bucket(age_secs)].fetch_add(bytes, Relaxed);
+    }
+
+    /// Every unit and byte in the histogram: what eviction could ever free.
+    pub fn total(&self) -> (u64, u64) {
+        self.at_least(0)
+    }
+
+    /// The cutoff for a size limit: `None` while the evictable bytes are within `limit`, else
+    /// the oldest-first cutoff that brings them down to `low` (never below `floor_secs`).
+    /// Entries that are never evicted do not count: they could never be brought down.
+    pub fn size_cutoff(&self, limit: u64, low: u64, floor_secs: i64) -> Option<Cutoff> {
+        let (_, evictable) = self.total();
+        (evictable > limit).then(|| self.cutoff(evictable - low.min(evictable), floor_secs))
+    }
+
     fn bytes_at(&self, b: usize) -> u64 {
         self.bytes[b].load(Relaxed)
     }
 
     fn count_at(&self, b: usize) -> u64 {
         u64::from(self.count[b].load(Relaxed))
+    }
+
+    /// Each non-empty bucket from the one `age` falls in, oldest last: (the youngest age in
+    /// it, but not below `age`; units; bytes).
+    pub fn buckets_from(&self, age: i64) -> impl Iterator<Item = (i64, u64, u64)> + '_ {
+        (bucket(age)..BUCKETS).filter_map(move |b| {
+            let n = self.count_at(b);
+            let bytes = self.bytes_at(b);
+            (n > 0 || bytes > 0).then(|| (lower_bound(b).max(age), n, bytes))
+        })
     }
 
     /// Units and bytes at least `age` old (whole buckets from the one `age` falls in).

@@ -5,17 +5,19 @@
 pub mod inspect;
 pub mod layout;
 pub mod lru;
+pub mod perms;
 pub mod recognize;
+pub mod units;
 pub mod walk;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 pub use inspect::{InspectOptions, Observed};
 
 /// A per-entry deviation from policy or from what a Go cache may contain. Ordered worst
 /// first: the report lists them in this order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Violation {
     /// A mount point inside the cache: never entered.
@@ -88,7 +90,7 @@ impl Violation {
 }
 
 /// How many entries and how many (allocated) bytes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     pub entries: u64,
     pub bytes: u64,
@@ -102,7 +104,7 @@ impl Usage {
 }
 
 /// A count with the first few examples (paths relative to the cache root).
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Tally {
     pub count: u64,
     /// Escaped for display (a name may hold newlines or bytes that are not UTF-8).
@@ -130,7 +132,8 @@ impl Tally {
     }
 }
 
-/// Walks the cache at `root` and returns what it found.
+/// Walks the cache at `root` and returns what it found. With `opts.histogram`, the eviction
+/// units the walk saw are paired ([`units`]) into the last-use histogram after the walk.
 pub fn inspect(
     root: &crate::safefs::Dir,
     policy: &crate::policy::CachePolicy,
@@ -142,12 +145,48 @@ pub fn inspect(
     let visitors = walk::walk(root, walk::WalkOptions::default(), || {
         inspect::Inspector::new(policy, opts, histogram.clone())
     });
-    let mut it = visitors.into_iter();
-    let mut obs = it.next().map(|v| v.obs).unwrap_or_default();
-    for v in it {
+    let mut units = units::UnitLog::default();
+    let mut obs = Observed::default();
+    for v in visitors {
+        units.absorb(v.units);
         obs.merge(v.obs);
     }
+    if let Some(h) = &obs.histogram {
+        let floor = policy.min_age.as_secs() as i64;
+        units.fold(opts.now, floor, h);
+        obs.past_max_age = past_max_age(h, policy);
+    }
     obs
+}
+
+/// Allocated bytes under `root` (the root included), as `du -B1` counts them: a walk that
+/// only counts, for re-measuring a cache after eviction.
+pub fn allocated_bytes(root: &crate::safefs::Dir) -> u64 {
+    #[derive(Default)]
+    struct Count(u64);
+    impl walk::Visit for Count {
+        fn file(&mut self, e: &walk::Entry) {
+            self.0 += e.st.alloc;
+        }
+        fn enter(&mut self, e: &walk::Entry, _dir: &crate::safefs::Dir) -> bool {
+            self.0 += e.st.alloc;
+            true
+        }
+    }
+    walk::walk(root, walk::WalkOptions::default(), Count::default)
+        .iter()
+        .map(|c| c.0)
+        .sum()
+}
+
+/// Evictable units at least `max_age` old and past the floor, from the histogram (the units
+/// eviction for age would remove).
+pub fn past_max_age(h: &lru::Histogram, policy: &crate::policy::CachePolicy) -> Usage {
+    let Some(max) = policy.max_age else {
+        return Usage::default();
+    };
+    let (entries, bytes) = h.at_least((max.as_secs() as i64).max(policy.min_age.as_secs() as i64));
+    Usage { entries, bytes }
 }
 
 /// Renders a path for humans: control characters and invalid UTF-8 escaped, so a hostile

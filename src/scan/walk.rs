@@ -13,7 +13,6 @@ use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 
 /// One entry seen by the walk.
 pub struct Entry<'a> {
@@ -75,10 +74,12 @@ pub trait Visit {
     fn error(&mut self, _rel: PathBuf, _err: &io::Error) {}
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct WalkOptions {
     pub threads: usize,
     pub max_depth: usize,
+    /// Stops the walk at the next entry once cancelled (and any failpoint pause in it).
+    pub cancel: crate::cancel::Cancel,
 }
 
 impl Default for WalkOptions {
@@ -94,6 +95,7 @@ impl Default for WalkOptions {
         WalkOptions {
             threads,
             max_depth: 1024,
+            cancel: crate::cancel::Cancel::process(),
         }
     }
 }
@@ -105,17 +107,10 @@ const WORKER_STACK: usize = 8 << 20;
 /// How deep a walk goes on the caller's own stack when no thread could be started.
 const INLINE_DEPTH: usize = 64;
 
-static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Asks every walk in this process to stop at the next entry (the daemon on SIGTERM). Each
-/// change a visitor makes is a single syscall on one entry, so stopping between entries
-/// leaves nothing half-done.
-pub fn request_stop() {
-    STOP.store(true, Ordering::SeqCst);
-}
-
+/// Whether the process token (every walk's default, cancelled on SIGTERM) is cancelled:
+/// `Cancel::process().is_cancelled()`, for loops that are not walks.
 pub fn stop_requested() -> bool {
-    STOP.load(Ordering::Relaxed)
+    crate::cancel::Cancel::process().is_cancelled()
 }
 
 fn vanished(e: &io::Error) -> bool {
@@ -158,7 +153,7 @@ where
     let work = |v: &mut V| {
         let mut stack = Vec::new();
         let mut batch = Vec::new();
-        while !stop_requested() {
+        while !opts.cancel.is_cancelled() {
             if let Err(e) = take(&mut batch) {
                 v.error(PathBuf::from("."), &e);
                 break;
@@ -167,7 +162,7 @@ where
                 break;
             }
             for n in &batch {
-                visit_child(v, root, n, &mut stack, 1, opts.max_depth);
+                visit_child(v, root, n, &mut stack, 1, &opts);
             }
         }
     };
@@ -213,10 +208,13 @@ where
         // stack allows (deeper directories are reported as too deep).
         let mut stack = Vec::new();
         let mut batch = Vec::new();
-        let depth = opts.max_depth.min(INLINE_DEPTH);
-        while !stop_requested() && take(&mut batch).is_ok() && !batch.is_empty() {
+        let shallow = WalkOptions {
+            max_depth: opts.max_depth.min(INLINE_DEPTH),
+            ..opts.clone()
+        };
+        while !opts.cancel.is_cancelled() && take(&mut batch).is_ok() && !batch.is_empty() {
             for n in &batch {
-                visit_child(&mut first, root, n, &mut stack, 1, depth);
+                visit_child(&mut first, root, n, &mut stack, 1, &shallow);
             }
         }
     }
@@ -231,7 +229,7 @@ fn visit_child<V: Visit>(
     name: &CStr,
     stack: &mut Vec<CString>,
     depth: usize,
-    max_depth: usize,
+    opts: &WalkOptions,
 ) {
     if !v.wants(depth, name) {
         return;
@@ -267,12 +265,12 @@ fn visit_child<V: Visit>(
         v.file(&e);
         return;
     }
-    if depth >= max_depth {
+    if depth >= opts.max_depth {
         v.skipped(&e, &Skip::TooDeep);
         return;
     }
     if crate::failpoint::active() {
-        crate::failpoint::pause("walk-open", &e.rel());
+        crate::failpoint::pause("walk-open", &e.rel(), &opts.cancel);
     }
     crate::progress::tick();
     let dir = match parent.open_dir(name, &st) {
@@ -315,10 +313,10 @@ fn visit_child<V: Visit>(
         }
         crate::progress::tick();
         for n in &batch {
-            if stop_requested() {
+            if opts.cancel.is_cancelled() {
                 break 'listing;
             }
-            visit_child(v, &dir, n, stack, depth + 1, max_depth);
+            visit_child(v, &dir, n, stack, depth + 1, opts);
         }
     }
     let name = stack.pop().unwrap_or_default();
@@ -335,6 +333,48 @@ fn visit_child<V: Visit>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A walk stops at the next entry once its own token is cancelled, and nothing else's
+    /// token stops it: the process token is untouched here.
+    #[test]
+    fn a_walk_stops_when_its_token_is_cancelled() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("00")).unwrap();
+        for i in 0..50 {
+            std::fs::write(t.path().join("00").join(i.to_string()), "x").unwrap();
+        }
+        struct StopAfterOne(usize, crate::cancel::Cancel);
+        impl Visit for StopAfterOne {
+            fn file(&mut self, _e: &Entry) {
+                self.0 += 1;
+                self.1.cancel();
+            }
+        }
+        let root = Dir::open_root(t.path()).unwrap();
+        let cancel = crate::cancel::Cancel::new();
+        let opts = WalkOptions {
+            threads: 1,
+            max_depth: 8,
+            cancel: cancel.clone(),
+        };
+        let seen: usize = walk(&root, opts, || StopAfterOne(0, cancel.clone()))
+            .iter()
+            .map(|v| v.0)
+            .sum();
+        assert_eq!(seen, 1);
+        assert!(!crate::cancel::Cancel::process().is_cancelled());
+        let fresh = WalkOptions {
+            cancel: crate::cancel::Cancel::new(),
+            ..WalkOptions::default()
+        };
+        let seen: usize = walk(&root, fresh, || {
+            StopAfterOne(0, crate::cancel::Cancel::new())
+        })
+        .iter()
+        .map(|v| v.0)
+        .sum();
+        assert_eq!(seen, 50);
+    }
 
     /// A member can make a chain as deep as they like under fuzz/; the daemon's first walk is
     /// called from a 2 MiB tokio blocking thread. Called from a 1 MiB thread (a debug build
@@ -362,6 +402,7 @@ mod tests {
         let opts = WalkOptions {
             threads: 1,
             max_depth: 1024,
+            cancel: crate::cancel::Cancel::new(),
         };
         let deepest = std::thread::Builder::new()
             .stack_size(1 << 20)

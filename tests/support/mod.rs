@@ -2,6 +2,7 @@
 //! create test users and groups. One helper per kind of setup so tests read as data.
 #![allow(dead_code)]
 
+pub mod cachegen;
 pub mod deb;
 pub mod gobuild;
 pub mod journald;
