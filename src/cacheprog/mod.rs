@@ -155,7 +155,16 @@ pub fn run(opts: &Options) -> i32 {
         };
         let close = req.command == "close";
         let res = srv.handle(&req, &mut r);
-        if protocol::write_response(&mut w, &res).is_err() {
+        // cmd/go pipelines requests (each build worker sends its own): answer every request
+        // already read in one write, and flush only when none is waiting. One write and one
+        // wake-up of cmd/go's reader per batch instead of per response.
+        let more = !close && protocol::request_buffered(r.buffer());
+        let sent = if more {
+            protocol::write_response_unflushed(&mut w, &res)
+        } else {
+            protocol::write_response(&mut w, &res)
+        };
+        if sent.is_err() {
             break 1;
         }
         if close {
@@ -414,9 +423,14 @@ impl Server {
         {
             note(self.verbose, || format!("counters: {e:#}"));
         }
-        self.pinned.clear();
-        self.spilled.clear();
         let _ = io::stderr().flush();
+        // cmd/go waits for our stdout to close, i.e. for our exit: the open shards, pinned
+        // outputs and memfds are released by the exit itself, without a close each (a warm
+        // build leaves hundreds).
+        std::mem::forget(self.own.take());
+        std::mem::forget(std::mem::take(&mut self.shared));
+        std::mem::forget(std::mem::take(&mut self.pinned));
+        std::mem::forget(std::mem::take(&mut self.spilled));
     }
 }
 
