@@ -379,3 +379,76 @@ fn sigterm_ends_a_background_verification_slice_at_once() {
         before
     );
 }
+
+/// Background verification survives a restart: an agent stopped mid-pass leaves its cursor
+/// in its state directory, and the next agent goes on from there — its pass hashes only what
+/// the first one had not, not the whole cache again.
+#[test]
+fn a_restarted_agent_resumes_background_verification_where_it_stopped() {
+    support::require_root();
+    let d = support::tempdir();
+    let cache = d.path().join("cache");
+    support::mkcache(&cache, 3000, 7);
+    let total = output_bytes(&cache);
+    let prom = textfile_path(d.path());
+    let p = support::policy(
+        d.path(),
+        "agent.toml",
+        &format!(
+            "[cache.c]\npath = \"{}\"\ntrusted_writers = [\"root\"]\nuntrusted = \"report\"\n[agent]\ninterval = \"1h\"\nverify_rate = \"1MiB\"\n[metrics]\ntextfile = \"{}\"\n",
+            cache.display(),
+            prom.display()
+        ),
+    );
+    let c = cache.display().to_string();
+    let hashed = |t: &str| {
+        value(
+            t,
+            "gocache_warden_integrity_hashed_bytes_total",
+            &[("cache", &c)],
+        )
+        .unwrap_or(0.0) as u64
+    };
+    let pass_over = |t: &str| {
+        value(
+            t,
+            "gocache_warden_integrity_last_pass_timestamp_seconds",
+            &[("cache", &c)],
+        )
+        .is_some_and(|v| v > 0.0)
+    };
+    let log1 = d.path().join("agent1.log");
+    let mut agent = support::spawn_agent(&p, &log1);
+    // One 5 s slice at 1 MiB/s: well under half of the cache's outputs.
+    let text = wait_textfile(&prom, &log1, Duration::from_secs(60), |t| hashed(t) > 0);
+    assert!(!pass_over(&text), "the pass is not over yet");
+    let first = hashed(&text);
+    assert!(
+        first < total / 2,
+        "{first} of {total} bytes in the first slice"
+    );
+    let pid = nix::unistd::Pid::from_raw(agent.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("term");
+    let status = agent.0.wait().expect("wait");
+    assert!(status.success(), "{status}");
+    let saved = std::fs::read_to_string(p.with_extension("state").join("verify-cursors.json"))
+        .expect("the cursors are kept in the state directory");
+    assert!(saved.contains(&c), "{saved}");
+
+    let log2 = d.path().join("agent2.log");
+    let _agent = support::spawn_agent(&p, &log2);
+    let text = wait_textfile(&prom, &log2, Duration::from_secs(60), pass_over);
+    let second = hashed(&text);
+    let l = std::fs::read_to_string(&log2).unwrap_or_default();
+    assert!(
+        l.contains(&format!("background verification of {c} resumes at shard")),
+        "{l}"
+    );
+    assert!(second > 0, "the rest of the pass was hashed");
+    // Everything the first agent had published stays done (it may have hashed a little
+    // more in the slice SIGTERM ended, which was kept too).
+    assert!(
+        second <= total - first,
+        "the restarted agent hashed {second} bytes of {total}, the first had done {first}: it started over"
+    );
+}

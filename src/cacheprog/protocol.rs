@@ -6,7 +6,7 @@
 //! with `BodySize > 0` is followed by a line holding the body as one JSON string of base64
 //! (written raw by cmd/go: `"` + base64 + `"\n`), which we decode while streaming it to
 //! its destination, never holding it in memory. Responses may be sent in any order; we
-//! answer in order. The first response (ID 0) lists `KnownCommands`.
+//! answer in order, several per write when cmd/go has pipelined several requests. The first response (ID 0) lists `KnownCommands`.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -241,9 +241,23 @@ pub fn read_body(r: &mut impl BufRead, out: &mut dyn Write) -> io::Result<u64> {
 
 /// Writes one response line and flushes it (cmd/go waits for each).
 pub fn write_response(w: &mut impl Write, res: &Response) -> io::Result<()> {
-    serde_json::to_writer(&mut *w, res)?;
-    w.write_all(b"\n")?;
+    write_response_unflushed(w, res)?;
     w.flush()
+}
+
+/// Writes one response line into `w`'s buffer; the caller flushes (see
+/// [`request_buffered`]).
+pub fn write_response_unflushed(w: &mut impl Write, res: &Response) -> io::Result<()> {
+    serde_json::to_writer(&mut *w, res)?;
+    w.write_all(b"\n")
+}
+
+/// Whether `buf` (what is already read from cmd/go) holds a whole next request line, i.e.
+/// reading it will not block: then the responses so far may wait for it in our buffer.
+pub fn request_buffered(buf: &[u8]) -> bool {
+    buf.iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .is_some_and(|i| buf[i..].contains(&b'\n'))
 }
 
 #[cfg(test)]
@@ -275,6 +289,16 @@ mod tests {
         };
         assert_eq!((req.id, req.command.as_str()), (4, "close"));
         assert!(matches!(read_request(&mut r).unwrap(), Next::Eof));
+    }
+
+    #[test]
+    fn a_request_counts_as_buffered_only_when_its_whole_line_is() {
+        // What cmd/go leaves after a request line: its extra newline, maybe the next one.
+        assert!(!request_buffered(b""));
+        assert!(!request_buffered(b"\n"));
+        assert!(!request_buffered(b"\n{\"ID\":2,\"Command\":\"get\""));
+        assert!(request_buffered(b"\n{\"ID\":2,\"Command\":\"close\"}\n"));
+        assert!(request_buffered(b"{\"ID\":2}\n\n"));
     }
 
     #[test]

@@ -18,6 +18,7 @@
 pub mod growth;
 mod liveness;
 pub mod observe;
+pub mod state;
 mod verify;
 
 use crate::alert::UnitRef;
@@ -421,7 +422,7 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
         last_grew: None,
         grew_deferred: false,
     };
-    let mut verifier = verify::Verifier::default();
+    let mut verifier = verify::Verifier::load(state::dir(opts.scope));
     notify(&[NotifyState::Ready]);
     st.request_sweep(&tx);
     while let Some(ev) = rx.recv().await {

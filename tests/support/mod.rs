@@ -361,6 +361,10 @@ pub fn spawn_agent(policy: &Path, log: &Path) -> KillOnDrop {
     KillOnDrop(
         Command::new(bin())
             .args(["--policy".as_ref(), policy.as_os_str(), "run".as_ref()])
+            // Each policy's agent keeps its state (background verification's cursors) next
+            // to the policy, never in the machine's /var/lib; a restart with the same policy
+            // finds it again.
+            .env("STATE_DIRECTORY", policy.with_extension("state"))
             .stderr(stderr)
             .spawn()
             .expect("spawn the agent"),
