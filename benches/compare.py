@@ -744,10 +744,10 @@ def main():
         small = f"{a.entries // 1000}k"
         if "inspect" not in sk:
             b.inspect(small, t, a.reps_small, 1 if a.quick else 3)
-            # A byte target (max_size) makes inspection read every action record to pair it
-            # with its output (exact LRU units): its cost, on the same tree.
-            sized = b.policy(f"check-{small}-max-size", t, max_size="100GiB", min_age="1h")
-            b.inspect(f"{small} with max_size", t, a.reps_small, 1 if a.quick else 3, pol=sized)
+            # Over its max_size, inspection walks again reading every action record to pair
+            # it with its output (exact LRU units): its cost, on the same tree.
+            sized = b.policy(f"check-{small}-over-max-size", t, max_size="1MiB", min_age="1h")
+            b.inspect(f"{small} over max_size", t, a.reps_small, 1 if a.quick else 3, pol=sized)
         comp = None
         if "perms" not in sk:
             comp = b.perms(small, t, 1)

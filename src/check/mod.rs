@@ -284,15 +284,24 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
         .map(|l| l.resolve(fs.map_or(0, |f| f.size_bytes)));
     r.limit_bytes = limit;
     r.low_water_bytes = limit.map(|l| (l as f64 * p.low_water_percent / 100.0) as u64);
-    let mut obs = scan::inspect(
-        &root,
-        p,
-        InspectOptions {
-            now,
-            owner_uid: t.owner_uid,
-            histogram: true,
-        },
-    );
+    let inspect = |pair_units| {
+        scan::inspect(
+            &root,
+            p,
+            InspectOptions {
+                now,
+                owner_uid: t.owner_uid,
+                histogram: true,
+                pair_units,
+            },
+        )
+    };
+    let mut obs = inspect(false);
+    if p.kind == CacheKind::Build && byte_target_bites(&obs, limit, &r) {
+        // Exact units decide what a byte target evicts: a second walk, reading every action
+        // record, only when that target will set a cutoff (then apply walks the cache anyway).
+        obs = inspect(true);
+    }
     if p.kind == CacheKind::Module {
         // A module cache's eviction unit is a module version, not a file: rebuild the
         // histogram and the age figures from those.
@@ -309,6 +318,19 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
     }
     r.observed = Some(obs);
     r
+}
+
+/// Will a byte target set this cache's eviction cutoff? Its evictable bytes (the same paired
+/// or not) are over `max_size`, or its filesystem is below `min_free`/`min_free_inodes`
+/// (headroom then picks one cutoff across the filesystem's caches by bytes).
+fn byte_target_bites(obs: &Observed, limit: Option<u64>, r: &CacheReport) -> bool {
+    let evictable = obs.histogram.as_ref().map_or(0, |h| h.total().1);
+    let over_limit = limit.is_some_and(|l| evictable > l);
+    let short = r.filesystem.is_some_and(|f| {
+        r.min_free_bytes.is_some_and(|m| f.avail_bytes < m)
+            || r.min_free_inodes.is_some_and(|m| f.inodes_free < m)
+    });
+    over_limit || short
 }
 
 /// The nearest existing ancestor of `path` when it is on a read-only mount.
