@@ -7,6 +7,7 @@ mod support;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use support::cachegen::hex;
 use support::{age, json, mkcache, policy, run, stderr, stdout, tempdir};
 
 fn enforce(p: &Path, extra: &[&str]) -> std::process::Output {
@@ -27,21 +28,6 @@ struct Unit {
     size: usize,
     exec: bool,
     other_shard: bool,
-}
-
-/// 64 hex digits that differ early (like the SHA-256 names Go uses).
-fn hex(i: usize, salt: u8) -> String {
-    let mut x = (i as u64) << 8 | u64::from(salt);
-    (0..4)
-        .map(|_| {
-            // splitmix64
-            x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            format!("{:016x}", z ^ (z >> 31))
-        })
-        .collect()
 }
 
 /// Writes the units; returns, per unit, the paths that make it up.

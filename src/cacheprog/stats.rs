@@ -101,25 +101,10 @@ pub fn read_as_owner(root: &Path) -> anyhow::Result<Reading> {
 const MAX_BYTES: u64 = 64 * 1024;
 
 fn read_beneath(dir: &crate::safefs::Dir) -> std::io::Result<Option<Vec<u8>>> {
-    use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
-    let how = OpenHow::new()
-        .flags(
-            OFlag::O_RDONLY
-                | OFlag::O_NONBLOCK
-                | OFlag::O_NOCTTY
-                | OFlag::O_NOFOLLOW
-                | OFlag::O_CLOEXEC,
-        )
-        .resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_XDEV
-                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-        );
     let name = std::ffi::CString::new(FILE_NAME)?;
     // A FIFO would be opened (O_NONBLOCK keeps that from blocking) but is refused below
     // before any read; a device is refused the same way.
-    let fd = match nix::fcntl::openat2(dir.as_fd(), name.as_c_str(), how) {
+    let fd = match crate::safefs::open_beneath_as_owner(dir.as_fd(), name.as_c_str()) {
         Ok(fd) => fd,
         Err(nix::errno::Errno::ENOENT) => return Ok(None),
         Err(e) => return Err(e.into()),

@@ -181,23 +181,8 @@ pub fn read_record(shard: &Dir, action: &Hash) -> io::Result<Option<(Record, Sta
 /// lookups, and the three syscalls saved per lookup (statx, O_PATH, the /proc reopen) are
 /// a measurable share of the round trip.
 pub fn read_own_record(shard: &Dir, action: &Hash) -> io::Result<Option<(Record, Stat)>> {
-    use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
     let name = entry_name(action, 'a');
-    let how = OpenHow::new()
-        .flags(
-            OFlag::O_RDONLY
-                | OFlag::O_NONBLOCK
-                | OFlag::O_NOCTTY
-                | OFlag::O_NOFOLLOW
-                | OFlag::O_CLOEXEC,
-        )
-        .resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_XDEV
-                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-        );
-    let fd = match openat2(shard.as_fd(), name.as_c_str(), how) {
+    let fd = match crate::safefs::open_beneath_as_owner(shard.as_fd(), name.as_c_str()) {
         Ok(fd) => fd,
         Err(nix::errno::Errno::ENOENT) => return Ok(None),
         // No usable openat2 (old kernel, seccomp): the general path.

@@ -433,6 +433,30 @@ impl Dir {
     }
 }
 
+/// Opens file `name` directly beneath `dirfd` for reading in one `openat2`: no symlink, no
+/// magic link, no mount crossed, non-blocking, close-on-exec. The caller `fstat`s what it got.
+/// Only for code that runs as the file's owner (the cache program in its own cache, counters
+/// read with their owner's credentials): an unprivileged user cannot make a device node, and a
+/// FIFO opened non-blocking reads nothing. Root uses [`Dir::open_read`], which opens only a
+/// pinned, re-checked regular file.
+pub fn open_beneath_as_owner(dirfd: BorrowedFd<'_>, name: &CStr) -> nix::Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(
+            OFlag::O_RDONLY
+                | OFlag::O_NONBLOCK
+                | OFlag::O_NOCTTY
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_CLOEXEC,
+        )
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    nix::fcntl::openat2(dirfd, name, how)
+}
+
 /// Whether an `openat2` failure means the syscall itself is unusable here, so the `openat`
 /// fallback must be taken: `ENOSYS` (kernels before 5.6), `EPERM` (a seccomp filter written
 /// before openat2 existed denies unknown syscalls with EPERM: systemd's own `chase()` falls
