@@ -14,6 +14,7 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Everything one walk learned about a cache.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -107,14 +108,23 @@ pub struct Inspector<'p> {
     grant: Grant,
     /// Read action records to pair them with their outputs (see [`Inspector::action`]).
     pair: bool,
+    /// Records the walk's threads may still keep for pairing, shared by all of them.
+    pair_budget: Arc<AtomicUsize>,
 }
+
+/// At most this many records (16 bytes each: 32 MiB) are kept for pairing in one inspection.
+/// Past it, entries count at their own last use, as without pairing: a user who fills a
+/// cache with millions of names cannot make the agent's memory grow with them.
+pub const MAX_PAIRED: usize = 2 << 20;
 
 impl<'p> Inspector<'p> {
     /// `histogram`: where this walk's evictable units are counted, if anywhere.
+    /// `pair_budget`: see [`MAX_PAIRED`]; one counter for all the walk's inspectors.
     pub fn new(
         policy: &'p CachePolicy,
         opts: InspectOptions,
         histogram: Option<Arc<Histogram>>,
+        pair_budget: Arc<AtomicUsize>,
     ) -> Self {
         let obs = Observed {
             histogram,
@@ -129,6 +139,7 @@ impl<'p> Inspector<'p> {
             units: UnitLog::default(),
             grant: Grant::from_policy(policy),
             pair: opts.pair_units,
+            pair_budget,
         }
     }
 
@@ -176,7 +187,7 @@ impl<'p> Inspector<'p> {
     /// age-only cutoff does not depend on the pairing. Without it, actions and outputs count
     /// at their own last use, which `go` keeps in step (it marks both used on a hit).
     fn action(&mut self, e: &Entry) {
-        if !self.pair {
+        if !self.pair || !self.take_pair_budget() {
             if let Some(h) = &self.obs.histogram
                 && e.st.nlink == 1
             {
@@ -205,11 +216,25 @@ impl<'p> Inspector<'p> {
         }
     }
 
-    /// An output file or executable directory apply may evict.
+    /// An output file or executable directory apply may evict. Unpaired, it counts at its
+    /// own last use at once, so inspection keeps nothing per entry.
     fn output(&mut self, name: &std::ffi::CStr, last_use: i64, bytes: u64) {
-        if let Some(k) = id_key(name.to_bytes()) {
-            self.units.output(k, last_use, bytes);
+        if self.pair
+            && self.take_pair_budget()
+            && let Some(k) = id_key(name.to_bytes())
+        {
+            return self.units.output(k, last_use, bytes);
         }
+        if let Some(h) = &self.obs.histogram {
+            h.add(self.opts.now - last_use, bytes);
+        }
+    }
+
+    /// One more record may be kept for pairing (see [`MAX_PAIRED`]).
+    fn take_pair_budget(&self) -> bool {
+        self.pair_budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
     }
 
     /// Ownership, group, setgid, ACL and other-access checks for a file or directory.

@@ -142,8 +142,9 @@ pub fn inspect(
     let histogram = opts
         .histogram
         .then(|| std::sync::Arc::new(lru::Histogram::default()));
+    let pair_budget = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(inspect::MAX_PAIRED));
     let visitors = walk::walk(root, walk::WalkOptions::default(), || {
-        inspect::Inspector::new(policy, opts, histogram.clone())
+        inspect::Inspector::new(policy, opts, histogram.clone(), pair_budget.clone())
     });
     let mut units = units::UnitLog::default();
     let mut obs = Observed::default();
