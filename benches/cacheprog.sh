@@ -1,56 +1,127 @@
 #!/usr/bin/env bash
-# `go build std` with `gocache-warden cacheprog` against plain GOCACHE (issue #14).
+# Builds through `gocache-warden cacheprog` against plain GOCACHE (issue #14).
 #
 #   bash benches/cacheprog.sh [--quick] [BINARY]
 #
 # BINARY defaults to $CARGO_TARGET_DIR/release/gocache-warden (or target/release/...).
 # Runs, in one session, interleaved where it matters:
-#   cold  plain      empty GOCACHE                       go build std
-#   cold  cacheprog  empty own cache, no shared cache    (every output put through the program)
-#   warm  plain      the cache the cold run filled       (median of N)
-#   warm  shared     empty own cache, shared = the plain run's cache (every hit re-hashed)
-#   warm  own        the own cache the cold cacheprog run filled
-# --quick: N=3 warm runs instead of 7. Prints a table of medians and ratios.
+#   std (`go build std`)
+#     cold  plain      empty GOCACHE                        (C rounds, alternating with:)
+#     cold  cacheprog  empty own cache, no shared cache     (every output put through the program)
+#     warm  plain      the cache a cold run filled          (N rounds, interleaved with:)
+#     warm  shared, first   empty own cache, shared = the plain run's cache: every hit hashed
+#     warm  shared, again   an own cache whose memo knows the shared outputs (a member's
+#                           second build): hits served without re-hashing
+#     warm  own        the own cache a cold cacheprog run filled
+#     warm  floor      the same own cache through benches/cacheprog_floor.rs: a program that
+#                      answers every get from memory with no work at all, i.e. what the
+#                      protocol itself costs here, which no cache program can go under
+#   module (`go build -o /dev/null cmd/go`: the go command, module cmd with its vendored
+#   dependencies; the link is never cached, so a warm build still links)
+#     the same runs
+# Ratios: per round, program ÷ plain of the same round; the median of those (it cancels the
+# machine's drift better than a ratio of medians). --quick: N=5, C=1 instead of 15 and 3.
 set -euo pipefail
-N=7
-if [[ ${1:-} == --quick ]]; then N=3; shift; fi
+N=15
+C=3
+if [[ ${1:-} == --quick ]]; then N=5; C=1; shift; fi
 BIN=${1:-${CARGO_TARGET_DIR:-target}/release/gocache-warden}
 [[ -x $BIN ]] || { echo "no binary at $BIN (cargo build --release)" >&2; exit 2; }
-GO=$(python3 -c 'import go,os;print(os.path.dirname(go.__file__))')/bin/go
+BIN=$(realpath "$BIN")
+HERE=$(cd "$(dirname "$0")" && pwd)
+GO=$(python3 -c 'import go,os;print(os.path.dirname(go.__file__))' 2>/dev/null)/bin/go || true
 [[ -x $GO ]] || GO=$(command -v go)
 W=$(mktemp -d /tmp/gcw-bench-cacheprog.XXXXXX)
 trap 'rm -rf "$W"' EXIT
-export GOFLAGS=-mod=mod GOPROXY=off GOTOOLCHAIN=local CGO_ENABLED=0 GOTELEMETRY=off
+export GOPROXY=off GOTOOLCHAIN=local CGO_ENABLED=0 GOTELEMETRY=off
 cd "$W"
+rustc --edition 2024 -O "$HERE/cacheprog_floor.rs" -o "$W/floor"
 
-t() { # label, then env assignments..., runs go build std; prints seconds
-    local s e
+t() { # what (std|module), then env assignments...; prints the build's seconds
+    local s e what=$1
+    shift
     s=$(date +%s.%N)
-    env "${@:2}" "$GO" build std >/dev/null 2>"$W/err" || { cat "$W/err" >&2; exit 1; }
+    if [[ $what == std ]]; then
+        env GOFLAGS=-mod=mod "$@" "$GO" build std >/dev/null 2>"$W/err" || { cat "$W/err" >&2; exit 1; }
+    else
+        env "$@" "$GO" build -o /dev/null cmd/go >/dev/null 2>"$W/err" || { cat "$W/err" >&2; exit 1; }
+    fi
     e=$(date +%s.%N)
     echo "$e - $s" | bc
 }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-
-mkdir -p plain own-cold own-shared
-prog_cold="$BIN cacheprog --own $W/own-cold"
-cold_plain=$(t cold-plain GOCACHE="$W/plain")
-cold_prog=$(t cold-prog GOCACHE="$W/own-cold" GOCACHEPROG="$prog_cold")
-
-warm_plain=(); warm_shared=(); warm_own=()
-for _ in $(seq "$N"); do
-    warm_plain+=("$(t warm-plain GOCACHE="$W/plain")")
-    rm -rf "$W/own-shared" && mkdir "$W/own-shared"
-    warm_shared+=("$(t warm-shared GOCACHE="$W/own-shared" GOCACHEPROG="$BIN cacheprog --own $W/own-shared --shared $W/plain")")
-    warm_own+=("$(t warm-own GOCACHE="$W/own-cold" GOCACHEPROG="$prog_cold")")
-done
-mp=$(printf '%s\n' "${warm_plain[@]}" | median)
-ms=$(printf '%s\n' "${warm_shared[@]}" | median)
-mo=$(printf '%s\n' "${warm_own[@]}" | median)
-hits=$(python3 -c "import json;print(json.load(open('$W/own-shared/gocache-warden-cacheprog.json'))['shared_hits'])")
 r() { echo "scale=3; $1 / $2" | bc; }
-echo "go build std, $("$GO" version | cut -d' ' -f3), $(nproc) cores, warm = median of $N"
-printf '| run | plain GOCACHE | cacheprog | ratio |\n|---|---|---|---|\n'
-printf '| cold (empty caches) | %.2f s | %.2f s | %s× |\n' "$cold_plain" "$cold_prog" "$(r "$cold_prog" "$cold_plain")"
-printf '| warm, hits from the shared cache (re-hashed; %s hits per build) | %.2f s | %.2f s | %s× |\n' "$hits" "$mp" "$ms" "$(r "$ms" "$mp")"
-printf '| warm, hits from the own cache | %.2f s | %.2f s | %s× |\n' "$mp" "$mo" "$(r "$mo" "$mp")"
+# Median over rounds of (column $1) ÷ (column $2) of a rounds file.
+rmed() { awk -v a="$1" -v b="$2" '{print $a / $b}' "$3" | median | xargs printf '%.3f'; }
+cmed() { awk -v a="$1" '{print $a}' "$2" | median | xargs printf '%.2f'; }
+
+# The floor's table: every action record of a filled own cache, as the response fields
+# cmd/go expects (what our program would answer).
+floor_table() { # cache dir, table file
+    python3 - "$1" "$2" <<'PY'
+import base64, datetime, os, sys
+root, out = sys.argv[1], open(sys.argv[2], "w")
+for shard in sorted(os.listdir(root)):
+    d = os.path.join(root, shard)
+    if len(shard) != 2 or not os.path.isdir(d):
+        continue
+    for name in os.listdir(d):
+        if not name.endswith("-a"):
+            continue
+        f = open(os.path.join(d, name)).read().split()
+        action, output, size, nanos = f[1], f[2], int(f[3]), int(f[4])
+        t = datetime.datetime.fromtimestamp(nanos // 10**9, datetime.timezone.utc)
+        when = t.strftime("%Y-%m-%dT%H:%M:%S") + ".%09dZ" % (nanos % 10**9)
+        b64 = lambda h: base64.b64encode(bytes.fromhex(h)).decode()
+        out.write('%s "OutputID":"%s","Size":%d,"Time":"%s","DiskPath":"%s/%s/%s-d"\n'
+                  % (b64(action), b64(output), size, when, root, output[:2], output))
+PY
+}
+
+bench() { # what; rows "plain first again own floor" to $W/<what>.rounds, "plain prog" to .cold
+    local what=$1 i p f a o fl
+    local own=$W/$what-own again=$W/$what-again prog="$BIN cacheprog --own $W/$what-own"
+    for i in $(seq "$C"); do
+        rm -rf "$W/$what-plain" "$own" && mkdir "$W/$what-plain" "$own"
+        p=$(t "$what" GOCACHE="$W/$what-plain")
+        o=$(t "$what" GOCACHE="$own" GOCACHEPROG="$prog")
+        echo "$p $o" >>"$W/$what.cold"
+    done
+    floor_table "$own" "$W/$what.table"
+    # The memo remembers outputs whose ctime is 2 s old: let the plain cache settle, then
+    # one build fills the "again" cache's memo.
+    sleep 3
+    mkdir -p "$again"
+    t "$what" GOCACHE="$again" GOCACHEPROG="$BIN cacheprog --own $again --shared $W/$what-plain" >/dev/null
+    cp "$again/gocache-warden-cacheprog.json" "$W/$what-again.before.json"
+    for i in $(seq "$N"); do
+        p=$(t "$what" GOCACHE="$W/$what-plain")
+        rm -rf "$W/$what-first" && mkdir "$W/$what-first"
+        f=$(t "$what" GOCACHE="$W/$what-first" GOCACHEPROG="$BIN cacheprog --own $W/$what-first --shared $W/$what-plain")
+        a=$(t "$what" GOCACHE="$again" GOCACHEPROG="$BIN cacheprog --own $again --shared $W/$what-plain")
+        o=$(t "$what" GOCACHE="$own" GOCACHEPROG="$prog")
+        fl=$(t "$what" GOCACHE="$own" GOCACHEPROG="$W/floor $W/$what.table")
+        echo "$p $f $a $o $fl" >>"$W/$what.rounds"
+    done
+}
+
+bench std
+bench module
+echo "$("$GO" version | cut -d' ' -f3), $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg) at the end; cold = $C rounds, warm = $N rounds"
+printf '| build | run | plain GOCACHE | cache program | ratio (median of rounds) |\n|---|---|---|---|---|\n'
+for what in std module; do
+    label=$([[ $what == std ]] && echo 'go build std' || echo 'go build cmd/go')
+    hits=$(python3 -c "import json;print(json.load(open('$W/$what-first/gocache-warden-cacheprog.json'))['shared_hits'])")
+    memo=$(python3 -c "
+import json
+a, b = (json.load(open(f)) for f in ('$W/$what-again/gocache-warden-cacheprog.json', '$W/$what-again.before.json'))
+print(round((a['shared_hits_memo'] - b['shared_hits_memo']) / (a['shared_hits'] - b['shared_hits']) * 100))")
+    R=$W/$what.rounds
+    row() { printf '| %s | %s | %s s | %s s | %s× |\n' "$label" "$1" "$(cmed 1 "$R")" "$(cmed "$2" "$R")" "$(rmed "$2" 1 "$R")"; }
+    printf '| %s | cold (empty caches: everything compiled and put) | %s s | %s s | %s× |\n' "$label" "$(cmed 1 "$W/$what.cold")" "$(cmed 2 "$W/$what.cold")" "$(rmed 2 1 "$W/$what.cold")"
+    row 'warm, hits from the own cache' 4
+    row 'warm, the floor: a program that does no work per get' 5
+    row "warm, $hits hits from the shared cache, first build (every output hashed)" 2
+    row "warm, hits from the shared cache, later builds ($memo% served on the memo)" 3
+    printf '| %s | warm own ÷ the floor | | | %s× |\n' "$label" "$(rmed 4 5 "$R")"
+done

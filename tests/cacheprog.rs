@@ -112,38 +112,7 @@ fn tampered_or_unreadable_shared_entries_are_never_served_and_builds_still_succe
     let _g = serial();
     let w = World::new();
     let alice = user(MEMBERS[0], &[GROUP]);
-    // Same size, other bytes, same mtime: what a member with write access could have done.
-    let mut tampered = 0;
-    for (rel, (mode, size, _, mtime)) in snapshot(&w.shared) {
-        let p = w.shared.join(&rel);
-        let is_output = rel.to_string_lossy().ends_with("-d")
-            || rel
-                .parent()
-                .is_some_and(|d| d.to_string_lossy().ends_with("-d"));
-        if mode & libc::S_IFMT == libc::S_IFREG && is_output && size > 0 {
-            let mut b = std::fs::read(&p).expect("read output");
-            let i = b.len() / 2;
-            b[i] ^= 0x55;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .open(&p)
-                .and_then(|mut f| f.write_all(&b))
-                .expect("rewrite in place");
-            let t = nix::sys::time::TimeSpec::new(
-                (mtime / 1_000_000_000) as i64,
-                (mtime % 1_000_000_000) as i64,
-            );
-            nix::sys::stat::utimensat(
-                nix::fcntl::AT_FDCWD,
-                &p,
-                &t,
-                &t,
-                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
-            )
-            .expect("restore mtime");
-            tampered += 1;
-        }
-    }
+    let tampered = tamper_outputs(&w.shared);
     assert!(tampered > 100);
     let own = w.own(&alice, "t");
     let (o, ran) = w.build(&alice, &own, &w.cacheprog(""));
@@ -235,6 +204,109 @@ fn tampered_or_unreadable_shared_entries_are_never_served_and_builds_still_succe
         n(&c, "puts") >= 100,
         "everything built and put into the own cache: {c}"
     );
+}
+
+/// Rewrites every non-empty output of `cache` in place with one byte flipped and puts its
+/// mtime back: same size, other bytes, same mtime — what someone with write access could
+/// do. Returns how many.
+fn tamper_outputs(cache: &Path) -> usize {
+    let mut tampered = 0;
+    for (rel, (mode, size, _, mtime)) in snapshot(cache) {
+        let p = cache.join(&rel);
+        let is_output = rel.to_string_lossy().ends_with("-d")
+            || rel
+                .parent()
+                .is_some_and(|d| d.to_string_lossy().ends_with("-d"));
+        if mode & libc::S_IFMT == libc::S_IFREG && is_output && size > 0 {
+            let mut b = std::fs::read(&p).expect("read output");
+            let i = b.len() / 2;
+            b[i] ^= 0x55;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .and_then(|mut f| f.write_all(&b))
+                .expect("rewrite in place");
+            let t = nix::sys::time::TimeSpec::new(
+                (mtime / 1_000_000_000) as i64,
+                (mtime % 1_000_000_000) as i64,
+            );
+            nix::sys::stat::utimensat(
+                nix::fcntl::AT_FDCWD,
+                &p,
+                &t,
+                &t,
+                nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+            )
+            .expect("restore mtime");
+            tampered += 1;
+        }
+    }
+    tampered
+}
+
+#[test]
+fn a_verified_shared_output_is_hashed_once_and_any_later_change_is_caught() {
+    let _g = serial();
+    let w = World::new();
+    // Outputs are remembered only once their ctime is two seconds old (cacheprog::memo).
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let alice = user(MEMBERS[0], &[GROUP]);
+    let own = w.own(&alice, "m");
+    let prog = w.cacheprog("");
+    let build = |what: &str| {
+        let before = std::fs::read_to_string(own.join("gocache-warden-cacheprog.json"))
+            .map_or(json!({}), |t| serde_json::from_str(&t).expect("counters"));
+        let (o, ran) = w.build(&alice, &own, &prog);
+        must(&o, what);
+        assert_eq!(ran, PROGRAM_OUT, "{what}: the program runs");
+        let after = counters(&own);
+        let d = |k: &str| n(&after, k) - before[k].as_u64().unwrap_or(0);
+        (
+            d("shared_hits"),
+            d("shared_hits_memo"),
+            d("shared_tampered"),
+            d("shared_hit_bytes"),
+        )
+    };
+    let (hits, memo, tampered, _) = build("alice's first build");
+    assert!(hits >= 100, "from the shared cache: {hits}");
+    // The first build hashes each output once: only outputs several actions share (the
+    // empty one, for a start) come from the memo within it.
+    assert!(
+        memo < hits / 2,
+        "most outputs hashed the first time: {memo} of {hits}"
+    );
+    assert_eq!(tampered, 0);
+    let md = std::fs::symlink_metadata(own.join("gocache-warden-verified")).expect("memo");
+    assert_eq!(md.uid(), alice.uid, "the memo is alice's, in her own cache");
+
+    let (hits2, memo2, tampered2, _) = build("alice's second build");
+    assert_eq!(hits2, hits, "the same hits");
+    assert_eq!(memo2, hits2, "none hashed again: {memo2} of {hits2}");
+    assert_eq!(tampered2, 0);
+
+    // Same size, same mtime, other bytes: only the ctime moved. Every changed output is
+    // hashed again, refused, and the build compiles instead.
+    let n_tampered = tamper_outputs(&w.shared) as u64;
+    assert!(n_tampered > 100);
+    let (_, _, tampered3, bytes3) = build("alice's build after the shared outputs changed");
+    assert!(tampered3 >= 100, "the changes are caught: {tampered3}");
+    assert_eq!(bytes3, 0, "not one byte of a changed output served");
+
+    // `check` and the scan count the memo as the cache's own metadata, not foreign.
+    let p = support::policy(
+        w.dir.path(),
+        "own-m.toml",
+        &format!("[cache.own]\npath = \"{}\"\n", own.display()),
+    );
+    let v = support::json(&support::run(
+        ["--policy", p.to_str().expect("utf-8"), "check", "--json"],
+        &[],
+    ));
+    let foreign = v["caches"][0]["findings"]
+        .as_array()
+        .is_some_and(|fs| fs.iter().any(|f| f["kind"] == "foreign"));
+    assert!(!foreign, "{v}");
 }
 
 #[test]

@@ -15,6 +15,7 @@
 //! body kept in a memfd) and counted ([`stats`]). It is not a cache manager: it never
 //! evicts or trims; the agent does.
 
+pub mod memo;
 pub mod protocol;
 pub mod stats;
 pub mod store;
@@ -66,6 +67,8 @@ pub fn shared_from_policy(p: &crate::policy::Policy) -> Vec<SharedSpec> {
 struct Server {
     own: Option<Own>,
     shared: Vec<Shared>,
+    /// Shared outputs verified by earlier gets (kept in the own cache).
+    memo: memo::Memo,
     counters: Counters,
     /// Shared outputs held open for the life of the process, by output id.
     pinned: std::collections::HashMap<Hash, (std::fs::File, String)>,
@@ -98,7 +101,7 @@ pub fn run(opts: &Options) -> i32 {
             None
         }
     });
-    let shared = opts
+    let shared: Vec<Shared> = opts
         .shared
         .iter()
         .filter_map(|spec| {
@@ -120,9 +123,15 @@ pub fn run(opts: &Options) -> i32 {
         .collect();
     let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map_or(1024, |(s, _)| s);
+    let memo = match &own {
+        // Only worth reading when there is something to verify.
+        Some(o) if !shared.is_empty() => memo::Memo::load(o.root_dir()),
+        _ => memo::Memo::default(),
+    };
     let mut srv = Server {
         own,
         shared,
+        memo,
         counters: Counters::default(),
         pinned: Default::default(),
         spilled: Vec::new(),
@@ -256,16 +265,18 @@ impl Server {
             }
         }
         for i in 0..self.shared.len() {
-            let s = &self.shared[i];
-            match s.get(&action) {
+            let s = &mut self.shared[i];
+            match s.get(&action, &mut self.memo, now) {
                 Ok(Ok(h)) => {
                     self.counters.shared_hits += 1;
+                    self.counters.shared_hits_memo += u64::from(h.from_memo);
                     self.counters.shared_hit_bytes += h.rec.size as u64;
-                    let rec = h.rec;
+                    let (rec, from_memo) = (h.rec, h.from_memo);
                     return match self.serve_shared(h) {
                         Some(path) => hit(rec, path),
                         None => {
                             self.counters.shared_hits -= 1;
+                            self.counters.shared_hits_memo -= u64::from(from_memo);
                             self.counters.shared_hit_bytes -= rec.size as u64;
                             self.counters.errors += 1;
                             self.miss()
@@ -445,10 +456,13 @@ impl Server {
     }
 
     fn finish(&mut self) {
-        if let Some(own) = &self.own
-            && let Err(e) = stats::add(own.root_dir(), &self.counters)
-        {
-            note(self.verbose, || format!("counters: {e:#}"));
+        if let Some(own) = &self.own {
+            if let Err(e) = self.memo.save(own.root_dir()) {
+                note(self.verbose, || format!("memo of verified outputs: {e}"));
+            }
+            if let Err(e) = stats::add(own.root_dir(), &self.counters) {
+                note(self.verbose, || format!("counters: {e:#}"));
+            }
         }
         let _ = io::stderr().flush();
         // cmd/go waits for our stdout to close, i.e. for our exit: the open shards, pinned

@@ -207,7 +207,7 @@ pub fn read_body(r: &mut impl BufRead, out: &mut dyn Write) -> io::Result<u64> {
                 "body cut short",
             ));
         }
-        let (chunk, done) = match buf.iter().position(|&b| b == b'"') {
+        let (chunk, done) = match memchr::memchr(b'"', buf) {
             Some(i) => (&buf[..i], Some(i + 1)),
             None => (buf, None),
         };

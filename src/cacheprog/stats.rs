@@ -21,6 +21,9 @@ pub struct Counters {
     /// `get`s answered from a shared cache (output verified).
     pub shared_hits: u64,
     pub shared_hit_bytes: u64,
+    /// Of `shared_hits`, those served without re-hashing: the same file, unchanged, was
+    /// hashed by an earlier get (`cacheprog::memo`).
+    pub shared_hits_memo: u64,
     /// `get`s answered from the user's own cache.
     pub own_hits: u64,
     pub own_hit_bytes: u64,
@@ -41,6 +44,7 @@ impl Counters {
     pub fn add(&mut self, o: &Counters) {
         self.shared_hits += o.shared_hits;
         self.shared_hit_bytes += o.shared_hit_bytes;
+        self.shared_hits_memo += o.shared_hits_memo;
         self.own_hits += o.own_hits;
         self.own_hit_bytes += o.own_hit_bytes;
         self.misses += o.misses;

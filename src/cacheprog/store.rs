@@ -22,16 +22,23 @@ pub const MTIME_INTERVAL_SECS: i64 = 3600;
 pub type Hash = [u8; HASH_SIZE];
 
 pub fn hex(h: &Hash) -> String {
-    h.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(h)
 }
 
-fn entry_name(h: &Hash, suffix: char) -> CString {
+/// `<hex>-<suffix>`, built without `format!`: a warm build names about three entries per
+/// get, and per-byte formatting was a tenth of the program's CPU time.
+fn entry_name(h: &Hash, suffix: u8) -> CString {
+    let mut buf = vec![0u8; 2 * HASH_SIZE + 2];
+    // The buffer is sized for the hex digits: encode_to_slice cannot fail here.
+    let _ = hex::encode_to_slice(h, &mut buf[..2 * HASH_SIZE]);
+    buf[2 * HASH_SIZE] = b'-';
+    buf[2 * HASH_SIZE + 1] = suffix;
     // Hex digits and a suffix: never contains a NUL.
-    CString::new(format!("{}-{suffix}", hex(h))).unwrap_or_default()
+    CString::new(buf).unwrap_or_default()
 }
 
 fn shard_name(h: &Hash) -> CString {
-    CString::new(format!("{:02x}", h[0])).unwrap_or_default()
+    CString::new(hex::encode([h[0]])).unwrap_or_default()
 }
 
 /// An action record as cmd/go's `DiskCache.get` accepts it.
@@ -159,7 +166,7 @@ pub fn open_shard(root: &Dir, h: &Hash) -> io::Result<Dir> {
 
 /// Reads and parses the action record for `action` in `shard`; returns it with its owner.
 pub fn read_record(shard: &Dir, action: &Hash) -> io::Result<Option<(Record, Stat)>> {
-    let name = entry_name(action, 'a');
+    let name = entry_name(action, b'a');
     let st = match shard.stat(&name) {
         Ok(st) => st,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -172,17 +179,22 @@ pub fn read_record(shard: &Dir, action: &Hash) -> io::Result<Option<(Record, Sta
     Ok(parse_record(&buf, action).map(|r| (r, st)))
 }
 
-/// Reads the action record for `action` in a shard of the user's *own* cache: one
-/// `openat2` (beneath the shard, no symlink, no mount crossed, non-blocking), an `fstat` on
-/// the open file, one read. Shared caches go through [`read_record`] (statx first, pinned
-/// with `O_PATH`, reopened): there the file belongs to someone else. Here it is the user's
-/// own, read with the user's own rights, and an unprivileged user cannot make a device node
-/// (a FIFO opened non-blocking reads nothing) — a warm build makes a thousand of these
-/// lookups, and the three syscalls saved per lookup (statx, O_PATH, the /proc reopen) are
-/// a measurable share of the round trip.
-pub fn read_own_record(shard: &Dir, action: &Hash) -> io::Result<Option<(Record, Stat)>> {
-    let name = entry_name(action, 'a');
-    let fd = match crate::safefs::open_beneath_as_owner(shard.as_fd(), name.as_c_str()) {
+/// Reads the action record for `action` (entry `name`) in a shard: one `openat2`
+/// (beneath the shard, no symlink, no magic link, no mount crossed, non-blocking), an
+/// `fstat` on the open file, one read; anything but a regular file of a record's length is
+/// a miss. A warm build makes a thousand of these lookups, and the three syscalls this saves
+/// over [`read_record`] (statx, `O_PATH`, the `/proc` reopen of a pinned file) are a
+/// measurable share of each round trip. The general path pins before it opens so that root
+/// never opens a device node a user swapped in; the cache program runs as the user who
+/// runs `go` and opens with their rights, in their own cache or in shared caches whose
+/// files belong to trusted writers, and only root can make a device node (a FIFO opened
+/// non-blocking reads nothing and is refused by the `fstat`).
+pub fn read_record_direct(
+    shard: &Dir,
+    action: &Hash,
+    name: &std::ffi::CStr,
+) -> io::Result<Option<(Record, Stat)>> {
+    let fd = match crate::safefs::open_beneath_as_owner(shard.as_fd(), name) {
         Ok(fd) => fd,
         Err(nix::errno::Errno::ENOENT) => return Ok(None),
         // No usable openat2 (old kernel, seccomp): the general path.
@@ -200,20 +212,25 @@ pub fn read_own_record(shard: &Dir, action: &Hash) -> io::Result<Option<(Record,
 /// Finds and opens output `out` in `shard` (a file, or an executable directory holding
 /// exactly one file, as cmd/go's `OutputFile` accepts).
 pub fn open_output(shard: &Dir, out: &Hash) -> io::Result<Option<Located>> {
-    let name = entry_name(out, 'd');
-    let shard_rel = PathBuf::from(format!("{:02x}", out[0]));
+    let name = entry_name(out, b'd');
+    let shard_rel = PathBuf::from(hex::encode([out[0]]));
     let st = match shard.stat(&name) {
         Ok(st) => st,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
+    // `st` of each Located is an fstat of the file as opened (what the memo compares).
     match st.kind() {
-        Kind::File => Ok(Some(Located {
-            file: shard.open_read(&name, &st)?,
-            st,
-            rel: shard_rel.join(crate::safefs::name_os(&name)),
-            owners: vec![st.uid],
-        })),
+        Kind::File => {
+            let file = shard.open_read(&name, &st)?;
+            let st = crate::safefs::fstat(std::os::fd::AsFd::as_fd(&file))?;
+            Ok(Some(Located {
+                file,
+                st,
+                rel: shard_rel.join(crate::safefs::name_os(&name)),
+                owners: vec![st.uid],
+            }))
+        }
         Kind::Dir => {
             let dir = shard.open_dir(&name, &st)?;
             let names = dir.list()?;
@@ -224,8 +241,10 @@ pub fn open_output(shard: &Dir, out: &Hash) -> io::Result<Option<Located>> {
             if ist.kind() != Kind::File {
                 return Ok(None);
             }
+            let file = dir.open_read(inner, &ist)?;
+            let ist = crate::safefs::fstat(std::os::fd::AsFd::as_fd(&file))?;
             Ok(Some(Located {
-                file: dir.open_read(inner, &ist)?,
+                file,
                 st: ist,
                 rel: shard_rel
                     .join(crate::safefs::name_os(&name))
@@ -233,6 +252,33 @@ pub fn open_output(shard: &Dir, out: &Hash) -> io::Result<Option<Located>> {
                 owners: vec![st.uid, ist.uid],
             }))
         }
+        _ => Ok(None),
+    }
+}
+
+/// [`open_output`] with one `openat2` and an `fstat` for the common case, a plain output
+/// file (see [`read_record_direct`] for why that is safe for the cache program); an
+/// executable's directory, or a kernel without a usable `openat2`, takes the general path.
+pub fn open_output_direct(shard: &Dir, out: &Hash) -> io::Result<Option<Located>> {
+    let name = entry_name(out, b'd');
+    let fd = match crate::safefs::open_beneath_as_owner(shard.as_fd(), name.as_c_str()) {
+        Ok(fd) => fd,
+        // Missing, a symlink, a socket: not an output.
+        Err(nix::errno::Errno::ENOENT | nix::errno::Errno::ELOOP | nix::errno::Errno::ENXIO) => {
+            return Ok(None);
+        }
+        Err(e) if crate::safefs::openat2_unavailable(e) => return open_output(shard, out),
+        Err(e) => return Err(e.into()),
+    };
+    let st = crate::safefs::fstat(std::os::fd::AsFd::as_fd(&fd))?;
+    match st.kind() {
+        Kind::File => Ok(Some(Located {
+            file: std::fs::File::from(fd),
+            st,
+            rel: PathBuf::from(hex::encode([out[0]])).join(crate::safefs::name_os(&name)),
+            owners: vec![st.uid],
+        })),
+        Kind::Dir => open_output(shard, out),
         _ => Ok(None),
     }
 }
@@ -315,21 +361,21 @@ impl Own {
     /// both entries' mtime the way cmd/go does. `None` is a miss (also for an output whose
     /// size is not the record's: cmd/go's `GetFile` treats that as a miss too).
     pub fn get(&mut self, action: &Hash, now: i64) -> io::Result<Option<(Record, PathBuf)>> {
-        let Some((rec, ast)) = read_own_record(self.shard(action)?, action)? else {
+        let aname = entry_name(action, b'a');
+        let Some((rec, ast)) = read_record_direct(self.shard(action)?, action, &aname)? else {
             return Ok(None);
         };
-        mark_used(self.shard(action)?, &entry_name(action, 'a'), &ast, now);
+        mark_used(self.shard(action)?, &aname, &ast, now);
         // The own cache is the user's: like go, look at the output's size only (one statx;
         // an executable's directory is listed), without opening it.
         let out_shard = self.shard(&rec.output)?;
-        let dname = entry_name(&rec.output, 'd');
+        let dname = entry_name(&rec.output, b'd');
         let dst = match out_shard.stat(&dname) {
             Ok(st) => st,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
-        let rel =
-            PathBuf::from(format!("{:02x}", rec.output[0])).join(crate::safefs::name_os(&dname));
+        let rel = PathBuf::from(hex::encode([rec.output[0]])).join(crate::safefs::name_os(&dname));
         let (size, rel) = match dst.kind() {
             Kind::File => (dst.size, rel),
             Kind::Dir => {
@@ -432,7 +478,7 @@ impl Own {
                         shard.as_fd(),
                         name.as_c_str(),
                         shard.as_fd(),
-                        entry_name(out, 'd').as_c_str(),
+                        entry_name(out, b'd').as_c_str(),
                     )
                     .map_err(|e| anyhow::anyhow!("cannot rename output into place: {e}"))
                 };
@@ -478,7 +524,7 @@ impl Own {
                     shard.as_fd(),
                     tmp.as_c_str(),
                     shard.as_fd(),
-                    entry_name(action, 'a').as_c_str(),
+                    entry_name(action, b'a').as_c_str(),
                 )
                 .map_err(anyhow::Error::from)
             });
@@ -582,6 +628,7 @@ pub enum Reject {
 pub struct Shared {
     pub root: PathBuf,
     dir: Option<Dir>,
+    shards: HashMap<u8, Dir>,
     trust: Trust,
 }
 
@@ -589,6 +636,8 @@ pub struct Shared {
 pub struct SharedHit {
     pub rec: Record,
     pub file: std::fs::File,
+    /// Served on the memo's word: this very file was hashed by an earlier get.
+    pub from_memo: bool,
 }
 
 impl Shared {
@@ -601,62 +650,95 @@ impl Shared {
         let s = Shared {
             root: root.to_path_buf(),
             dir,
+            shards: HashMap::new(),
             trust,
         };
         (s, err)
     }
 
-    /// Looks `action` up; on success the output has been hashed and matched its name, and
-    /// every entry on the way is owned by a trusted writer.
-    pub fn get(&self, action: &Hash) -> io::Result<Result<SharedHit, Reject>> {
-        let trust = &self.trust;
+    /// Opens `h`'s shard unless it is open; `false` if the cache or the shard is missing.
+    /// Shards stay open for the life of the process (one go command), as the own cache's
+    /// do: two opens fewer per get.
+    fn load_shard(&mut self, h: &Hash) -> io::Result<bool> {
+        if self.shards.contains_key(&h[0]) {
+            return Ok(true);
+        }
         let Some(root) = &self.dir else {
+            return Ok(false);
+        };
+        match open_shard(root, h) {
+            Ok(d) => {
+                self.shards.insert(h[0], d);
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Looks `action` up; on success the output has been hashed and matched its name (now,
+    /// or unchanged since an earlier get did: `memo`), and every entry on the way is owned
+    /// by a trusted writer.
+    pub fn get(
+        &mut self,
+        action: &Hash,
+        memo: &mut super::memo::Memo,
+        now: i64,
+    ) -> io::Result<Result<SharedHit, Reject>> {
+        if !self.load_shard(action)? {
+            return Ok(Err(Reject::Absent));
+        }
+        let Some(shard) = self.shards.get(&action[0]) else {
             return Ok(Err(Reject::Absent));
         };
-        let shard = match open_shard(root, action) {
-            Ok(s) => s,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Err(Reject::Absent)),
-            Err(e) => return Err(e),
-        };
-        let Some((rec, ast)) = read_record(&shard, action)? else {
+        let aname = entry_name(action, b'a');
+        let Some((rec, ast)) = read_record_direct(shard, action, &aname)? else {
             return Ok(Err(Reject::Absent));
         };
-        if !trust.allows(ast.uid) {
+        if !self.trust.allows(ast.uid) {
             return Ok(Err(Reject::Untrusted));
         }
-        let out_shard;
-        let oshard = if rec.output[0] == action[0] {
-            &shard
-        } else {
-            out_shard = match open_shard(root, &rec.output) {
-                Ok(s) => s,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Err(Reject::Absent)),
-                Err(e) => return Err(e),
-            };
-            &out_shard
+        if !self.load_shard(&rec.output)? {
+            return Ok(Err(Reject::Absent));
+        }
+        let trust = &self.trust;
+        let Some(oshard) = self.shards.get(&rec.output[0]) else {
+            return Ok(Err(Reject::Absent));
         };
-        let Some(mut found) = open_output(oshard, &rec.output)? else {
+        let Some(mut found) = open_output_direct(oshard, &rec.output)? else {
             return Ok(Err(Reject::Absent));
         };
         if !found.owners.iter().all(|&u| trust.allows(u)) {
             return Ok(Err(Reject::Untrusted));
         }
-        if found.st.size != rec.size as u64 {
+        // An fstat of the open file itself (not a statx before the open): the memo trusts
+        // only what describes the very file it would serve.
+        let st = found.st;
+        if st.size != rec.size as u64 {
             // Go writes outputs in place (size-1 bytes, then the last one): a short file may
             // be one being written. A longer one is not Go's doing.
-            return Ok(Err(if found.st.size > rec.size as u64 {
+            return Ok(Err(if st.size > rec.size as u64 {
                 Reject::Tampered
             } else {
                 Reject::Absent
+            }));
+        }
+        if memo.verified(&rec.output, &st) {
+            return Ok(Ok(SharedHit {
+                rec,
+                file: found.file,
+                from_memo: true,
             }));
         }
         let (h, n) = hash_reader(&mut found.file)?;
         if h != rec.output || n != rec.size as u64 {
             return Ok(Err(Reject::Tampered));
         }
+        memo.note(&rec.output, &st, now);
         Ok(Ok(SharedHit {
             rec,
             file: found.file,
+            from_memo: false,
         }))
     }
 }

@@ -34,6 +34,10 @@ pub struct Stat {
     pub atime: i64,
     pub mtime: i64,
     pub mtime_nsec: u32,
+    /// Status change time: moves with every change of the content or the inode, and only
+    /// the kernel sets it (what `cacheprog::memo` relies on).
+    pub ctime: i64,
+    pub ctime_nsec: u32,
     /// The inode is the root of a mount (a bind mount of the same filesystem included).
     pub mount_root: bool,
 }
@@ -105,6 +109,8 @@ fn statx_raw(dirfd: BorrowedFd<'_>, name: &CStr, flags: i32) -> io::Result<Stat>
         atime: sx.stx_atime.tv_sec,
         mtime: sx.stx_mtime.tv_sec,
         mtime_nsec: sx.stx_mtime.tv_nsec,
+        ctime: sx.stx_ctime.tv_sec,
+        ctime_nsec: sx.stx_ctime.tv_nsec,
         mount_root,
     })
 }

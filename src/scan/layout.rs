@@ -33,14 +33,20 @@ pub enum Class {
     Quarantine,
 }
 
-pub const META_FILES: [&[u8]; 5] = [
+pub const META_FILES: [&[u8]; 6] = [
     b"README",
     b"trim.txt",
     b"testexpire.txt",
     b"log.txt",
     // `gocache-warden cacheprog`'s per-user counters (see `cacheprog::stats`).
     b"gocache-warden-cacheprog.json",
+    // Its memo of shared outputs already verified (see `cacheprog::memo`).
+    b"gocache-warden-verified",
 ];
+
+/// The cache program writes its memo under this prefix and renames it into place; one left
+/// by a process killed in between is its too.
+pub const MEMO_TEMP: &[u8] = b"gocache-warden-verified.tmp.";
 
 /// Where `enforce --verify` moves what fails verification (`integrity::QUARANTINE`).
 pub const QUARANTINE_DIR: &[u8] = b"gocache-warden-quarantine";
@@ -129,7 +135,7 @@ pub fn classify(depth: usize, stack: &[&[u8]], name: &[u8], is_dir: bool) -> Cla
         0 => Class::Root,
         1 if is_dir && is_shard(name) => Class::Shard,
         1 if is_dir && name == b"fuzz" => Class::Fuzz,
-        1 if !is_dir && META_FILES.contains(&name) => Class::Meta,
+        1 if !is_dir && (META_FILES.contains(&name) || name.starts_with(MEMO_TEMP)) => Class::Meta,
         1 if is_dir && name == QUARANTINE_DIR => Class::Quarantine,
         1 => Class::Foreign,
         _ if stack.first() == Some(&&b"fuzz"[..]) => Class::Fuzz,
