@@ -3,8 +3,9 @@
 //!
 //! cmd/go starts it once per `go` command and sends `get`, `put` and `close` over a JSON
 //! protocol ([`protocol`]). A `get` looks in the user's own cache (their resolved
-//! `GOCACHE`, Go's on-disk layout), then in each shared cache; a shared output is re-hashed
-//! and must have the SHA-256 its name states, and with trusted writers configured every
+//! `GOCACHE`, Go's on-disk layout), then in each shared cache; a shared output is hashed
+//! and must have the SHA-256 its name states (once per user and file: an unchanged file
+//! verified before is served on the [`memo`]'s word), and with trusted writers configured every
 //! entry must be owned by one of them — anything else is a miss, never served. A shared hit
 //! is served as `/proc/<our pid>/fd/<n>` of the file we verified and keep open: valid until
 //! `close` even if the entry is evicted meanwhile, and it costs no copy and no disk (when
