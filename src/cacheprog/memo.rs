@@ -31,7 +31,8 @@ use std::io::Write;
 pub const FILE_NAME: &str = "gocache-warden-verified";
 /// Format tag and version at the start of the file.
 const MAGIC: &[u8; 8] = b"GCWVER01";
-/// An output is remembered only when its ctime is at least this old.
+/// An output is remembered only when its ctime is this old, counted in whole seconds (so at
+/// least one second: many ticks of the coarsest clock the kernel stamps ctime with).
 pub const SETTLE_SECS: i64 = 2;
 /// Most entries kept (80 bytes each: 20 MiB). Past it, a rewrite keeps only what this
 /// process used.
