@@ -61,15 +61,7 @@ fn members_build_from_the_read_only_shared_cache_and_never_change_it() {
         );
     }
     // `check` shows the counters: the shared cache's worth to this user.
-    let p = support::policy(
-        w.dir.path(),
-        "own-a.toml",
-        &format!("[cache.own]\npath = \"{}\"\n", own_a.display()),
-    );
-    let v = support::json(&support::run(
-        ["--policy", p.to_str().expect("utf-8"), "check", "--json"],
-        &[],
-    ));
+    let v = check_own(&w, &own_a);
     let f = v["caches"][0]["findings"]
         .as_array()
         .and_then(|fs| fs.iter().find(|f| f["kind"] == "cache-program"))
@@ -206,6 +198,20 @@ fn tampered_or_unreadable_shared_entries_are_never_served_and_builds_still_succe
     );
 }
 
+/// `check --json` of a policy with `own` as its one cache.
+fn check_own(w: &World, own: &Path) -> Value {
+    let name = format!("{}.toml", own.file_name().unwrap().to_string_lossy());
+    let p = support::policy(
+        w.dir.path(),
+        &name,
+        &format!("[cache.own]\npath = \"{}\"\n", own.display()),
+    );
+    support::json(&support::run(
+        ["--policy", p.to_str().expect("utf-8"), "check", "--json"],
+        &[],
+    ))
+}
+
 /// Rewrites every non-empty output of `cache` in place with one byte flipped and puts its
 /// mtime back: same size, other bytes, same mtime — what someone with write access could
 /// do. Returns how many.
@@ -294,15 +300,7 @@ fn a_verified_shared_output_is_hashed_once_and_any_later_change_is_caught() {
     assert_eq!(bytes3, 0, "not one byte of a changed output served");
 
     // `check` and the scan count the memo as the cache's own metadata, not foreign.
-    let p = support::policy(
-        w.dir.path(),
-        "own-m.toml",
-        &format!("[cache.own]\npath = \"{}\"\n", own.display()),
-    );
-    let v = support::json(&support::run(
-        ["--policy", p.to_str().expect("utf-8"), "check", "--json"],
-        &[],
-    ));
+    let v = check_own(&w, &own);
     let foreign = v["caches"][0]["findings"]
         .as_array()
         .is_some_and(|fs| fs.iter().any(|f| f["kind"] == "foreign"));
