@@ -166,6 +166,7 @@ pub fn plan(
                 expected: BTreeMap::new(),
                 target_bytes: None,
                 floor_limited: false,
+                held: None,
                 free_cutoff_secs: None,
                 own_cutoff_secs: None,
             });

@@ -122,6 +122,9 @@ pub struct Eviction {
     pub target_bytes: Option<u64>,
     /// The floor keeps the cache above its target.
     pub floor_limited: bool,
+    /// With `floor_limited`: what eviction may not take, by cause (see `scan::Held`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<crate::report::Held>,
     /// Set when the filesystem's headroom lowered `cutoff_age_secs` (to this).
     pub free_cutoff_secs: Option<i64>,
     /// The cutoff the cache's own limits would have had (none: only headroom evicts).
@@ -285,10 +288,11 @@ fn plan_eviction(
     let max_age = p.max_age.map(secs);
     let mut cutoff: Option<i64> = max_age.map(|m| m.max(floor));
     let (mut target, mut floor_limited) = (None, false);
-    // The limit is on evictable bytes: what never goes (fuzz/, shards, foreign entries)
-    // could never be brought under it, and must not push the cutoff down to the floor.
+    // The limit is on the whole cache, as `du` measures it: what never goes (fuzz/, young
+    // units, foreign entries, the shards) counts, and when it keeps the cache above low
+    // water the cutoff stops at the floor (`floor_limited`: the cache is held over it).
     if let (Some(limit), Some(low)) = (r.limit_bytes, r.low_water_bytes)
-        && let Some(c) = h.size_cutoff(limit, low, floor)
+        && let Some(c) = h.size_cutoff(obs.allocated_bytes, limit, low, floor)
     {
         cutoff = Some(cutoff.map_or(c.min_age_secs, |a| a.min(c.min_age_secs)));
         target = Some(low);
@@ -301,6 +305,7 @@ fn plan_eviction(
         expected: BTreeMap::new(),
         target_bytes: target,
         floor_limited,
+        held: floor_limited.then(|| crate::report::Held::of(obs, floor)),
         free_cutoff_secs: None,
         own_cutoff_secs: None,
     };
@@ -360,8 +365,11 @@ impl fmt::Display for Plan {
                 if e.floor_limited {
                     writeln!(
                         f,
-                        "  note: the min_age floor ({}) keeps the cache above its target",
-                        ago(e.floor_secs)
+                        "  note: what may not be evicted keeps the cache above its target{}",
+                        e.held.map_or(String::new(), |h| format!(
+                            ": {}",
+                            h.describe(Duration::from_secs(e.floor_secs.max(0) as u64))
+                        ))
                     )?;
                 }
             }
@@ -405,6 +413,7 @@ mod tests {
             expected: BTreeMap::new(),
             target_bytes: None,
             floor_limited: false,
+            held: None,
             free_cutoff_secs: free,
             own_cutoff_secs: own,
         }

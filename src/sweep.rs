@@ -6,6 +6,7 @@ use crate::check::{self, CacheReport};
 use crate::goenv::GoEnv;
 use crate::plan::{self, Plan};
 use crate::policy::{Policy, Scope};
+use crate::report::Target;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
@@ -21,6 +22,11 @@ pub struct Sweep {
     /// The cache program's counters of each build cache, read by the agent after the sweep
     /// (`daemon::observe::read_cacheprog`); `enforce` leaves it empty.
     pub cacheprog: Vec<crate::metrics::CacheprogSnapshot>,
+    /// The caches this sweep covered, resolved (what a later sweep of some of them reuses).
+    pub targets: Vec<Target>,
+    /// A sweep of some caches only ([`run_targets`]): its reports say nothing about the
+    /// others, which keep what the last full sweep said.
+    pub partial: bool,
 }
 
 impl Sweep {
@@ -51,24 +57,89 @@ impl Sweep {
         Some(r.observed.as_ref()?.allocated_bytes)
     }
 
-    /// What eviction could still remove from a cache after the sweep (the bytes a size limit
-    /// counts): its evictable bytes as inspected, less what went. The daemon's growth
-    /// estimate starts from this, so a large `fuzz/` never keeps a cache "above its limit".
-    pub fn evictable_after(&self, path: &std::path::Path) -> Option<u64> {
+    /// A cache this sweep left over its size limit although eviction took everything it may
+    /// (the plan was floor-limited, and the size measured after it is still over): what
+    /// holds it, with the floor the plan used. `None` for a cache at or under its limit, or
+    /// one that merely grew while it was being swept (the next sweep takes that).
+    pub fn held_over(&self, path: &std::path::Path) -> Option<HeldOver> {
+        let c = self.plan.caches.iter().find(|c| c.path == path)?;
+        let ev = c.eviction.as_ref()?;
+        let limit = c.limit_bytes?;
+        let size = self.size_after(path)?;
+        if !ev.floor_limited || size <= limit {
+            return None;
+        }
         let r = self
             .reports
             .iter()
             .find(|r| r.path.as_deref() == Some(path))?;
-        let obs = r.observed.as_ref()?;
-        let Some(h) = &obs.histogram else {
-            return self.size_after(path);
+        let held = crate::report::Held::of(r.observed.as_ref()?, ev.floor_secs);
+        Some(HeldOver {
+            size,
+            limit,
+            held,
+            floor: Duration::from_secs(ev.floor_secs.max(0) as u64),
+        })
+    }
+
+    /// Is the cache over its limit after the sweep for a reason the sweep could not take
+    /// away: held over it (see [`Sweep::held_over`]), or over it with nothing applied (a
+    /// dry run, a read-only mount, a refused root, a stop). A cache whose eviction reached
+    /// its target and that grew past the limit again while being swept is not: the growth
+    /// it saw triggers the next sweep.
+    pub fn still_over(&self, path: &std::path::Path) -> bool {
+        let Some(c) = self.plan.caches.iter().find(|c| c.path == path) else {
+            return false;
         };
-        let evicted: u64 = self
+        let (Some(limit), Some(size)) = (c.limit_bytes, self.size_after(path)) else {
+            return false;
+        };
+        if size <= limit {
+            return false;
+        }
+        let applied = self
             .outcome
             .as_ref()
-            .and_then(|o| o.caches.iter().find(|c| c.path == path))
-            .map_or(0, |c| c.evicted.values().map(|u| u.bytes).sum());
-        Some(h.total().1.saturating_sub(evicted))
+            .and_then(|o| o.caches.iter().find(|oc| oc.path == path))
+            .is_some_and(|oc| oc.failed.count == 0 && oc.locked_skipped == 0);
+        match &c.eviction {
+            Some(ev) if applied && c.skipped.is_none() => ev.floor_limited,
+            _ => true,
+        }
+    }
+
+    /// Per-entry violations as they are after the sweep: what inspection found less what
+    /// apply fixed, with `past-max-age` gone once its eviction ran without a failure and
+    /// `held-over-limit` only for a cache still over its limit. Before any change (no
+    /// outcome, as in a dry run) it is what inspection found.
+    pub fn violations_after(&self, r: &CacheReport) -> std::collections::BTreeMap<String, u64> {
+        let mut out = std::collections::BTreeMap::new();
+        let Some(obs) = &r.observed else {
+            return out;
+        };
+        let path = r.path.as_deref();
+        let oc = self
+            .outcome
+            .as_ref()
+            .and_then(|o| o.caches.iter().find(|c| Some(c.path.as_path()) == path));
+        for (v, t) in &obs.violations {
+            let fixed = oc.and_then(|c| c.fixed.get(v)).copied().unwrap_or(0);
+            out.insert(v.as_str().to_string(), t.count.saturating_sub(fixed));
+        }
+        // `over-size` is not carried over: eviction takes it, and what it cannot take is
+        // `held-over-limit`, judged after the sweep below.
+        for f in r.findings.iter().filter(|f| f.kind == "past-max-age") {
+            let done = oc.is_some_and(|c| {
+                c.failed.count == 0 && c.locked_skipped == 0 && !c.evicted.is_empty()
+            });
+            out.insert(f.kind.clone(), if done { 0 } else { f.count });
+        }
+        if let Some(p) = path
+            && self.still_over(p)
+        {
+            out.insert(crate::check::HELD_OVER_LIMIT.to_string(), 1);
+        }
+        out
     }
 
     /// A one-line summary for logs and systemd's STATUS=.
@@ -83,11 +154,35 @@ impl Sweep {
             .as_ref()
             .map_or_else(|| self.plan.summary(), Outcome::summary);
         format!(
-            "{} cache(s), {} in use; last sweep: {} in {:.1}s",
+            "{} cache(s), {} in use; last {}sweep: {} in {:.1}s",
             self.reports.len(),
             crate::policy::value::human_bytes(total),
+            if self.partial { "growth " } else { "" },
             outcome,
             self.duration.as_secs_f64()
+        )
+    }
+}
+
+/// A cache held over its size limit after a sweep (see [`Sweep::held_over`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldOver {
+    /// Measured after the sweep (what `du -sB1` says).
+    pub size: u64,
+    pub limit: u64,
+    pub held: crate::report::Held,
+    /// The cache's `min_age`.
+    pub floor: Duration,
+}
+
+impl HeldOver {
+    /// E.g. "10.4 GiB of its 10.0 GiB limit, held by 1.2 GiB used in the last 1d 0h (min_age), …".
+    pub fn describe(&self) -> String {
+        format!(
+            "{} of its {} limit, held by {}",
+            crate::policy::value::human_bytes(self.size),
+            crate::policy::value::human_bytes(self.limit),
+            self.held.describe(self.floor)
         )
     }
 }
@@ -153,16 +248,36 @@ fn absorb(o: &mut Outcome, later: Outcome) {
     }
 }
 
-/// One round: inspect, plan, apply.
-fn once(policy: &Policy, scope: Scope, env: &GoEnv, dry_run: bool) -> Sweep {
+/// Inspects, plans and applies some caches only, as an earlier sweep resolved them: no user
+/// is resolved again, no manager asked, no other cache walked, no headroom planned across a
+/// filesystem (the daemon's headroom probes ask for a full sweep when that is needed). The
+/// daemon runs this when a watched cache grows past its limit or its watches change.
+pub fn run_targets(targets: Vec<Target>, scope: Scope, dry_run: bool) -> Sweep {
     let start = Instant::now();
+    let mut sweep = sweep_targets(targets, scope, dry_run, false);
+    sweep.partial = true;
+    sweep.duration = start.elapsed();
+    sweep
+}
+
+/// One round: resolve every cache of the policy, inspect, plan, apply.
+fn once(policy: &Policy, scope: Scope, env: &GoEnv, dry_run: bool) -> Sweep {
     let (targets, _) = check::targets(policy, scope, env);
+    sweep_targets(targets, scope, dry_run, true)
+}
+
+/// Inspects, plans (with headroom across the targets' filesystems when `headroom`) and,
+/// unless `dry_run`, applies.
+fn sweep_targets(targets: Vec<Target>, scope: Scope, dry_run: bool, headroom: bool) -> Sweep {
+    let start = Instant::now();
     let now = check::now();
     let mut reports: Vec<CacheReport> = targets
         .iter()
         .map(|t| check::inspect_target(t, now))
         .collect();
-    crate::headroom::explain(&targets, &mut reports);
+    if headroom {
+        crate::headroom::explain(&targets, &mut reports);
+    }
     let mut plan = Plan {
         schema: plan::SCHEMA.into(),
         host: hostname(),
@@ -174,9 +289,11 @@ fn once(policy: &Policy, scope: Scope, env: &GoEnv, dry_run: bool) -> Sweep {
             .filter_map(|(t, r)| plan::plan_cache(&t.policy, r, t.user.as_ref()))
             .collect(),
     };
-    // Filesystems short of headroom: evict across all their Go caches, oldest first.
-    let short = crate::headroom::shortages(&targets, &reports);
-    crate::headroom::plan(&short, &targets, &reports, &mut plan.caches);
+    if headroom {
+        // Filesystems short of headroom: evict across all their Go caches, oldest first.
+        let short = crate::headroom::shortages(&targets, &reports);
+        crate::headroom::plan(&short, &targets, &reports, &mut plan.caches);
+    }
     let cancel = crate::cancel::Cancel::process();
     crate::failpoint::pause("before-apply", std::path::Path::new("."), &cancel);
     // A stop during inspection leaves partial observations: plan them, apply nothing.
@@ -189,5 +306,7 @@ fn once(policy: &Policy, scope: Scope, env: &GoEnv, dry_run: bool) -> Sweep {
         duration: start.elapsed(),
         started: now,
         cacheprog: Vec::new(),
+        targets,
+        partial: false,
     }
 }

@@ -290,7 +290,10 @@ fn cache_checks(host: &str, c: &CacheObservation, th: &Thresholds, out: &mut Vec
     };
 
     if let Some(limit) = s.limit_bytes {
-        let over = size > limit;
+        // Over-limit is about what the sweep left: a cache it brought under its limit, or
+        // one that grew past it again while being swept (the next sweep takes that), does
+        // not fire; one held over it does, saying by what.
+        let over = s.over_limit && size > limit;
         let pct = if limit > 0 {
             size as f64 * 100.0 / limit as f64
         } else {
@@ -304,7 +307,12 @@ fn cache_checks(host: &str, c: &CacheObservation, th: &Thresholds, out: &mut Vec
         out.push(Alert {
             status: status(over),
             summary: if over {
-                format!("{path} is over its size limit: {sizes}")
+                match &s.held_over {
+                    Some(h) => {
+                        format!("{path} is held over its size limit: {sizes}; held by {h}")
+                    }
+                    None => format!("{path} is over its size limit: {sizes}"),
+                }
             } else {
                 format!("{path} is within its size limit: {sizes}")
             },

@@ -29,6 +29,9 @@ fn snapshot(size: u64, limit: Option<u64>) -> CacheSnapshot {
             bytes: size,
         }],
         violations: BTreeMap::new(),
+        over_limit: limit.is_some_and(|l| size > l),
+        held_over: None,
+        held_bytes: BTreeMap::new(),
     }
 }
 

@@ -20,6 +20,10 @@ pub use render::render;
 
 pub const SCHEMA: &str = "gocache-warden.check/v1";
 
+/// The finding of a cache that eviction cannot bring under its `max_size`: what may not go
+/// (recent units, `fuzz/`, foreign entries…) holds it over.
+pub const HELD_OVER_LIMIT: &str = "held-over-limit";
+
 /// Resolves the policy's caches. `auto` caches are resolved as `go env` would for `env`;
 /// in the system scope (as root) an `auto` cache with `users` is one cache per user.
 pub fn targets(policy: &Policy, scope: Scope, env: &GoEnv) -> (Vec<Target>, goenv::Resolution) {
@@ -320,12 +324,11 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
     r
 }
 
-/// Will a byte target set this cache's eviction cutoff? Its evictable bytes (the same paired
-/// or not) are over `max_size`, or its filesystem is below `min_free`/`min_free_inodes`
+/// Will a byte target set this cache's eviction cutoff? The cache (all of it, as `du`
+/// counts) is over `max_size`, or its filesystem is below `min_free`/`min_free_inodes`
 /// (headroom then picks one cutoff across the filesystem's caches by bytes).
 fn byte_target_bites(obs: &Observed, limit: Option<u64>, r: &CacheReport) -> bool {
-    let evictable = obs.histogram.as_ref().map_or(0, |h| h.total().1);
-    let over_limit = limit.is_some_and(|l| evictable > l);
+    let over_limit = limit.is_some_and(|l| obs.allocated_bytes > l);
     let short = r.filesystem.is_some_and(|f| {
         r.min_free_bytes.is_some_and(|m| f.avail_bytes < m)
             || r.min_free_inodes.is_some_and(|m| f.inodes_free < m)
@@ -496,62 +499,74 @@ fn explain(r: &mut CacheReport, p: &CachePolicy, obs: &Observed, now: i64) {
     if let Some(limit) = r.limit_bytes {
         let low = r.low_water_bytes.unwrap_or(limit);
         let floor = p.min_age.as_secs() as i64;
-        // The limit is on what eviction can free (the histogram's units), as `plan` sees it.
-        let evictable = obs.histogram.as_ref().map(|h| h.total().1);
+        // The limit is on the whole cache, as `du -sB1` measures it, and so is every figure
+        // here; eviction can free only the units past the floor.
+        let used = obs.allocated_bytes;
         let cut = obs
             .histogram
             .as_ref()
-            .and_then(|h| h.size_cutoff(limit, low, floor));
-        if let Some(c) = cut {
-            let (fix, auto) = if c.floor_limited {
-                (
-                    format!(
-                        "evict everything unused for {} or more ({}), which is not enough: the min_age floor keeps the rest",
-                        human_duration(Duration::from_secs(c.min_age_secs as u64)),
-                        human_bytes(c.bytes)
-                    ),
-                    true,
+            .and_then(|h| h.size_cutoff(used, limit, low, floor));
+        let limit_text = format!(
+            "{} limit{}",
+            human_bytes(limit),
+            p.max_size.map_or(String::new(), |m| format!(" ({m})"))
+        );
+        let left = used.saturating_sub(obs.freeable(floor));
+        if cut.is_some() && left > limit {
+            // Even everything eviction may take leaves it over: say what holds it, once,
+            // as a finding of its own (not something `enforce` can fix).
+            let held = crate::report::Held::of(obs, floor);
+            let mut f = finding(
+                HELD_OVER_LIMIT,
+                Severity::Warning,
+                1,
+                format!(
+                    "uses {} of its {limit_text}, and is held over it: {}",
+                    human_bytes(used),
+                    held.describe(p.min_age)
+                ),
+                format!(
+                    "enforce would evict everything unused for {} or more ({}) and leave {}; raise max_size, or remove what holds it",
+                    human_duration(p.min_age),
+                    human_bytes(obs.freeable(floor)),
+                    human_bytes(left)
+                ),
+                false,
+            );
+            f.bytes = Some(left - limit);
+            r.findings.push(f);
+        } else if let Some(c) = cut {
+            let fix = if c.floor_limited {
+                format!(
+                    "evict everything unused for {} or more ({}): under the limit, though the min_age floor keeps it above low_water {}",
+                    human_duration(Duration::from_secs(c.min_age_secs as u64)),
+                    human_bytes(c.bytes),
+                    human_bytes(low)
                 )
             } else {
-                (
-                    format!(
-                        "evict the least recently used {} entries ({}) down to low_water {}",
-                        c.entries,
-                        human_bytes(c.bytes),
-                        human_bytes(low)
-                    ),
-                    true,
+                format!(
+                    "evict the least recently used {} entries ({}) down to low_water {}",
+                    c.entries,
+                    human_bytes(c.bytes),
+                    human_bytes(low)
                 )
             };
-            let evictable = evictable.unwrap_or(obs.allocated_bytes);
             let mut f = finding(
                 "over-size",
                 Severity::Warning,
                 1,
-                format!(
-                    "uses {} ({} of it evictable) of its {} limit ({})",
-                    human_bytes(obs.allocated_bytes),
-                    human_bytes(evictable),
-                    human_bytes(limit),
-                    p.max_size.map_or(String::new(), |m| m.to_string())
-                ),
+                format!("uses {} of its {limit_text}", human_bytes(used)),
                 fix,
-                auto,
+                true,
             );
-            f.bytes = Some(evictable - limit);
+            f.bytes = Some(used - limit);
             r.findings.push(f);
-        } else if evictable.unwrap_or(obs.allocated_bytes) as f64
-            >= limit as f64 * p.alert_size_percent / 100.0
-        {
+        } else if used as f64 >= limit as f64 * p.alert_size_percent / 100.0 {
             r.findings.push(finding(
                 "near-limit",
                 Severity::Info,
                 1,
-                format!(
-                    "uses {} of its {} limit",
-                    human_bytes(obs.allocated_bytes),
-                    human_bytes(limit)
-                ),
+                format!("uses {} of its {limit_text}", human_bytes(used)),
                 "nothing yet; eviction starts above the limit".into(),
                 false,
             ));

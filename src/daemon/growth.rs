@@ -37,10 +37,27 @@ pub struct Watched {
 /// What the events amounted to.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Verdict {
-    /// Caches (by index) whose estimate crossed their trigger.
-    pub crossed: Vec<usize>,
-    /// Watches were lost or events dropped: measure again.
-    pub rescan: bool,
+    /// Caches whose estimate crossed their trigger.
+    pub crossed: Vec<PathBuf>,
+    /// Caches whose watches were lost or changed (a shard removed, replaced or new): measure
+    /// them again. Only these: one user renaming a shard of their cache costs a walk of
+    /// that cache, not of every cache.
+    pub rescan: Vec<PathBuf>,
+    /// The kernel dropped events (`IN_Q_OVERFLOW`): no one knows which caches grew, so
+    /// measure them all.
+    pub overflow: bool,
+}
+
+impl Verdict {
+    pub fn is_empty(&self) -> bool {
+        self.crossed.is_empty() && self.rescan.is_empty() && !self.overflow
+    }
+
+    fn rescan(&mut self, path: &Path) {
+        if !self.rescan.iter().any(|p| p == path) {
+            self.rescan.push(path.to_path_buf());
+        }
+    }
 }
 
 pub struct Growth {
@@ -164,6 +181,16 @@ impl Growth {
         }
     }
 
+    /// Takes new measurements and triggers for some of the watched caches (after a sweep of
+    /// those caches only); the watches and the other caches stay as they are.
+    pub fn update(&mut self, caches: Vec<Watched>) {
+        for w in caches {
+            if let Some(c) = self.caches.iter_mut().find(|c| c.path == w.path) {
+                *c = w;
+            }
+        }
+    }
+
     /// Resets a cache's estimate to a measured size.
     pub fn measured(&mut self, path: &Path, bytes: u64) {
         if let Some(c) = self.caches.iter_mut().find(|c| c.path == path) {
@@ -181,14 +208,16 @@ impl Growth {
             };
             for ev in events {
                 if ev.mask.contains(AddWatchFlags::IN_Q_OVERFLOW) {
-                    v.rescan = true;
+                    v.overflow = true;
                     continue;
                 }
                 if ev.mask.contains(AddWatchFlags::IN_IGNORED) {
                     // A watch we still hold went away (its directory was removed): measure
-                    // again. Watches we removed ourselves are no longer in the map.
-                    if self.wds.remove(&ev.wd).is_some() {
-                        v.rescan = true;
+                    // that cache again. Watches we removed ourselves are no longer in the map.
+                    if let Some((cache, _)) = self.wds.remove(&ev.wd)
+                        && let Some(c) = self.caches.get(cache)
+                    {
+                        v.rescan(&c.path);
                     }
                     continue;
                 }
@@ -199,7 +228,7 @@ impl Growth {
                     .mask
                     .intersects(AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF)
                 {
-                    v.rescan = true;
+                    v.rescan(&self.caches[cache].path);
                     continue;
                 }
                 let Some(name) = ev.name.as_ref() else {
@@ -219,7 +248,7 @@ impl Growth {
                         // Entries written into it before the watch took hold were not seen
                         // (a restore with `cp -a` creates shards and fills them at once):
                         // measure again.
-                        v.rescan = true;
+                        v.rescan(&self.caches[cache].path);
                     }
                     continue;
                 };
@@ -239,7 +268,7 @@ impl Growth {
                 let Ok(dir) = root.open_dir(&shard_name, &shard_st) else {
                     let _ = self.ino.rm_watch(ev.wd);
                     self.wds.remove(&ev.wd);
-                    v.rescan = true;
+                    v.rescan(&self.caches[cache].path);
                     continue;
                 };
                 if let Ok(st) = dir.stat(&name) {
@@ -249,8 +278,8 @@ impl Growth {
                     // cache left above it (entries within min_age, a sweep that saw a copy
                     // half done) must not grow unseen until the next tick. The daemon spaces
                     // growth-triggered sweeps out.
-                    if c.estimate > c.trigger_bytes && !v.crossed.contains(&cache) {
-                        v.crossed.push(cache);
+                    if c.estimate > c.trigger_bytes && !v.crossed.contains(&c.path) {
+                        v.crossed.push(c.path.clone());
                     }
                 }
             }
@@ -296,7 +325,7 @@ mod tests {
         // Through the watched shard: counted.
         write(&root.join("00/a"), 8192);
         let v = g.drain();
-        assert!(!v.rescan);
+        assert!(v.rescan.is_empty());
         let grown = g.caches()[0].estimate;
         assert!((8192..1 << 20).contains(&grown), "{grown}");
         // Into the symlinked shard (the outside directory): nothing is watched there.
@@ -310,7 +339,11 @@ mod tests {
         std::os::unix::fs::symlink(&outside, root.join("00")).unwrap();
         write(&root.join("00.old/x"), 4096);
         let v = g.drain();
-        assert!(v.rescan, "a replaced shard asks for a measurement");
+        assert_eq!(
+            v.rescan,
+            std::slice::from_ref(&root),
+            "a replaced shard asks for a measurement of its cache"
+        );
         assert_eq!(
             g.caches()[0].estimate,
             grown,

@@ -38,9 +38,13 @@ use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 pub enum Event {
     /// The periodic sweep timer fired.
     Tick,
-    /// A cache grew past its trigger, or its watches were lost (`rescan`).
+    /// Watched caches grew past their trigger (`crossed`) or their watches changed
+    /// (`rescan`): sweep those caches only. `overflow`: the kernel dropped events, so no one
+    /// knows which grew: sweep them all. All empty: a deferred growth sweep is due.
     Grew {
-        rescan: bool,
+        crossed: Vec<PathBuf>,
+        rescan: Vec<PathBuf>,
+        overflow: bool,
     },
     Signal(Sig),
     /// A systemd manager announced a new unit or a reload: inspect units (not caches).
@@ -93,7 +97,14 @@ pub fn run(opts: Options) -> anyhow::Result<i32> {
     rt.block_on(main_loop(opts))
 }
 
-/// Watches the build caches of the last sweep, triggering at the alert share of their limit.
+/// Watches the build caches of the last sweep, each triggering a sweep when it passes its
+/// limit. The estimate starts from the size measured after the sweep (the whole cache, as
+/// `du` counts it, which is what the limit counts). A cache the sweep left held over its
+/// limit triggers again only after another `limit - low_water` of growth: a sweep before
+/// then could free nothing more, and the timer's sweep takes what ages past the floor.
+/// The alert share of the limit does not trigger a sweep: the eviction that follows the
+/// limit brings the cache back to low water, so a trigger below the limit would sweep again
+/// after every eviction for nothing.
 fn watched(policy: &Policy, sweep: &Sweep) -> Vec<growth::Watched> {
     if !policy.agent.watch {
         return Vec::new();
@@ -105,17 +116,16 @@ fn watched(policy: &Policy, sweep: &Sweep) -> Vec<growth::Watched> {
         .filter_map(|r| {
             let path = r.path.clone()?;
             let limit = r.limit_bytes?;
-            // Crossing the alert share of the limit sweeps too, so alerts and metrics follow
-            // growth; the sweep evicts only above the limit itself.
-            let share = policy
-                .caches
-                .iter()
-                .find(|c| c.name == r.name)
-                .map_or(100.0, |c| c.alert_size_percent.min(100.0));
-            let trigger_bytes = (limit as f64 * share / 100.0) as u64;
+            let size = sweep.size_after(&path).unwrap_or(0);
+            let room = limit
+                .saturating_sub(r.low_water_bytes.unwrap_or(limit))
+                .max(1);
+            let trigger_bytes = match sweep.held_over(&path) {
+                Some(h) => h.size.saturating_add(room),
+                None => limit,
+            };
             Some(growth::Watched {
-                // The limit counts evictable bytes; so does the estimate (see `Sweep`).
-                estimate: sweep.evictable_after(&path).unwrap_or(0),
+                estimate: size,
                 trigger_bytes,
                 path,
             })
@@ -191,10 +201,12 @@ fn spawn_growth(g: Arc<Mutex<growth::Growth>>, tx: UnboundedSender<Event>) -> an
                 Err(_) => break,
             };
             ready.clear_ready();
-            if (!verdict.crossed.is_empty() || verdict.rescan)
+            if !verdict.is_empty()
                 && tx
                     .send(Event::Grew {
-                        rescan: verdict.rescan && verdict.crossed.is_empty(),
+                        crossed: verdict.crossed,
+                        rescan: verdict.rescan,
+                        overflow: verdict.overflow,
                     })
                     .is_err()
             {
@@ -275,12 +287,22 @@ struct State {
     /// When the last growth-triggered sweep was asked for, and whether one is waiting.
     last_grew: Option<std::time::Instant>,
     grew_deferred: bool,
+    /// Caches that grew or changed since their last sweep, waiting for a sweep of their
+    /// own; `grew_all`: events were lost, so every cache is.
+    grew: std::collections::BTreeSet<PathBuf>,
+    grew_all: bool,
+    /// The caches of the last full sweep, resolved: what a growth sweep of some of them
+    /// reuses (no user resolved again, no manager asked).
+    targets: Vec<crate::report::Target>,
     /// Caches already reported as read-only: said once per agent, not every sweep.
     reported_read_only: std::collections::HashSet<PathBuf>,
     /// Per-user caches a user's manager or unit set, already announced in the journal.
     reported_via: std::collections::HashSet<(PathBuf, String)>,
     /// Directories the last growth-watch update could not watch (said when it changes).
     unwatched: usize,
+    /// Caches the last sweep of each left held over its size limit: said when a cache
+    /// becomes held and when it no longer is, not at every sweep.
+    held: std::collections::HashSet<PathBuf>,
 }
 
 impl State {
@@ -303,6 +325,43 @@ impl State {
         });
     }
 
+    /// A sweep of the caches that grew (`grew`), or of all of them after lost events or
+    /// when one is not known from the last full sweep. Asked for while another sweep runs,
+    /// it runs after it.
+    fn request_growth_sweep(&mut self, tx: &UnboundedSender<Event>) {
+        if self.stopping || (self.grew.is_empty() && !self.grew_all) {
+            return;
+        }
+        if self.running || self.units_running {
+            return;
+        }
+        let only: Vec<_> = self
+            .targets
+            .iter()
+            .filter(|t| t.path.as_ref().is_ok_and(|p| self.grew.contains(p)))
+            .cloned()
+            .collect();
+        if self.grew_all || only.is_empty() {
+            self.request_sweep(tx);
+            return;
+        }
+        self.grew.clear();
+        self.running = true;
+        let (scope, tx) = (self.scope, tx.clone());
+        tokio::spawn(async move {
+            let sweep = tokio::task::spawn_blocking(move || {
+                let mut s = crate::sweep::run_targets(only, scope, false);
+                s.cacheprog = observe::read_cacheprog(&s.reports);
+                s
+            })
+            .await;
+            let _ = match sweep {
+                Ok(s) => tx.send(Event::SweepDone(Box::new(s), Vec::new())),
+                Err(e) => tx.send(Event::SweepFailed(e.to_string())),
+            };
+        });
+    }
+
     fn request_sweep(&mut self, tx: &UnboundedSender<Event>) {
         if self.stopping {
             return;
@@ -314,6 +373,9 @@ impl State {
         }
         self.running = true;
         self.pending = false;
+        // A full sweep measures every cache: what grew meanwhile is covered.
+        self.grew.clear();
+        self.grew_all = false;
         notify(&[NotifyState::Status(&match &self.last_status {
             Some(last) => format!("sweeping; {last}"),
             None => "sweeping (first sweep since start)".to_string(),
@@ -421,6 +483,10 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
         unwatched: 0,
         last_grew: None,
         grew_deferred: false,
+        grew: Default::default(),
+        grew_all: false,
+        targets: Vec::new(),
+        held: Default::default(),
     };
     let mut verifier = verify::Verifier::load(state::dir(opts.scope));
     notify(&[NotifyState::Ready]);
@@ -437,13 +503,31 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                 obs.units_checked(&units);
                 if st.pending {
                     st.request_sweep(&tx);
+                } else if !st.grew.is_empty() || st.grew_all {
+                    st.request_growth_sweep(&tx);
                 } else if st.units_pending {
                     st.request_units(&tx);
                 }
             }
-            Event::Grew { rescan } => {
+            Event::Grew {
+                crossed,
+                rescan,
+                overflow,
+            } => {
+                for p in &crossed {
+                    if !st.grew.contains(p) {
+                        tracing::info!(
+                            cache_path = %p.display(),
+                            "{} grew past its limit: sweeping it",
+                            p.display()
+                        );
+                    }
+                }
+                st.grew.extend(crossed);
+                st.grew.extend(rescan);
+                st.grew_all |= overflow;
                 // Growth above the trigger keeps coming while builds run: at most one
-                // growth-triggered sweep every GROWTH_SWEEP_SPACING, the rest deferred to it.
+                // growth sweep every GROWTH_SWEEP_SPACING, the rest deferred to it.
                 let since = st.last_grew.map(|t| t.elapsed());
                 match since {
                     Some(since) if since < GROWTH_SWEEP_SPACING => {
@@ -453,17 +537,20 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                             let wait = GROWTH_SWEEP_SPACING - since;
                             tokio::spawn(async move {
                                 tokio::time::sleep(wait).await;
-                                let _ = tx.send(Event::Grew { rescan: true });
+                                let _ = tx.send(Event::Grew {
+                                    crossed: Vec::new(),
+                                    rescan: Vec::new(),
+                                    overflow: false,
+                                });
                             });
                         }
                     }
                     _ => {
                         st.grew_deferred = false;
-                        st.last_grew = Some(std::time::Instant::now());
-                        if !rescan {
-                            tracing::info!("a cache grew past its limit: sweeping now");
+                        if !st.grew.is_empty() || st.grew_all {
+                            st.last_grew = Some(std::time::Instant::now());
+                            st.request_growth_sweep(&tx);
                         }
-                        st.request_sweep(&tx);
                     }
                 }
             }
@@ -563,11 +650,20 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                 );
                 for r in &sweep.reports {
                     announce_via(r, &mut st.reported_via);
-                    for f in r
-                        .findings
+                    announce_held(r, &sweep, &mut st.held);
+                    // What the sweep acted on (evictions, permission fixes) is logged by apply
+                    // as it happens; the violations to log are those it leaves, and being
+                    // held over the limit is said once by `announce_held`.
+                    let acted = sweep
+                        .plan
+                        .caches
                         .iter()
-                        .filter(|f| f.severity != crate::check::Severity::Info)
-                    {
+                        .any(|c| Some(&c.path) == r.path.as_ref() && c.skipped.is_none());
+                    for f in r.findings.iter().filter(|f| {
+                        f.severity != crate::check::Severity::Info
+                            && !(acted && f.auto_fix)
+                            && f.kind != crate::check::HELD_OVER_LIMIT
+                    }) {
                         if f.kind == "read-only-mount"
                             && !st
                                 .reported_read_only
@@ -594,7 +690,11 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                         );
                     }
                 }
-                if let Ok(mut g) = growth.lock() {
+                if sweep.partial {
+                    if let Ok(mut g) = growth.lock() {
+                        g.update(watched(&st.policy, &sweep));
+                    }
+                } else if let Ok(mut g) = growth.lock() {
                     let failed = g.set(watched(&st.policy, &sweep));
                     if failed != st.unwatched && failed > 0 {
                         // Each build cache with a limit costs 257 watches (root and shards),
@@ -605,12 +705,16 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                     }
                     st.unwatched = failed;
                 }
-                if let Ok(mut p) = probes.lock() {
-                    *p = crate::headroom::probes(&sweep.reports);
+                if !sweep.partial {
+                    if let Ok(mut p) = probes.lock() {
+                        *p = crate::headroom::probes(&sweep.reports);
+                    }
+                    st.targets = sweep.targets.clone();
                 }
                 // Before the textfile is written: verified caches have their series from the start.
                 obs.set_verified(&verify::verified_paths(&st.policy));
-                obs.after_sweep(&sweep, &units);
+                // A growth sweep brings no units inspection: the last one's stand.
+                obs.after_sweep(&sweep, (!sweep.partial).then_some(units.as_slice()));
                 verifier.request(&st.policy, &tx);
                 notify(&[NotifyState::Status(&status)]);
                 st.last_status = Some(status);
@@ -626,6 +730,8 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                 }
                 if st.pending {
                     st.request_sweep(&tx);
+                } else if !st.grew.is_empty() || st.grew_all {
+                    st.request_growth_sweep(&tx);
                 } else if st.units_pending {
                     st.request_units(&tx);
                 }
@@ -664,6 +770,8 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                 st.last_status = Some(status);
                 if st.pending {
                     st.request_sweep(&tx);
+                } else if !st.grew.is_empty() || st.grew_all {
+                    st.request_growth_sweep(&tx);
                 }
             }
         }
@@ -672,6 +780,42 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
     obs.shutdown(Duration::from_secs(1));
     tracing::info!("stopped");
     Ok(0)
+}
+
+/// Says when a cache becomes held over its size limit after a sweep (with what holds it),
+/// and when it no longer is; nothing while its state stays the same.
+fn announce_held(
+    r: &crate::check::CacheReport,
+    sweep: &Sweep,
+    held: &mut std::collections::HashSet<PathBuf>,
+) {
+    let Some(path) = &r.path else { return };
+    match sweep.held_over(path) {
+        Some(h) => {
+            if held.insert(path.clone()) {
+                tracing::warn!(
+                    gocache_warden_action = action::VIOLATION,
+                    cache_path = %path.display(),
+                    reason = crate::check::HELD_OVER_LIMIT,
+                    bytes = h.size,
+                    cache_via = r.via.as_deref(),
+                    "{}: held over its size limit after eviction: {}",
+                    path.display(),
+                    h.describe()
+                );
+            }
+        }
+        None => {
+            if held.remove(path) {
+                tracing::info!(
+                    cache_path = %path.display(),
+                    bytes = sweep.size_after(path).unwrap_or(0),
+                    "{}: no longer held over its size limit",
+                    path.display()
+                );
+            }
+        }
+    }
 }
 
 /// Says once per directory (and again after a restart) that a user's manager or unit made

@@ -288,20 +288,31 @@ impl Observability {
         self.write_textfile();
     }
 
-    /// Publishes what a sweep saw and did.
-    pub fn after_sweep(&mut self, sweep: &Sweep, units_missing: &[UnitRef]) {
-        let caches: Vec<_> = sweep
-            .reports
-            .iter()
-            .filter_map(|r| Some((r.path.clone()?, mkind(r.kind))))
-            .collect();
-        self.metrics.set_caches(&caches);
-        self.last_caches = caches;
-        let mut obs = alert::Observation {
-            host: crate::sweep::hostname(),
-            caches: Vec::new(),
-            units_missing_gocache: units_missing.to_vec(),
+    /// Publishes what a sweep saw and did. A full sweep declares the caches (series of
+    /// caches no longer in it go) and brings the units it inspected; a growth sweep of some
+    /// caches (`Sweep::partial`, `units_missing` `None`) replaces what is known of those
+    /// caches only, and the alerts are evaluated over every cache as last seen.
+    pub fn after_sweep(&mut self, sweep: &Sweep, units_missing: Option<&[UnitRef]>) {
+        let mut obs = match self.last_observation.take() {
+            Some(last) if sweep.partial => last,
+            _ => alert::Observation {
+                host: crate::sweep::hostname(),
+                caches: Vec::new(),
+                units_missing_gocache: Vec::new(),
+            },
         };
+        if !sweep.partial {
+            let caches: Vec<_> = sweep
+                .reports
+                .iter()
+                .filter_map(|r| Some((r.path.clone()?, mkind(r.kind))))
+                .collect();
+            self.metrics.set_caches(&caches);
+            self.last_caches = caches;
+        }
+        if let Some(u) = units_missing {
+            obs.units_missing_gocache = u.to_vec();
+        }
         for c in &sweep.cacheprog {
             self.metrics.observe_cacheprog(c);
         }
@@ -315,15 +326,23 @@ impl Observability {
                 self.metrics.observe_sweep(o);
             }
             let root = alert::describe_root(&snap.path).ok();
-            obs.caches.push(alert::CacheObservation {
+            let seen = alert::CacheObservation {
                 snapshot: snap,
                 last_sweep: outcome,
                 root,
                 units: Vec::new(),
-            });
+            };
+            match obs
+                .caches
+                .iter_mut()
+                .find(|c| c.snapshot.path == seen.snapshot.path)
+            {
+                Some(c) => *c = seen,
+                None => obs.caches.push(seen),
+            }
         }
         self.metrics
-            .set_units_missing_gocache(units_missing.len() as u64);
+            .set_units_missing_gocache(obs.units_missing_gocache.len() as u64);
         self.write_textfile();
         self.publish(&obs);
         self.last_observation = Some(obs);
@@ -509,17 +528,19 @@ pub fn snapshot(r: &CacheReport, sweep: &Sweep) -> Option<CacheSnapshot> {
     let path = r.path.clone()?;
     let o = r.observed.as_ref()?;
     let fs = r.filesystem.unwrap_or_default();
-    let mut violations: BTreeMap<String, u64> = o
-        .violations
-        .iter()
-        .map(|(v, t)| (v.as_str().to_string(), t.count))
-        .collect();
-    for f in &r.findings {
-        if f.kind == "over-size" || f.kind == "past-max-age" {
-            violations.insert(f.kind.clone(), f.count);
-        }
-    }
+    // What remains wrong after the sweep, not what it found and fixed.
+    let violations = sweep.violations_after(r);
+    let held = sweep.held_over(&path);
     Some(CacheSnapshot {
+        over_limit: sweep.still_over(&path),
+        held_over: held.map(|h| h.held.describe(h.floor)),
+        held_bytes: held.map_or_else(BTreeMap::new, |h| {
+            h.held
+                .causes()
+                .into_iter()
+                .map(|(c, b)| (c.to_string(), b))
+                .collect()
+        }),
         user: r.user.clone(),
         via: r.via.clone(),
         allocated_bytes: sweep.size_after(&path).unwrap_or(o.allocated_bytes),

@@ -40,6 +40,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "gocache_warden_cache_user_bytes",
     "gocache_warden_cache_owner_info",
     "gocache_warden_cache_violations",
+    "gocache_warden_cache_held_bytes",
     "gocache_warden_fs_inodes_used",
     "gocache_warden_fs_inodes_capacity",
     "gocache_warden_fs_free_bytes",
@@ -122,6 +123,7 @@ pub struct Metrics {
     oldest_age: GaugeVec,
     user_bytes: GaugeVec,
     violations: GaugeVec,
+    held: GaugeVec,
     inodes_used: GaugeVec,
     inodes_capacity: GaugeVec,
     fs_free: GaugeVec,
@@ -219,8 +221,14 @@ impl Metrics {
             violations: gauge(
                 r,
                 "gocache_warden_cache_violations",
-                "Compliance violations found by the last scan, by kind",
+                "Compliance violations that remain after the last sweep, by kind",
                 &["cache", "kind", "violation"],
+            )?,
+            held: gauge(
+                r,
+                "gocache_warden_cache_held_bytes",
+                "While the cache is held over its size limit after a sweep: the bytes eviction may not take, by cause (recent: used within min_age; fuzz; foreign; quarantine; layout); 0 otherwise",
+                &["cache", "kind", "cause"],
             )?,
             inodes_used: gauge(
                 r,
@@ -416,6 +424,11 @@ impl Metrics {
                     .set(0.0);
                 s.violations.insert(v.clone());
             }
+            for cause in crate::report::Held::CAUSES {
+                self.held
+                    .with_label_values(&[c.as_str(), k, cause])
+                    .set(0.0);
+            }
             for r in EvictReason::ALL {
                 self.evicted_bytes
                     .with_label_values(&[c.as_str(), k, r.as_str()])
@@ -475,6 +488,9 @@ impl Metrics {
             let _ = self
                 .violations
                 .remove_label_values(&[c.as_str(), s.kind, v]);
+        }
+        for cause in crate::report::Held::CAUSES {
+            let _ = self.held.remove_label_values(&[c.as_str(), s.kind, cause]);
         }
         for r in EvictReason::ALL {
             let _ = self
@@ -581,6 +597,12 @@ impl Metrics {
                 .with_label_values(&[c.as_str(), k, kind])
                 .set(*n as f64);
             series.violations.insert(kind.clone());
+        }
+        for cause in crate::report::Held::CAUSES {
+            let b = snap.held_bytes.get(cause).copied().unwrap_or(0);
+            self.held
+                .with_label_values(&[c.as_str(), k, cause])
+                .set(b as f64);
         }
     }
 
@@ -768,6 +790,9 @@ mod tests {
             oldest_age_seconds: None,
             bytes_by_owner: vec![owner(1000, "alice", 1)],
             violations: Default::default(),
+            over_limit: false,
+            held_over: None,
+            held_bytes: Default::default(),
         };
         m.observe_snapshot(&snap);
         let line = "gocache_warden_cache_owner_info{cache=\"/home/alice/.cache/go-build\",kind=\"build\",user=\"alice\",via=\"unit:ci.service\"} 1";

@@ -10,7 +10,7 @@ pub mod snapshot;
 use crate::policy::{CacheKind, CachePolicy, Scope};
 use crate::safefs::FsStat;
 use crate::scan::Observed;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -136,4 +136,87 @@ pub fn recompute(r: &mut Report) {
         0
     };
     r.compliant = !violations && !failed;
+}
+
+/// What keeps a cache's bytes from eviction, by cause (allocated bytes). A size limit counts
+/// all of a cache, as `du` does; when these keep it above its limit after eviction, the
+/// cache is *held over its limit*, and reports say by what.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    /// Eviction units used more recently than `min_age` (and the few a sweep may not take,
+    /// such as hardlinked records): the floor protects them.
+    pub recent: u64,
+    /// `fuzz/`: Go's fuzzing corpus, which `go` never trims; `go clean -fuzzcache` removes it.
+    pub fuzz: u64,
+    /// Entries outside Go's layout: never removed by the agent.
+    pub foreign: u64,
+    /// `gocache-warden-quarantine/`: evidence kept by `untrusted = "quarantine"`.
+    pub quarantine: u64,
+    /// The root, the shard directories, README, trim.txt and the like: Go's own layout.
+    pub layout: u64,
+}
+
+impl Held {
+    /// The causes' stable names (metric label values), in report order.
+    pub const CAUSES: [&'static str; 5] = ["recent", "fuzz", "foreign", "quarantine", "layout"];
+
+    /// What eviction may not take from the cache `obs` saw with floor `floor_secs`: units
+    /// of the histogram older than the floor are what eviction can free; the rest of the
+    /// units' bytes are held by the floor, and every other class is never evicted.
+    pub fn of(obs: &crate::scan::Observed, floor_secs: i64) -> Held {
+        use crate::scan::layout::Class;
+        let class = |c: Class| obs.classes.get(&c).map_or(0, |u| u.bytes);
+        let units = class(Class::Action)
+            + class(Class::Output)
+            + class(Class::Exec)
+            + class(Class::ExecContent)
+            + class(Class::Module);
+        Held {
+            recent: units.saturating_sub(obs.freeable(floor_secs)),
+            fuzz: class(Class::Fuzz),
+            foreign: class(Class::Foreign),
+            quarantine: class(Class::Quarantine),
+            layout: class(Class::Root) + class(Class::Shard) + class(Class::Meta),
+        }
+    }
+
+    /// The causes with their names ([`Held::CAUSES`]) and bytes, in report order.
+    pub fn causes(&self) -> [(&'static str, u64); 5] {
+        [
+            ("recent", self.recent),
+            ("fuzz", self.fuzz),
+            ("foreign", self.foreign),
+            ("quarantine", self.quarantine),
+            ("layout", self.layout),
+        ]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.causes().iter().map(|(_, b)| b).sum()
+    }
+
+    /// E.g. "1.2 GiB used in the last 1d 0h (min_age), 2.0 GiB fuzz/ (go clean -fuzzcache)":
+    /// the causes that hold at least 1% of what is held, largest first.
+    pub fn describe(&self, floor: std::time::Duration) -> String {
+        use crate::policy::value::{human_bytes, human_duration};
+        let mut c: Vec<(&str, u64)> = self.causes().into_iter().filter(|(_, b)| *b > 0).collect();
+        c.sort_by_key(|x| std::cmp::Reverse(x.1));
+        let total = self.total().max(1);
+        let parts: Vec<String> = c
+            .iter()
+            .enumerate()
+            .filter(|(i, (_, b))| *i == 0 || b * 100 >= total)
+            .map(|(_, (cause, b))| {
+                let what = match *cause {
+                    "recent" => format!("used in the last {} (min_age)", human_duration(floor)),
+                    "fuzz" => "fuzz/ (Go's fuzzing corpus: go clean -fuzzcache)".to_string(),
+                    "foreign" => "outside Go's layout (foreign entries)".to_string(),
+                    "quarantine" => "quarantined (gocache-warden-quarantine/)".to_string(),
+                    _ => "Go's layout (root, shards, README, trim.txt)".to_string(),
+                };
+                format!("{} {what}", human_bytes(*b))
+            })
+            .collect();
+        parts.join(", ")
+    }
 }

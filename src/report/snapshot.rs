@@ -81,9 +81,19 @@ pub struct CacheSnapshot {
     pub oldest_age_seconds: Option<f64>,
     /// Usage per owner, in any order; the exporter keeps the top N and sums the rest.
     pub bytes_by_owner: Vec<OwnerUsage>,
-    /// Compliance violations found by kind (e.g. `mode`, `group`, `acl`); kinds not
-    /// listed count as zero.
+    /// Compliance violations by kind (e.g. `mode`, `group`, `acl`) as they remain after the
+    /// sweep (what it fixed is not counted); kinds not listed count as zero.
     pub violations: BTreeMap<String, u64>,
+    /// Over its limit after the sweep for a reason the sweep could not take away (held over
+    /// it, or nothing could be applied): what the over-limit alert fires on.
+    pub over_limit: bool,
+    /// When held over its limit: by what, e.g. "1.2 GiB used in the last 1d 0h (min_age),
+    /// 2.0 GiB fuzz/ (…)" (`scan::Held::describe`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_over: Option<String>,
+    /// When held over its limit: the bytes each cause holds (`scan::Held::causes`); empty
+    /// otherwise.
+    pub held_bytes: BTreeMap<String, u64>,
 }
 
 /// Why entries were evicted.

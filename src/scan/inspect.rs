@@ -74,6 +74,15 @@ impl Observed {
     }
 }
 
+impl Observed {
+    /// Bytes eviction could free at most with floor `floor_secs`.
+    pub fn freeable(&self, floor_secs: i64) -> u64 {
+        self.histogram
+            .as_ref()
+            .map_or(0, |h| h.at_least(floor_secs).1)
+    }
+}
+
 fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
     match (a, b) {
         (Some(x), Some(y)) => Some(x.min(y)),

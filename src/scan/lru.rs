@@ -87,12 +87,13 @@ impl Histogram {
         self.at_least(0)
     }
 
-    /// The cutoff for a size limit: `None` while the evictable bytes are within `limit`, else
-    /// the oldest-first cutoff that brings them down to `low` (never below `floor_secs`).
-    /// Entries that are never evicted do not count: they could never be brought down.
-    pub fn size_cutoff(&self, limit: u64, low: u64, floor_secs: i64) -> Option<Cutoff> {
-        let (_, evictable) = self.total();
-        (evictable > limit).then(|| self.cutoff(evictable - low.min(evictable), floor_secs))
+    /// The cutoff for a size limit on a cache of `used` bytes (all of it, as `du` counts:
+    /// what is never evicted counts too): `None` while `used` is within `limit`, else the
+    /// oldest-first cutoff that frees `used - low` (never below `floor_secs`).
+    /// `floor_limited` then says that what may not go (young units, `fuzz/`, foreign
+    /// entries…) holds the cache above `low`.
+    pub fn size_cutoff(&self, used: u64, limit: u64, low: u64, floor_secs: i64) -> Option<Cutoff> {
+        (used > limit).then(|| self.cutoff(used - low.min(used), floor_secs))
     }
 
     fn bytes_at(&self, b: usize) -> u64 {

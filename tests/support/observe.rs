@@ -63,6 +63,9 @@ pub fn snapshot(path: &str, kind: CacheKind, users: usize) -> CacheSnapshot {
             })
             .collect(),
         violations: BTreeMap::from([("mode".to_string(), 2), ("acl".to_string(), 1)]),
+        over_limit: true,
+        held_over: Some("2.0 GiB used in the last 1d 0h (min_age)".to_string()),
+        held_bytes: BTreeMap::from([("recent".to_string(), 2 * GIB)]),
     }
 }
 
