@@ -3,7 +3,10 @@
 //!
 //! Users are resolved at every sweep (new users, changed `go env` files and new homes are
 //! picked up without a reload): `"all"` is every user of the user database with a UID in
-//! login.defs' `UID_MIN..=UID_MAX` (default 1000..=60000) and an existing home directory.
+//! login.defs' `UID_MIN..=UID_MAX` (default 1000..=60000), and root, each with an existing
+//! home directory; `exclude_users` then leaves users and groups' members out of any
+//! selection. Root is no exception below: its caches are found, opened and limited as
+//! anyone's.
 //! For each, `goenv::resolve` runs with the environment a login gives `go` (`HOME`, `USER`,
 //! `LOGNAME`, the system `go`'s GOROOT) on a thread of its own whose filesystem credentials
 //! (fsuid, fsgid, supplementary groups) are the user's, so their `go env` file is read with
@@ -21,7 +24,7 @@
 
 use crate::goenv::{self, GoEnv};
 use crate::policy::paths::{self, PwEntry};
-use crate::policy::{CacheKind, CachePolicy, Users};
+use crate::policy::{CacheKind, CachePolicy, Excluded, Users};
 pub use crate::report::CacheUser;
 use crate::report::Target;
 use crate::safefs::Dir;
@@ -61,29 +64,66 @@ pub fn uid_range() -> (u32, u32) {
     (get("UID_MIN", 1000), get("UID_MAX", 60000))
 }
 
-/// The users `sel` names, as the user database has them now.
-pub fn members(sel: &Users) -> Vec<PwEntry> {
-    let all = paths::passwd();
-    match sel {
-        Users::All => {
-            let (lo, hi) = uid_range();
-            all.into_iter()
-                .filter(|e| (lo..=hi).contains(&e.uid) && e.home.is_dir())
-                .collect()
-        }
-        Users::Names(names) => all
-            .into_iter()
-            .filter(|e| names.contains(&e.name))
-            .collect(),
-        Users::Group(g) => {
-            let Ok(Some(gr)) = nix::unistd::Group::from_name(g) else {
-                return Vec::new();
-            };
-            all.into_iter()
-                .filter(|e| e.gid == gr.gid.as_raw() || gr.mem.contains(&e.name))
-                .collect()
-        }
-    }
+/// The users `sel` names, less those `exclude` names, as the user database has them now.
+pub fn members(sel: &Users, exclude: &[Excluded]) -> Vec<PwEntry> {
+    select(paths::passwd(), sel, exclude, uid_range(), &group_of)
+}
+
+/// A group's gid and supplementary members.
+type GroupEntry = (u32, Vec<String>);
+
+/// A group as the group database has it now.
+fn group_of(name: &str) -> Option<GroupEntry> {
+    let gr = nix::unistd::Group::from_name(name).ok()??;
+    Some((gr.gid.as_raw(), gr.mem))
+}
+
+/// [`members`] over the entries `all`, with login.defs' UID range `(lo, hi)` and `group`
+/// as the group database: no I/O but a stat of each candidate's home for `"all"`.
+fn select(
+    all: Vec<PwEntry>,
+    sel: &Users,
+    exclude: &[Excluded],
+    (lo, hi): (u32, u32),
+    group: &dyn Fn(&str) -> Option<GroupEntry>,
+) -> Vec<PwEntry> {
+    // Each group is looked up once, not once per user (NSS may be LDAP).
+    let wanted = match sel {
+        Users::Group(g) => group(g),
+        _ => None,
+    };
+    // By uid: leaving "root" out leaves out every name of that account.
+    let left_out: Vec<u32> = exclude
+        .iter()
+        .filter_map(|x| match x {
+            Excluded::User(u) => Some(u.uid),
+            Excluded::Group(_) => None,
+        })
+        .collect();
+    let left_out_groups: Vec<GroupEntry> = exclude
+        .iter()
+        .filter_map(|x| match x {
+            // Gone since the policy was loaded: its primary members are still known.
+            Excluded::Group(g) => Some(group(&g.name).unwrap_or((g.gid, Vec::new()))),
+            Excluded::User(_) => None,
+        })
+        .collect();
+    let in_group = |e: &PwEntry, (gid, mem): &GroupEntry| *gid == e.gid || mem.contains(&e.name);
+    let mut root_seen = false;
+    all.into_iter()
+        .filter(|e| match sel {
+            Users::All => {
+                // Root builds too (`sudo go build`, root's CI jobs), into caches of its own.
+                // Only the first entry of uid 0, the one getpwuid(0) returns: an alias
+                // (BSD's `toor`) is the same account, and its caches would be counted twice.
+                let root = e.uid == 0 && !std::mem::replace(&mut root_seen, true);
+                (root || (lo..=hi).contains(&e.uid)) && e.home.is_dir()
+            }
+            Users::Names(names) => names.contains(&e.name),
+            Users::Group(_) => wanted.as_ref().is_some_and(|g| in_group(e, g)),
+        })
+        .filter(|e| !left_out.contains(&e.uid) && !left_out_groups.iter().any(|g| in_group(e, g)))
+        .collect()
 }
 
 /// What each user's manager says, asked at most once per user per sweep (a policy with a
@@ -135,7 +175,7 @@ pub fn targets(
     process: &GoEnv,
     managers: &mut Managers,
 ) -> (Vec<Target>, Vec<Target>) {
-    let mut v = members(sel);
+    let mut v = members(sel, &c.exclude_users);
     v.sort_by(|a, b| a.name.cmp(&b.name));
     v.dedup_by(|a, b| a.name == b.name);
     managers.ask(&v);
@@ -455,4 +495,116 @@ pub fn render_summary(r: &crate::report::Report) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{GroupSpec, UserSpec};
+
+    fn entry(name: &str, uid: u32, gid: u32, home: &Path) -> PwEntry {
+        PwEntry {
+            name: name.to_string(),
+            uid,
+            gid,
+            home: home.to_path_buf(),
+        }
+    }
+
+    fn names(v: &[PwEntry]) -> Vec<&str> {
+        v.iter().map(|e| e.name.as_str()).collect()
+    }
+
+    /// A database with root (and its alias `toor`), a system user, two humans (one without
+    /// a home) and nobody; `staff` (gid 50) is alice's primary group and carol's
+    /// supplementary one.
+    fn db(d: &Path, root_home: bool) -> Vec<PwEntry> {
+        for h in ["daemon", "alice", "carol"] {
+            std::fs::create_dir(d.join(h)).expect("mkdir");
+        }
+        if root_home {
+            std::fs::create_dir(d.join("root")).expect("mkdir");
+        }
+        vec![
+            entry("root", 0, 0, &d.join("root")),
+            entry("toor", 0, 0, &d.join("root")),
+            entry("daemon", 1, 1, &d.join("daemon")),
+            entry("alice", 1000, 50, &d.join("alice")),
+            entry("bob", 1001, 1001, &d.join("bob")),
+            entry("carol", 1002, 1002, &d.join("carol")),
+            entry("nobody", 65534, 65534, Path::new("/nonexistent")),
+        ]
+    }
+
+    fn staff(name: &str) -> Option<GroupEntry> {
+        (name == "staff").then(|| (50, vec!["carol".to_string()]))
+    }
+
+    fn no_groups(_: &str) -> Option<GroupEntry> {
+        None
+    }
+
+    const RANGE: (u32, u32) = (1000, 60000);
+
+    #[test]
+    fn all_is_every_human_with_a_home_and_root() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let all = select(db(d.path(), true), &Users::All, &[], RANGE, &staff);
+        assert_eq!(names(&all), ["root", "alice", "carol"]);
+        let d = tempfile::tempdir().expect("tempdir");
+        let all = select(db(d.path(), false), &Users::All, &[], RANGE, &staff);
+        assert_eq!(names(&all), ["alice", "carol"], "root's home must exist");
+    }
+
+    #[test]
+    fn exclude_users_leaves_out_users_by_uid_and_groups_members() {
+        let root = Excluded::User(UserSpec {
+            name: "root".into(),
+            uid: 0,
+        });
+        let staff_group = Excluded::Group(GroupSpec {
+            name: "staff".into(),
+            gid: 50,
+        });
+        let pick = |sel: &Users, ex: &[Excluded], groups: &dyn Fn(&str) -> _| {
+            let d = tempfile::tempdir().expect("tempdir");
+            let v = select(db(d.path(), true), sel, ex, RANGE, groups);
+            names(&v).iter().map(|s| s.to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            pick(&Users::All, std::slice::from_ref(&root), &staff),
+            ["alice", "carol"]
+        );
+        // Primary (alice) and supplementary (carol) members alike.
+        assert_eq!(
+            pick(&Users::All, &[root.clone(), staff_group.clone()], &staff),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            pick(&Users::All, std::slice::from_ref(&staff_group), &staff),
+            ["root"]
+        );
+        // Any selection: a list naming an alias of root, a group.
+        let list = Users::Names(vec!["toor".into(), "alice".into(), "bob".into()]);
+        assert_eq!(
+            pick(&list, std::slice::from_ref(&root), &staff),
+            ["alice", "bob"]
+        );
+        assert_eq!(
+            pick(
+                &Users::Group("staff".into()),
+                &[Excluded::User(UserSpec {
+                    name: "carol".into(),
+                    uid: 1002
+                })],
+                &staff
+            ),
+            ["alice"]
+        );
+        // A group gone since the policy was loaded still leaves its primary members out.
+        assert_eq!(
+            pick(&Users::All, std::slice::from_ref(&staff_group), &no_groups),
+            ["root", "carol"]
+        );
+    }
 }

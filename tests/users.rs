@@ -212,8 +212,8 @@ fn each_users_cache_is_found_as_their_go_finds_it_and_managed_as_theirs() {
 }
 
 /// `"@group"` selects the group's members; a member whose `~/.cache` is a symlink to a Go
-/// cache elsewhere is refused (nothing followed, nothing changed there); users = "all" covers
-/// human users only.
+/// cache elsewhere is refused (nothing followed, nothing changed there); `exclude_users`
+/// leaves a group's members and root out of `users = "all"`, which covers no system user.
 #[test]
 fn group_selection_and_a_symlink_in_a_home_is_never_followed() {
     require_root();
@@ -295,10 +295,12 @@ fn group_selection_and_a_symlink_in_a_home_is_never_followed() {
         "{good_out}"
     );
 
+    // Root is left out too: its real caches are this suite's own (tests/root_cache.rs covers
+    // root's, with a scratch home).
     let all = support::policy(
         d.path(),
         "all.toml",
-        "[cache.pu]\npath = \"auto\"\nusers = \"all\"\n",
+        "[cache.pu]\npath = \"auto\"\nusers = \"all\"\nexclude_users = [\"root\", \"@gwt-pu-group\"]\n",
     );
     let r = check_json(&all);
     let users: Vec<&str> = r["caches"]
@@ -307,9 +309,10 @@ fn group_selection_and_a_symlink_in_a_home_is_never_followed() {
         .iter()
         .filter_map(|c| c["user"].as_str())
         .collect();
+    assert!(users.contains(&outsider.name), "{users:?}");
     assert!(
-        users.contains(&outsider.name) && users.contains(&good.name),
-        "{users:?}"
+        !users.contains(&good.name) && !users.contains(&evil.name),
+        "members of an excluded group: {users:?}"
     );
     assert!(
         !users.contains(&"root") && !users.contains(&"nobody"),
@@ -341,6 +344,14 @@ fn users_is_validated_with_its_location() {
             "[cache.x]\npath = \"auto\"\nusers = []\n",
             "3:9: users needs at least one name",
         ),
+        (
+            "[cache.x]\npath = \"auto\"\nusers = \"all\"\nexclude_users = [\"@gwt-no-such-group\"]\n",
+            "4:17: unknown group \"gwt-no-such-group\" in exclude_users",
+        ),
+        (
+            "[cache.x]\npath = \"auto\"\nexclude_users = [\"root\"]\n",
+            "3:17: exclude_users needs `users`",
+        ),
     ] {
         let f = d.path().join("p.toml");
         std::fs::write(&f, body).expect("write");
@@ -354,9 +365,21 @@ fn users_is_validated_with_its_location() {
     }
 }
 
-/// The embedded default alone (an empty drop-in directory) covers every human user's build
-/// and module caches with per-user limits and headroom; a drop-in that gives `[cache.build]`
-/// a fixed path makes it one shared cache instead.
+/// `check --json` under `policy` in a private mount namespace where root's home `/root` is
+/// `home`: root's real caches, this suite's own, are never read.
+fn check_json_with_root_home(policy: &Path, home: &Path) -> serde_json::Value {
+    json(&support::in_mount_ns(&format!(
+        "mount --bind '{}' /root\nPATH='{}/bin:/usr/bin:/bin' exec '{}' --policy '{}' check --json",
+        home.display(),
+        goroot().display(),
+        support::bin().display(),
+        policy.display()
+    )))
+}
+
+/// The embedded default alone (an empty drop-in directory) covers every human user's and
+/// root's build and module caches with per-user limits and headroom; a drop-in that gives
+/// `[cache.build]` a fixed path makes it one shared cache instead.
 #[test]
 fn the_default_policy_covers_every_human_users_caches() {
     require_root();
@@ -365,7 +388,9 @@ fn the_default_policy_covers_every_human_users_caches() {
     let d = tempdir();
     let empty = d.path().join("policy.d");
     std::fs::create_dir(&empty).expect("mkdir");
-    let r = check_json(&empty);
+    let root_home = d.path().join("root-home");
+    std::fs::create_dir(&root_home).expect("mkdir");
+    let r = check_json_with_root_home(&empty, &root_home);
     let caches = r["caches"].as_array().expect("caches");
     let mine: Vec<_> = caches.iter().filter(|c| c["user"] == u.name).collect();
     assert_eq!(mine.len(), 2, "build and module cache of {}: {r}", u.name);
@@ -383,9 +408,18 @@ fn the_default_policy_covers_every_human_users_caches() {
     );
     let m = mine.iter().find(|c| c["kind"] == "module").expect("module");
     assert_eq!(m["path"], u.home.join("go/pkg/mod").display().to_string());
-    assert!(
-        !caches.iter().any(|c| c["user"] == "root"),
-        "root is not a human user"
+    let roots: Vec<_> = caches
+        .iter()
+        .filter(|c| c["user"] == "root")
+        .map(|c| (c["kind"].as_str(), c["path"].as_str()))
+        .collect();
+    assert_eq!(
+        roots,
+        [
+            (Some("build"), Some("/root/.cache/go-build")),
+            (Some("module"), Some("/root/go/pkg/mod"))
+        ],
+        "root's own caches: {r}"
     );
 
     let shared = d.path().join("shared.d");

@@ -104,6 +104,8 @@ pub struct CacheFragment {
     pub rewrite_trim: S<bool>,
     /// Whose `auto` caches (system scope): "all", "@group" or a list of names.
     pub users: S<UsersValue>,
+    /// Users (`name`) and groups (`@group`) left out of `users`, e.g. `["root"]`.
+    pub exclude_users: S<Vec<String>>,
     /// Headroom of the filesystem holding the cache: bytes or a share of it.
     pub min_free: S<SizeValue>,
     /// Headroom of the filesystem's inodes, a share.
@@ -192,6 +194,7 @@ impl Fragment {
                 min_free,
                 min_free_inodes,
                 users,
+                exclude_users,
                 trusted_writers,
                 untrusted
             );

@@ -247,11 +247,21 @@ pub struct GroupSpec {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Users {
-    /// Every human user: a UID in login.defs' `UID_MIN..=UID_MAX` and a home directory.
+    /// Every human user (a UID in login.defs' `UID_MIN..=UID_MAX`) and root, each with a
+    /// home directory: `sudo go build` and root's CI jobs fill root's own caches.
     All,
     /// Members of the group (supplementary or primary).
     Group(String),
     Names(Vec<String>),
+}
+
+/// Someone `exclude_users` leaves out of a cache's `users`: a user (by UID, so every name of
+/// that account) or every member of a group (primary or supplementary, as at each sweep).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Excluded {
+    User(UserSpec),
+    Group(GroupSpec),
 }
 
 /// What `enforce --verify` does with a tampered output or an entry of an untrusted owner.
@@ -311,6 +321,8 @@ pub struct CachePolicy {
     pub rewrite_trim: bool,
     /// `auto` caches of these users instead of the invoking one's (see `users`).
     pub users: Option<Users>,
+    /// Left out of `users` (e.g. root, service accounts); empty when `users` is `None`.
+    pub exclude_users: Vec<Excluded>,
     /// Keep at least this much of the filesystem holding the cache free (see `headroom`).
     pub min_free: Option<SizeLimit>,
     /// Keep at least this share of the filesystem's inodes free.

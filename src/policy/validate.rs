@@ -339,6 +339,31 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
             );
         }
     }
+    let mut exclude_users = ctx
+        .parse(&c.exclude_users, |l| {
+            l.iter()
+                .map(|n| parse_excluded(n))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap_or_default();
+    if let Some(at) = &c.exclude_users {
+        match (&c.users, &path, &c.path) {
+            (None, ..) => ctx.err(
+                at,
+                "exclude_users needs `users`: it leaves users out of that selection",
+            ),
+            // As `users` above: an earlier file's exclusions go with the `auto` cache a
+            // later file replaced by a fixed path.
+            (Some(_), Some(CachePath::Fixed(_)), Some(p)) if at.file < p.file => {
+                exclude_users.clear();
+            }
+            (Some(_), Some(CachePath::Fixed(_)), _) => ctx.err(
+                at,
+                "exclude_users needs path = \"auto\": a fixed path is one cache, of no user",
+            ),
+            _ => {}
+        }
+    }
     let trusted_writers = ctx
         .parse(&c.trusted_writers, |ws| {
             if ws.is_empty() {
@@ -397,6 +422,7 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
         create,
         rewrite_trim,
         users,
+        exclude_users,
         min_free,
         min_free_inodes_percent,
         trusted_writers,
@@ -433,6 +459,32 @@ fn parse_users(v: &fragment::UsersValue) -> Result<Users, String> {
                 known(n)?;
             }
             Ok(Users::Names(l.clone()))
+        }
+    }
+}
+
+/// One name of `exclude_users`: a user (`name`) or a group (`@name`), resolved now so a typo
+/// is an error with its place.
+fn parse_excluded(n: &str) -> Result<Excluded, String> {
+    if let Some(g) = n.strip_prefix('@') {
+        match nix::unistd::Group::from_name(g) {
+            Ok(Some(gr)) => Ok(Excluded::Group(GroupSpec {
+                name: g.to_string(),
+                gid: gr.gid.as_raw(),
+            })),
+            Ok(None) => Err(format!("unknown group {g:?} in exclude_users")),
+            Err(e) => Err(format!("cannot look up group {g:?}: {e}")),
+        }
+    } else {
+        match nix::unistd::User::from_name(n) {
+            Ok(Some(u)) => Ok(Excluded::User(UserSpec {
+                name: n.to_string(),
+                uid: u.uid.as_raw(),
+            })),
+            Ok(None) => Err(format!(
+                "unknown user {n:?} in exclude_users (a group is \"@name\")"
+            )),
+            Err(e) => Err(format!("cannot look up user {n:?}: {e}")),
         }
     }
 }
@@ -610,5 +662,106 @@ fn parse_writer(w: &str) -> Result<Writer, String> {
             )),
             Err(e) => Err(format!("cannot look up user {w:?}: {e}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The embedded default, then `files` as drop-ins named `NN.toml` in order.
+    fn load_with(files: &[&str]) -> Result<Policy, PolicyError> {
+        let mut sources = vec![Source {
+            name: DEFAULT_NAME.into(),
+            text: DEFAULT_POLICY.into(),
+        }];
+        for (i, text) in files.iter().enumerate() {
+            sources.push(Source {
+                name: format!("{}.toml", 10 * (i + 1)),
+                text: text.to_string(),
+            });
+        }
+        load(&sources)
+    }
+
+    fn errors(r: Result<Policy, PolicyError>) -> Vec<String> {
+        match r {
+            Err(PolicyError::Invalid(v)) => v.iter().map(ToString::to_string).collect(),
+            other => panic!("not rejected: {other:?}"),
+        }
+    }
+
+    fn build(p: &Policy) -> &CachePolicy {
+        p.caches.iter().find(|c| c.name == "build").expect("build")
+    }
+
+    #[test]
+    fn exclude_users_names_users_and_groups_of_the_database() {
+        let p =
+            load_with(&["[cache.build]\nexclude_users = [\"root\", \"@root\"]\n"]).expect("valid");
+        assert_eq!(build(&p).users, Some(Users::All));
+        assert_eq!(
+            build(&p).exclude_users,
+            [
+                Excluded::User(UserSpec {
+                    name: "root".into(),
+                    uid: 0
+                }),
+                Excluded::Group(GroupSpec {
+                    name: "root".into(),
+                    gid: 0
+                }),
+            ]
+        );
+        // A later file takes an earlier one's list back with an empty one.
+        let p = load_with(&[
+            "[cache.build]\nexclude_users = [\"root\"]\n",
+            "[cache.build]\nexclude_users = []\n",
+        ])
+        .expect("valid");
+        assert!(build(&p).exclude_users.is_empty());
+    }
+
+    #[test]
+    fn exclude_users_is_rejected_with_its_location() {
+        assert_eq!(
+            errors(load_with(&[
+                "[cache.build]\nexclude_users = [\"root\", \"gwt-no-such-user\"]\n"
+            ])),
+            [
+                "10.toml:2:17: unknown user \"gwt-no-such-user\" in exclude_users (a group is \"@name\")"
+            ]
+        );
+        assert_eq!(
+            errors(load_with(&[
+                "[cache.build]\nexclude_users = [\"@gwt-no-such-group\"]\n"
+            ])),
+            ["10.toml:2:17: unknown group \"gwt-no-such-group\" in exclude_users"]
+        );
+        assert_eq!(
+            errors(load_with(&[
+                "[cache.x]\npath = \"auto\"\nexclude_users = [\"root\"]\n"
+            ])),
+            ["10.toml:3:17: exclude_users needs `users`: it leaves users out of that selection"]
+        );
+        assert_eq!(
+            errors(load_with(&[
+                "[cache.build]\npath = \"/srv/gocache\"\nexclude_users = [\"root\"]\n"
+            ])),
+            [
+                "10.toml:3:17: exclude_users needs path = \"auto\": a fixed path is one cache, of no user"
+            ]
+        );
+    }
+
+    #[test]
+    fn exclude_users_goes_with_users_when_a_later_file_fixes_the_path() {
+        let p = load_with(&[
+            "[cache.build]\nexclude_users = [\"root\"]\n",
+            "[cache.build]\npath = \"/srv/gocache\"\n",
+        ])
+        .expect("valid");
+        assert_eq!(build(&p).users, None);
+        assert!(build(&p).exclude_users.is_empty());
     }
 }
