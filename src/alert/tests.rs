@@ -17,6 +17,7 @@ fn snapshot(size: u64, limit: Option<u64>) -> CacheSnapshot {
         apparent_bytes: size,
         files: 10,
         dirs: 257,
+        inspected_entries: 267,
         fs_inodes_used: 100,
         fs_inodes_total: 1000,
         fs_free_bytes: 50 * GIB,

@@ -549,6 +549,7 @@ pub fn snapshot(r: &CacheReport, sweep: &Sweep) -> Option<CacheSnapshot> {
         apparent_bytes: o.apparent_bytes,
         files: o.files,
         dirs: o.dirs,
+        inspected_entries: o.inodes(),
         fs_inodes_used: fs.inodes_total.saturating_sub(fs.inodes_free),
         fs_inodes_total: fs.inodes_total,
         fs_free_bytes: fs.avail_bytes,

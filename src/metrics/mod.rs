@@ -41,6 +41,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "gocache_warden_cache_owner_info",
     "gocache_warden_cache_violations",
     "gocache_warden_cache_held_bytes",
+    "gocache_warden_cache_inspected_entries_total",
     "gocache_warden_fs_inodes_used",
     "gocache_warden_fs_inodes_capacity",
     "gocache_warden_fs_free_bytes",
@@ -124,6 +125,7 @@ pub struct Metrics {
     user_bytes: GaugeVec,
     violations: GaugeVec,
     held: GaugeVec,
+    inspected: IntCounterVec,
     inodes_used: GaugeVec,
     inodes_capacity: GaugeVec,
     fs_free: GaugeVec,
@@ -229,6 +231,12 @@ impl Metrics {
                 "gocache_warden_cache_held_bytes",
                 "While the cache is held over its size limit after a sweep: the bytes eviction may not take, by cause (recent: used within min_age; fuzz; foreign; quarantine; layout); 0 otherwise",
                 &["cache", "kind", "cause"],
+            )?,
+            inspected: counter(
+                r,
+                "gocache_warden_cache_inspected_entries_total",
+                "Entries (files and directories) the agent's sweeps walked in the cache: work that should follow what changed, not the size of the server",
+                CACHE,
             )?,
             inodes_used: gauge(
                 r,
@@ -450,6 +458,7 @@ impl Metrics {
                     .with_label_values(&[c.as_str(), k, result])
                     .reset();
             }
+            self.inspected.with_label_values(&l).reset();
             s
         })
     }
@@ -474,6 +483,7 @@ impl Metrics {
         ] {
             let _ = g.remove_label_values(&l);
         }
+        let _ = self.inspected.remove_label_values(&l);
         for u in &s.users {
             let _ = self
                 .user_bytes
@@ -527,6 +537,9 @@ impl Metrics {
             .with_label_values(&l)
             .set(snap.apparent_bytes as f64);
         self.files.with_label_values(&l).set(snap.files as f64);
+        self.inspected
+            .with_label_values(&l)
+            .inc_by(snap.inspected_entries);
         self.dirs.with_label_values(&l).set(snap.dirs as f64);
         self.inodes_used
             .with_label_values(&l)
@@ -782,6 +795,7 @@ mod tests {
             apparent_bytes: 1,
             files: 1,
             dirs: 1,
+            inspected_entries: 2,
             fs_inodes_used: 1,
             fs_inodes_total: 2,
             fs_free_bytes: 1,

@@ -69,6 +69,9 @@ pub struct CacheSnapshot {
     pub apparent_bytes: u64,
     pub files: u64,
     pub dirs: u64,
+    /// Entries the scan that produced this snapshot walked (added to a counter: 0 for a
+    /// snapshot that walked nothing).
+    pub inspected_entries: u64,
     /// Inodes used and total on the filesystem holding the cache (`statvfs`).
     pub fs_inodes_used: u64,
     pub fs_inodes_total: u64,

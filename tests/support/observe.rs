@@ -49,6 +49,7 @@ pub fn snapshot(path: &str, kind: CacheKind, users: usize) -> CacheSnapshot {
         apparent_bytes: 11 * GIB,
         files: 12_345,
         dirs: 257,
+        inspected_entries: 12_602,
         fs_inodes_used: 400_000,
         fs_inodes_total: 1_000_000,
         fs_free_bytes: 40 * GIB,
