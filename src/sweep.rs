@@ -154,10 +154,10 @@ impl Sweep {
             .as_ref()
             .map_or_else(|| self.plan.summary(), Outcome::summary);
         format!(
-            "{} cache(s), {} in use; last {}sweep: {} in {:.1}s",
+            "{} cache(s){}, {} in use; last sweep: {} in {:.1}s",
             self.reports.len(),
+            if self.partial { " that grew" } else { "" },
             crate::policy::value::human_bytes(total),
-            if self.partial { "growth " } else { "" },
             outcome,
             self.duration.as_secs_f64()
         )

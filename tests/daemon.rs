@@ -342,7 +342,10 @@ fn growth_from_a_real_go_build_triggers_eviction_before_the_timer() {
     wait_for(
         "an eviction driven by growth",
         Duration::from_secs(60),
-        || logtext().contains("a cache grew past its limit") && logtext().contains(&evicted),
+        || {
+            logtext().contains(&format!("{} grew past its limit", cache.display()))
+                && logtext().contains(&evicted)
+        },
     );
     assert!(
         started.elapsed() < Duration::from_secs(3000),
