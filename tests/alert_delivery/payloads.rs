@@ -116,7 +116,7 @@ fn slack_payload_carries_every_field() {
             .as_str()
             .unwrap()
             .contains(&format!(
-                "{path} is over its size limit: 12.0 GiB of 10.0 GiB (120%)"
+                "{path} is held over its size limit: 12.0 GiB of 10.0 GiB (120%); held by 2.0 GiB used in the last 1d 0h (min_age)"
             ))
     );
     let fields: Vec<&str> = blocks[2]["fields"]
