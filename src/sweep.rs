@@ -108,8 +108,9 @@ impl Sweep {
         }
     }
 
-    /// Per-entry violations as they are after the sweep: what inspection found less what
-    /// apply fixed, with `past-max-age` gone once its eviction ran without a failure and
+    /// Per-entry violations as they are after the sweep: a fixable one remains only where
+    /// apply failed to fix it, the others as inspection found them (apply never changes
+    /// them), with `past-max-age` gone once its eviction ran without a failure and
     /// `held-over-limit` only for a cache still over its limit. Before any change (no
     /// outcome, as in a dry run) it is what inspection found.
     pub fn violations_after(&self, r: &CacheReport) -> std::collections::BTreeMap<String, u64> {
@@ -122,9 +123,25 @@ impl Sweep {
             .outcome
             .as_ref()
             .and_then(|o| o.caches.iter().find(|c| Some(c.path.as_path()) == path));
+        let planned = self
+            .plan
+            .caches
+            .iter()
+            .find(|c| Some(c.path.as_path()) == path && c.skipped.is_none());
         for (v, t) in &obs.violations {
-            let fixed = oc.and_then(|c| c.fixed.get(v)).copied().unwrap_or(0);
-            out.insert(v.as_str().to_string(), t.count.saturating_sub(fixed));
+            let oc = oc.filter(|_| planned.is_some_and(|p| p.fixes.contains_key(v)));
+            let left = match oc {
+                // Apply's fix phase visits every entry eviction left (and any made since)
+                // and fixes each that deviates: what remains is at most what it failed to
+                // fix. Entries eviction removed took their violations with them.
+                Some(c) if v.fixable() => {
+                    let fixed = c.fixed.get(v).copied().unwrap_or(0);
+                    let failed = c.failed_by_kind.get("fix").copied().unwrap_or(0);
+                    t.count.saturating_sub(fixed).min(failed)
+                }
+                _ => t.count,
+            };
+            out.insert(v.as_str().to_string(), left);
         }
         // `over-size` is not carried over: eviction takes it, and what it cannot take is
         // `held-over-limit`, judged after the sweep below.

@@ -13,51 +13,10 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// A webhook receiver: every POSTed body, parsed, until `stop`.
-fn receiver(stop: Arc<AtomicBool>) -> (u16, Arc<Mutex<Vec<serde_json::Value>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.set_nonblocking(true).expect("nonblocking");
-    let port = listener.local_addr().expect("addr").port();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let out = got.clone();
-    std::thread::spawn(move || {
-        while !stop.load(Ordering::Relaxed) {
-            let Ok((mut s, _)) = listener.accept() else {
-                std::thread::sleep(Duration::from_millis(20));
-                continue;
-            };
-            let _ = s.set_nonblocking(false);
-            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut r = BufReader::new(s.try_clone().expect("clone"));
-            let (mut len, mut line) = (0usize, String::new());
-            loop {
-                line.clear();
-                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; len];
-            if r.read_exact(&mut body).is_ok()
-                && let Ok(v) = serde_json::from_slice(&body)
-            {
-                out.lock().expect("lock").push(v);
-            }
-            let _ =
-                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        }
-    });
-    (port, got)
-}
 
 struct User {
     name: &'static str,
@@ -124,7 +83,7 @@ fn metrics_and_alerts_name_each_user_whose_cache_is_over_its_limit() {
         .expect("addr")
         .port();
     let stop = Arc::new(AtomicBool::new(false));
-    let (hook_port, alerts) = receiver(stop.clone());
+    let (hook_port, alerts) = support::observe::receiver(stop.clone());
     let url = d.path().join("url");
     std::fs::write(&url, format!("http://127.0.0.1:{hook_port}/hook\n")).expect("url");
     let limit = 64u64 << 10;
