@@ -78,8 +78,16 @@ pub struct Options {
     pub alert_relay: Option<PathBuf>,
 }
 
-/// The least time between two sweeps triggered by growth (the first one runs at once).
-const GROWTH_SWEEP_SPACING: Duration = Duration::from_secs(10);
+/// The least time between two growth sweeps when a cache passed its limit (the first runs
+/// at once). Short, so that a cache written at 20 MB/s overshoots by little; what keeps
+/// eviction from running on every write is the trigger itself, which waits for the
+/// cache to regrow from low water (or, held over its limit, for another such margin).
+const GROWTH_SWEEP_SPACING: Duration = Duration::from_secs(1);
+
+/// The least time between two sweeps asked for only by changed watches (a shard removed,
+/// renamed or created): a user renaming shards of their own cache in a loop costs at most
+/// one walk of that cache this often.
+const RESCAN_SPACING: Duration = Duration::from_secs(10);
 
 fn notify(states: &[NotifyState]) {
     // Not under systemd (NOTIFY_SOCKET unset) this is a no-op; a send error is not fatal.
@@ -287,9 +295,11 @@ struct State {
     /// When the last growth-triggered sweep was asked for, and whether one is waiting.
     last_grew: Option<std::time::Instant>,
     grew_deferred: bool,
-    /// Caches that grew or changed since their last sweep, waiting for a sweep of their
-    /// own; `grew_all`: events were lost, so every cache is.
+    /// Caches that grew past their trigger since their last sweep, waiting for a sweep of
+    /// their own; `rescan`: caches whose watches changed; `grew_all`: events were lost, so
+    /// every cache is.
     grew: std::collections::BTreeSet<PathBuf>,
+    rescan: std::collections::BTreeSet<PathBuf>,
     grew_all: bool,
     /// The caches of the last full sweep, resolved: what a growth sweep of some of them
     /// reuses (no user resolved again, no manager asked).
@@ -325,20 +335,55 @@ impl State {
         });
     }
 
-    /// A sweep of the caches that grew (`grew`), or of all of them after lost events or
-    /// when one is not known from the last full sweep. Asked for while another sweep runs,
-    /// it runs after it.
+    fn growth_pending(&self) -> bool {
+        !self.grew.is_empty() || !self.rescan.is_empty() || self.grew_all
+    }
+
+    /// Starts the growth sweep that is due, or schedules it: at most one every
+    /// [`GROWTH_SWEEP_SPACING`] while a cache is past its limit, every [`RESCAN_SPACING`]
+    /// when only watches changed. Asked for while another sweep runs, it comes after it.
+    fn growth_due(&mut self, tx: &UnboundedSender<Event>) {
+        if self.stopping || !self.growth_pending() || self.running || self.units_running {
+            return;
+        }
+        let spacing = if self.grew.is_empty() && !self.grew_all {
+            RESCAN_SPACING
+        } else {
+            GROWTH_SWEEP_SPACING
+        };
+        if let Some(since) = self.last_grew.map(|t| t.elapsed())
+            && since < spacing
+        {
+            if !self.grew_deferred {
+                self.grew_deferred = true;
+                let tx = tx.clone();
+                let wait = spacing - since;
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    let _ = tx.send(Event::Grew {
+                        crossed: Vec::new(),
+                        rescan: Vec::new(),
+                        overflow: false,
+                    });
+                });
+            }
+            return;
+        }
+        self.last_grew = Some(std::time::Instant::now());
+        self.request_growth_sweep(tx);
+    }
+
+    /// A sweep of the caches that grew or changed, or of all of them after lost events or
+    /// when one is not known from the last full sweep.
     fn request_growth_sweep(&mut self, tx: &UnboundedSender<Event>) {
-        if self.stopping || (self.grew.is_empty() && !self.grew_all) {
-            return;
-        }
-        if self.running || self.units_running {
-            return;
-        }
         let only: Vec<_> = self
             .targets
             .iter()
-            .filter(|t| t.path.as_ref().is_ok_and(|p| self.grew.contains(p)))
+            .filter(|t| {
+                t.path
+                    .as_ref()
+                    .is_ok_and(|p| self.grew.contains(p) || self.rescan.contains(p))
+            })
             .cloned()
             .collect();
         if self.grew_all || only.is_empty() {
@@ -346,6 +391,7 @@ impl State {
             return;
         }
         self.grew.clear();
+        self.rescan.clear();
         self.running = true;
         let (scope, tx) = (self.scope, tx.clone());
         tokio::spawn(async move {
@@ -375,6 +421,7 @@ impl State {
         self.pending = false;
         // A full sweep measures every cache: what grew meanwhile is covered.
         self.grew.clear();
+        self.rescan.clear();
         self.grew_all = false;
         notify(&[NotifyState::Status(&match &self.last_status {
             Some(last) => format!("sweeping; {last}"),
@@ -484,6 +531,7 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
         last_grew: None,
         grew_deferred: false,
         grew: Default::default(),
+        rescan: Default::default(),
         grew_all: false,
         targets: Vec::new(),
         held: Default::default(),
@@ -503,8 +551,8 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                 obs.units_checked(&units);
                 if st.pending {
                     st.request_sweep(&tx);
-                } else if !st.grew.is_empty() || st.grew_all {
-                    st.request_growth_sweep(&tx);
+                } else if st.growth_pending() {
+                    st.growth_due(&tx);
                 } else if st.units_pending {
                     st.request_units(&tx);
                 }
@@ -523,36 +571,14 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                         );
                     }
                 }
-                st.grew.extend(crossed);
-                st.grew.extend(rescan);
-                st.grew_all |= overflow;
-                // Growth above the trigger keeps coming while builds run: at most one
-                // growth sweep every GROWTH_SWEEP_SPACING, the rest deferred to it.
-                let since = st.last_grew.map(|t| t.elapsed());
-                match since {
-                    Some(since) if since < GROWTH_SWEEP_SPACING => {
-                        if !st.grew_deferred {
-                            st.grew_deferred = true;
-                            let tx = tx.clone();
-                            let wait = GROWTH_SWEEP_SPACING - since;
-                            tokio::spawn(async move {
-                                tokio::time::sleep(wait).await;
-                                let _ = tx.send(Event::Grew {
-                                    crossed: Vec::new(),
-                                    rescan: Vec::new(),
-                                    overflow: false,
-                                });
-                            });
-                        }
-                    }
-                    _ => {
-                        st.grew_deferred = false;
-                        if !st.grew.is_empty() || st.grew_all {
-                            st.last_grew = Some(std::time::Instant::now());
-                            st.request_growth_sweep(&tx);
-                        }
-                    }
+                if crossed.is_empty() && rescan.is_empty() && !overflow {
+                    // The deferred growth sweep is due.
+                    st.grew_deferred = false;
                 }
+                st.grew.extend(crossed);
+                st.rescan.extend(rescan);
+                st.grew_all |= overflow;
+                st.growth_due(&tx);
             }
             Event::Watchdog => match liveness.check(
                 st.running || verifier.running,
@@ -730,8 +756,8 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                 }
                 if st.pending {
                     st.request_sweep(&tx);
-                } else if !st.grew.is_empty() || st.grew_all {
-                    st.request_growth_sweep(&tx);
+                } else if st.growth_pending() {
+                    st.growth_due(&tx);
                 } else if st.units_pending {
                     st.request_units(&tx);
                 }
@@ -770,8 +796,8 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                 st.last_status = Some(status);
                 if st.pending {
                     st.request_sweep(&tx);
-                } else if !st.grew.is_empty() || st.grew_all {
-                    st.request_growth_sweep(&tx);
+                } else if st.growth_pending() {
+                    st.growth_due(&tx);
                 }
             }
         }

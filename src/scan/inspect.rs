@@ -75,11 +75,12 @@ impl Observed {
 }
 
 impl Observed {
-    /// Bytes eviction could free at most with floor `floor_secs`.
+    /// Bytes eviction could free at most with floor `floor_secs` (what a size cutoff can
+    /// reach: [`Histogram::past_floor`]).
     pub fn freeable(&self, floor_secs: i64) -> u64 {
         self.histogram
             .as_ref()
-            .map_or(0, |h| h.at_least(floor_secs).1)
+            .map_or(0, |h| h.past_floor(floor_secs).1)
     }
 }
 

@@ -114,6 +114,21 @@ impl Histogram {
         })
     }
 
+    /// Units and bytes a cutoff could ever reach with floor `floor_secs`: the buckets
+    /// [`Histogram::cutoff`] may take, i.e. without the floor's own bucket when part of it is
+    /// younger than the floor (ages are kept per minute, so a unit in it may be).
+    pub fn past_floor(&self, floor_secs: i64) -> (u64, u64) {
+        let fb = bucket(floor_secs);
+        let from = if lower_bound(fb) < floor_secs {
+            fb + 1
+        } else {
+            fb
+        };
+        let bytes = (from..BUCKETS).map(|b| self.bytes_at(b)).sum();
+        let count = (from..BUCKETS).map(|b| self.count_at(b)).sum();
+        (count, bytes)
+    }
+
     /// Units and bytes at least `age` old (whole buckets from the one `age` falls in).
     pub fn at_least(&self, age: i64) -> (u64, u64) {
         let from = bucket(age);
