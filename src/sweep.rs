@@ -268,10 +268,16 @@ fn absorb(o: &mut Outcome, later: Outcome) {
 /// Inspects, plans and applies some caches only, as an earlier sweep resolved them: no user
 /// is resolved again, no manager asked, no other cache walked, no headroom planned across a
 /// filesystem (the daemon's headroom probes ask for a full sweep when that is needed). The
-/// daemon runs this when a watched cache grows past its limit or its watches change.
-pub fn run_targets(targets: Vec<Target>, scope: Scope, dry_run: bool) -> Sweep {
+/// daemon runs this when a watched cache grows past its limit or its watches change; `over`
+/// are the caches it saw pass their limit (their units are paired from the first walk).
+pub fn run_targets(
+    targets: Vec<Target>,
+    over: &std::collections::BTreeSet<std::path::PathBuf>,
+    scope: Scope,
+    dry_run: bool,
+) -> Sweep {
     let start = Instant::now();
-    let mut sweep = sweep_targets(targets, scope, dry_run, false);
+    let mut sweep = sweep_targets(targets, Some(over), scope, dry_run);
     sweep.partial = true;
     sweep.duration = start.elapsed();
     sweep
@@ -280,17 +286,27 @@ pub fn run_targets(targets: Vec<Target>, scope: Scope, dry_run: bool) -> Sweep {
 /// One round: resolve every cache of the policy, inspect, plan, apply.
 fn once(policy: &Policy, scope: Scope, env: &GoEnv, dry_run: bool) -> Sweep {
     let (targets, _) = check::targets(policy, scope, env);
-    sweep_targets(targets, scope, dry_run, true)
+    sweep_targets(targets, None, scope, dry_run)
 }
 
-/// Inspects, plans (with headroom across the targets' filesystems when `headroom`) and,
-/// unless `dry_run`, applies.
-fn sweep_targets(targets: Vec<Target>, scope: Scope, dry_run: bool, headroom: bool) -> Sweep {
+/// Inspects, plans and, unless `dry_run`, applies. A full sweep (`over` is `None`) plans
+/// headroom across the targets' filesystems; a growth sweep of some caches does not, and
+/// pairs units at once in the caches `over` names.
+fn sweep_targets(
+    targets: Vec<Target>,
+    over: Option<&std::collections::BTreeSet<std::path::PathBuf>>,
+    scope: Scope,
+    dry_run: bool,
+) -> Sweep {
+    let headroom = over.is_none();
     let start = Instant::now();
     let now = check::now();
     let mut reports: Vec<CacheReport> = targets
         .iter()
-        .map(|t| check::inspect_target(t, now))
+        .map(|t| {
+            let grew = over.is_some_and(|o| t.path.as_ref().is_ok_and(|p| o.contains(p)));
+            check::inspect_target_paired(t, now, grew)
+        })
         .collect();
     if headroom {
         crate::headroom::explain(&targets, &mut reports);

@@ -143,6 +143,13 @@ pub fn user_name(uid: u32) -> String {
 
 /// Inspects one target and explains it.
 pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
+    inspect_target_paired(t, now, false)
+}
+
+/// [`inspect_target`], pairing units from the first walk when `over` (the caller knows the
+/// cache passed its limit, as the daemon does when inotify saw it grow past it): the walk
+/// that would only find that out is saved.
+pub fn inspect_target_paired(t: &Target, now: i64, over: bool) -> CacheReport {
     crate::progress::tick();
     let p = &t.policy;
     let mut r = CacheReport {
@@ -300,8 +307,9 @@ pub fn inspect_target(t: &Target, now: i64) -> CacheReport {
             },
         )
     };
-    let mut obs = inspect(false);
-    if p.kind == CacheKind::Build && byte_target_bites(&obs, limit, &r) {
+    let pair_first = over && p.kind == CacheKind::Build && limit.is_some();
+    let mut obs = inspect(pair_first);
+    if !pair_first && p.kind == CacheKind::Build && byte_target_bites(&obs, limit, &r) {
         // Exact units decide what a byte target evicts: a second walk, reading every action
         // record, only when that target will set a cutoff (then apply walks the cache anyway).
         obs = inspect(true);

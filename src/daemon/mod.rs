@@ -390,13 +390,13 @@ impl State {
             self.request_sweep(tx);
             return;
         }
-        self.grew.clear();
+        let over = std::mem::take(&mut self.grew);
         self.rescan.clear();
         self.running = true;
         let (scope, tx) = (self.scope, tx.clone());
         tokio::spawn(async move {
             let sweep = tokio::task::spawn_blocking(move || {
-                let mut s = crate::sweep::run_targets(only, scope, false);
+                let mut s = crate::sweep::run_targets(only, &over, scope, false);
                 s.cacheprog = observe::read_cacheprog(&s.reports);
                 s
             })
