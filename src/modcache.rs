@@ -27,9 +27,11 @@
 //!   definition) moves only the tree's atimes. Where reads move nothing (`noatime`), the
 //!   newest mtime left is the tree's own: a tree `go` re-extracted (after an interrupted
 //!   eviction, or one removed by hand) is new while its zip is old. So a version's last use
-//!   is the newest max(atime, mtime) of its `.info`, `.mod`, `.zip`, `.ziphash` and of every
-//!   regular file of its tree. Directories do not count: listing them (which the agent does
-//!   itself to measure the tree) moves their atime.
+//!   is the newest last use of its `.info`, `.mod`, `.zip`, `.ziphash` and of every
+//!   regular file of its tree, each read by the cache's signal (`last_use`, atime by
+//!   default: the last resort, since a backup's reads move it as a build's do; with
+//!   `"mtime"`, when `go` downloaded or extracted it). Directories do not count: listing
+//!   them (which the agent does itself to measure the tree) moves their atime.
 //!
 //! The agent runs as root: everything goes through `safefs` (by fd, no symlink followed, no
 //! mount crossed, hardlinked files refused), the lock file is opened `O_NONBLOCK | O_NOATIME`
@@ -39,7 +41,7 @@
 //! `go` can rewrite or remove it later exactly as if it had made it.
 
 use crate::plan::{Eviction, Reason};
-use crate::safefs::{Dir, Kind, Stat};
+use crate::safefs::{Dir, Kind, LastUse, Stat};
 use crate::scan::Usage;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -59,6 +61,9 @@ pub struct ModUnit {
     version: CString,
     pub last_use: i64,
     pub bytes: u64,
+    /// The signal `last_use` was read by, and the re-check under the lock reads again.
+    #[serde(skip)]
+    by: LastUse,
 }
 
 /// Every suffix cmd/go gives a version's files in the download directory.
@@ -75,8 +80,9 @@ fn open_child(d: &Dir, name: &CStr) -> io::Result<Dir> {
     d.open_dir(name, &st)
 }
 
-/// Every module version of the cache at `root` (unreadable parts are skipped).
-pub fn units(root: &Dir) -> Vec<ModUnit> {
+/// Every module version of the cache at `root` (unreadable parts are skipped), last used as
+/// `by` reads the times of its files.
+pub fn units(root: &Dir, by: LastUse) -> Vec<ModUnit> {
     let mut out = Vec::new();
     let Ok(cache) = open_child(root, c"cache") else {
         return out;
@@ -85,7 +91,7 @@ pub fn units(root: &Dir) -> Vec<ModUnit> {
         return out;
     };
     let mut path = Vec::new();
-    visit(&dl, &mut path, &mut out);
+    visit(&dl, &mut path, by, &mut out);
     for u in &mut out {
         let t = tree_usage(root, u);
         u.bytes += t.bytes;
@@ -94,7 +100,7 @@ pub fn units(root: &Dir) -> Vec<ModUnit> {
     out
 }
 
-fn visit(dir: &Dir, path: &mut Vec<CString>, out: &mut Vec<ModUnit>) {
+fn visit(dir: &Dir, path: &mut Vec<CString>, by: LastUse, out: &mut Vec<ModUnit>) {
     let Ok(names) = dir.list() else { return };
     for n in names {
         let Ok(st) = dir.stat(&n) else { continue };
@@ -105,10 +111,10 @@ fn visit(dir: &Dir, path: &mut Vec<CString>, out: &mut Vec<ModUnit>) {
             continue;
         };
         if n.as_bytes() == b"@v" {
-            versions(&sub, path, out);
+            versions(&sub, path, by, out);
         } else {
             path.push(n);
-            visit(&sub, path, out);
+            visit(&sub, path, by, out);
             path.pop();
         }
     }
@@ -120,25 +126,25 @@ fn split_version(name: &[u8]) -> Option<(&[u8], &str)> {
     EXTS.contains(&ext).then_some((&name[..dot], ext))
 }
 
-fn versions(v: &Dir, path: &[CString], out: &mut Vec<ModUnit>) {
+fn versions(v: &Dir, path: &[CString], by: LastUse, out: &mut Vec<ModUnit>) {
     let Ok(names) = v.list() else { return };
-    let mut by: BTreeMap<Vec<u8>, (i64, u64)> = BTreeMap::new();
+    let mut found: BTreeMap<Vec<u8>, (i64, u64)> = BTreeMap::new();
     for n in names {
         let Some((ver, ext)) = split_version(n.as_bytes()) else {
             continue;
         };
         let Ok(st) = v.stat(&n) else { continue };
-        let e = by.entry(ver.to_vec()).or_insert((i64::MIN, 0));
+        let e = found.entry(ver.to_vec()).or_insert((i64::MIN, 0));
         if ext != "lock" {
             // The lock file stays: it is not part of what an eviction frees.
             e.1 += st.alloc;
         }
         if USE_EXTS.contains(&ext) {
-            e.0 = e.0.max(st.last_use());
+            e.0 = e.0.max(st.last_use(by));
         }
     }
     let module: Vec<&[u8]> = path.iter().map(|c| c.as_bytes()).collect();
-    for (ver, (last, bytes)) in by {
+    for (ver, (last, bytes)) in found {
         let Ok(version) = CString::new(ver.clone()) else {
             continue;
         };
@@ -158,6 +164,7 @@ fn versions(v: &Dir, path: &[CString], out: &mut Vec<ModUnit>) {
             version,
             last_use: last,
             bytes,
+            by,
         });
     }
 }
@@ -190,26 +197,26 @@ fn tree_usage(root: &Dir, u: &ModUnit) -> TreeUsage {
         newest: i64::MIN,
     };
     if let Some((parents, name)) = tree_location(u) {
-        within(root, parents, &mut |d| tree_walk(d, &name, 0, &mut t));
+        within(root, parents, &mut |d| tree_walk(d, &name, 0, u.by, &mut t));
     }
     t
 }
 
-fn tree_walk(parent: &Dir, name: &CStr, depth: usize, t: &mut TreeUsage) {
+fn tree_walk(parent: &Dir, name: &CStr, depth: usize, by: LastUse, t: &mut TreeUsage) {
     let Ok(st) = parent.stat(name) else { return };
     if st.mount_root {
         return;
     }
     t.bytes += st.alloc;
     match st.kind() {
-        Kind::File => t.newest = t.newest.max(st.last_use()),
+        Kind::File => t.newest = t.newest.max(st.last_use(by)),
         Kind::Dir if depth <= MAX_DEPTH => {
             let Ok(d) = parent.open_dir(name, &st) else {
                 return;
             };
             let Ok(names) = d.list() else { return };
             for n in names {
-                tree_walk(&d, &n, depth + 1, t);
+                tree_walk(&d, &n, depth + 1, by, t);
             }
         }
         _ => {}
@@ -314,7 +321,7 @@ fn last_use_now(root: &Dir, v: &Dir, u: &ModUnit) -> io::Result<i64> {
     let mut last = i64::MIN;
     for ext in USE_EXTS {
         if let Ok(st) = v.stat(&version_file(u, ext)?) {
-            last = last.max(st.last_use());
+            last = last.max(st.last_use(u.by));
         }
     }
     Ok(last.max(tree_usage(root, u).newest))
@@ -393,10 +400,17 @@ pub struct Swept {
 
 /// Evicts every module version at least as old as the plan's cutoff (never one used within
 /// the floor), whole, each under its lock; a locked version is skipped and logged.
-pub fn evict_old(root: &Dir, cache: &Path, ev: &Eviction, now: i64, dry: bool) -> Swept {
+pub fn evict_old(
+    root: &Dir,
+    cache: &Path,
+    ev: &Eviction,
+    by: LastUse,
+    now: i64,
+    dry: bool,
+) -> Swept {
     let mut out = Swept::default();
     let cutoff = ev.cutoff_age_secs.max(ev.floor_secs);
-    for u in units(root) {
+    for u in units(root, by) {
         crate::progress::tick();
         let age = now - u.last_use;
         if age < cutoff {
@@ -481,7 +495,7 @@ mod tests {
         let now = now();
         let (root, v, t) = cache(d.path(), now, 100 * DAY);
         let r = Dir::open_root(&root).unwrap();
-        let us = units(&r);
+        let us = units(&r, LastUse::Atime);
         assert_eq!(us.len(), 1);
         assert_eq!(us[0].name, "example.com/m@v1.0.0");
         assert!(evict(&r, &us[0], now, DAY, false).unwrap().is_some());
@@ -491,7 +505,7 @@ mod tests {
             assert!(!v.join(format!("v1.0.0.{ext}")).exists(), "{ext} removed");
         }
         // What is left (the lock alone) is no unit: nothing to evict again.
-        assert!(units(&r).is_empty());
+        assert!(units(&r, LastUse::Atime).is_empty());
     }
 
     #[test]
@@ -503,7 +517,7 @@ mod tests {
         // SAFETY: flock on an fd we own; released when `held` drops.
         assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX) }, 0);
         let r = Dir::open_root(&root).unwrap();
-        let u = units(&r).remove(0);
+        let u = units(&r, LastUse::Atime).remove(0);
         let e = evict(&r, &u, now, DAY, false).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
         assert!(t.join("sub/a.go").exists() && v.join("v1.0.0.zip").exists());
@@ -518,12 +532,17 @@ mod tests {
         let r = Dir::open_root(&root).unwrap();
         // A directory's atime moves when anyone lists it (our own walk included).
         set_times(&t.join("sub"), now, now - 100 * DAY);
-        assert!(now - units(&r)[0].last_use >= 100 * DAY);
+        assert!(now - units(&r, LastUse::Atime)[0].last_use >= 100 * DAY);
         // A source file read an hour ago (its atime) is use.
         set_times(&t.join("sub/a.go"), now - 3600, now - 100 * DAY);
-        assert_eq!(units(&r)[0].last_use, now - 3600);
+        assert_eq!(units(&r, LastUse::Atime)[0].last_use, now - 3600);
+        // Unless the policy says only mtime counts: then a read is no use, and the re-check
+        // under the lock reads the same signal.
+        let u = units(&r, LastUse::Mtime).remove(0);
+        assert!(now - u.last_use >= 100 * DAY);
+        assert!(evict(&r, &u, now, DAY, true).unwrap().is_some());
         // And it is re-checked under the lock: planned as old, used since, kept.
-        let mut u = units(&r).remove(0);
+        let mut u = units(&r, LastUse::Atime).remove(0);
         u.last_use = now - 100 * DAY;
         assert!(evict(&r, &u, now, DAY, false).unwrap().is_none());
         assert!(t.join("go.mod").exists());
@@ -538,7 +557,7 @@ mod tests {
         std::fs::set_permissions(t.join("sub"), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::hard_link(t.join("sub/a.go"), d.path().join("elsewhere")).unwrap();
         let r = Dir::open_root(&root).unwrap();
-        let u = units(&r).remove(0);
+        let u = units(&r, LastUse::Atime).remove(0);
         assert!(evict(&r, &u, now, DAY, false).is_err());
         // go sees the version as not extracted and extracts it again from the zip.
         assert!(v.join("v1.0.0.partial").exists(), ".partial stays");
@@ -554,7 +573,7 @@ mod tests {
         nix::unistd::chown(&v, Some(4242.into()), Some(4243.into())).unwrap();
         std::fs::set_permissions(&v, std::fs::Permissions::from_mode(0o775)).unwrap();
         let r = Dir::open_root(&root).unwrap();
-        let u = units(&r).remove(0);
+        let u = units(&r, LastUse::Atime).remove(0);
         assert!(evict(&r, &u, now, DAY, false).unwrap().is_some());
         let md = std::fs::metadata(v.join("v1.0.0.lock")).unwrap();
         assert_eq!(

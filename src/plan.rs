@@ -58,6 +58,10 @@ pub struct CachePlan {
     /// A per-user cache: apply opens its root as `check` did, beneath this user's home
     /// (nothing the user controls followed) and owned by this uid.
     pub user: Option<crate::users::CacheUser>,
+    /// Which time is an entry's last use: apply re-reads it by the same signal inspection
+    /// planned with (the policy's `last_use`).
+    #[serde(default)]
+    pub last_use: crate::safefs::LastUse,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -242,6 +246,7 @@ pub fn plan_cache(
                 })
             }),
         user: user.cloned(),
+        last_use: p.last_use,
     };
     if r.read_only {
         // Nothing can change there: a plan that says so, not one that fails entry by entry.

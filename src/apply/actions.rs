@@ -105,7 +105,7 @@ impl<'a> ActionWalk<'a> {
         };
         let evicted = self
             .ev
-            .verdict(e.st.last_use())
+            .verdict(self.ev.used(e.st))
             .filter(|&reason| self.ev.evict_file(e, reason));
         if let Ok(r) = safefs::read_up_to(record, 512, e.st.size) {
             self.found.note(&r, evicted);

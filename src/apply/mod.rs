@@ -189,7 +189,7 @@ fn apply_cache(c: &CachePlan, now: i64, dry: bool) -> CacheOutcome {
     // golang/go#31948) and does evict orphans. Phase 2 meets every output in its own shard
     // anyway, so pairing costs no extra open, stat or lock there.
     if let (CacheKind::Module, Some(ev)) = (c.kind, &c.eviction) {
-        evict_modules(&mut out, &root, ev, now, dry);
+        evict_modules(&mut out, &root, ev, c.last_use, now, dry);
     }
     let mut names = OutputNames::default();
     if c.eviction.is_some() && c.kind == CacheKind::Build {
@@ -247,10 +247,11 @@ fn evict_modules(
     out: &mut CacheOutcome,
     root: &Dir,
     ev: &crate::plan::Eviction,
+    by: crate::safefs::LastUse,
     now: i64,
     dry: bool,
 ) {
-    let swept = crate::modcache::evict_old(root, &out.path, ev, now, dry);
+    let swept = crate::modcache::evict_old(root, &out.path, ev, by, now, dry);
     for (reason, u) in swept.evicted {
         out.evicted
             .entry(reason)
@@ -324,6 +325,11 @@ impl<'a> Evictor<'a> {
         Some(ev.reason(age))
     }
 
+    /// An entry's last use, by the signal the plan was made with.
+    fn used(&self, st: &Stat) -> i64 {
+        st.last_use(self.plan.last_use)
+    }
+
     fn floor(&self) -> i64 {
         self.plan
             .eviction
@@ -339,8 +345,9 @@ impl<'a> Evictor<'a> {
         self.out.evicted.entry(reason).or_default().add(1, bytes);
     }
 
-    /// Removes one file entry after re-checking it (same inode, same mtime, and still unused:
-    /// a read since the scan moves atime and saves it); `false` if it was not removed.
+    /// Removes one file entry after re-checking it (same inode, same mtime, and still unused
+    /// by the plan's signal: a hit since the scan moves mtime, and with the atime signal any
+    /// read moves atime, and saves it); `false` if it was not removed.
     fn remove_file(&mut self, dir: &Dir, name: &CStr, st: &Stat, rel: &std::path::Path) -> bool {
         if st.kind() == Kind::File && st.nlink > 1 {
             return false;
@@ -349,8 +356,8 @@ impl<'a> Evictor<'a> {
             tracing::debug!("would evict {}", crate::scan::display_path(rel));
             return true;
         }
-        let (now, floor) = (self.now, self.floor());
-        match dir.remove_if(name, st, |fresh| now - fresh.last_use() >= floor) {
+        let (now, floor, by) = (self.now, self.floor(), self.plan.last_use);
+        match dir.remove_if(name, st, |fresh| now - fresh.last_use(by) >= floor) {
             Ok(removed) => removed,
             Err(e) if e.kind() == io::ErrorKind::NotFound => false,
             Err(e) => {

@@ -152,13 +152,13 @@ impl Visit for RestWalk<'_> {
         if self.ev.dry
             && class == Class::Action
             && e.st.nlink == 1
-            && self.ev.verdict(e.st.last_use()).is_some()
+            && self.ev.verdict(self.ev.used(e.st)).is_some()
         {
             // Phase 1 would have removed it: a dry run must not say it would fix it too.
             return;
         }
         if class == Class::Output
-            && let Some(reason) = self.output_verdict(e.name, e.st.last_use())
+            && let Some(reason) = self.output_verdict(e.name, self.ev.used(e.st))
             && (self.ev.evict_file(e, reason) || e.st.nlink > 1)
         {
             return;
@@ -180,11 +180,13 @@ impl Visit for RestWalk<'_> {
             return false;
         }
         if class == Class::Exec && self.ev.plan.eviction.is_some() && !self.names.is_live(e.name) {
-            // The directory's own atime moves whenever anyone lists it; its use is its file's.
+            // The directory's own atime moves whenever anyone lists it; its use is its file's
+            // and its mtime (what cmd/go's `markUsed` sets on an executable's hit).
             let mut last = e.st.mtime;
+            let by = self.ev.plan.last_use;
             let _ = dir.for_each_name(|n| {
                 if let Ok(s) = dir.stat(n) {
-                    last = last.max(s.last_use());
+                    last = last.max(s.last_use(by));
                 }
             });
             if let (Some(reason), Some(parent)) = (self.output_verdict(e.name, last), e.parent) {

@@ -304,6 +304,7 @@ pub fn inspect_target_paired(t: &Target, now: i64, over: bool) -> CacheReport {
                 owner_uid: t.owner_uid,
                 histogram: true,
                 pair_units,
+                last_use: p.last_use,
             },
         )
     };
@@ -318,8 +319,11 @@ pub fn inspect_target_paired(t: &Target, now: i64, over: bool) -> CacheReport {
         // A module cache's eviction unit is a module version, not a file: rebuild the
         // histogram and the age figures from those.
         let h = scan::lru::Histogram::default();
-        for u in crate::modcache::units(&root) {
+        (obs.oldest_use, obs.newest_use) = (None, None);
+        for u in crate::modcache::units(&root, p.last_use) {
             h.add(now - u.last_use, u.bytes);
+            obs.oldest_use = Some(obs.oldest_use.map_or(u.last_use, |o| o.min(u.last_use)));
+            obs.newest_use = obs.newest_use.max(Some(u.last_use));
         }
         obs.past_max_age = scan::past_max_age(&h, p);
         obs.histogram = Some(std::sync::Arc::new(h));

@@ -120,7 +120,10 @@ pub fn render(r: &Report) -> String {
                     ago(old),
                     ago(new)
                 );
+            } else {
+                let _ = writeln!(out, "  last use   no entries");
             }
+            let _ = writeln!(out, "             {}", signal(c.kind, o.last_use_signal));
             let mut owners: Vec<_> = o.owners.iter().collect();
             owners.sort_by_key(|o| std::cmp::Reverse(o.1.bytes));
             let list: Vec<String> = owners
@@ -163,4 +166,24 @@ pub fn render(r: &Report) -> String {
     };
     let _ = writeln!(out, "result: {verdict} (exit {})", r.exit_code);
     out
+}
+
+/// Which time the cache's last use is read from, and what that means for reads by programs
+/// other than builds (issue #25: a nightly backup must not keep a cache forever).
+fn signal(kind: CacheKind, by: crate::safefs::LastUse) -> &'static str {
+    use crate::safefs::LastUse;
+    match (by, kind) {
+        (LastUse::Mtime, CacheKind::Build) => {
+            "by mtime, which go sets on each hit: reads by backups or scanners do not count"
+        }
+        (LastUse::Mtime, CacheKind::Module) => {
+            "by mtime: when go downloaded or extracted each version; reads do not count"
+        }
+        (LastUse::Atime, CacheKind::Build) => {
+            "by atime or mtime (others' hits cannot set mtime here): reads count as use, a backup's or scanner's too"
+        }
+        (LastUse::Atime, CacheKind::Module) => {
+            "by atime or mtime (go never marks module files used): reads count as use, a backup's or scanner's too"
+        }
+    }
 }

@@ -115,6 +115,8 @@ pub struct CacheFragment {
     pub trusted_writers: S<Vec<String>>,
     /// What `enforce --verify` does with tampered outputs and entries of untrusted owners.
     pub untrusted: S<String>,
+    /// Which time is an entry's last use: "auto", "mtime" or "atime".
+    pub last_use: S<String>,
     pub alerts: Option<CacheAlertsFragment>,
 }
 
@@ -196,7 +198,8 @@ impl Fragment {
                 users,
                 exclude_users,
                 trusted_writers,
-                untrusted
+                untrusted,
+                last_use
             );
             if let Some(a) = c.alerts {
                 let b = base.alerts.get_or_insert_with(Default::default);

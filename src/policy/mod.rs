@@ -17,6 +17,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::safefs::LastUse;
 pub use value::{Perm, SizeLimit};
 
 /// The policy compiled into the binary: what runs when no file says otherwise.
@@ -330,8 +331,45 @@ pub struct CachePolicy {
     /// Who may write the cache; empty: not declared (anyone with write access).
     pub trusted_writers: Vec<Writer>,
     pub untrusted: Untrusted,
+    /// Which of an entry's times is its last use, for inspection, eviction and its re-check
+    /// alike: the policy's `last_use`, or with "auto" (unset) what [`auto_last_use`] picks.
+    pub last_use: LastUse,
+    /// `last_use` was "auto": picked by what the cache is (`check` says why).
+    pub last_use_auto: bool,
     pub alert_size_percent: f64,
     pub alert_inode_percent: f64,
+}
+
+/// `last_use = "auto"`: the signal only builds produce, as far as the cache allows.
+///
+/// - A build cache one user writes (an `auto` path, whether the invoking user's or each of
+///   `users`', or a fixed path no `group`, `trusted_writers` or `other` opens to anyone
+///   else): **mtime**. cmd/go sets it on every hit (`markUsed`, at most once an hour) and
+///   trims by it alone; a backup, a virus scanner or `grep -r` reading the cache moves only
+///   atime, and `cp -a` carries both along, so neither makes an entry look used.
+/// - A build cache others read or write (`group`, `trusted_writers`, `other`): **atime**, i.e.
+///   the newer of atime and mtime. The owner's hits set mtime, but Linux lets only a file's
+///   owner set explicit times, so another user's hit (plain `go` in a group cache, or a
+///   member's through `gocache-warden cacheprog`, which reads shared entries without
+///   `O_NOATIME`) leaves only an atime behind. Reads by other programs count as use too;
+///   `check` says so, and `last_use = "mtime"` makes only the owner's builds count.
+/// - A module cache: **atime**. cmd/go never sets times there, it only reads (a download or
+///   extraction sets mtime once); evidence of use by builds alone (the opens of Go
+///   toolchain processes, through fanotify) is future work.
+pub fn auto_last_use(
+    kind: CacheKind,
+    path: &CachePath,
+    group: bool,
+    trusted_writers: &[Writer],
+    other: Option<Perm>,
+) -> LastUse {
+    let shared = matches!(path, CachePath::Fixed(_))
+        && (group || !trusted_writers.is_empty() || other.is_some_and(|o| o.bits() != 0));
+    if kind == CacheKind::Build && !shared {
+        LastUse::Mtime
+    } else {
+        LastUse::Atime
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -413,5 +451,68 @@ impl Policy {
     /// The merged policy as TOML-ish JSON for `policy cat --effective`.
     pub fn to_json(&self) -> anyhow::Result<String> {
         serde_json::to_string_pretty(self).context("cannot serialize policy")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_with(text: &str) -> Result<Policy, PolicyError> {
+        load(&[
+            Source {
+                name: DEFAULT_NAME.into(),
+                text: DEFAULT_POLICY.into(),
+            },
+            Source {
+                name: "10.toml".into(),
+                text: text.into(),
+            },
+        ])
+    }
+
+    fn signal(p: &Policy, name: &str) -> (LastUse, bool) {
+        let c = p.caches.iter().find(|c| c.name == name).expect("cache");
+        (c.last_use, c.last_use_auto)
+    }
+
+    #[test]
+    fn last_use_is_mtime_where_builds_set_it_and_atime_only_as_a_last_resort() {
+        let p = load_with(
+            "[cache.one]\npath = \"/srv/one\"\n\
+             [cache.grp]\npath = \"/srv/grp\"\ngroup = \"root\"\n\
+             [cache.trust]\npath = \"/srv/trust\"\ntrusted_writers = [\"root\"]\n\
+             [cache.world]\npath = \"/srv/world\"\nother = \"r-x\"\n\
+             [cache.closed]\npath = \"/srv/closed\"\nother = \"---\"\n\
+             [cache.mine]\npath = \"/srv/mine\"\ngroup = \"root\"\nlast_use = \"mtime\"\n\
+             [cache.reads]\npath = \"/srv/reads\"\nlast_use = \"atime\"\n\
+             [cache.said]\npath = \"/srv/said\"\nlast_use = \"auto\"\n",
+        )
+        .expect("valid");
+        // The embedded default's per-user caches: each user's own go sets mtime on a hit.
+        assert_eq!(signal(&p, "build"), (LastUse::Mtime, true));
+        // go never sets times in a module cache.
+        assert_eq!(signal(&p, "modules"), (LastUse::Atime, true));
+        assert_eq!(signal(&p, "one"), (LastUse::Mtime, true));
+        assert_eq!(signal(&p, "closed"), (LastUse::Mtime, true));
+        for shared in ["grp", "trust", "world"] {
+            assert_eq!(signal(&p, shared), (LastUse::Atime, true), "{shared}");
+        }
+        assert_eq!(signal(&p, "mine"), (LastUse::Mtime, false));
+        assert_eq!(signal(&p, "reads"), (LastUse::Atime, false));
+        assert_eq!(signal(&p, "said"), (LastUse::Mtime, true));
+    }
+
+    #[test]
+    fn an_unknown_last_use_is_an_error_at_its_place() {
+        match load_with("[cache.x]\npath = \"/srv/x\"\nlast_use = \"ctime\"\n") {
+            Err(PolicyError::Invalid(v)) => assert_eq!(
+                v.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                [
+                    "10.toml:3:12: unknown last_use \"ctime\": expected \"auto\", \"mtime\" or \"atime\""
+                ]
+            ),
+            other => panic!("not rejected: {other:?}"),
+        }
     }
 }

@@ -396,6 +396,16 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
             "untrusted applies to build caches (their outputs are hashed)",
         );
     }
+    let last_use = ctx
+        .parse(&c.last_use, |s| match s.as_str() {
+            "auto" => Ok(None),
+            "mtime" => Ok(Some(LastUse::Mtime)),
+            "atime" => Ok(Some(LastUse::Atime)),
+            _ => Err(format!(
+                "unknown last_use {s:?}: expected \"auto\", \"mtime\" or \"atime\""
+            )),
+        })
+        .flatten();
     let alerts = c.alerts.clone().unwrap_or_default();
     let alert_size_percent = ctx
         .parse(&alerts.size_percent, |s| parse_percent(s))
@@ -406,9 +416,11 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
     if ctx.errors.len() != before {
         return None;
     }
+    let path = path?;
+    let auto = auto_last_use(kind, &path, group.is_some(), &trusted_writers, other);
     Some(CachePolicy {
         name: name.to_string(),
-        path: path?,
+        path,
         kind,
         max_size,
         low_water_percent,
@@ -427,6 +439,8 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
         min_free_inodes_percent,
         trusted_writers,
         untrusted,
+        last_use: last_use.unwrap_or(auto),
+        last_use_auto: last_use.is_none(),
         alert_size_percent,
         alert_inode_percent,
     })

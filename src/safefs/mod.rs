@@ -42,6 +42,33 @@ pub struct Stat {
     pub mount_root: bool,
 }
 
+/// Which of an inode's times say it was used: the one signal inspection, apply's re-check
+/// before `unlinkat` and the module cache's units all read (`Stat::last_use`). Which one a
+/// cache has is the policy's to say (`last_use`, see `policy`); this module only reads it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LastUse {
+    /// The mtime alone: what cmd/go sets on each hit (at most once an hour) and trims by. A
+    /// read by anyone, a backup's or a scanner's, does not move it, and `cp -a` keeps it.
+    Mtime,
+    /// The newer of atime and mtime: the last resort where builds cannot set times (other
+    /// users' hits in a shared cache, the module cache). Any read moves atime (`relatime`:
+    /// at most daily), by a build or by any other program; our own reads use `O_NOATIME`.
+    /// The default only for a plan that names no signal (written before there was a
+    /// choice): the signal that counts more as use never evicts what such a plan kept.
+    #[default]
+    Atime,
+}
+
+impl LastUse {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LastUse::Mtime => "mtime",
+            LastUse::Atime => "atime",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Dir,
@@ -60,10 +87,12 @@ impl Stat {
             _ => Kind::Special,
         }
     }
-    /// Last use as Go sees it: max(atime, mtime). In a shared cache other users' hits cannot
-    /// refresh mtime (only the owner may set explicit times), but reads still move atime.
-    pub fn last_use(&self) -> i64 {
-        self.atime.max(self.mtime)
+    /// When this inode was last used, as `by` reads it (see [`LastUse`]).
+    pub fn last_use(&self, by: LastUse) -> i64 {
+        match by {
+            LastUse::Mtime => self.mtime,
+            LastUse::Atime => self.atime.max(self.mtime),
+        }
     }
     pub fn perm_bits(&self) -> u32 {
         self.mode & 0o7777

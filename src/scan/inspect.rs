@@ -9,7 +9,7 @@ use super::units::{UnitLog, id_key};
 use super::walk::{Entry, Skip, Visit};
 use super::{Tally, Usage, Violation};
 use crate::policy::CachePolicy;
-use crate::safefs::{Dir, Kind};
+use crate::safefs::{Dir, Kind, LastUse};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,9 +27,13 @@ pub struct Observed {
     pub specials: u64,
     /// Entries by what they are in Go's layout (build caches).
     pub classes: BTreeMap<Class, Usage>,
-    /// Unix seconds of the least and most recent use (max of atime, mtime) of any entry.
+    /// Unix seconds of the least and most recent use of any eviction unit's entry (action
+    /// records, outputs, executables; module versions), read as `last_use_signal` says: what
+    /// is never evicted (the root, shards, `trim.txt` the agent rewrites) does not count.
     pub oldest_use: Option<i64>,
     pub newest_use: Option<i64>,
+    /// Which time those ages and the histogram are read from (the policy's `last_use`).
+    pub last_use_signal: LastUse,
     /// Evictable units older than `max_age` (and the floor): the histogram's count of them.
     pub past_max_age: Usage,
     /// Allocated bytes and entries per owner uid.
@@ -104,6 +108,8 @@ pub struct InspectOptions {
     /// eviction units exactly (see [`Inspector::action`]). Needed only where a byte target
     /// sets the cutoff; the histogram's total is the same either way.
     pub pair_units: bool,
+    /// Which time is an entry's last use (the policy's `last_use`).
+    pub last_use: LastUse,
 }
 
 pub struct Inspector<'p> {
@@ -138,6 +144,7 @@ impl<'p> Inspector<'p> {
     ) -> Self {
         let obs = Observed {
             histogram,
+            last_use_signal: opts.last_use,
             ..Observed::default()
         };
         Inspector {
@@ -157,6 +164,17 @@ impl<'p> Inspector<'p> {
         layout::class_of(self.policy.kind, e)
     }
 
+    /// An entry's last use, by the cache's signal.
+    fn used(&self, e: &Entry) -> i64 {
+        e.st.last_use(self.opts.last_use)
+    }
+
+    /// One use of an eviction unit's entry, for the oldest and newest use.
+    fn note_use(&mut self, used: i64) {
+        self.obs.oldest_use = min_opt(self.obs.oldest_use, Some(used));
+        self.obs.newest_use = self.obs.newest_use.max(Some(used));
+    }
+
     fn flag(&mut self, v: Violation, e: &Entry) {
         self.obs.violations.entry(v).or_default().note(e.rel());
     }
@@ -173,9 +191,6 @@ impl<'p> Inspector<'p> {
         }
         self.obs.classes.entry(class).or_default().add(1, st.alloc);
         self.obs.owners.entry(st.uid).or_default().add(1, st.alloc);
-        let used = st.last_use();
-        self.obs.oldest_use = min_opt(self.obs.oldest_use, Some(used));
-        self.obs.newest_use = self.obs.newest_use.max(Some(used));
         if class == Class::Meta && e.name == c"trim.txt" && st.kind() == Kind::File {
             // Go trusts the Unix seconds inside, not the mtime; so do we.
             self.obs.trim_age_secs = e
@@ -202,7 +217,7 @@ impl<'p> Inspector<'p> {
                 && e.st.nlink == 1
             {
                 self.units
-                    .action(h, self.opts.now, None, e.st.last_use(), e.st.alloc);
+                    .action(h, self.opts.now, None, self.used(e), e.st.alloc);
             }
             return;
         }
@@ -222,7 +237,7 @@ impl<'p> Inspector<'p> {
         }
         if let Some(h) = &self.obs.histogram {
             self.units
-                .action(h, self.opts.now, names, e.st.last_use(), e.st.alloc);
+                .action(h, self.opts.now, names, self.used(e), e.st.alloc);
         }
     }
 
@@ -287,17 +302,22 @@ impl Visit for Inspector<'_> {
             return;
         }
         self.check_perms(e, None);
-        let units = self.obs.histogram.is_some() && e.st.kind() == Kind::File;
+        let file = e.st.kind() == Kind::File;
+        if file && matches!(class, Class::Action | Class::Output) {
+            self.note_use(self.used(e));
+        }
+        let units = self.obs.histogram.is_some() && file;
         match class {
             Class::Action if units => self.action(e),
             // A hardlinked output is never removed: not a unit.
             Class::Output if units && e.st.nlink == 1 => {
-                self.output(e.name, e.st.last_use(), e.st.alloc)
+                self.output(e.name, self.used(e), e.st.alloc)
             }
             Class::ExecContent => {
+                let used = self.used(e);
                 if let Some((b, t)) = &mut self.exec {
                     *b += e.st.alloc;
-                    *t = (*t).max(e.st.last_use());
+                    *t = (*t).max(used);
                 }
             }
             _ => {}
@@ -317,7 +337,8 @@ impl Visit for Inspector<'_> {
         }
         self.check_perms(e, Some(dir));
         if class == Class::Exec {
-            // The directory's own atime moves whenever anyone lists it; its use is its file's.
+            // The directory's own atime moves whenever anyone lists it; its use is its file's
+            // and its mtime (what cmd/go's `markUsed` sets on an executable's hit).
             self.exec = Some((e.st.alloc, e.st.mtime));
         }
         true
@@ -326,9 +347,11 @@ impl Visit for Inspector<'_> {
     fn leave(&mut self, e: &Entry, _dir: &Dir) {
         if e.depth == 2
             && let Some((b, t)) = self.exec.take()
-            && self.obs.histogram.is_some()
         {
-            self.output(e.name, t, b);
+            self.note_use(t);
+            if self.obs.histogram.is_some() {
+                self.output(e.name, t, b);
+            }
         }
     }
 

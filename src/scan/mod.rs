@@ -147,7 +147,10 @@ pub fn inspect(
         inspect::Inspector::new(policy, opts, histogram.clone(), pair_budget.clone())
     });
     let mut units = units::UnitLog::default();
-    let mut obs = Observed::default();
+    let mut obs = Observed {
+        last_use_signal: opts.last_use,
+        ..Observed::default()
+    };
     for v in visitors {
         units.absorb(v.units);
         obs.merge(v.obs);
