@@ -15,14 +15,17 @@
 //! READY=1 on SIGHUP (a bad policy is logged and the old one kept); STOPPING=1 on SIGTERM,
 //! which also stops a sweep at its next entry.
 
+mod event;
 pub mod growth;
 mod liveness;
 pub mod observe;
+mod sched;
 pub mod state;
 mod verify;
 
-use crate::alert::UnitRef;
-use crate::goenv::GoEnv;
+pub use event::{Event, Sig};
+use sched::{State, notify};
+
 use crate::logging::action;
 use crate::policy::{self, CacheKind, Policy, Scope};
 use crate::sweep::Sweep;
@@ -33,67 +36,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
-/// Everything that can make the daemon act.
-#[derive(Debug)]
-pub enum Event {
-    /// The periodic sweep timer fired.
-    Tick,
-    /// Watched caches grew past their trigger (`crossed`) or their watches changed
-    /// (`rescan`): sweep those caches only. `overflow`: the kernel dropped events, so no one
-    /// knows which grew: sweep them all. All empty: a deferred growth sweep is due.
-    Grew {
-        crossed: Vec<PathBuf>,
-        rescan: Vec<PathBuf>,
-        overflow: bool,
-    },
-    Signal(Sig),
-    /// A systemd manager announced a new unit or a reload: inspect units (not caches).
-    Units,
-    /// A units-only inspection finished: the units lacking GOCACHE now.
-    UnitsChecked(Vec<UnitRef>),
-    /// Time to tell systemd we are alive.
-    Watchdog,
-    /// A filesystem holding caches fell below `min_free` / `min_free_inodes`.
-    LowSpace,
-    /// A sweep finished (on the blocking pool).
-    SweepDone(Box<Sweep>, Vec<UnitRef>),
-    /// A sweep ended without a result (it panicked): the loop must not wait for it.
-    SweepFailed(String),
-    /// A slice of background verification finished (on the blocking pool).
-    Verified(Box<verify::Done>),
-    /// The next background verification pass is due.
-    VerifyDue,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sig {
-    Reload,
-    Stop,
-}
-
 pub struct Options {
     pub scope: Scope,
     pub policy_paths: Vec<PathBuf>,
     /// Deliver webhooks through the relay on this socket (the system unit has no network).
     pub alert_relay: Option<PathBuf>,
-}
-
-/// The least time between two growth sweeps when a cache passed its limit (the first runs
-/// at once). Short, so that a cache written at 20 MB/s overshoots by little; what keeps
-/// eviction from running on every write is the trigger itself, which waits for the
-/// cache to regrow from low water (or, held over its limit, for another such margin).
-const GROWTH_SWEEP_SPACING: Duration = Duration::from_secs(1);
-
-/// The least time between two sweeps asked for only by changed watches (a shard removed,
-/// renamed or created): a user renaming shards of their own cache in a loop costs at most
-/// one walk of that cache this often.
-const RESCAN_SPACING: Duration = Duration::from_secs(10);
-
-fn notify(states: &[NotifyState]) {
-    // Not under systemd (NOTIFY_SOCKET unset) this is a no-op; a send error is not fatal.
-    if let Err(e) = sd_notify::notify(false, states) {
-        tracing::debug!("sd_notify failed: {e}");
-    }
 }
 
 /// Runs the daemon until SIGTERM/SIGINT; returns the exit code.
@@ -280,174 +227,6 @@ fn spawn_every(
             }
         }
     })
-}
-
-struct State {
-    policy: Arc<Policy>,
-    scope: Scope,
-    running: bool,
-    pending: bool,
-    /// A units-only inspection is running / another was asked for meanwhile.
-    units_running: bool,
-    units_pending: bool,
-    stopping: bool,
-    last_status: Option<String>,
-    /// When the last growth-triggered sweep was asked for, and whether one is waiting.
-    last_grew: Option<std::time::Instant>,
-    grew_deferred: bool,
-    /// Caches that grew past their trigger since their last sweep, waiting for a sweep of
-    /// their own; `rescan`: caches whose watches changed; `grew_all`: events were lost, so
-    /// every cache is.
-    grew: std::collections::BTreeSet<PathBuf>,
-    rescan: std::collections::BTreeSet<PathBuf>,
-    grew_all: bool,
-    /// The caches of the last full sweep, resolved: what a growth sweep of some of them
-    /// reuses (no user resolved again, no manager asked).
-    targets: Vec<crate::report::Target>,
-    /// Caches already reported as read-only: said once per agent, not every sweep.
-    reported_read_only: std::collections::HashSet<PathBuf>,
-    /// Per-user caches a user's manager or unit set, already announced in the journal.
-    reported_via: std::collections::HashSet<(PathBuf, String)>,
-    /// Directories the last growth-watch update could not watch (said when it changes).
-    unwatched: usize,
-    /// Caches the last sweep of each left held over its size limit: said when a cache
-    /// becomes held and when it no longer is, not at every sweep.
-    held: std::collections::HashSet<PathBuf>,
-}
-
-impl State {
-    /// Inspects (and remediates) units only: a new transient service must not cost a walk
-    /// of every cache. Asked for during a sweep or another inspection, it runs after it.
-    fn request_units(&mut self, tx: &UnboundedSender<Event>) {
-        if self.stopping {
-            return;
-        }
-        if self.running || self.units_running {
-            self.units_pending = true;
-            return;
-        }
-        self.units_running = true;
-        self.units_pending = false;
-        let (policy, scope, tx) = (self.policy.clone(), self.scope, tx.clone());
-        tokio::spawn(async move {
-            let units = crate::units::missing_refs(&policy, scope).await;
-            let _ = tx.send(Event::UnitsChecked(units));
-        });
-    }
-
-    fn growth_pending(&self) -> bool {
-        !self.grew.is_empty() || !self.rescan.is_empty() || self.grew_all
-    }
-
-    /// Starts the growth sweep that is due, or schedules it: at most one every
-    /// [`GROWTH_SWEEP_SPACING`] while a cache is past its limit, every [`RESCAN_SPACING`]
-    /// when only watches changed. Asked for while another sweep runs, it comes after it.
-    fn growth_due(&mut self, tx: &UnboundedSender<Event>) {
-        if self.stopping || !self.growth_pending() || self.running || self.units_running {
-            return;
-        }
-        let spacing = if self.grew.is_empty() && !self.grew_all {
-            RESCAN_SPACING
-        } else {
-            GROWTH_SWEEP_SPACING
-        };
-        if let Some(since) = self.last_grew.map(|t| t.elapsed())
-            && since < spacing
-        {
-            if !self.grew_deferred {
-                self.grew_deferred = true;
-                let tx = tx.clone();
-                let wait = spacing - since;
-                tokio::spawn(async move {
-                    tokio::time::sleep(wait).await;
-                    let _ = tx.send(Event::Grew {
-                        crossed: Vec::new(),
-                        rescan: Vec::new(),
-                        overflow: false,
-                    });
-                });
-            }
-            return;
-        }
-        self.last_grew = Some(std::time::Instant::now());
-        self.request_growth_sweep(tx);
-    }
-
-    /// A sweep of the caches that grew or changed, or of all of them after lost events or
-    /// when one is not known from the last full sweep.
-    fn request_growth_sweep(&mut self, tx: &UnboundedSender<Event>) {
-        let only: Vec<_> = self
-            .targets
-            .iter()
-            .filter(|t| {
-                t.path
-                    .as_ref()
-                    .is_ok_and(|p| self.grew.contains(p) || self.rescan.contains(p))
-            })
-            .cloned()
-            .collect();
-        if self.grew_all || only.is_empty() {
-            self.request_sweep(tx);
-            return;
-        }
-        let over = std::mem::take(&mut self.grew);
-        self.rescan.clear();
-        self.running = true;
-        let (scope, tx) = (self.scope, tx.clone());
-        tokio::spawn(async move {
-            let sweep = tokio::task::spawn_blocking(move || {
-                let mut s = crate::sweep::run_targets(only, &over, scope, false);
-                s.cacheprog = observe::read_cacheprog(&s.reports);
-                s
-            })
-            .await;
-            let _ = match sweep {
-                Ok(s) => tx.send(Event::SweepDone(Box::new(s), Vec::new())),
-                Err(e) => tx.send(Event::SweepFailed(e.to_string())),
-            };
-        });
-    }
-
-    fn request_sweep(&mut self, tx: &UnboundedSender<Event>) {
-        if self.stopping {
-            return;
-        }
-        // One at a time, and not beside a units inspection: both may write drop-ins.
-        if self.running || self.units_running {
-            self.pending = true;
-            return;
-        }
-        self.running = true;
-        self.pending = false;
-        // A full sweep measures every cache: what grew meanwhile is covered.
-        self.grew.clear();
-        self.rescan.clear();
-        self.grew_all = false;
-        notify(&[NotifyState::Status(&match &self.last_status {
-            Some(last) => format!("sweeping; {last}"),
-            None => "sweeping (first sweep since start)".to_string(),
-        })]);
-        let (policy, scope, tx) = (self.policy.clone(), self.scope, tx.clone());
-        tokio::spawn(async move {
-            let p = policy.clone();
-            let sweep = tokio::task::spawn_blocking(move || {
-                let mut s = crate::sweep::run(&p, scope, &GoEnv::from_process(), false);
-                // Users' files, read as their owners: here on the blocking pool, not in the loop.
-                s.cacheprog = observe::read_cacheprog(&s.reports);
-                s
-            })
-            .await;
-            let units = if crate::cancel::Cancel::process().is_cancelled() {
-                Vec::new()
-            } else {
-                crate::units::missing_refs(&policy, scope).await
-            };
-            let _ = match sweep {
-                Ok(s) => tx.send(Event::SweepDone(Box::new(s), units)),
-                Err(e) => tx.send(Event::SweepFailed(e.to_string())),
-            };
-        });
-    }
 }
 
 async fn main_loop(opts: Options) -> anyhow::Result<i32> {
