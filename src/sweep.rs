@@ -57,10 +57,12 @@ impl Sweep {
         Some(r.observed.as_ref()?.allocated_bytes)
     }
 
-    /// A cache this sweep left over its size limit although eviction took everything it may
-    /// (the plan was floor-limited, and the size measured after it is still over): what
-    /// holds it, with the floor the plan used. `None` for a cache at or under its limit, or
-    /// one that merely grew while it was being swept (the next sweep takes that).
+    /// A cache this sweep left over its size limit although eviction took everything it may:
+    /// the plan was floor-limited, what inspection found eviction may not take is itself
+    /// over the limit, and the size measured after the sweep is still over. What holds it,
+    /// with the floor the plan used. `None` for a cache at or under its limit, or one that
+    /// merely grew while it was being swept (a build or a copy writing meanwhile: the
+    /// growth it saw triggers the next sweep).
     pub fn held_over(&self, path: &std::path::Path) -> Option<HeldOver> {
         let c = self.plan.caches.iter().find(|c| c.path == path)?;
         let ev = c.eviction.as_ref()?;
@@ -74,6 +76,9 @@ impl Sweep {
             .iter()
             .find(|r| r.path.as_deref() == Some(path))?;
         let held = crate::report::Held::of(r.observed.as_ref()?, ev.floor_secs);
+        if held.total() <= limit {
+            return None;
+        }
         Some(HeldOver {
             size,
             limit,
@@ -103,7 +108,7 @@ impl Sweep {
             .and_then(|o| o.caches.iter().find(|oc| oc.path == path))
             .is_some_and(|oc| oc.failed.count == 0 && oc.locked_skipped == 0);
         match &c.eviction {
-            Some(ev) if applied && c.skipped.is_none() => ev.floor_limited,
+            Some(_) if applied && c.skipped.is_none() => self.held_over(path).is_some(),
             _ => true,
         }
     }
