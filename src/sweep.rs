@@ -115,9 +115,8 @@ impl Sweep {
 
     /// Per-entry violations as they are after the sweep: a fixable one remains only where
     /// apply failed to fix it, the others as inspection found them (apply never changes
-    /// them), with `past-max-age` gone once its eviction ran without a failure and
-    /// `held-over-limit` only for a cache still over its limit. Before any change (no
-    /// outcome, as in a dry run) it is what inspection found.
+    /// them), with `past-max-age` gone once its eviction ran without a failure. Before any
+    /// change (no outcome, as in a dry run) it is what inspection found.
     pub fn violations_after(&self, r: &CacheReport) -> std::collections::BTreeMap<String, u64> {
         let mut out = std::collections::BTreeMap::new();
         let Some(obs) = &r.observed else {
@@ -148,19 +147,16 @@ impl Sweep {
             };
             out.insert(v.as_str().to_string(), left);
         }
-        // `over-size` is not carried over: eviction takes it, and what it cannot take is
-        // `held-over-limit`, judged after the sweep below.
+        // `over-size` is not carried over: eviction takes it, and a cache it cannot bring
+        // under its limit is the over-limit alert's (`still_over`), with the held bytes.
         for f in r.findings.iter().filter(|f| f.kind == "past-max-age") {
             let done = oc.is_some_and(|c| {
                 c.failed.count == 0 && c.locked_skipped == 0 && !c.evicted.is_empty()
             });
             out.insert(f.kind.clone(), if done { 0 } else { f.count });
         }
-        if let Some(p) = path
-            && self.still_over(p)
-        {
-            out.insert(crate::check::HELD_OVER_LIMIT.to_string(), 1);
-        }
+        // Being held over the limit is the over-limit alert's and the held-bytes gauge's
+        // to say, not a violation: one problem, one alert.
         out
     }
 
