@@ -19,13 +19,15 @@ fn planned(d: &Path, group: &str) -> (support::cachegen::Cache, Plan) {
     ensure_group(group);
     let c = build(&d.join("cache"));
     let evictable: u64 = c.units.iter().map(|u| u.bytes).sum();
+    // The limit is on the whole cache: Go's layout (root, shards, README) counts too.
+    let fixed = support::du_bytes(&c.root) - evictable;
     let p = support::policy(
         d,
         "p.toml",
         &format!(
             "[cache.t]\npath = \"{}\"\nmax_size = {}\nmin_age = \"1h\"\ngroup = \"{group}\"\ngroup_access = \"rwx\"\nother = \"---\"\n",
             c.root.display(),
-            evictable / 2
+            fixed + evictable / 2
         ),
     );
     let pol = policy::load_for(Scope::System, &[p]).expect("policy");
@@ -109,13 +111,15 @@ fn apply_refuses_what_inspection_calls_foreign() {
     let c = build(&d.path().join("cache"));
     std::fs::write(c.root.join("ab/notes-a"), "mine").expect("write");
     let evictable: u64 = c.units.iter().map(|u| u.bytes).sum();
+    // The limit is on the whole cache: Go's layout (root, shards, README) counts too.
+    let fixed = support::du_bytes(&c.root) - evictable;
     let p = support::policy(
         d.path(),
         "p.toml",
         &format!(
             "[cache.t]\npath = \"{}\"\nmax_size = {}\n",
             c.root.display(),
-            evictable / 2
+            fixed + evictable / 2
         ),
     );
     let o = support::run(
