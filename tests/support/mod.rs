@@ -197,9 +197,11 @@ pub fn open_users_lock() -> std::io::Result<std::fs::File> {
         .open(USERS_LOCK)
 }
 
-/// Runs `f` holding [`USERS_LOCK`]. Not re-entrant (a second flock on a fresh fd of the same
-/// process waits for ever): the `*_locked` helpers run under it and never take it.
-fn with_db_lock<T>(f: impl FnOnce() -> T) -> T {
+/// Runs `f` holding [`USERS_LOCK`]: no helper of the suite changes the user and group
+/// databases meanwhile (a copy of /etc taken then sees no half-written `group.PID`). Not
+/// re-entrant (a second flock on a fresh fd of the same process waits for ever): the
+/// `*_locked` helpers run under it and never take it.
+pub fn with_db_lock<T>(f: impl FnOnce() -> T) -> T {
     let file = open_users_lock().unwrap_or_else(|e| panic!("open {USERS_LOCK}: {e}"));
     let _lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
         .unwrap_or_else(|(_, e)| panic!("lock {USERS_LOCK}: {e}"));
