@@ -4,11 +4,11 @@
 #   bash benches/cacheprog.sh [--quick] [BINARY]
 #
 # BINARY defaults to $CARGO_TARGET_DIR/release/gocache-warden (or target/release/...).
-# Runs, in one session, interleaved where it matters:
+# Runs, in one session:
 #   std (`go build std`)
-#     cold  plain      empty GOCACHE                        (C rounds, alternating with:)
-#     cold  cacheprog  empty own cache, no shared cache     (every output put through the program)
-#     warm  plain      the cache a cold run filled          (N rounds, interleaved with:)
+#     cold  plain      empty GOCACHE
+#     cold  cacheprog  empty own cache, no shared cache (every output put through the program)
+#     warm  plain      the cache a cold run filled
 #     warm  shared, first   empty own cache, shared = the plain run's cache: every hit hashed
 #     warm  shared, again   an own cache whose memo knows the shared outputs (a member's
 #                           second build): hits served without re-hashing
@@ -19,12 +19,17 @@
 #   module (`go build -o /dev/null cmd/go`: the go command, module cmd with its vendored
 #   dependencies; the link is never cached, so a warm build still links)
 #     the same runs
+# in rounds whose order rotates, each kind after a warm-up round that is thrown away (the
+# session's first builds read the toolchain from disk; the first build of a round warms the
+# page cache for the next): C cold rounds, plain first in odd rounds and the cache program in
+# even ones; N warm rounds, round k starting with the k-th of the five warm builds, so each
+# comes first, second, … equally often when N is a multiple of 5.
 # Ratios: per round, program ÷ plain of the same round; the median of those (it cancels the
-# machine's drift better than a ratio of medians). --quick: N=5, C=1 instead of 15 and 3.
+# machine's drift better than a ratio of medians). --quick: N=5, C=2 instead of 15 and 4.
 set -euo pipefail
 N=15
-C=3
-if [[ ${1:-} == --quick ]]; then N=5; C=1; shift; fi
+C=4
+if [[ ${1:-} == --quick ]]; then N=5; C=2; shift; fi
 BIN=${1:-${CARGO_TARGET_DIR:-target}/release/gocache-warden}
 [[ -x $BIN ]] || { echo "no binary at $BIN (cargo build --release)" >&2; exit 2; }
 BIN=$(realpath "$BIN")
@@ -78,36 +83,76 @@ for shard in sorted(os.listdir(root)):
 PY
 }
 
+cold_one() { # what, variant (plain|prog) → seconds of a build into an emptied cache
+    local what=$1 own=$W/$1-own
+    if [[ $2 == plain ]]; then
+        rm -rf "$W/$what-plain" && mkdir "$W/$what-plain"
+        t "$what" GOCACHE="$W/$what-plain"
+    else
+        rm -rf "$own" && mkdir "$own"
+        t "$what" GOCACHE="$own" GOCACHEPROG="$BIN cacheprog --own $own"
+    fi
+}
+
+# The warm builds, in the column order of $W/<what>.rounds.
+WARM=(plain first again own floor)
+warm_one() { # what, variant → seconds
+    local what=$1 own=$W/$1-own again=$W/$1-again
+    case $2 in
+    plain) t "$what" GOCACHE="$W/$what-plain" ;;
+    first)
+        rm -rf "$W/$what-first" && mkdir "$W/$what-first"
+        t "$what" GOCACHE="$W/$what-first" GOCACHEPROG="$BIN cacheprog --own $W/$what-first --shared $W/$what-plain"
+        ;;
+    again) t "$what" GOCACHE="$again" GOCACHEPROG="$BIN cacheprog --own $again --shared $W/$what-plain" ;;
+    own) t "$what" GOCACHE="$own" GOCACHEPROG="$BIN cacheprog --own $own" ;;
+    floor) t "$what" GOCACHE="$own" GOCACHEPROG="$W/floor $W/$what.table" ;;
+    esac
+}
+
+# One warm round: every build once, starting with the k-th; the times in WARM's order.
+warm_round() { # what, k
+    local j v
+    local -A secs
+    for j in "${!WARM[@]}"; do
+        v=${WARM[$(((j + $2) % ${#WARM[@]}))]}
+        secs[$v]=$(warm_one "$1" "$v")
+    done
+    echo "${secs[plain]} ${secs[first]} ${secs[again]} ${secs[own]} ${secs[floor]}"
+}
+
 bench() { # what; rows "plain first again own floor" to $W/<what>.rounds, "plain prog" to .cold
-    local what=$1 i p f a o fl
-    local own=$W/$what-own again=$W/$what-again prog="$BIN cacheprog --own $W/$what-own"
+    local what=$1 i p o
+    # Warm-up, thrown away: the first cold builds of the session read the toolchain and the
+    # sources from disk.
+    cold_one "$what" plain >/dev/null
+    cold_one "$what" prog >/dev/null
     for i in $(seq "$C"); do
-        rm -rf "$W/$what-plain" "$own" && mkdir "$W/$what-plain" "$own"
-        p=$(t "$what" GOCACHE="$W/$what-plain")
-        o=$(t "$what" GOCACHE="$own" GOCACHEPROG="$prog")
+        if ((i % 2)); then
+            p=$(cold_one "$what" plain)
+            o=$(cold_one "$what" prog)
+        else
+            o=$(cold_one "$what" prog)
+            p=$(cold_one "$what" plain)
+        fi
         echo "$p $o" >>"$W/$what.cold"
     done
-    floor_table "$own" "$W/$what.table"
+    floor_table "$W/$what-own" "$W/$what.table"
     # The memo remembers outputs whose ctime is 2 s old: let the plain cache settle, then
     # one build fills the "again" cache's memo.
     sleep 3
-    mkdir -p "$again"
-    t "$what" GOCACHE="$again" GOCACHEPROG="$BIN cacheprog --own $again --shared $W/$what-plain" >/dev/null
-    cp "$again/gocache-warden-cacheprog.json" "$W/$what-again.before.json"
+    mkdir -p "$W/$what-again"
+    warm_one "$what" again >/dev/null
+    cp "$W/$what-again/gocache-warden-cacheprog.json" "$W/$what-again.before.json"
+    warm_round "$what" 0 >/dev/null # warm-up, thrown away
     for i in $(seq "$N"); do
-        p=$(t "$what" GOCACHE="$W/$what-plain")
-        rm -rf "$W/$what-first" && mkdir "$W/$what-first"
-        f=$(t "$what" GOCACHE="$W/$what-first" GOCACHEPROG="$BIN cacheprog --own $W/$what-first --shared $W/$what-plain")
-        a=$(t "$what" GOCACHE="$again" GOCACHEPROG="$BIN cacheprog --own $again --shared $W/$what-plain")
-        o=$(t "$what" GOCACHE="$own" GOCACHEPROG="$prog")
-        fl=$(t "$what" GOCACHE="$own" GOCACHEPROG="$W/floor $W/$what.table")
-        echo "$p $f $a $o $fl" >>"$W/$what.rounds"
+        warm_round "$what" "$((i - 1))" >>"$W/$what.rounds"
     done
 }
 
 bench std
 bench module
-echo "$("$GO" version | cut -d' ' -f3), $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg) at the end; cold = $C rounds, warm = $N rounds"
+echo "$("$GO" version | cut -d' ' -f3), $(nproc) cores, load $(cut -d' ' -f1 /proc/loadavg) at the end; cold = $C rounds, warm = $N rounds (orders rotated, after a warm-up round)"
 printf '| build | run | plain GOCACHE | cache program | ratio (median of rounds) |\n|---|---|---|---|---|\n'
 for what in std module; do
     label=$([[ $what == std ]] && echo 'go build std' || echo 'go build cmd/go')

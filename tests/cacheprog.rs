@@ -579,7 +579,9 @@ fn shared_hit_stays_readable_after_eviction_mtime_refresh_is_hourly_and_bad_inpu
         assert!(m >= support::now() - 60, "{f:?} refreshed after 2 h");
         support::age(f, 1800);
     }
-    let _ = p.get(&k);
+    // A hit (not a miss or an error, which would leave the times alone too) that is too
+    // recent to refresh them.
+    assert_eq!(hit_bytes(&p.get(&k)), body(5), "a hit after 30 min");
     for f in [&dpath, &apath] {
         let m = std::fs::metadata(f).expect("stat").mtime();
         assert!(

@@ -98,6 +98,11 @@ impl Agent {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Sweeps finished so far (each logs its status line, "… last sweep: …").
+    fn sweeps_done(&self) -> usize {
+        self.log().matches("last sweep: ").count()
+    }
+
     fn state(&self) -> String {
         self.mgr
             .show("gocache-warden.service", "ActiveState")
@@ -169,6 +174,12 @@ fn user_unit_ready_reload_bad_reload_and_stop_mid_sweep() {
     wait_for("the reload to be logged", Duration::from_secs(10), || {
         logtext().contains("reloaded the policy")
     });
+    // Each good reload asks for a sweep; one asked for while another runs is merged into a
+    // single pending one, so the next reload waits for this one's sweep (on a busy machine
+    // they would overlap and sweep 4 below would never come).
+    wait_for("sweep 2 (the reload's)", Duration::from_secs(30), || {
+        agent.sweeps_done() >= 2
+    });
 
     // Settings a running agent cannot take are named on reload, not silently ignored.
     std::fs::write(&policy, format!("{good}[metrics]\ntop_users = 3\n")).expect("policy");
@@ -183,6 +194,9 @@ fn user_unit_ready_reload_bad_reload_and_stop_mid_sweep() {
             )
         },
     );
+    wait_for("sweep 3 (the reload's)", Duration::from_secs(30), || {
+        agent.sweeps_done() >= 3
+    });
     wait_for(
         "active again after the reload",
         Duration::from_secs(15),

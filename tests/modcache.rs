@@ -362,12 +362,16 @@ fn a_held_version_lock_is_skipped_promptly_and_named() {
         age_version(&f.mc, m, v, 100 * 86400);
     }
     let lock = f.file(mods[0].0, mods[0].1, "lock");
-    // Another process holds the lock, with flock(1) as cmd/go's lockedfile takes it.
+    // Another process holds the lock, with flock(1) as cmd/go's lockedfile takes it: on an
+    // fd that the shell then hands to `sleep` by exec, so the child killed on drop is the
+    // holder itself (`flock FILE sleep` would fork a sleep that outlives the test by 5 min).
     let holder = support::KillOnDrop(
-        Command::new("flock")
-            .arg("--exclusive")
+        Command::new("sh")
+            .args([
+                "-c",
+                "exec 9>>\"$0\" && flock --exclusive 9 && exec sleep 300",
+            ])
             .arg(&lock)
-            .args(["sleep", "300"])
             .spawn()
             .expect("flock(1) (util-linux)"),
     );

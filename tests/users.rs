@@ -9,69 +9,40 @@ mod support;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 use support::{
-    check_json, ensure_group, ensure_user, json, require_root, run, stderr, stdout, tempdir,
+    check_json, ensure_group, ensure_user, gobuild, json, require_root, run, stderr, stdout,
+    tempdir,
 };
 
-const GOROOT: &str = "/opt/gocache-warden-test-go";
-
-/// A GOROOT every user can run (pip's, copied once; shared with tests/shared_go.rs).
-fn goroot() -> &'static Path {
-    use std::os::fd::AsRawFd;
-    let dst = Path::new(GOROOT);
-    let lock = std::fs::File::create("/tmp/gocache-warden-test-go.lock").expect("lock file");
-    // SAFETY: flock on an fd we own; released when `lock` drops.
-    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-    if !dst.join("bin/go").exists() {
-        let src = support::go_binary();
-        let src = src.parent().and_then(Path::parent).expect("GOROOT of go");
-        let tmp = PathBuf::from(format!("{GOROOT}.tmp"));
-        let _ = std::fs::remove_dir_all(&tmp);
-        let o = Command::new("cp")
-            .arg("-a")
-            .arg(src)
-            .arg(&tmp)
-            .output()
-            .expect("cp");
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        std::fs::rename(&tmp, dst).expect("rename GOROOT");
-    }
-    dst
-}
+/// A `go` command that takes longer than this is hung: its process group is killed.
+const GO_LIMIT: Duration = Duration::from_secs(300);
 
 struct User {
     name: &'static str,
     uid: u32,
+    gid: u32,
     home: PathBuf,
 }
 
 fn user(name: &'static str, groups: &[&str]) -> User {
     let uid = ensure_user(name, groups);
-    let home = nix::unistd::User::from_uid(uid.into())
+    let u = nix::unistd::User::from_uid(uid.into())
         .ok()
         .flatten()
-        .expect("user")
-        .dir;
-    User { name, uid, home }
+        .expect("user");
+    User {
+        name,
+        uid,
+        gid: u.gid.as_raw(),
+        home: u.dir,
+    }
 }
 
-/// `go ARGS` as `u` in `dir`, with a login's environment (no GOCACHE: go finds its own).
+/// `go ARGS` as `u` in `dir`, with a login's environment (no GOCACHE: go finds its own), from
+/// the toolchain copy every user can run (support/gobuild.rs).
 fn go(u: &User, dir: &Path, args: &[&str]) -> Output {
-    let mut c = Command::new("setpriv");
-    c.args(["--reuid", &u.uid.to_string(), "--regid", &u.uid.to_string()]);
-    c.args(["--init-groups", "env", "-i"]);
-    c.arg(format!("HOME={}", u.home.display()));
-    c.arg(format!("USER={}", u.name));
-    c.arg(format!("PATH={}/bin:/usr/bin:/bin", goroot().display()));
-    c.args([
-        "GOFLAGS=-mod=mod",
-        "GOPROXY=off",
-        "GOSUMDB=off",
-        "GOTOOLCHAIN=local",
-    ]);
-    c.args(["GOTELEMETRY=off", "CGO_ENABLED=0", "go"]);
-    c.args(args).current_dir(dir);
-    c.output().expect("setpriv go")
+    gobuild::go_as(u.uid, u.gid, &u.home, dir, &[], args, GO_LIMIT)
 }
 
 /// A tiny module in `u`'s home, built as `u`: fills their cache.
@@ -198,7 +169,7 @@ fn each_users_cache_is_found_as_their_go_finds_it_and_managed_as_theirs() {
     let trim = std::fs::metadata(want2.join("trim.txt")).expect("trim.txt created");
     assert_eq!(
         (trim.uid(), trim.gid()),
-        (u2.uid, u2.uid),
+        (u2.uid, u2.gid),
         "trim.txt belongs to the user"
     );
     assert_eq!(

@@ -124,6 +124,13 @@ impl Drop for SysctlGuard {
 fn hardlinks_to_outside_files_are_refused_with_and_without_protected_hardlinks() {
     require_root();
     let user = ensure_user("gwt-adv-mallory", &[GROUP]);
+    // Its own primary group: a uid is not a gid (they differ when a group took the number).
+    let user_gid = nix::unistd::User::from_uid(user.into())
+        .ok()
+        .flatten()
+        .expect("user exists")
+        .gid
+        .as_raw();
     for protected in ["0", "1"] {
         let _g = SysctlGuard::set("/proc/sys/fs/protected_hardlinks", protected);
         let mut c = Case::new(&["ab", "cd"]);
@@ -148,7 +155,7 @@ fn hardlinks_to_outside_files_are_refused_with_and_without_protected_hardlinks()
             .arg(&secret)
             .arg(&ld)
             .uid(user)
-            .gid(user)
+            .gid(user_gid)
             .output()
             .expect("ln");
         if protected == "0" {

@@ -20,8 +20,12 @@ pub fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
+/// `cargo`, without the `RUSTC_BOOTSTRAP` that .ci/test gives test binaries (for libtest's
+/// `--shuffle-seed`): in a build it would unlock unstable features and change fingerprints.
 pub fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.env_remove("RUSTC_BOOTSTRAP");
+    c
 }
 
 pub fn text(b: &[u8]) -> String {

@@ -176,69 +176,134 @@ pub fn tempdir() -> tempfile::TempDir {
         .expect("tempdir")
 }
 
-/// Serializes edits of the user and group databases across test processes.
-fn with_db_lock<T>(f: impl FnOnce() -> T) -> T {
-    use std::os::fd::AsRawFd;
-    let lock = std::fs::File::create("/tmp/gocache-warden-tests.db.lock").expect("lock file");
-    // SAFETY: flock on an fd we own; released when `lock` drops.
-    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+/// One lock for every edit of the user and group databases by the suite, here and in
+/// usermgr.rs: useradd, usermod and groupadd fail instead of waiting while another of them
+/// holds /etc/passwd's own lock.
+pub const USERS_LOCK: &str = "/run/lock/gocache-warden-test-users.lock";
+
+/// Opens [`USERS_LOCK`], creating it (and /run/lock, which a machine without systemd may
+/// lack) if needed.
+pub fn open_users_lock() -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Path::new(USERS_LOCK).parent().expect("lock directory");
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(USERS_LOCK)
+}
+
+/// Runs `f` holding [`USERS_LOCK`]: no helper of the suite changes the user and group
+/// databases meanwhile (a copy of /etc taken then sees no half-written `group.PID`). Not
+/// re-entrant (a second flock on a fresh fd of the same process waits for ever): the
+/// `*_locked` helpers run under it and never take it.
+pub fn with_db_lock<T>(f: impl FnOnce() -> T) -> T {
+    let file = open_users_lock().unwrap_or_else(|e| panic!("open {USERS_LOCK}: {e}"));
+    let _lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("lock {USERS_LOCK}: {e}"));
     f()
+}
+
+fn gid_of(group: &str) -> Option<u32> {
+    nix::unistd::Group::from_name(group)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
+}
+
+/// Runs a user or group database tool; a failure fails the test with its stderr.
+fn db_tool(c: &mut Command) {
+    let o = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    assert!(
+        o.status.success(),
+        "{c:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn ensure_group_locked(name: &str) -> u32 {
+    if let Some(gid) = gid_of(name) {
+        return gid;
+    }
+    db_tool(Command::new("groupadd").arg(name));
+    gid_of(name).unwrap_or_else(|| panic!("groupadd did not create group {name}"))
 }
 
 /// Creates group `name` unless it exists; returns its gid.
 pub fn ensure_group(name: &str) -> u32 {
-    with_db_lock(|| {
-        if let Ok(Some(g)) = nix::unistd::Group::from_name(name) {
-            return g.gid.as_raw();
-        }
-        let o = Command::new("groupadd")
-            .arg(name)
-            .output()
-            .expect("groupadd");
-        assert!(
-            o.status.success(),
-            "groupadd {name}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        nix::unistd::Group::from_name(name)
-            .ok()
-            .flatten()
-            .expect("group exists")
-            .gid
-            .as_raw()
-    })
+    with_db_lock(|| ensure_group_locked(name))
 }
 
-/// Creates user `name` (with a home directory and the given supplementary groups) unless it
-/// exists; returns its uid.
+/// The groups of `groups` that user `name` is not in (as a member or by its primary group).
+fn groups_lacking(name: &str, groups: &[&str]) -> Vec<String> {
+    let primary = nix::unistd::User::from_name(name)
+        .ok()
+        .flatten()
+        .map(|u| u.gid.as_raw());
+    groups
+        .iter()
+        .filter(|g| {
+            let grp = nix::unistd::Group::from_name(g).ok().flatten();
+            !grp.is_some_and(|grp| {
+                Some(grp.gid.as_raw()) == primary || grp.mem.iter().any(|m| m == name)
+            })
+        })
+        .map(|g| g.to_string())
+        .collect()
+}
+
+/// Makes sure user `name` exists with a home directory and is in each of `groups` (each
+/// created first if missing), whatever an earlier test or run left; returns its uid.
 pub fn ensure_user(name: &str, groups: &[&str]) -> u32 {
     with_db_lock(|| {
-        if let Ok(Some(u)) = nix::unistd::User::from_name(name) {
-            if !groups.is_empty() {
-                let _ = Command::new("usermod")
-                    .args(["-a", "-G", &groups.join(",")])
-                    .arg(name)
-                    .output();
+        // useradd -G fails on a group that does not exist yet.
+        for g in groups {
+            ensure_group_locked(g);
+        }
+        match nix::unistd::User::from_name(name).ok().flatten() {
+            None => {
+                let mut c = Command::new("useradd");
+                c.args(["-m", "-s", "/bin/sh"]);
+                // useradd makes a group of the user's name, and refuses to if one is left over.
+                if gid_of(name).is_some() {
+                    c.args(["-g", name]);
+                }
+                if !groups.is_empty() {
+                    c.args(["-G", &groups.join(",")]);
+                }
+                db_tool(c.arg(name));
             }
-            return u.uid.as_raw();
+            Some(u) => {
+                let lacking = groups_lacking(name, groups);
+                if !lacking.is_empty() {
+                    db_tool(
+                        Command::new("usermod")
+                            .args(["-a", "-G", &lacking.join(",")])
+                            .arg(name),
+                    );
+                }
+                // A home removed since (by hand, or a cleanup that kept the account).
+                if !u.dir.is_dir() {
+                    db_tool(Command::new("mkhomedir_helper").arg(name));
+                }
+            }
         }
-        let mut c = Command::new("useradd");
-        c.args(["-m", "-s", "/bin/sh"]);
-        if !groups.is_empty() {
-            c.args(["-G", &groups.join(",")]);
-        }
-        let o = c.arg(name).output().expect("useradd");
-        assert!(
-            o.status.success(),
-            "useradd {name}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        nix::unistd::User::from_name(name)
+        let lacking = groups_lacking(name, groups);
+        assert!(lacking.is_empty(), "user {name} is not in {lacking:?}");
+        let u = nix::unistd::User::from_name(name)
             .ok()
             .flatten()
-            .expect("user exists")
-            .uid
-            .as_raw()
+            .unwrap_or_else(|| panic!("useradd did not create user {name}"));
+        assert!(
+            u.dir.is_dir(),
+            "user {name} has no home {}",
+            u.dir.display()
+        );
+        u.uid.as_raw()
     })
 }
 

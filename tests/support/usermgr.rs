@@ -48,7 +48,7 @@ use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-const LOCK_FILE: &str = "/run/lock/gocache-warden-test-users.lock";
+const LOCK_FILE: &str = super::USERS_LOCK;
 const PREFIX: &str = "gcwt";
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -77,12 +77,7 @@ pub fn require_tools() -> Result<()> {
 
 /// Serialises useradd/userdel, which fail when /etc/passwd is locked by another call.
 fn users_lock() -> Result<nix::fcntl::Flock<fs::File>> {
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(LOCK_FILE)
-        .with_context(|| format!("cannot open \"{LOCK_FILE}\""))?;
+    let file = super::open_users_lock().with_context(|| format!("cannot open \"{LOCK_FILE}\""))?;
     nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| anyhow::anyhow!("cannot lock \"{LOCK_FILE}\": {e}"))
 }

