@@ -342,7 +342,7 @@ fn check_json_with_root_home(policy: &Path, home: &Path) -> serde_json::Value {
     json(&support::in_mount_ns(&format!(
         "mount --bind '{}' /root\nPATH='{}/bin:/usr/bin:/bin' exec '{}' --policy '{}' check --json",
         home.display(),
-        goroot().display(),
+        gobuild::goroot().display(),
         support::bin().display(),
         policy.display()
     )))

@@ -436,6 +436,12 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
             }
             Event::SweepDone(sweep, units) => {
                 st.running = false;
+                // A cache this sweep measured after evicting is not due again for the writes
+                // the watcher counted against its old estimate while the sweep ran: its new
+                // estimate and trigger come from that measurement (`watched` below).
+                for p in sweep.reports.iter().filter_map(|r| r.path.as_ref()) {
+                    st.grew.remove(p);
+                }
                 if st.stopping {
                     if verifier.running {
                         continue;
