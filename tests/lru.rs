@@ -12,17 +12,22 @@ use std::path::Path;
 use support::cachegen::{Cache, Unit, build, file, oldest_prefix};
 use support::{json, policy, run, stderr, tempdir};
 
-/// Runs `enforce --json` with `max_size = limit` (low_water 90%, min_age 1 h); returns the
-/// ages of the units that went and the JSON.
-fn enforce(d: &Path, c: &Cache, limit: u64) -> (BTreeSet<i64>, serde_json::Value) {
-    let p = policy(
+/// The test's policy: cache `c` with `max_size = limit` (low_water 90%, min_age 1 h).
+fn limit_policy(d: &Path, c: &Cache, limit: u64) -> std::path::PathBuf {
+    policy(
         d,
         "p.toml",
         &format!(
             "[cache.t]\npath = \"{}\"\nmax_size = {limit}\nmin_age = \"1h\"\n",
             c.root.display()
         ),
-    );
+    )
+}
+
+/// Runs `enforce --json` with `max_size = limit` (low_water 90%, min_age 1 h); returns the
+/// ages of the units that went and the JSON.
+fn enforce(d: &Path, c: &Cache, limit: u64) -> (BTreeSet<i64>, serde_json::Value) {
+    let p = limit_policy(d, c, limit);
     let o = run(
         [
             "--policy".as_ref(),
@@ -117,14 +122,7 @@ fn a_large_fuzz_directory_counts_and_holds_the_cache_over_its_limit() {
     let fuzz = support::du_bytes(&c.root.join("fuzz"));
     assert!(fuzz > evictable);
     let limit = evictable * 8 / 10;
-    let p = policy(
-        d.path(),
-        "c.toml",
-        &format!(
-            "[cache.t]\npath = \"{}\"\nmax_size = {limit}\nmin_age = \"1h\"\n",
-            c.root.display()
-        ),
-    );
+    let p = limit_policy(d.path(), &c, limit);
     let o = run(
         [
             "--policy".as_ref(),

@@ -8,14 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 #[test]
 fn agent_metrics_pass_promtool_and_the_textfile_is_always_whole() {
     let d = support::tempdir();
@@ -23,7 +15,7 @@ fn agent_metrics_pass_promtool_and_the_textfile_is_always_whole() {
     support::mkcache(&cache, 2000, 21);
     let prom = d.path().join("textfile/gocache-warden.prom");
     std::fs::create_dir_all(prom.parent().expect("dir")).expect("mkdir");
-    let port = free_port();
+    let port = support::free_port();
     let p = support::policy(
         d.path(),
         "p.toml",

@@ -23,14 +23,6 @@ const WRITE_FOR: Duration = Duration::from_secs(20);
 /// for a loaded 2-core machine.
 const EPISODE_MAX: Duration = Duration::from_secs(5);
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 /// Go's action record (exactly 175 bytes) naming `output`, as cmd/go writes it.
 fn record(action: &str, output: &str, size: usize) -> String {
     let r = format!("v1 {action} {output} {size:20} {:20}\n", 0);
@@ -122,7 +114,7 @@ fn the_agent_sweeps_only_the_cache_being_written_and_keeps_it_at_its_limit() {
             (support::du_bytes(c) as f64 / fill).ceil() as u64
         })
         .collect();
-    let port = free_port();
+    let port = support::free_port();
     let mut body = String::new();
     for (i, (c, l)) in caches.iter().zip(&limits).enumerate() {
         body += &format!(
