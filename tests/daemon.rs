@@ -335,6 +335,13 @@ fn growth_from_a_real_go_build_triggers_eviction_before_the_timer() {
         logtext().contains("in use; last sweep")
     });
     let evicted = format!("from {} for size", cache.display());
+    // Evicted by a sweep that walks the cache, or from the oldest files its first walk
+    // listed (`daemon::known`), whichever the agent chose.
+    let walk_free = format!("{}: evicted", cache.display());
+    let evicted_any = || {
+        let t = logtext();
+        t.contains(&evicted) || (t.contains(&walk_free) && t.contains("without walking it"))
+    };
     assert!(
         !logtext().contains(&evicted),
         "under the limit at first: {}",
@@ -356,17 +363,15 @@ fn growth_from_a_real_go_build_triggers_eviction_before_the_timer() {
     wait_for(
         "an eviction driven by growth",
         Duration::from_secs(60),
-        || {
-            logtext().contains(&format!("{} grew past its limit", cache.display()))
-                && logtext().contains(&evicted)
-        },
+        || logtext().contains(&format!("{} grew past its limit", cache.display())) && evicted_any(),
     );
     assert!(
         started.elapsed() < Duration::from_secs(3000),
         "long before the 1h timer"
     );
-    wait_for("the sweep to finish", Duration::from_secs(30), || {
+    wait_for("the eviction to finish", Duration::from_secs(30), || {
         logtext().matches("in use; last sweep").count() >= 2
+            || logtext().contains("without walking it")
     });
     let after = support::du_bytes(&cache);
     assert!(

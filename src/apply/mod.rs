@@ -15,6 +15,7 @@
 
 mod actions;
 mod fix;
+pub mod known;
 mod rest;
 mod root;
 

@@ -305,6 +305,10 @@ pub fn inspect_target_paired(t: &Target, now: i64, over: bool) -> CacheReport {
                 histogram: true,
                 pair_units,
                 last_use: p.last_use,
+                keep_oldest: match (p.kind, limit, r.low_water_bytes) {
+                    (CacheKind::Build, Some(l), Some(low)) => scan::oldest::budget(l, low),
+                    _ => 0,
+                },
             },
         )
     };

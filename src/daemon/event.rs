@@ -29,6 +29,8 @@ pub enum Event {
     LowSpace,
     /// A sweep finished (on the blocking pool).
     SweepDone(Box<Sweep>, Vec<UnitRef>),
+    /// Walk-free evictions finished (`daemon::known`), and how long they took.
+    Evicted(Vec<crate::apply::known::KnownOutcome>, std::time::Duration),
     /// A sweep ended without a result (it panicked): the loop must not wait for it.
     SweepFailed(String),
     /// A slice of background verification finished (on the blocking pool).

@@ -191,6 +191,22 @@ impl Growth {
         }
     }
 
+    /// A cache's estimate, as it stands.
+    pub fn estimate(&self, path: &Path) -> Option<u64> {
+        self.caches
+            .iter()
+            .find(|c| c.path == path)
+            .map(|c| c.estimate)
+    }
+
+    /// Takes `bytes` a walk-free eviction removed off a cache's estimate; the new estimate.
+    /// Writes meanwhile are in it already, so it stays an upper bound of `du`.
+    pub fn freed(&mut self, path: &Path, bytes: u64) -> Option<u64> {
+        let c = self.caches.iter_mut().find(|c| c.path == path)?;
+        c.estimate = c.estimate.saturating_sub(bytes);
+        Some(c.estimate)
+    }
+
     /// Resets a cache's estimate to a measured size.
     pub fn measured(&mut self, path: &Path, bytes: u64) {
         if let Some(c) = self.caches.iter_mut().find(|c| c.path == path) {

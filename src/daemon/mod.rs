@@ -17,6 +17,7 @@
 
 mod event;
 pub mod growth;
+mod known;
 mod liveness;
 pub mod observe;
 mod sched;
@@ -314,6 +315,9 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
         grew_all: false,
         targets: Vec::new(),
         held: Default::default(),
+        known: Default::default(),
+        evicting: Default::default(),
+        growth: growth.clone(),
     };
     let mut verifier = verify::Verifier::load(state::dir(opts.scope));
     notify(&[NotifyState::Ready]);
@@ -342,7 +346,7 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                 overflow,
             } => {
                 for p in &crossed {
-                    if !st.grew.contains(p) {
+                    if !st.grew.contains(p) && !st.evicting.contains(p) {
                         tracing::info!(
                             cache_path = %p.display(),
                             "{} grew past its limit: sweeping it",
@@ -434,6 +438,54 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                 }
                 tracing::info!("stopping: waiting for the current sweep to reach its next entry");
             }
+            Event::Evicted(outcomes, took) => {
+                st.running = false;
+                for o in &outcomes {
+                    // Writes during the eviction are in the estimate it leaves: growth past
+                    // the trigger from there is seen again, not counted twice.
+                    st.grew.remove(&o.path);
+                    st.evicting.remove(&o.path);
+                    let size = growth
+                        .lock()
+                        .ok()
+                        .and_then(|mut g| g.freed(&o.path, o.evicted.bytes + o.gone));
+                    if let Some(k) = st.known.get_mut(&o.path) {
+                        k.advance(o.consumed);
+                    }
+                    if !o.reached {
+                        // The list ran out (or was used again) before low water: a walk
+                        // measures the cache and keeps a new list.
+                        st.known.remove(&o.path);
+                        st.grew.insert(o.path.clone());
+                    }
+                    tracing::info!(
+                        gocache_warden_action = action::EVICT,
+                        cache_path = %o.path.display(),
+                        entries = o.evicted.entries,
+                        "{}: evicted {} files ({}) from the oldest its last walk listed, without walking it{}; about {} in use{}",
+                        o.path.display(),
+                        o.evicted.entries,
+                        crate::policy::value::human_bytes(o.evicted.bytes),
+                        if o.changed > 0 { format!(" ({} used again or changed, left)", o.changed) } else { String::new() },
+                        size.map_or_else(|| "?".into(), crate::policy::value::human_bytes),
+                        if o.reached { "" } else { "; not at low water yet: walking it" }
+                    );
+                    obs.after_known(o, size, took);
+                }
+                if st.stopping {
+                    if verifier.running {
+                        continue;
+                    }
+                    break;
+                }
+                if st.pending {
+                    st.request_sweep(&tx);
+                } else if st.growth_pending() {
+                    st.growth_due(&tx);
+                } else if st.units_pending {
+                    st.request_units(&tx);
+                }
+            }
             Event::SweepDone(sweep, units) => {
                 st.running = false;
                 // A cache this sweep measured after evicting is not due again for the writes
@@ -521,7 +573,10 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                         *p = crate::headroom::probes(&sweep.reports);
                     }
                     st.targets = sweep.targets.clone();
+                    st.known.clear();
                 }
+                // What the walks listed replaces what earlier walks of those caches did.
+                st.known.extend(known::from_sweep(&sweep));
                 // Before the textfile is written: verified caches have their series from the start.
                 obs.set_verified(&verify::verified_paths(&st.policy));
                 // A growth sweep brings no units inspection: the last one's stand.

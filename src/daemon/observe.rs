@@ -348,6 +348,62 @@ impl Observability {
         self.last_observation = Some(obs);
     }
 
+    /// Publishes a walk-free eviction of one cache (`daemon::known`): its counters, its size
+    /// as the growth estimate now puts it (`size`: an upper bound of `du` until the next walk
+    /// measures the cache), and the alerts with it.
+    pub fn after_known(
+        &mut self,
+        o: &crate::apply::known::KnownOutcome,
+        size: Option<u64>,
+        took: Duration,
+    ) {
+        let mut errors = std::collections::BTreeMap::new();
+        if o.failed.count > 0 {
+            errors.insert("evict".to_string(), o.failed.count);
+        }
+        let outcome = SweepOutcome {
+            path: o.path.clone(),
+            kind: mkind(CacheKind::Build),
+            evicted: [(
+                EvictReason::Size,
+                Evicted {
+                    bytes: o.evicted.bytes,
+                    entries: o.evicted.entries,
+                },
+            )]
+            .into_iter()
+            .filter(|(_, e)| e.entries > 0)
+            .collect(),
+            fixes: Default::default(),
+            errors,
+            duration: took,
+            success: o.failed.count == 0,
+            finished_at: SystemTime::now(),
+        };
+        self.metrics.observe_sweep(&outcome);
+        if let Some(obs) = &mut self.last_observation
+            && let Some(c) = obs.caches.iter_mut().find(|c| c.snapshot.path == o.path)
+        {
+            let s = &mut c.snapshot;
+            if let Some(size) = size {
+                s.allocated_bytes = size;
+            }
+            s.files = s.files.saturating_sub(o.evicted.entries);
+            // Nothing was walked; a cache brought to low water is not over its limit.
+            s.inspected_entries = 0;
+            if o.reached {
+                s.over_limit = false;
+            }
+            self.metrics.observe_snapshot(s);
+            c.last_sweep = Some(outcome);
+        }
+        self.write_textfile();
+        if let Some(obs) = self.last_observation.take() {
+            self.publish(&obs);
+            self.last_observation = Some(obs);
+        }
+    }
+
     /// Publishes a units-only inspection: the units metric and textfile, and the alerts over
     /// the last sweep's caches with the units as they are now.
     pub fn units_checked(&mut self, units_missing: &[UnitRef]) {

@@ -62,6 +62,12 @@ pub(super) struct State {
     /// Caches the last sweep of each left held over its size limit: said when a cache
     /// becomes held and when it no longer is, not at every sweep.
     pub(super) held: std::collections::HashSet<PathBuf>,
+    /// What the last walk of each cache listed to evict without walking it again.
+    pub(super) known: std::collections::HashMap<PathBuf, super::known::Known>,
+    /// Caches a walk-free eviction is under way for.
+    pub(super) evicting: std::collections::HashSet<PathBuf>,
+    /// The growth estimates (what a walk-free eviction has to free).
+    pub(super) growth: std::sync::Arc<std::sync::Mutex<super::growth::Growth>>,
 }
 
 impl State {
@@ -95,6 +101,11 @@ impl State {
         if self.stopping || !self.growth_pending() || self.running || self.units_running {
             return;
         }
+        // Not spaced out: it costs a `statx` and an `unlinkat` per file it removes, and it
+        // leaves the cache at low water, far from its next trigger.
+        if self.walk_free(tx) {
+            return;
+        }
         let spacing = if self.grew.is_empty() && !self.grew_all {
             RESCAN_SPACING
         } else {
@@ -123,8 +134,13 @@ impl State {
     }
 
     /// A sweep of the caches that grew or changed, or of all of them after lost events or
-    /// when one is not known from the last full sweep.
+    /// when one is not known from the last full sweep. Caches that only grew, with a list
+    /// of oldest files from their last walk, are answered from it first, without a walk
+    /// ([`super::known`]); the others wait for that to end.
     pub(super) fn request_growth_sweep(&mut self, tx: &UnboundedSender<Event>) {
+        if self.walk_free(tx) {
+            return;
+        }
         let only: Vec<_> = self
             .targets
             .iter()
@@ -155,6 +171,46 @@ impl State {
                 Err(e) => tx.send(Event::SweepFailed(e.to_string())),
             };
         });
+    }
+
+    /// Starts the walk-free evictions of the caches that grew, if any can have one; `true`
+    /// if it did.
+    fn walk_free(&mut self, tx: &UnboundedSender<Event>) -> bool {
+        if self.grew_all {
+            return false;
+        }
+        let now = crate::check::now();
+        let jobs: Vec<_> = {
+            let Ok(g) = self.growth.lock() else {
+                return false;
+            };
+            self.grew
+                .iter()
+                .filter(|p| !self.rescan.contains(*p) && !self.held.contains(*p))
+                .filter_map(|p| self.known.get(p)?.job(g.estimate(p)?, now))
+                .collect()
+        };
+        if jobs.is_empty() {
+            return false;
+        }
+        for j in &jobs {
+            self.grew.remove(j.path());
+            self.evicting.insert(j.path().to_path_buf());
+        }
+        self.running = true;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            let done = tokio::task::spawn_blocking(move || {
+                jobs.into_iter().map(super::known::Job::run).collect()
+            })
+            .await;
+            let _ = match done {
+                Ok(outcomes) => tx.send(Event::Evicted(outcomes, start.elapsed())),
+                Err(e) => tx.send(Event::SweepFailed(e.to_string())),
+            };
+        });
+        true
     }
 
     pub(super) fn request_sweep(&mut self, tx: &UnboundedSender<Event>) {

@@ -44,6 +44,10 @@ pub struct Observed {
     /// Shared by all of one walk's inspectors.
     #[serde(skip)]
     pub histogram: Option<Arc<Histogram>>,
+    /// The oldest of Go's entry files, oldest first, when asked for
+    /// ([`InspectOptions::keep_oldest`]): what the daemon evicts without a walk.
+    #[serde(skip)]
+    pub oldest: Option<Arc<Vec<super::oldest::Candidate>>>,
 }
 
 impl Observed {
@@ -110,6 +114,8 @@ pub struct InspectOptions {
     pub pair_units: bool,
     /// Which time is an entry's last use (the policy's `last_use`).
     pub last_use: LastUse,
+    /// Keep the oldest entry files covering this many bytes ([`super::oldest`]); 0: none.
+    pub keep_oldest: u64,
 }
 
 pub struct Inspector<'p> {
@@ -126,6 +132,8 @@ pub struct Inspector<'p> {
     pair: bool,
     /// Records the walk's threads may still keep for pairing, shared by all of them.
     pair_budget: Arc<AtomicUsize>,
+    /// This thread's oldest entry files (see [`InspectOptions::keep_oldest`]).
+    pub oldest: super::oldest::Oldest,
 }
 
 /// At most this many records (16 bytes each: 32 MiB) are kept for pairing in one inspection.
@@ -157,6 +165,7 @@ impl<'p> Inspector<'p> {
             grant: Grant::from_policy(policy),
             pair: opts.pair_units,
             pair_budget,
+            oldest: super::oldest::Oldest::new(opts.keep_oldest),
         }
     }
 
@@ -305,6 +314,9 @@ impl Visit for Inspector<'_> {
         let file = e.st.kind() == Kind::File;
         if file && matches!(class, Class::Action | Class::Output) {
             self.note_use(self.used(e));
+            if e.st.nlink == 1 && e.depth == 2 {
+                self.oldest.offer(e.name.to_bytes(), e.st, self.used(e));
+            }
         }
         let units = self.obs.histogram.is_some() && file;
         match class {

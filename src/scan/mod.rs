@@ -5,6 +5,7 @@
 pub mod inspect;
 pub mod layout;
 pub mod lru;
+pub mod oldest;
 pub mod perms;
 pub mod recognize;
 pub mod units;
@@ -151,9 +152,14 @@ pub fn inspect(
         last_use_signal: opts.last_use,
         ..Observed::default()
     };
+    let mut oldest = oldest::Oldest::new(opts.keep_oldest);
     for v in visitors {
         units.absorb(v.units);
+        oldest.absorb(v.oldest);
         obs.merge(v.obs);
+    }
+    if opts.keep_oldest > 0 {
+        obs.oldest = Some(std::sync::Arc::new(oldest.into_sorted()));
     }
     if let Some(h) = &obs.histogram {
         let floor = policy.min_age.as_secs() as i64;

@@ -412,4 +412,69 @@ mod tests {
             .unwrap();
         assert_eq!(deepest, 1000);
     }
+
+    /// A walk with openat2 unavailable still refuses symlinks (to a directory or a file) and
+    /// sees every real entry.
+    #[test]
+    fn walk_with_the_fallback_forced_refuses_symlinks() {
+        struct Seen(Vec<(PathBuf, Kind)>, Vec<PathBuf>);
+        impl Visit for Seen {
+            fn file(&mut self, e: &Entry) {
+                self.0.push((e.rel(), e.st.kind()));
+                if e.st.kind() == crate::safefs::Kind::File
+                    && let Some(p) = e.parent
+                {
+                    let b = p.read_small(e.name, e.st, 64).unwrap();
+                    assert_eq!(b, b"data");
+                }
+            }
+            fn enter(&mut self, e: &Entry, _d: &Dir) -> bool {
+                self.1.push(e.rel());
+                true
+            }
+        }
+        let t = tempfile::tempdir().unwrap();
+        let outside = t.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("victim"), "data").unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir_all(root.join("00/sub")).unwrap();
+        std::fs::write(root.join("00/sub/f"), "data").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("00/dirlink")).unwrap();
+        std::os::unix::fs::symlink(outside.join("victim"), root.join("00/filelink")).unwrap();
+
+        crate::safefs::tests::FORCE_FALLBACK.store(true, std::sync::atomic::Ordering::Relaxed);
+        let dir = Dir::open_root(&root).unwrap();
+        let seen = walk(&dir, Default::default(), || Seen(Vec::new(), Vec::new()));
+        // The fallback refuses a symlink swapped in where a directory was listed.
+        let sub = dir.open_dir(c"00", &dir.stat(c"00").unwrap()).unwrap();
+        let listed = sub.stat(c"sub").unwrap();
+        std::fs::remove_file(root.join("00/sub/f")).unwrap();
+        std::fs::remove_dir(root.join("00/sub")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("00/sub")).unwrap();
+        let swapped = sub.open_dir(c"sub", &listed).unwrap_err();
+        let created = sub.create_file(c"new", 0o600);
+        crate::safefs::tests::FORCE_FALLBACK.store(false, std::sync::atomic::Ordering::Relaxed);
+
+        let mut files: Vec<_> = seen.iter().flat_map(|s| s.0.clone()).collect();
+        files.sort();
+        assert_eq!(
+            files,
+            [
+                (PathBuf::from("00/dirlink"), crate::safefs::Kind::Symlink),
+                (PathBuf::from("00/filelink"), crate::safefs::Kind::Symlink),
+                (PathBuf::from("00/sub/f"), crate::safefs::Kind::File),
+            ]
+        );
+        let mut dirs: Vec<_> = seen.iter().flat_map(|s| s.1.clone()).collect();
+        dirs.sort();
+        assert_eq!(dirs, [".", "00", "00/sub"].map(PathBuf::from));
+        assert!(
+            matches!(swapped.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)),
+            "{swapped}"
+        );
+        assert!(created.is_ok());
+        assert!(root.join("00/new").is_file());
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+    }
 }
