@@ -20,8 +20,9 @@ scenario (binary, N, rate):
              257 directories re-stat'ed each sample; checked against `du -sB1` at the end)
   growth     sweeps triggered by growth (every sweep after the first: the timer's is an hour
              away), and the cache walks they made (sum over caches of the
-             gocache_warden_sweeps_total deltas after the first sweep); in the details, the
-             agent's "... grew past its limit ..." log lines
+             gocache_warden_sweeps_total deltas after the first sweep, less the walk-free
+             evictions, logged "... without walking it ..."); in the details, the agent's
+             "... grew past its limit ..." log lines
 
 The old entries are 2-60 days old (past min_age = 1h); the writer's are new, so they are
 held by the floor. Cache 0 is big enough (3 GiB by default) that 120 s at 20 MB/s leaves old
@@ -475,6 +476,7 @@ def scenario(a, trees, label, binary, n, rate_mb):
         ledger.close()
     secs = t1 - t0
     sweeps = delta(m2, m0, "gocache_warden_sweeps_total")
+    walk_free = text.count("without walking it")
     unwritten = [c for c, _ in caches[1:]]
     if "gocache_warden_cache_inspected_entries_total" in m2:
         ins = delta(m2, m0, "gocache_warden_cache_inspected_entries_total")
@@ -504,10 +506,12 @@ def scenario(a, trees, label, binary, n, rate_mb):
         du_real=du_real,
         overflows=ledger.overflows,
         triggers=sum(text.count(g) for g in GREW),
-        # Every sweep after the first is growth's doing (the timer's is an hour away).
-        growth_sweeps=len(re.findall(r"last (?:growth )?sweep:", text)),
-        walks=int(sum(sweeps.values())),
-        written_walks=int(sweeps.get(w, 0)),
+        # Every sweep after the first is growth's doing (the timer's is an hour away): walks
+        # ("last sweep:" status lines) and walk-free evictions (counted as sweeps too).
+        growth_sweeps=len(re.findall(r"last (?:growth )?sweep:", text)) + walk_free,
+        walk_free=walk_free,
+        walks=int(sum(sweeps.values())) - walk_free,
+        written_walks=int(sweeps.get(w, 0)) - walk_free,
         hwm_mib=hwm / 1024,
         load1=os.getloadavg()[0],
         samples=samples,
