@@ -16,7 +16,7 @@ use super::fail;
 use crate::safefs::{Dir, Kind, LastUse};
 use crate::scan::Usage;
 use crate::scan::oldest::Candidate;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -51,11 +51,19 @@ pub struct KnownOutcome {
     pub failed: crate::scan::Tally,
     /// `evicted + gone` reached `need`.
     pub reached: bool,
+    /// Outputs removed with their action record (see [`evict_known`]).
+    pub taken: HashSet<[u8; 32]>,
 }
 
 /// Evicts from `candidates` (oldest first) as `plan` says. Stops at `need`, at the end of
-/// the list, or when the agent is asked to stop.
-pub fn evict_known(plan: &KnownPlan, candidates: &[Candidate]) -> KnownOutcome {
+/// the list, or when the agent is asked to stop. `taken`: outputs earlier runs removed with
+/// their action record (listed too, they are neither gone nor evicted again); this run's
+/// are in [`KnownOutcome::taken`].
+pub fn evict_known(
+    plan: &KnownPlan,
+    candidates: &[Candidate],
+    taken: &HashSet<[u8; 32]>,
+) -> KnownOutcome {
     let mut out = KnownOutcome {
         path: plan.path.clone(),
         ..Default::default()
@@ -72,61 +80,172 @@ pub fn evict_known(plan: &KnownPlan, candidates: &[Candidate]) -> KnownOutcome {
         }
     };
     let cancel = crate::cancel::Cancel::process();
-    // Shard dirs opened (and locked) once each; `None`: locked by someone or unusable.
-    let mut shards: HashMap<u8, Option<Dir>> = HashMap::new();
+    let mut ev = Run {
+        plan,
+        root: &root,
+        shards: HashMap::new(),
+        out,
+    };
     for c in candidates {
-        if out.evicted.bytes.saturating_add(out.gone) >= plan.need {
-            out.reached = true;
+        if ev.out.evicted.bytes.saturating_add(ev.out.gone) >= plan.need || cancel.is_cancelled() {
             break;
         }
-        if cancel.is_cancelled() {
-            break;
-        }
-        out.consumed += 1;
-        let (shard_name, name) = c.names();
-        let shard = shards
-            .entry(c.id[0])
-            .or_insert_with(|| open_shard(&root, &shard_name, &mut out));
-        let Some(dir) = shard else { continue };
-        let rel =
-            Path::new(crate::safefs::name_os(&shard_name)).join(crate::safefs::name_os(&name));
-        let fresh = match dir.stat(&name) {
-            Ok(s) => s,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                out.gone += c.alloc;
-                continue;
-            }
-            Err(e) => {
-                note_failure(&mut out, &rel, "stat", &e);
-                continue;
-            }
-        };
-        let by = plan.last_use;
-        let unchanged = |f: &crate::safefs::Stat| {
-            f.kind() == Kind::File
-                && f.nlink == 1
-                && f.dev == root.st.dev
-                && f.ino == c.ino
-                && f.mtime == c.mtime
-                && f.mtime_nsec == c.mtime_nsec
-                && f.last_use(by) == c.last_use
-                && plan.now - c.last_use >= plan.floor_secs
-        };
-        if !unchanged(&fresh) {
-            out.changed += 1;
+        ev.out.consumed += 1;
+        if c.suffix == b'd' && (taken.contains(&c.id) || ev.out.taken.contains(&c.id)) {
             continue;
         }
-        match dir.remove_if(&name, &fresh, unchanged) {
-            Ok(true) => out.evicted.add(1, fresh.alloc),
-            Ok(false) => out.changed += 1,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => out.gone += c.alloc,
-            Err(e) => note_failure(&mut out, &rel, "evict", &e),
+        let Some(fresh) = ev.check(c.id, c.suffix, Some(c)) else {
+            continue;
+        };
+        if c.suffix == b'd' {
+            ev.remove(c.id, b'd', &fresh, c.alloc);
+            continue;
+        }
+        // An action record: opened before its unlink and read after it (our read never
+        // looks like use), then the output it names follows, past the floor by its own
+        // last use, as apply's action phase lets it.
+        let record = ev
+            .dir(c.id)
+            .and_then(|d| d.open_read(&c.names().1, &fresh).ok());
+        if !ev.remove(c.id, b'a', &fresh, c.alloc) {
+            continue;
+        }
+        let named = record
+            .and_then(|f| crate::safefs::read_up_to(f, 512, fresh.size).ok())
+            .and_then(|r| crate::scan::layout::action_output(&r))
+            .and_then(|hex| {
+                let mut id = [0u8; 32];
+                hex::decode_to_slice(hex, &mut id).ok().map(|()| id)
+            });
+        if let Some(id) = named
+            && let Some(st) = ev.check(id, b'd', None)
+            && ev.remove(id, b'd', &st, 0)
+        {
+            ev.out.taken.insert(id);
         }
     }
-    if out.evicted.bytes.saturating_add(out.gone) >= plan.need {
-        out.reached = true;
-    }
+    let mut out = ev.out;
+    out.reached = out.evicted.bytes.saturating_add(out.gone) >= plan.need;
     out
+}
+
+/// One run's state: the root, the shards it opened (and locked), what it did.
+struct Run<'a> {
+    plan: &'a KnownPlan,
+    root: &'a Dir,
+    /// `None`: locked by someone else, or not a directory of the root's filesystem.
+    shards: HashMap<u8, Option<Dir>>,
+    out: KnownOutcome,
+}
+
+impl Run<'_> {
+    fn dir(&mut self, id: [u8; 32]) -> Option<&Dir> {
+        let (shard_name, _) = names(id, b'a');
+        let (root, out) = (self.root, &mut self.out);
+        self.shards
+            .entry(id[0])
+            .or_insert_with(|| open_shard(root, &shard_name, out))
+            .as_ref()
+    }
+
+    /// The entry file as it is now, if it may go: a regular file of the root's filesystem
+    /// with one name, past the floor, and, for a listed candidate, the very inode listed,
+    /// unchanged and not used since. A listed file found missing counts as gone.
+    fn check(
+        &mut self,
+        id: [u8; 32],
+        suffix: u8,
+        listed: Option<&Candidate>,
+    ) -> Option<crate::safefs::Stat> {
+        let (plan, dev) = (self.plan, self.root.st.dev);
+        let (_, name) = names(id, suffix);
+        let rel = rel(id, suffix);
+        let fresh = match self.dir(id)?.stat(&name) {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if let Some(c) = listed {
+                    self.out.gone += c.alloc;
+                }
+                return None;
+            }
+            Err(e) => {
+                note_failure(&mut self.out, &rel, "stat", &e);
+                return None;
+            }
+        };
+        let ok = fresh.kind() == Kind::File
+            && fresh.nlink == 1
+            && fresh.dev == dev
+            && plan.now - fresh.last_use(plan.last_use) >= plan.floor_secs
+            && listed.is_none_or(|c| {
+                fresh.ino == c.ino
+                    && fresh.mtime == c.mtime
+                    && fresh.mtime_nsec == c.mtime_nsec
+                    && fresh.last_use(plan.last_use) == c.last_use
+            });
+        if !ok {
+            if listed.is_some() {
+                self.out.changed += 1;
+            }
+            return None;
+        }
+        Some(fresh)
+    }
+
+    /// Removes the file `check` returned if it is still that inode, unused since;
+    /// `listed_alloc`: what a listed file counts as gone with if it vanished meanwhile.
+    fn remove(
+        &mut self,
+        id: [u8; 32],
+        suffix: u8,
+        fresh: &crate::safefs::Stat,
+        listed_alloc: u64,
+    ) -> bool {
+        let (plan, (_, name)) = (self.plan, names(id, suffix));
+        let by = plan.last_use;
+        let Some(dir) = self.dir(id) else {
+            return false;
+        };
+        let r = dir.remove_if(&name, fresh, |f| {
+            f.last_use(by) == fresh.last_use(by) && f.nlink == 1
+        });
+        match r {
+            Ok(true) => {
+                self.out.evicted.add(1, fresh.alloc);
+                true
+            }
+            Ok(false) => {
+                self.out.changed += 1;
+                false
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.out.gone += listed_alloc;
+                false
+            }
+            Err(e) => {
+                note_failure(&mut self.out, &rel(id, suffix), "evict", &e);
+                false
+            }
+        }
+    }
+}
+
+fn names(id: [u8; 32], suffix: u8) -> (std::ffi::CString, std::ffi::CString) {
+    Candidate {
+        last_use: 0,
+        alloc: 0,
+        ino: 0,
+        mtime: 0,
+        mtime_nsec: 0,
+        id,
+        suffix,
+    }
+    .names()
+}
+
+fn rel(id: [u8; 32], suffix: u8) -> PathBuf {
+    let (s, n) = names(id, suffix);
+    Path::new(crate::safefs::name_os(&s)).join(crate::safefs::name_os(&n))
 }
 
 /// A shard beneath the root: a directory of the root's filesystem, not a mount, whose lock
@@ -235,7 +354,7 @@ mod tests {
         set_age(&files[3], 17 * DAY);
         std::fs::hard_link(&files[4], d.path().join("second-name")).unwrap();
 
-        let out = evict_known(&plan(&root, u64::MAX), &cands);
+        let out = evict_known(&plan(&root, u64::MAX), &cands, &Default::default());
         assert!(!out.reached, "{out:?}");
         assert_eq!(out.consumed, 9);
         assert_eq!(out.evicted.entries, 4, "{out:?}");
@@ -267,7 +386,7 @@ mod tests {
                 m.blocks() * 512
             })
             .unwrap();
-        let out = evict_known(&plan(&root, need), &cands);
+        let out = evict_known(&plan(&root, need), &cands, &Default::default());
         assert!(out.reached);
         assert_eq!(out.evicted.entries, 2);
         assert_eq!(out.consumed, 2);
@@ -278,10 +397,47 @@ mod tests {
         let outside = d.path().join("outside");
         std::fs::rename(root.join("00"), &outside).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("00")).unwrap();
-        let out = evict_known(&plan(&root, u64::MAX), &cands[2..]);
+        let out = evict_known(&plan(&root, u64::MAX), &cands[2..], &Default::default());
         assert_eq!(out.evicted.entries, 0, "{out:?}");
         for f in &files[..4] {
             assert!(outside.join(f.file_name().unwrap()).exists());
         }
+    }
+
+    fn record(root: &Path, action: u64, output: u64, age: i64) -> PathBuf {
+        let (a, o) = (format!("{action:064x}"), format!("{output:064x}"));
+        let p = root.join(&a[..2]).join(format!("{a}-a"));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, format!("v1 {a} {o} {:20} {:20}\n", 8192, 0)).unwrap();
+        set_age(&p, age);
+        p
+    }
+
+    /// An action record takes the output it names along (past the floor by its own last
+    /// use, whatever its place in the list), as apply's action phase does; that output,
+    /// listed later, is then neither evicted again nor counted as gone. An output within
+    /// the floor stays with its record gone.
+    #[test]
+    fn an_action_record_takes_its_output_along() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("cache");
+        let (a1, o1, a2, o2) = (1u64 << 60, 2u64 << 60, 3u64 << 60, 4u64 << 60);
+        let r1 = record(&root, a1, o1, 30 * DAY);
+        let out1 = entry(&root, o1, 'd', 8192, 2 * DAY);
+        let r2 = record(&root, a2, o2, 29 * DAY);
+        let out2 = entry(&root, o2, 'd', 8192, 60);
+        let cands = list(&[r1.clone(), out1.clone(), r2.clone(), out2.clone()]);
+        let mut taken = HashSet::new();
+        // Enough for the first record alone: its output goes with it.
+        let first = evict_known(&plan(&root, 1), &cands, &taken);
+        assert!(first.reached);
+        assert_eq!(first.consumed, 1);
+        assert_eq!(first.evicted.entries, 2, "{first:?}");
+        assert!(!r1.exists() && !out1.exists() && r2.exists());
+        taken.extend(first.taken);
+        let rest = evict_known(&plan(&root, u64::MAX), &cands[1..], &taken);
+        assert_eq!(rest.gone, 0, "o1 went with its record: {rest:?}");
+        assert_eq!(rest.evicted.entries, 1, "r2 only: {rest:?}");
+        assert!(!r2.exists() && out2.exists(), "o2 is within the floor");
     }
 }

@@ -19,6 +19,8 @@ pub(super) struct Known {
     /// A template: `need` and `now` are filled in when it runs.
     plan: KnownPlan,
     low_water: u64,
+    /// Listed outputs already removed with their action record.
+    taken: Arc<std::collections::HashSet<[u8; 32]>>,
 }
 
 impl Known {
@@ -36,12 +38,17 @@ impl Known {
             plan,
             candidates: self.candidates.clone(),
             from: self.next,
+            taken: self.taken.clone(),
         })
     }
 
-    /// `consumed` more candidates were looked at.
-    pub(super) fn advance(&mut self, consumed: usize) {
-        self.next = self.next.saturating_add(consumed);
+    /// What a run of its job did: `consumed` more candidates were looked at, and these
+    /// outputs went with their records.
+    pub(super) fn advance(&mut self, o: &KnownOutcome) {
+        self.next = self.next.saturating_add(o.consumed);
+        if !o.taken.is_empty() {
+            Arc::make_mut(&mut self.taken).extend(o.taken.iter().copied());
+        }
     }
 }
 
@@ -50,6 +57,7 @@ pub(super) struct Job {
     plan: KnownPlan,
     candidates: Arc<Vec<Candidate>>,
     from: usize,
+    taken: Arc<std::collections::HashSet<[u8; 32]>>,
 }
 
 impl Job {
@@ -58,7 +66,8 @@ impl Job {
     }
 
     pub(super) fn run(self) -> KnownOutcome {
-        evict_known(&self.plan, self.candidates.get(self.from..).unwrap_or(&[]))
+        let listed = self.candidates.get(self.from..).unwrap_or(&[]);
+        evict_known(&self.plan, listed, &self.taken)
     }
 }
 
@@ -108,6 +117,7 @@ pub(super) fn from_sweep(sweep: &Sweep) -> Vec<(PathBuf, Known)> {
                     now: 0,
                 },
                 low_water: low,
+                taken: Default::default(),
             },
         ));
     }

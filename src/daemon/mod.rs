@@ -450,7 +450,7 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                         .ok()
                         .and_then(|mut g| g.freed(&o.path, o.evicted.bytes + o.gone));
                     if let Some(k) = st.known.get_mut(&o.path) {
-                        k.advance(o.consumed);
+                        k.advance(o);
                     }
                     if !o.reached {
                         // The list ran out (or was used again) before low water: a walk

@@ -671,7 +671,7 @@ pub fn fs_stat_fd(fd: BorrowedFd<'_>, dev: u64) -> io::Result<FsStat> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::AtomicBool;
 
     /// Makes every `openat2` in this test process fail with ENOSYS. The fallback must be
     /// equivalent, so other tests running meanwhile are unaffected in outcome.
