@@ -21,6 +21,46 @@ const TAG_GROUP: u16 = 0x08;
 const TAG_MASK: u16 = 0x10;
 const TAG_OTHER: u16 = 0x20;
 
+/// Can anyone besides the owner (and root) write an inode with permission bits `mode`?
+/// With an access ACL the group bits are its mask, which bounds the owning group and every
+/// named entry, so the group and other write bits answer it with or without an ACL (a mask
+/// granting write that no entry uses counts too: setfacl recomputes the mask from the
+/// entries, so that takes a deliberate chmod). What "trusted" needs besides a trusted owner
+/// (issue #22): a file someone else can write can change after it was hashed.
+pub fn others_can_write(mode: u32) -> bool {
+    mode & 0o022 != 0
+}
+
+/// Who besides the owner can write an inode, for reports: `group GID`, `user UID`, `others`,
+/// by effective permissions (`acl`: its access ACL, `None` without one).
+pub fn other_writers(mode: u32, gid: u32, acl: Option<&Acl>) -> Vec<String> {
+    const W: u8 = 2;
+    let mut out = Vec::new();
+    match acl {
+        Some(a) => {
+            for (u, p) in &a.users {
+                if a.effective(*p).0 & W != 0 {
+                    out.push(format!("user {u}"));
+                }
+            }
+            if a.effective(a.group_obj).0 & W != 0 {
+                out.push(format!("group {gid}"));
+            }
+            for (g, p) in &a.groups {
+                if a.effective(*p).0 & W != 0 {
+                    out.push(format!("group {g}"));
+                }
+            }
+        }
+        None if mode & 0o020 != 0 => out.push(format!("group {gid}")),
+        None => {}
+    }
+    if mode & 0o002 != 0 {
+        out.push("others".to_string());
+    }
+    out
+}
+
 /// An ACL decoded into its classes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Acl {

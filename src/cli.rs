@@ -453,17 +453,30 @@ fn enforce(
                         c.path.display()
                     );
                 }
+                if c.locks_ignored.count > 0 {
+                    println!(
+                        "  evicted in {} locked director(ies) anyway (only root's locks stop eviction): {}",
+                        c.locks_ignored.count,
+                        c.locks_ignored
+                            .examples
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    );
+                }
             }
         }
         for (path, r) in verified.iter().flatten() {
             match r {
                 Ok(v) => println!(
-                    "verify {}: {} outputs hashed, {} tampered, {} untrusted, {} unverifiable; {} evicted, {} quarantined, {} failed",
+                    "verify {}: {} outputs hashed, {} tampered, {} untrusted, {} unverifiable, {} incomplete; {} evicted, {} quarantined, {} failed",
                     path.display(),
                     v.outputs,
                     v.tampered,
                     v.untrusted,
                     v.unverifiable,
+                    v.incomplete,
                     v.evicted,
                     v.quarantined,
                     v.failed

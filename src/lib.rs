@@ -28,6 +28,8 @@ pub mod headroom;
 /// Integrity of build caches: outputs re-hashed, owners against trusted writers.
 pub mod integrity;
 /// Tracing to the journal or stderr, and the structured field contract.
+pub mod locks;
+
 pub mod logging;
 /// Prometheus metrics: the model, textfile and HTTP outputs.
 pub mod metrics;

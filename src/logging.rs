@@ -117,9 +117,11 @@ pub mod action {
     /// `enforce --verify` evicted or quarantined a tampered or untrusted entry.
     pub const INTEGRITY: &str = "integrity";
     pub const INTEGRITY_FAILED: &str = "integrity-failed";
+    /// Eviction went on in a directory someone other than root had locked (`crate::locks`).
+    pub const LOCK_IGNORED: &str = "lock-ignored";
 
     /// Every action, for tests and documentation.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 15] = [
         ACL_FIX,
         MODE_FIX,
         GROUP_FIX,
@@ -134,6 +136,7 @@ pub mod action {
         STARTUP,
         INTEGRITY,
         INTEGRITY_FAILED,
+        LOCK_IGNORED,
     ];
 }
 

@@ -261,6 +261,7 @@ fn absorb(o: &mut Outcome, later: Outcome) {
             *c.failed_by_kind.entry(k).or_default() += v;
         }
         c.locked_skipped += l.locked_skipped;
+        c.locks_ignored.merge(l.locks_ignored);
         c.trim_rewritten |= l.trim_rewritten;
         c.size_after = l.size_after.or(c.size_after);
     }

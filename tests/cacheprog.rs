@@ -610,3 +610,170 @@ fn shared_hit_stays_readable_after_eviction_mtime_refresh_is_hourly_and_bad_inpu
     assert_eq!(n(&c, "shared_hits"), 1, "{c}");
     assert!(n(&c, "errors") >= 1, "malformed input counted: {c}");
 }
+
+/// Issue #22: trust is who can write the inode, not only who owns it. Entries of a shared
+/// cache owned by the trusted writer but writable by a group (an output `g+w`) or by a named
+/// user (an ACL entry on an action record, which could be rewritten in place to point at
+/// another output) are refused: misses, never served; an untouched one is served.
+#[test]
+fn a_shared_entry_someone_else_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    support::require_root();
+    let dir = support::tempdir();
+    let (shared, own) = (dir.path().join("shared"), dir.path().join("own"));
+    for d in [&shared, &own] {
+        std::fs::create_dir(d).expect("mkdir");
+    }
+    let mut w = Prog::start(&["--own".into(), shared.display().to_string()]);
+    for i in [31u32, 32, 33] {
+        assert!(w.put(&key(i, 6), &body(i)).get("Err").is_none());
+    }
+    w.close();
+    let hexname = |h: &[u8; 32]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let out31 = sha256(&body(31));
+    let output = shared.join(format!("{:02x}/{}-d", out31[0], hexname(&out31)));
+    std::fs::set_permissions(&output, std::fs::Permissions::from_mode(0o664)).expect("g+w");
+    let a32 = key(32, 6);
+    let record = shared.join(format!("{:02x}/{}-a", a32[0], hexname(&a32)));
+    let o = std::process::Command::new("setfacl")
+        .args(["-m", "u:nobody:rw"])
+        .arg(&record)
+        .output()
+        .expect("setfacl");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let mut p = Prog::start(&[
+        "--own".into(),
+        own.display().to_string(),
+        "--shared".into(),
+        shared.display().to_string(),
+        "--trusted".into(),
+        "root".into(),
+    ]);
+    for i in [31u32, 32] {
+        let g = p.get(&key(i, 6));
+        assert_eq!(
+            g["Miss"],
+            json!(true),
+            "entry {i} is writable by others: {g}"
+        );
+    }
+    assert_eq!(hit_bytes(&p.get(&key(33, 6))), body(33));
+    p.close();
+}
+
+/// `go build` as `u` in checkout `name` with the cache program and `env`; the output and
+/// what the built program prints.
+fn build_with(
+    w: &World,
+    u: &User,
+    name: &str,
+    env: &[(&str, String)],
+) -> (std::process::Output, String) {
+    let src = w.checkout(u, name);
+    let mut env = env.to_vec();
+    env.push(("GOCACHEPROG", w.cacheprog("")));
+    let o = support::gobuild::go_as(
+        u.uid,
+        u.gid,
+        &u.home,
+        &src,
+        &env,
+        &["build", "-o", "prog", "."],
+        BUILD_LIMIT,
+    );
+    let ran = Command::new(src.join("prog")).output();
+    let ran = ran.map(|r| String::from_utf8_lossy(&r.stdout).into_owned());
+    (o, ran.unwrap_or_default())
+}
+
+/// Issue #22: `GOCACHE` set to the shared cache itself (what a shared-cache policy tells
+/// everyone) with the cache program: the shared cache is read through verification, never
+/// as the member's own; every shared output tampered, the build still succeeds with a
+/// correct binary, the tampered outputs are refused and counted, the puts go to the
+/// member's default cache (`~/.cache/go-build`), and stderr says so.
+#[test]
+fn gocache_set_to_the_shared_cache_is_still_verified() {
+    let _g = serial();
+    let w = World::new();
+    let alice = user(MEMBERS[0], &[GROUP]);
+    let tampered = tamper_outputs(&w.shared);
+    assert!(tampered > 100);
+    let before = snapshot(&w.shared);
+    let default = alice.home.join(".cache/go-build");
+    let _ = std::fs::remove_dir_all(alice.home.join(".cache"));
+    let (o, ran) = build_with(
+        &w,
+        &alice,
+        "gocache-shared",
+        &[("GOCACHE", w.shared.display().to_string())],
+    );
+    must(&o, "alice's build with GOCACHE=the shared cache");
+    assert_eq!(
+        ran, PROGRAM_OUT,
+        "built from source, not from tampered outputs"
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("is the shared cache"), "said on stderr: {err}");
+    let c = counters(&default);
+    assert!(
+        n(&c, "shared_tampered") >= 100,
+        "every tampered output refused: {c}"
+    );
+    assert_eq!(n(&c, "shared_hit_bytes"), 0, "{c}");
+    assert_eq!(
+        n(&c, "own_hits"),
+        0,
+        "the shared cache is never an own cache: {c}"
+    );
+    assert!(n(&c, "puts") > 0, "{c}");
+    assert_eq!(
+        snapshot(&w.shared),
+        before,
+        "the shared cache is never written"
+    );
+}
+
+/// Issue #22: a member whose `~/.cache` is a symlink to a directory of their own gets that
+/// directory as their own cache (puts land there); one that leads to someone else's
+/// directory is said on stderr, and the build still succeeds.
+#[test]
+fn a_symlinked_dot_cache_of_ones_own_is_the_own_cache() {
+    let _g = serial();
+    let w = World::new();
+    let bob = user(MEMBERS[1], &[GROUP]);
+    let dot = bob.home.join(".cache");
+    let _ = std::fs::remove_dir_all(&dot);
+    let _ = std::fs::remove_file(&dot);
+    let real = w.dir.path().join("bob-cache-disk");
+    std::fs::create_dir(&real).expect("mkdir");
+    nix::unistd::chown(&real, Some(bob.uid.into()), Some(bob.gid.into())).expect("chown");
+    std::os::unix::fs::symlink(&real, &dot).expect("symlink");
+    let gocache = dot.join("go-build").display().to_string();
+    let (o, ran) = build_with(&w, &bob, "symlinked", &[("GOCACHE", gocache.clone())]);
+    must(&o, "bob's build through his symlinked ~/.cache");
+    assert_eq!(ran, PROGRAM_OUT);
+    let c = counters(&real.join("go-build"));
+    assert!(n(&c, "puts") > 0, "puts landed in his own cache: {c}");
+
+    // Now ~/.cache leads to a directory root owns (that anyone may write, so that `go`
+    // itself can use it): not his own cache, said on stderr, still built.
+    std::fs::remove_file(&dot).expect("rm symlink");
+    let roots = w.dir.path().join("roots-cache");
+    std::fs::create_dir_all(roots.join("go-build")).expect("mkdir");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            roots.join("go-build"),
+            std::fs::Permissions::from_mode(0o777),
+        )
+        .expect("chmod");
+    }
+    std::os::unix::fs::symlink(&roots, &dot).expect("symlink");
+    let (o, ran) = build_with(&w, &bob, "symlinked-away", &[("GOCACHE", gocache)]);
+    must(&o, "bob's build with an unusable own cache");
+    assert_eq!(ran, PROGRAM_OUT);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not to you"), "said on stderr: {err}");
+    std::fs::remove_file(&dot).expect("rm symlink");
+}

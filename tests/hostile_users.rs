@@ -541,15 +541,125 @@ fn a_shard_with_very_many_names_costs_no_memory_per_name() {
         let p = p.display().to_string();
         let (code, kib) = peak_rss_kib(&["--policy", &p, "check", "--json"]);
         assert!(code <= 1, "check exit code {code}");
-        kib
+        // Verification too (issue #22): each name is a zero-length output, hashed and
+        // found incomplete, the shard read in bounded batches.
+        let (code, vkib) = peak_rss_kib(&["--policy", &p, "check", "--verify", "--json"]);
+        assert!(code <= 1, "check --verify exit code {code}");
+        (kib, vkib)
     };
-    let small = measure(10);
-    let large = measure(300_000);
-    eprintln!("peak RSS: {small} KiB with 10 names, {large} KiB with 300 000");
-    // Collected, 300 000 names of 66 bytes cost about 29 MiB; streamed, one batch.
-    assert!(
-        large - small < 8 * 1024,
-        "peak RSS grew by {} KiB for 300 000 names ({small} KiB → {large} KiB)",
-        large - small
+    let (small, vsmall) = measure(10);
+    let (large, vlarge) = measure(300_000);
+    eprintln!(
+        "peak RSS: {small} KiB with 10 names, {large} KiB with 300 000; verifying: {vsmall} / {vlarge} KiB"
     );
+    // Collected, 300 000 names of 66 bytes cost about 29 MiB; streamed, one batch.
+    for (what, small, large) in [("check", small, large), ("check --verify", vsmall, vlarge)] {
+        assert!(
+            large - small < 8 * 1024,
+            "{what}: peak RSS grew by {} KiB for 300 000 names ({small} KiB → {large} KiB)",
+            large - small
+        );
+    }
+}
+
+/// Issue #22: a read-only member of a shared cache's group takes `flock(LOCK_SH)` on every
+/// shard, which any reader can, to keep eviction away. cmd/go never locks shards, so only a
+/// lock root holds stops eviction: `enforce` evicts the cache down to its limit anyway and
+/// names the holder (pid, command, uid) in its outcome, without waiting for it.
+#[test]
+fn a_member_locking_every_shard_does_not_stop_eviction() {
+    let c = shared_cache("gcwt-hostile-k", "gcwt-hostile-km");
+    support::mkcache(&c.root, 400, 22);
+    support::age_tree(&c.root);
+    // Read-only for the group, as a shared cache written by a trusted account is.
+    let o = Command::new("chmod")
+        .args(["-R", "g-w,g+rX"])
+        .arg(&c.root)
+        .output()
+        .expect("chmod");
+    assert!(o.status.success());
+    let o = Command::new("chgrp")
+        .args(["-R", &c.gid.to_string()])
+        .arg(&c.root)
+        .output()
+        .expect("chgrp");
+    assert!(o.status.success());
+    let before = support::du_bytes(&c.root);
+    let limit = before / 4;
+    let policy = support::policy(
+        c.root.parent().expect("parent"),
+        "limit.toml",
+        &format!(
+            "[cache.shared]\npath = \"{}\"\ngroup = \"gcwt-hostile-k\"\nmax_size = {limit}\nmin_age = \"1h\"\n",
+            c.root.display()
+        ),
+    );
+    // One process holds a shared lock on each of the 256 shards, then becomes `sleep`.
+    let script = format!(
+        "cd '{}' || exit 1; for d in ??; do exec {{fd}}<\"$d\"; flock -s \"$fd\" || exit 1; done; echo locked; exec sleep 600",
+        c.root.display()
+    );
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={}", c.member_uid))
+        .arg(format!("--regid={}", c.gid))
+        .args(["--init-groups", "bash", "-c", &script])
+        .stdout(Stdio::piped());
+    let mut holder = cmd.spawn().expect("spawn the lock holder");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("read");
+    let holder = support::KillOnDrop(holder);
+    assert_eq!(
+        line.trim(),
+        "locked",
+        "the member could not lock the shards"
+    );
+    let shard = c.root.join("00");
+    {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(&shard).expect("open shard");
+        // SAFETY: flock on an fd we own; released when `f` drops.
+        let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_ne!(r, 0, "shard 00 is not locked by the member");
+    }
+
+    let p = policy.display().to_string();
+    let started = Instant::now();
+    let out = agent(&["--policy", &p, "enforce", "--json"], "022");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "enforce waited for the member's locks ({:?})",
+        started.elapsed()
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v = json(&out);
+    let cache = &v["outcome"]["caches"][0];
+    assert_eq!(cache["locked_skipped"], 0, "{cache:#}");
+    assert!(
+        cache["locks_ignored"]["count"].as_u64().unwrap_or(0) >= 256,
+        "{cache:#}"
+    );
+    let example = cache["locks_ignored"]["examples"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let pid = holder.0.id();
+    assert!(
+        example.contains(&format!("pid {pid} (sleep, uid {})", c.member_uid)),
+        "the holder is named: {example}"
+    );
+    let after = support::du_bytes(&c.root);
+    assert!(
+        after <= limit,
+        "evicted down to its limit despite the locks: {before} -> {after}, limit {limit}\n{cache:#}"
+    );
+    assert!(
+        stderr(&out).contains("only root's locks stop eviction"),
+        "said in the log: {}",
+        stderr(&out)
+    );
+    drop(holder);
 }

@@ -52,7 +52,7 @@ fn full_registry() -> (Registry, Metrics) {
         kind: CacheKind::Build,
         bytes: 1 << 20,
         outputs: 10,
-        problems: [1, 0, 0],
+        problems: [1, 0, 0, 0],
         actions: [0, 1, 0],
         pass_ended: Some(1.7e9),
     });

@@ -391,3 +391,125 @@ fn verify_finds_tampered_untrusted_and_symlinked_entries_and_enforce_evicts_or_q
         .mode();
     assert_eq!(qmode & 0o777, 0o700, "the quarantine is private");
 }
+
+/// Issue #22: Go's own leftovers are not tampering. A zero-length output (what cmd/go
+/// truncates a failed write to) and one cut short (not the size its action record gives:
+/// cmd/go misses on both) are `incomplete-output`, a warning, and are evicted rather than
+/// quarantined; an output met mid-write (cmd/go writes all but the last byte, then the last
+/// one) is looked at again once still and then found fine; only a same-size output with
+/// other bytes is `tampered-output`.
+#[test]
+fn verify_tells_gos_own_leftovers_from_tampering() {
+    support::require_root();
+    let d = tempdir();
+    let cache = d.path().join("cache");
+    std::fs::create_dir(&cache).expect("mkdir");
+    let e = populate(&cache, 6);
+    std::fs::write(&e[0].1, b"").expect("truncate to 0");
+    std::fs::write(&e[1].1, &e[1].2[..e[1].2.len() / 2]).expect("cut short");
+    let mut b = e[2].2.clone();
+    b[3] ^= 0x20;
+    std::fs::write(&e[2].1, &b).expect("tamper");
+    // Mid-write: all but the last byte now, the last byte a second later.
+    let (path, body) = (e[3].1.clone(), e[3].2.clone());
+    std::fs::write(&path, &body[..body.len() - 1]).expect("all but the last byte");
+    let finisher = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .expect("open");
+        f.write_all(&body[body.len() - 1..]).expect("last byte");
+    });
+    let p = verify_policy(d.path(), &cache, "quarantine");
+    let (code, v) = verify_run(&p, "check");
+    finisher.join().expect("finisher");
+    assert_eq!(code, 1, "the tampered output is an error: {v}");
+    let tampered = finding(&v, "tampered-output").unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(tampered["count"], 1, "only the same-size one: {tampered}");
+    let incomplete = finding(&v, "incomplete-output").unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(incomplete["count"], 2, "{incomplete}");
+    assert_eq!(incomplete["severity"], "warning", "{incomplete}");
+    assert!(
+        std::fs::read(&e[3].1).expect("mid-write one") == e[3].2,
+        "the mid-write output was finished by its writer"
+    );
+
+    // Enforce: the tampered one into the quarantine, Go's leftovers evicted.
+    let (code, v) = verify_run(&p, "enforce");
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["verify"][0]["verified"]["quarantined"], 1, "{v}");
+    assert_eq!(v["verify"][0]["verified"]["evicted"], 2, "{v}");
+    assert!(!e[0].1.exists() && !e[1].1.exists() && !e[2].1.exists());
+    for x in &e[3..] {
+        assert_eq!(std::fs::read(&x.1).expect("kept"), x.2);
+    }
+    let (code, v) = verify_run(&p, "check");
+    assert_eq!(code, 0, "clean after enforce: {v}");
+}
+
+/// Issue #22: an entry quarantined under a name an earlier one already has (the same output
+/// tampered twice) is kept beside it, never renamed over it.
+#[test]
+fn quarantine_never_renames_over_earlier_evidence() {
+    support::require_root();
+    let d = tempdir();
+    let cache = d.path().join("cache");
+    std::fs::create_dir(&cache).expect("mkdir");
+    let e = populate(&cache, 2);
+    let p = verify_policy(d.path(), &cache, "quarantine");
+    let mut bodies = Vec::new();
+    for round in 0..2u8 {
+        let mut b = e[0].2.clone();
+        b[7] ^= 1 + round;
+        std::fs::write(&e[0].1, &b).expect("tamper");
+        support::age(&e[0].1, 3600);
+        bodies.push(b);
+        let (code, v) = verify_run(&p, "enforce");
+        assert_eq!(code, 0, "{v}");
+        assert_eq!(
+            v["verify"][0]["verified"]["quarantined"], 1,
+            "round {round}: {v}"
+        );
+    }
+    let q = cache.join("gocache-warden-quarantine");
+    let mut kept: Vec<Vec<u8>> = std::fs::read_dir(&q)
+        .expect("quarantine")
+        .map(|f| std::fs::read(f.expect("entry").path()).expect("read"))
+        .collect();
+    kept.sort();
+    bodies.sort();
+    assert_eq!(kept, bodies, "both tampered versions are kept");
+}
+
+/// Issue #22: an entry owned by a trusted writer that someone else can write (group write
+/// by mode, a named user's ACL entry) is untrusted, and `check --verify` says who can write.
+#[test]
+fn verify_calls_entries_others_can_write_untrusted_and_names_the_writers() {
+    support::require_root();
+    let writer = support::ensure_user(WRITER, &[]);
+    let d = tempdir();
+    let cache = d.path().join("cache");
+    std::fs::create_dir(&cache).expect("mkdir");
+    let e = populate(&cache, 4);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&e[0].1, std::fs::Permissions::from_mode(0o664)).expect("g+w");
+    let o = std::process::Command::new("setfacl")
+        .args(["-m", &format!("u:{writer}:rw")])
+        .arg(&e[1].0)
+        .output()
+        .expect("setfacl");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let p = verify_policy(d.path(), &cache, "report");
+    let (code, v) = verify_run(&p, "check");
+    assert_eq!(code, 1, "{v}");
+    let untrusted = finding(&v, "untrusted-entry").unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(untrusted["count"], 2, "{untrusted}");
+    let examples = untrusted["examples"].to_string();
+    assert!(
+        examples.contains("writable by group root (0)")
+            && examples.contains(&format!("writable by user {WRITER} ({writer})")),
+        "the writers are named: {examples}"
+    );
+    assert!(finding(&v, "tampered-output").is_none(), "{v}");
+}

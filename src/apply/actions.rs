@@ -131,7 +131,7 @@ impl Visit for ActionWalk<'_> {
 
     fn enter(&mut self, e: &Entry, dir: &Dir) -> bool {
         let class = self.ev.class(e);
-        self.ev.enter_shard(class, dir);
+        self.ev.enter_shard(e, class, dir);
         e.depth == 0 || class == Class::Shard
     }
 

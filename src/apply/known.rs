@@ -46,8 +46,10 @@ pub struct KnownOutcome {
     pub changed: u64,
     /// How many candidates were looked at (the list's consumed prefix).
     pub consumed: usize,
-    /// Shards skipped because someone held their lock.
+    /// Shards skipped because root held their lock, and locks others held, ignored
+    /// (`crate::locks`).
     pub locked_skipped: u64,
+    pub locks_ignored: crate::scan::Tally,
     pub failed: crate::scan::Tally,
     /// `evicted + gone` reached `need`.
     pub reached: bool,
@@ -68,11 +70,7 @@ pub fn evict_known(
         path: plan.path.clone(),
         ..Default::default()
     };
-    let opened = match &plan.user {
-        Some(u) => crate::users::open_root(&plan.path, u),
-        None => Dir::open_root(&plan.path),
-    };
-    let root = match opened {
+    let root = match super::open_cache_root(&plan.path, plan.user.as_ref()) {
         Ok(r) => r,
         Err(e) => {
             note_failure(&mut out, Path::new("."), "open", &e);
@@ -126,6 +124,7 @@ pub fn evict_known(
     }
     let mut out = ev.out;
     out.reached = out.evicted.bytes.saturating_add(out.gone) >= plan.need;
+    super::warn_ignored(&out.path, &out.locks_ignored);
     out
 }
 
@@ -256,13 +255,9 @@ fn open_shard(root: &Dir, name: &std::ffi::CStr, out: &mut KnownOutcome) -> Opti
         return None;
     }
     let dir = root.open_dir(name, &st).ok()?;
-    match dir.try_lock() {
-        Ok(true) => Some(dir),
-        _ => {
-            out.locked_skipped += 1;
-            None
-        }
-    }
+    let rel = Path::new(crate::safefs::name_os(name));
+    let (path, skipped, ignored) = (&out.path, &mut out.locked_skipped, &mut out.locks_ignored);
+    super::may_evict(path, skipped, ignored, &dir, rel).then_some(dir)
 }
 
 fn note_failure(out: &mut KnownOutcome, rel: &Path, what: &str, e: &io::Error) {

@@ -50,8 +50,12 @@ pub struct CacheOutcome {
     pub failed: Tally,
     /// Failures by what was being done (evict, fix, read, stat, …).
     pub failed_by_kind: BTreeMap<String, u64>,
-    /// Shards skipped for eviction because someone held a lock on them.
+    /// Shards (or executables' directories) skipped for eviction because root held a lock
+    /// on them (another agent, an operator's tool).
     pub locked_skipped: u64,
+    /// Locks on shards or executables' directories that someone other than root held:
+    /// ignored, eviction went on; examples name the directory and the holders.
+    pub locks_ignored: Tally,
     pub trim_rewritten: bool,
     /// Allocated bytes of the cache measured after eviction (a walk that only counts), when
     /// anything was evicted; `None` in a dry run or when nothing went.
@@ -76,6 +80,7 @@ impl CacheOutcome {
             *self.failed_by_kind.entry(k).or_default() += v;
         }
         self.locked_skipped += o.locked_skipped;
+        self.locks_ignored.merge(o.locks_ignored);
     }
 
     pub fn changed(&self) -> bool {
@@ -132,6 +137,57 @@ pub fn apply(plan: &Plan, dry_run: bool) -> Outcome {
     }
 }
 
+/// Opens a cache's root as apply does: a per-user cache's beneath its user's home without
+/// following their links ([`crate::users::open_root`]), any other from `/`.
+fn open_cache_root(
+    path: &std::path::Path,
+    user: Option<&crate::report::CacheUser>,
+) -> io::Result<Dir> {
+    match user {
+        Some(u) => crate::users::open_root(path, u),
+        None => Dir::open_root(path),
+    }
+}
+
+/// Takes `dir`'s lock for eviction without waiting; `true` to go on evicting in it. A lock
+/// someone else holds stops eviction there, for this sweep, only when root holds it: cmd/go
+/// never locks these directories, so any other holder is a user keeping eviction away
+/// (`crate::locks`). That one is named in the log and the outcome, and eviction goes on,
+/// each file re-checked before its unlink as always.
+fn may_evict_in(out: &mut CacheOutcome, dir: &Dir, rel: &std::path::Path) -> bool {
+    let (path, skipped, ignored) = (&out.path, &mut out.locked_skipped, &mut out.locks_ignored);
+    may_evict(path, skipped, ignored, dir, rel)
+}
+
+/// [`may_evict_in`] for any outcome: `skipped` and `ignored` are its lock counters.
+pub(crate) fn may_evict(
+    cache: &std::path::Path,
+    skipped: &mut u64,
+    ignored: &mut Tally,
+    dir: &Dir,
+    rel: &std::path::Path,
+) -> bool {
+    if dir.try_lock().unwrap_or(true) {
+        return true;
+    }
+    let holders = crate::locks::holders(dir.st.dev, dir.st.ino);
+    let who = crate::locks::describe(&holders);
+    let shown = crate::scan::display_path(rel);
+    if crate::locks::honoured(&holders) {
+        tracing::info!(cache_path = %cache.display(), "{shown}: locked by {who}: skipped this sweep");
+        *skipped += 1;
+        return false;
+    }
+    // Said once per cache and apply, with examples (`apply_cache`): a member can lock all
+    // 256 shards, and each walk meets each one.
+    ignored.count += 1;
+    let example = PathBuf::from(format!("{shown}: locked by {who}"));
+    if ignored.examples.len() < crate::scan::MAX_EXAMPLES && !ignored.examples.contains(&example) {
+        ignored.examples.push(example);
+    }
+    true
+}
+
 fn fail(out: &mut CacheOutcome, rel: &std::path::Path, what: &str, e: &io::Error) {
     tracing::error!(gocache_warden_action = action::EVICT_FAILED, cache_path = %out.path.display(), error = %e, "{what} {} failed: {e}", crate::scan::display_path(rel));
     out.failed.count += 1;
@@ -172,11 +228,7 @@ fn apply_cache(c: &CachePlan, now: i64, dry: bool) -> CacheOutcome {
         // Nothing planned (e.g. a cache go has not created yet): nothing to open.
         return out;
     }
-    let opened = match &c.user {
-        Some(u) => crate::users::open_root(&c.path, u),
-        None => Dir::open_root(&c.path),
-    };
-    let root = match opened {
+    let root = match open_cache_root(&c.path, c.user.as_ref()) {
         Ok(r) => r,
         Err(e) => {
             fail(&mut out, std::path::Path::new("."), "open", &e);
@@ -239,7 +291,23 @@ fn apply_cache(c: &CachePlan, now: i64, dry: bool) -> CacheOutcome {
         tracing::info!(gocache_warden_action = fix_action(*v), cache_path = %c.path.display(), entries = *n, dry_run = dry,
             "{} {} of {n} entries in {}", verb(dry, "fixed", "would fix"), v.as_str(), c.path.display());
     }
+    warn_locks_ignored(&out);
     out
+}
+
+/// One line per cache for the locks eviction ignored ([`may_evict_in`]).
+fn warn_locks_ignored(out: &CacheOutcome) {
+    warn_ignored(&out.path, &out.locks_ignored);
+}
+
+/// [`warn_locks_ignored`] for any outcome.
+pub(crate) fn warn_ignored(path: &std::path::Path, l: &Tally) {
+    if l.count == 0 {
+        return;
+    }
+    let examples: Vec<String> = l.examples.iter().map(|p| p.display().to_string()).collect();
+    tracing::warn!(gocache_warden_action = action::LOCK_IGNORED, cache_path = %path.display(), entries = l.count,
+        "{}: {} locked director{} evicted in anyway, only root's locks stop eviction: {}", path.display(), l.count, if l.count == 1 { "y" } else { "ies" }, examples.join("; "));
 }
 
 /// Module caches: every module version at least as old as the cutoff goes, whole, under
@@ -306,13 +374,10 @@ impl<'a> Evictor<'a> {
         layout::class_of(self.plan.kind, e)
     }
 
-    /// Entering a shard: evict nothing in it while someone else holds its lock.
-    fn enter_shard(&mut self, class: Class, dir: &Dir) {
+    /// Entering a shard: evict nothing in it while root holds its lock ([`may_evict_in`]).
+    fn enter_shard(&mut self, e: &Entry, class: Class, dir: &Dir) {
         if class == Class::Shard && self.plan.eviction.is_some() && !self.dry {
-            self.shard_locked = !dir.try_lock().unwrap_or(true);
-            if self.shard_locked {
-                self.out.locked_skipped += 1;
-            }
+            self.shard_locked = !may_evict_in(&mut self.out, dir, &e.rel());
         }
     }
 

@@ -170,7 +170,7 @@ impl Visit for RestWalk<'_> {
 
     fn enter(&mut self, e: &Entry, dir: &Dir) -> bool {
         let class = self.ev.class(e);
-        self.ev.enter_shard(class, dir);
+        self.ev.enter_shard(e, class, dir);
         if class == Class::Foreign {
             // Never entered: nothing under a foreign directory is ours to change.
             self.ev.refuse(Violation::Foreign, e);
@@ -190,8 +190,7 @@ impl Visit for RestWalk<'_> {
                 }
             });
             if let (Some(reason), Some(parent)) = (self.output_verdict(e.name, last), e.parent) {
-                if !dir.try_lock().unwrap_or(false) {
-                    self.ev.out.locked_skipped += 1;
+                if !super::may_evict_in(&mut self.ev.out, dir, &e.rel()) {
                     return true;
                 }
                 if let Some(b) = self.remove_exec(parent, e.name, e.st, dir, &e.rel()) {

@@ -95,13 +95,15 @@ pub fn run(opts: &Options) -> i32 {
             .path()
             .map(PathBuf::from)
     });
-    let own = own_path.and_then(|p| match Own::open(&p) {
-        Ok(o) => Some(o),
-        Err(e) => {
-            note(verbose, || format!("{e:#}: puts kept in memory"));
-            None
-        }
-    });
+    let own = own_path
+        .and_then(|p| own_cache(&p, &opts.shared))
+        .and_then(|p| match Own::open(&p) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                eprintln!("gocache-warden cacheprog: {e:#}: this build's puts are kept in memory");
+                None
+            }
+        });
     let shared: Vec<Shared> = opts
         .shared
         .iter()
@@ -183,6 +185,81 @@ pub fn run(opts: &Options) -> i32 {
     };
     srv.finish();
     code
+}
+
+/// The user's own cache, from `GOCACHE` (or `--own`) `p`. This program runs as the user, so
+/// it follows the user's own symlinks (a `~/.cache` linked to a bigger disk is theirs to
+/// have); what it ends at must be a directory the user owns, created as `go` would if
+/// missing. A `GOCACHE` that is, or lies inside, a shared cache is that shared cache: read
+/// through verification like any shared cache, never written; puts go to the user's
+/// default cache instead (`$XDG_CACHE_HOME/go-build`, else `~/.cache/go-build`). What it
+/// did, or why there is no own cache (puts then stay in memory), is said on stderr, which
+/// cmd/go shows once per build.
+fn own_cache(p: &std::path::Path, shared: &[SharedSpec]) -> Option<PathBuf> {
+    let real = |p: &std::path::Path| -> io::Result<PathBuf> {
+        std::fs::create_dir_all(p)?;
+        std::fs::canonicalize(p)
+    };
+    let mut path = match real(p) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "gocache-warden cacheprog: own cache {}: {e}: this build's puts are kept in memory",
+                p.display()
+            );
+            return None;
+        }
+    };
+    let inside = |c: &PathBuf| {
+        shared
+            .iter()
+            .find(|s| std::fs::canonicalize(&s.path).is_ok_and(|s| c.starts_with(&s)))
+    };
+    if let Some(s) = inside(&path) {
+        let fallback = crate::goenv::default_gocache(&crate::goenv::GoEnv::from_process());
+        let moved = fallback
+            .as_deref()
+            .and_then(|f| real(f).ok())
+            .filter(|f| inside(f).is_none());
+        match moved {
+            Some(f) => {
+                eprintln!(
+                    "gocache-warden cacheprog: GOCACHE={} is the shared cache {}: read from it verified, never written; this build's puts go to {}",
+                    p.display(),
+                    s.path.display(),
+                    f.display()
+                );
+                path = f;
+            }
+            None => {
+                eprintln!(
+                    "gocache-warden cacheprog: GOCACHE={} is the shared cache {} and there is no default cache to write to: this build's puts are kept in memory",
+                    p.display(),
+                    s.path.display()
+                );
+                return None;
+            }
+        }
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    match std::fs::metadata(&path) {
+        Ok(m) if std::os::unix::fs::MetadataExt::uid(&m) == me && m.is_dir() => Some(path),
+        Ok(m) => {
+            eprintln!(
+                "gocache-warden cacheprog: own cache {} belongs to uid {}, not to you (uid {me}): this build's puts are kept in memory",
+                path.display(),
+                std::os::unix::fs::MetadataExt::uid(&m)
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!(
+                "gocache-warden cacheprog: own cache {}: {e}: this build's puts are kept in memory",
+                path.display()
+            );
+            None
+        }
+    }
 }
 
 // No busy-polling of stdin before `read`: a 100 µs poll measured no gain against blocking at

@@ -152,6 +152,9 @@ pub struct Located {
     pub rel: PathBuf,
     /// Owners met on the way (the `-d` directory of an executable, then its file).
     pub owners: Vec<u32>,
+    /// Someone besides its owner can write the file (or an executable's directory):
+    /// [`crate::acl::others_can_write`].
+    pub writable_by_others: bool,
 }
 
 /// Opens a shard of a cache root, without following or crossing anything.
@@ -229,6 +232,7 @@ pub fn open_output(shard: &Dir, out: &Hash) -> io::Result<Option<Located>> {
                 st,
                 rel: shard_rel.join(crate::safefs::name_os(&name)),
                 owners: vec![st.uid],
+                writable_by_others: crate::acl::others_can_write(st.mode),
             }))
         }
         Kind::Dir => {
@@ -250,6 +254,8 @@ pub fn open_output(shard: &Dir, out: &Hash) -> io::Result<Option<Located>> {
                     .join(crate::safefs::name_os(&name))
                     .join(crate::safefs::name_os(inner)),
                 owners: vec![st.uid, ist.uid],
+                writable_by_others: crate::acl::others_can_write(st.mode)
+                    || crate::acl::others_can_write(ist.mode),
             }))
         }
         _ => Ok(None),
@@ -277,6 +283,7 @@ pub fn open_output_direct(shard: &Dir, out: &Hash) -> io::Result<Option<Located>
             st,
             rel: PathBuf::from(hex::encode([out[0]])).join(crate::safefs::name_os(&name)),
             owners: vec![st.uid],
+            writable_by_others: crate::acl::others_can_write(st.mode),
         })),
         Kind::Dir => open_output(shard, out),
         _ => Ok(None),
@@ -695,7 +702,11 @@ impl Shared {
         let Some((rec, ast)) = read_record_direct(shard, action, &aname)? else {
             return Ok(Err(Reject::Absent));
         };
-        if !self.trust.allows(ast.uid) {
+        // Trust is who can write, not only who owns: a record someone else can rewrite
+        // in place may point the build at another output.
+        if !self.trust.allows(ast.uid)
+            || (!self.trust.is_open() && crate::acl::others_can_write(ast.mode))
+        {
             return Ok(Err(Reject::Untrusted));
         }
         if !self.load_shard(&rec.output)? {
@@ -708,7 +719,9 @@ impl Shared {
         let Some(mut found) = open_output_direct(oshard, &rec.output)? else {
             return Ok(Err(Reject::Absent));
         };
-        if !found.owners.iter().all(|&u| trust.allows(u)) {
+        if !found.owners.iter().all(|&u| trust.allows(u))
+            || (!trust.is_open() && found.writable_by_others)
+        {
             return Ok(Err(Reject::Untrusted));
         }
         // An fstat of the open file itself (not a statx before the open): the memo trusts

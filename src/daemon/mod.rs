@@ -332,13 +332,7 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                     continue;
                 }
                 obs.units_checked(&units);
-                if st.pending {
-                    st.request_sweep(&tx);
-                } else if st.growth_pending() {
-                    st.growth_due(&tx);
-                } else if st.units_pending {
-                    st.request_units(&tx);
-                }
+                st.start_next(&tx);
             }
             Event::Grew {
                 crossed,
@@ -478,13 +472,7 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                     }
                     break;
                 }
-                if st.pending {
-                    st.request_sweep(&tx);
-                } else if st.growth_pending() {
-                    st.growth_due(&tx);
-                } else if st.units_pending {
-                    st.request_units(&tx);
-                }
+                st.start_next(&tx);
             }
             Event::SweepDone(sweep, units) => {
                 st.running = false;
@@ -594,13 +582,7 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                 {
                     st.pending = true;
                 }
-                if st.pending {
-                    st.request_sweep(&tx);
-                } else if st.growth_pending() {
-                    st.growth_due(&tx);
-                } else if st.units_pending {
-                    st.request_units(&tx);
-                }
+                st.start_next(&tx);
             }
             Event::Verified(done) => {
                 verifier.finish(&done);
@@ -619,6 +601,11 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
             }
             Event::SweepFailed(why) => {
                 st.running = false;
+                // A walk-free eviction that died: those caches get a walk next.
+                for p in std::mem::take(&mut st.evicting) {
+                    st.known.remove(&p);
+                    st.grew.insert(p);
+                }
                 if st.stopping {
                     if verifier.running {
                         continue;

@@ -445,7 +445,7 @@ impl Observability {
             kind: MKind::Build,
             bytes: v.bytes_hashed,
             outputs: v.outputs,
-            problems: [v.tampered, v.untrusted, v.unverifiable],
+            problems: [v.tampered, v.untrusted, v.unverifiable, v.incomplete],
             actions: [v.evicted, v.quarantined, v.failed],
             pass_ended: s.pass_done.then_some(now),
         });
@@ -465,6 +465,15 @@ impl Observability {
                 .map(|(_, rel)| rel.display().to_string())
                 .collect(),
         });
+        if v.incomplete > 0 {
+            // Go's own leftovers (a failed or cut-short write): worth a line, not an alarm.
+            tracing::info!(
+                cache_path = %path,
+                entries = v.incomplete,
+                "background verification of {path}: {} incomplete outputs (writes go did not finish; go misses on them)",
+                v.incomplete
+            );
+        }
         let found = v.tampered + v.untrusted + v.unverifiable;
         if found > 0 {
             tracing::warn!(

@@ -90,6 +90,18 @@ impl State {
         });
     }
 
+    /// After a sweep, an eviction or an inspection ended: starts what waited for it, a full
+    /// sweep first, then growth, then units.
+    pub(super) fn start_next(&mut self, tx: &UnboundedSender<Event>) {
+        if self.pending {
+            self.request_sweep(tx);
+        } else if self.growth_pending() {
+            self.growth_due(tx);
+        } else if self.units_pending {
+            self.request_units(tx);
+        }
+    }
+
     pub(super) fn growth_pending(&self) -> bool {
         !self.grew.is_empty() || !self.rescan.is_empty() || self.grew_all
     }

@@ -28,7 +28,9 @@ use anyhow::{Context, bail};
 
 pub use findings::{CacheVar, Finding, findings};
 pub use perms::{Blocker, Identity, can_write, write_blocker};
-pub use resolve::{EnvFileWarning, Resolution, Resolved, Setting, Source, Value, resolve};
+pub use resolve::{
+    EnvFileWarning, Resolution, Resolved, Setting, Source, Value, default_gocache, resolve,
+};
 
 /// The environment cmd/go would run in: variables, the GOROOT its binary sits in, and the
 /// working directory (needed only for relative `GOENV`/`GOROOT` values, which Go reads

@@ -215,6 +215,14 @@ fn user_cache_dir(env: &GoEnv) -> Result<String, String> {
     }
 }
 
+/// Where `go` puts its build cache when `GOCACHE` is not set: `os.UserCacheDir()/go-build`
+/// for environment `env` (`None` without a usable `XDG_CACHE_HOME` or `HOME`).
+pub fn default_gocache(env: &GoEnv) -> Option<std::path::PathBuf> {
+    user_cache_dir(env)
+        .ok()
+        .map(|d| std::path::Path::new(&d).join("go-build"))
+}
+
 /// os.UserConfigDir on Linux.
 fn user_config_dir(env: &GoEnv) -> Result<String, String> {
     match env.var("XDG_CONFIG_HOME") {

@@ -166,6 +166,7 @@ pub fn slice(
         cursor.shard += 1;
         cursor.after = None;
     }
+    super::incomplete::resolve(&s, trust);
     Ok(Slice {
         pass_done: cursor.done(),
         verified: s.into_verified(t0),
@@ -201,10 +202,22 @@ mod tests {
     #[test]
     fn slices_resume_where_they_stopped_and_cover_every_output_once() {
         let (d, outs) = cache(40, 10_000);
-        // Same size, other bytes.
+        // Same size, other bytes, named by an action record with that size: tampered.
         let mut b = std::fs::read(&outs[7]).expect("read");
         b[5] ^= 0xff;
         std::fs::write(&outs[7], &b).expect("tamper");
+        let name = outs[7]
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned();
+        let action = "ab".repeat(32);
+        std::fs::create_dir_all(d.path().join("ab")).expect("shard");
+        std::fs::write(
+            d.path().join("ab").join(format!("{action}-a")),
+            format!("v1 {action} {} {:20} {:20}\n", &name[..64], b.len(), 0),
+        )
+        .expect("record");
         let mut cur = Cursor::default();
         let (mut outputs, mut tampered, mut slices) = (0, 0, 0);
         while !cur.done() {

@@ -14,6 +14,7 @@
 //! checks in the background, paced and resumable ([`background`]).
 
 pub mod background;
+mod incomplete;
 
 use crate::cacheprog::store::{Hash, Trust, hash_reader};
 use crate::policy::Untrusted;
@@ -36,8 +37,13 @@ const EXAMPLES: usize = 5;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Problem {
-    /// An output whose content does not hash to its name.
+    /// An output whose content does not hash to its name although it has the size an
+    /// action record gives it: `go` would use it as it is.
     Tampered,
+    /// An output `go` misses on: zero-length (what its failed writes truncate to), or not
+    /// the size any action record naming it gives (a write cut short). Go's own leftover,
+    /// not someone's code.
+    Incomplete,
     /// An entry owned by a UID outside the trusted writers.
     Untrusted,
     /// An output that cannot be verified (hardlinked, unreadable).
@@ -52,6 +58,9 @@ pub struct Verified {
     pub tampered: u64,
     pub untrusted: u64,
     pub unverifiable: u64,
+    /// Outputs `go` misses on (see [`Problem::Incomplete`]); evicted whenever `untrusted`
+    /// says to act at all, never quarantined.
+    pub incomplete: u64,
     /// Entries removed (`evict`) or moved into the quarantine (`quarantine`).
     pub evicted: u64,
     pub quarantined: u64,
@@ -88,10 +97,14 @@ struct Shared<'a> {
     tampered: AtomicU64,
     untrusted: AtomicU64,
     unverifiable: AtomicU64,
+    incomplete: AtomicU64,
     evicted: AtomicU64,
     quarantined: AtomicU64,
     failed: AtomicU64,
     examples: Mutex<Vec<(Problem, PathBuf)>>,
+    /// Outputs whose hash is wrong, to be told apart ([`incomplete`]) once the pass has
+    /// seen them all: at most [`incomplete::MAX_SUSPECTS`]; more wait for the next pass.
+    suspects: Mutex<Vec<incomplete::Suspect>>,
     /// The agent's background pass: reads paced to a byte rate, entries in name order so
     /// a pass can resume, stopping between entries once its budget is spent.
     pace: Option<&'a background::Pacer>,
@@ -113,10 +126,12 @@ impl<'a> Shared<'a> {
             tampered: AtomicU64::new(0),
             untrusted: AtomicU64::new(0),
             unverifiable: AtomicU64::new(0),
+            incomplete: AtomicU64::new(0),
             evicted: AtomicU64::new(0),
             quarantined: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             examples: Mutex::new(Vec::new()),
+            suspects: Mutex::new(Vec::new()),
             pace,
         }
     }
@@ -132,6 +147,7 @@ impl<'a> Shared<'a> {
             tampered: self.tampered.into_inner(),
             untrusted: self.untrusted.into_inner(),
             unverifiable: self.unverifiable.into_inner(),
+            incomplete: self.incomplete.into_inner(),
             evicted: self.evicted.into_inner(),
             quarantined: self.quarantined.into_inner(),
             failed: self.failed.into_inner(),
@@ -176,6 +192,7 @@ pub fn verify(root: &Path, trust: Option<&Trust>, act: Act) -> anyhow::Result<Ve
             });
         }
     });
+    incomplete::resolve(&s, trust);
     Ok(s.into_verified(t0))
 }
 
@@ -229,48 +246,165 @@ fn shard(
         return Ok(None);
     }
     let d = s.root.open_dir(name, &st)?;
-    let mut entries = d.list()?;
-    if s.pace.is_some() {
-        // Name order, so that a pass stopped here resumes after the last entry it handled.
-        entries.sort_unstable();
-    }
     let mut done: Option<CString> = after.map(CStr::to_owned);
-    for entry in entries {
-        if after.is_some_and(|a| entry.as_c_str() <= a) {
-            continue;
+    loop {
+        // Name order, so that a pass stopped here resumes after the last entry it handled,
+        // in batches, so that memory does not grow with the shard.
+        let batch = next_names(&d, done.as_deref(), BATCH)?;
+        if batch.is_empty() {
+            return Ok(None);
         }
+        for entry in batch {
+            if let Some(stop) = entry_in_shard(s, &d, name, entry, trust, &mut done) {
+                return Ok(stop);
+            }
+        }
+    }
+}
+
+/// At most this many names of a shard are held at once ([`next_names`]).
+pub const BATCH: usize = 4096;
+
+/// The `max` smallest names of `d` after `after`, in order: one streamed read of the
+/// directory per batch, holding `max` names (a shard of a million names costs rounds, not
+/// memory).
+fn next_names(d: &Dir, after: Option<&CStr>, max: usize) -> std::io::Result<Vec<CString>> {
+    let mut heap = std::collections::BinaryHeap::new();
+    d.for_each_name(|n| {
+        if after.is_some_and(|a| n <= a) {
+            return;
+        }
+        if heap.len() < max {
+            heap.push(n.to_owned());
+        } else if heap.peek().is_some_and(|top: &CString| n < top.as_c_str()) {
+            heap.pop();
+            heap.push(n.to_owned());
+        }
+    })?;
+    Ok(heap.into_sorted_vec())
+}
+
+/// One entry of a shard; `Some(where to resume)` when a paced pass must stop before it.
+fn entry_in_shard(
+    s: &Shared<'_>,
+    d: &Dir,
+    name: &CStr,
+    entry: CString,
+    trust: Option<&Trust>,
+    done: &mut Option<CString>,
+) -> Option<Option<Option<CString>>> {
+    {
         if let Some(p) = s.pace
             && p.spent()
         {
-            return Ok(Some(done));
+            return Some(Some(done.clone()));
         }
         crate::progress::tick();
-        done = Some(entry.clone());
-        let Some(suffix) = layout::entry_suffix(entry.to_bytes()) else {
-            continue;
-        };
-        let Ok(est) = d.stat(&entry) else { continue };
+        *done = Some(entry.clone());
+        let suffix = layout::entry_suffix(entry.to_bytes())?;
+        let est = d.stat(&entry).ok()?;
         let rel = PathBuf::from(name_os(name)).join(name_os(&entry));
-        let untrusted = |uid: u32| trust.is_some_and(|t| !t.allows(uid));
-        let problem = match (suffix, est.kind()) {
-            (b'a', Kind::File) => untrusted(est.uid).then_some(Problem::Untrusted),
-            (b'd', Kind::File) => {
-                if untrusted(est.uid) {
-                    Some(Problem::Untrusted)
-                } else {
-                    check_output(s, &d, &entry, &est, entry.to_bytes())
-                }
+        match judge(s, d, &entry, &est, suffix, trust) {
+            Judged::Fine => {}
+            Judged::Problem(p) => note(s, p, rel, d, &entry, &est, name),
+            Judged::Writable(st) => {
+                let who = writers(d, &entry, &st);
+                let rel = PathBuf::from(format!("{} (writable by {who})", rel.display()));
+                note(s, Problem::Untrusted, rel, d, &entry, &est, name)
             }
-            (b'd', Kind::Dir) => exec_problem(s, &d, &entry, &est, trust),
-            // A symlink, FIFO or device under an entry's name is never Go's doing, and `go`
-            // would follow a symlink: it could point a build at any file.
-            _ => Some(Problem::Tampered),
-        };
-        if let Some(p) = problem {
-            note(s, p, rel, &d, &entry, &est, name);
+            Judged::Mismatch { size, changed } => s.suspect(incomplete::Suspect {
+                shard: name.to_owned(),
+                entry: entry.clone(),
+                est,
+                size,
+                changed,
+            }),
         }
     }
-    Ok(None)
+    None
+}
+
+/// What one entry is, as far as its own bytes tell.
+enum Judged {
+    Fine,
+    Problem(Problem),
+    /// Owned by a trusted writer, but someone else can write it (this inode: the entry, or
+    /// an executable's file): untrusted all the same.
+    Writable(Stat),
+    /// An output (file, or an executable's file) whose hash is not its name: tampered or
+    /// incomplete, which only the action records naming it can tell ([`incomplete`]).
+    /// `size`: its length; `changed`: the later of its mtime and ctime.
+    Mismatch {
+        size: u64,
+        changed: i64,
+    },
+}
+
+/// Judges entry `entry` of shard dir `d` (`est`: as listed, `suffix`: `a` or `d`).
+fn judge(
+    s: &Shared<'_>,
+    d: &Dir,
+    entry: &CStr,
+    est: &Stat,
+    suffix: u8,
+    trust: Option<&Trust>,
+) -> Judged {
+    let untrusted = |uid: u32| trust.is_some_and(|t| !t.allows(uid));
+    match (suffix, est.kind()) {
+        (b'a' | b'd', Kind::File) if untrusted(est.uid) => Judged::Problem(Problem::Untrusted),
+        (b'a' | b'd', Kind::File) if writable(trust, est) => Judged::Writable(*est),
+        (b'a', Kind::File) => Judged::Fine,
+        (b'd', Kind::File) => check_output(s, d, entry, est, entry.to_bytes()),
+        (b'd', Kind::Dir) => exec_problem(s, d, entry, est, trust),
+        // A symlink, FIFO or device under an entry's name is never Go's doing, and `go`
+        // would follow a symlink: it could point a build at any file.
+        _ => Judged::Problem(Problem::Tampered),
+    }
+}
+
+/// Someone besides the owner can write this inode, in a cache whose policy names trusted
+/// writers: trust is who can write, not only who owns ([`crate::acl::others_can_write`]).
+fn writable(trust: Option<&Trust>, st: &Stat) -> bool {
+    trust.is_some_and(|t| !t.is_open()) && crate::acl::others_can_write(st.mode)
+}
+
+/// Who besides the owner can write entry `entry` of `d` (for an executable, its
+/// directory's entry stands for it), as names where they resolve.
+fn writers(d: &Dir, entry: &CStr, st: &Stat) -> String {
+    let mut buf = Vec::new();
+    let acl = match d.get_xattr(entry, crate::acl::XATTR_ACCESS, &mut buf) {
+        Ok(Some(n)) => buf.get(..n).and_then(crate::acl::Acl::decode),
+        _ => None,
+    };
+    let who = crate::acl::other_writers(st.mode, st.gid, acl.as_ref());
+    if who.is_empty() {
+        return format!("mode {:o}", st.perm_bits());
+    }
+    who.iter()
+        .map(|w| name_writer(w))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `user 1001` → `user alice (1001)`, `group 1002` → `group builders (1002)`.
+fn name_writer(w: &str) -> String {
+    let name = |kind: &str, id: u32| match kind {
+        "user" => nix::unistd::User::from_uid(id.into())
+            .ok()
+            .flatten()
+            .map(|u| u.name),
+        _ => nix::unistd::Group::from_gid(id.into())
+            .ok()
+            .flatten()
+            .map(|g| g.name),
+    };
+    match w.split_once(' ') {
+        Some((kind, id)) => match id.parse::<u32>().ok().and_then(|n| name(kind, n)) {
+            Some(n) => format!("{kind} {n} ({id})"),
+            None => w.to_string(),
+        },
+        None => w.to_string(),
+    }
 }
 
 /// An executable's `-d/` directory: owner of the directory and its file, and the file's
@@ -281,48 +415,59 @@ fn exec_problem(
     entry: &CStr,
     est: &Stat,
     trust: Option<&Trust>,
-) -> Option<Problem> {
+) -> Judged {
     let untrusted = |uid: u32| trust.is_some_and(|t| !t.allows(uid));
     if untrusted(est.uid) {
-        return Some(Problem::Untrusted);
+        return Judged::Problem(Problem::Untrusted);
+    }
+    if writable(trust, est) {
+        return Judged::Writable(*est);
     }
     let Ok(x) = d.open_dir(entry, est) else {
-        return Some(Problem::Unverifiable);
+        return Judged::Problem(Problem::Unverifiable);
     };
     let Ok(names) = x.list() else {
-        return Some(Problem::Unverifiable);
+        return Judged::Problem(Problem::Unverifiable);
     };
     for n in &names {
         match x.stat(n) {
-            Ok(ist) if untrusted(ist.uid) => return Some(Problem::Untrusted),
+            Ok(ist) if untrusted(ist.uid) => return Judged::Problem(Problem::Untrusted),
             Ok(_) => {}
-            Err(_) => return Some(Problem::Unverifiable),
+            Err(_) => return Judged::Problem(Problem::Unverifiable),
         }
     }
     // Go writes exactly one file; anything else is not Go's doing.
     let [inner] = names.as_slice() else {
-        return Some(Problem::Tampered);
+        return Judged::Problem(Problem::Tampered);
     };
     let Ok(ist) = x.stat(inner) else {
-        return Some(Problem::Unverifiable);
+        return Judged::Problem(Problem::Unverifiable);
     };
     if ist.kind() != Kind::File {
-        return Some(Problem::Tampered);
+        return Judged::Problem(Problem::Tampered);
     }
-    check_output(s, &x, inner, &ist, entry.to_bytes())
+    if writable(trust, &ist) {
+        return Judged::Writable(ist);
+    }
+    // `go` runs a cached executable without comparing its size with the record: a wrong
+    // one is tampered, once it has been still long enough not to be mid-write.
+    match check_output(s, &x, inner, &ist, entry.to_bytes()) {
+        Judged::Mismatch { changed, .. }
+            if crate::check::now() - changed >= incomplete::SETTLE.as_secs() as i64 =>
+        {
+            Judged::Problem(Problem::Tampered)
+        }
+        j => j,
+    }
 }
 
 /// Hashes one output file and compares with the id in `id_name` (`<hex>-d`).
-fn check_output(
-    s: &Shared<'_>,
-    d: &Dir,
-    name: &CStr,
-    st: &Stat,
-    id_name: &[u8],
-) -> Option<Problem> {
-    let want = decode(id_name)?;
+fn check_output(s: &Shared<'_>, d: &Dir, name: &CStr, st: &Stat, id_name: &[u8]) -> Judged {
+    let Some(want) = decode(id_name) else {
+        return Judged::Fine;
+    };
     let Ok(mut f) = d.open_read(name, st) else {
-        return Some(Problem::Unverifiable);
+        return Judged::Problem(Problem::Unverifiable);
     };
     let hashed = match s.pace {
         Some(p) => hash_reader(&mut p.reader(&mut f)),
@@ -331,13 +476,19 @@ fn check_output(
     let Ok((got, n)) = hashed else {
         // A pass stopped mid-file has not verified it: nothing to say about it.
         if s.pace.is_some_and(|p| p.stopped()) {
-            return None;
+            return Judged::Fine;
         }
-        return Some(Problem::Unverifiable);
+        return Judged::Problem(Problem::Unverifiable);
     };
     s.outputs.fetch_add(1, Ordering::Relaxed);
     s.bytes.fetch_add(n, Ordering::Relaxed);
-    (got != want).then_some(Problem::Tampered)
+    if got == want {
+        return Judged::Fine;
+    }
+    Judged::Mismatch {
+        size: n,
+        changed: st.mtime.max(st.ctime),
+    }
 }
 
 fn note(s: &Shared<'_>, p: Problem, rel: PathBuf, d: &Dir, entry: &CStr, est: &Stat, shard: &CStr) {
@@ -345,6 +496,7 @@ fn note(s: &Shared<'_>, p: Problem, rel: PathBuf, d: &Dir, entry: &CStr, est: &S
         Problem::Tampered => &s.tampered,
         Problem::Untrusted => &s.untrusted,
         Problem::Unverifiable => &s.unverifiable,
+        Problem::Incomplete => &s.incomplete,
     }
     .fetch_add(1, Ordering::Relaxed);
     {
@@ -355,6 +507,10 @@ fn note(s: &Shared<'_>, p: Problem, rel: PathBuf, d: &Dir, entry: &CStr, est: &S
     }
     let done = match s.act {
         Act::Report => return,
+        // Go's own leftover: nothing to keep as evidence.
+        Act::Evict | Act::Quarantine if p == Problem::Incomplete => {
+            evict(d, entry, est).map(|_| &s.evicted)
+        }
         Act::Evict => evict(d, entry, est).map(|_| &s.evicted),
         Act::Quarantine => match &s.quarantine {
             Some(q) => quarantine(d, entry, est, q, shard).map(|_| &s.quarantined),
@@ -400,20 +556,41 @@ fn evict(d: &Dir, entry: &CStr, est: &Stat) -> std::io::Result<()> {
     d.remove(entry, est)
 }
 
-/// Moves an entry into the quarantine as `<shard>-<name>` (`renameat` never follows a
-/// symlink and never crosses a filesystem: the quarantine is inside the cache).
+/// Moves an entry into the quarantine as `<shard>-<name>`, or, when an earlier one of that
+/// name is there, `<shard>-<name>.<unix seconds>[-N]`: `RENAME_NOREPLACE`, so evidence is
+/// never renamed over (`renameat2` never follows a symlink and never crosses a filesystem:
+/// the quarantine is inside the cache).
 fn quarantine(d: &Dir, entry: &CStr, est: &Stat, q: &Dir, shard: &CStr) -> std::io::Result<()> {
     let now = d.stat(entry)?;
     let same = now.dev == est.dev && now.ino == est.ino && now.kind() == est.kind();
     if !same || now.dev != q.st.dev {
         return Err(std::io::Error::other("entry changed since it was verified"));
     }
-    let mut target = shard.to_bytes().to_vec();
-    target.push(b'-');
-    target.extend_from_slice(entry.to_bytes());
-    let target = CString::new(target).map_err(|_| std::io::Error::other("bad name"))?;
-    nix::fcntl::renameat(d.as_fd(), entry, q.as_fd(), target.as_c_str())?;
-    Ok(())
+    let base = format!(
+        "{}-{}",
+        String::from_utf8_lossy(shard.to_bytes()),
+        String::from_utf8_lossy(entry.to_bytes())
+    );
+    let secs = crate::check::now();
+    let names = std::iter::once(base.clone())
+        .chain(std::iter::once(format!("{base}.{secs}")))
+        .chain((1..100).map(|n| format!("{base}.{secs}-{n}")));
+    for name in names {
+        let target = CString::new(name).map_err(|_| std::io::Error::other("bad name"))?;
+        match nix::fcntl::renameat2(
+            d.as_fd(),
+            entry,
+            q.as_fd(),
+            target.as_c_str(),
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        ) {
+            Err(nix::errno::Errno::EEXIST) => continue,
+            r => return r.map_err(std::io::Error::from),
+        }
+    }
+    Err(std::io::Error::other(
+        "the quarantine already holds 100 entries of this name",
+    ))
 }
 
 /// The findings `check --verify` reports for one cache.
@@ -481,12 +658,30 @@ pub fn findings(v: &Verified, policy: &crate::policy::CachePolicy) -> Vec<crate:
             count: v.untrusted,
             bytes: None,
             message: format!(
-                "{} action records or outputs are owned by users outside trusted_writers ({writers}): an action record can point a build at anyone's output",
+                "{} action records or outputs are owned by users outside trusted_writers ({writers}), or writable by someone besides their owner (group or others, by mode or ACL: the examples say who): an action record can point a build at anyone's output, and a writable output can change after it was verified",
                 v.untrusted
             ),
-            fix: fix("remove them and take the writers' access away"),
+            fix: fix("remove them and take the writers' access away (chmod go-w, setfacl -x)"),
             auto_fix: act.is_some(),
             examples: examples(Problem::Untrusted),
+        });
+    }
+    if v.incomplete > 0 {
+        out.push(Finding {
+            kind: "incomplete-output".into(),
+            severity: Severity::Warning,
+            count: v.incomplete,
+            bytes: None,
+            message: format!(
+                "{} outputs are zero-length or not the size any action record gives them: writes `go` did not finish (a full disk, a killed build); go misses on them and rebuilds, so no build uses them",
+                v.incomplete
+            ),
+            fix: match act {
+                Some(_) => "evict them (with --verify, whenever the policy's `untrusted` says to act)".into(),
+                None => "nothing urgent: go rebuilds them; `enforce --verify` with untrusted = \"evict\" or \"quarantine\" removes them".into(),
+            },
+            auto_fix: act.is_some(),
+            examples: examples(Problem::Incomplete),
         });
     }
     if v.unverifiable > 0 {

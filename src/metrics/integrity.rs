@@ -15,7 +15,7 @@ pub const NAMES: &[&str] = &[
     "gocache_warden_integrity_last_pass_timestamp_seconds",
 ];
 
-pub const PROBLEMS: [&str; 3] = ["tampered", "untrusted", "unverifiable"];
+pub const PROBLEMS: [&str; 4] = ["tampered", "untrusted", "unverifiable", "incomplete"];
 pub const ACTIONS: [&str; 3] = ["evicted", "quarantined", "failed"];
 
 /// What one slice of background verification did in one cache.
@@ -26,7 +26,7 @@ pub struct IntegritySlice {
     pub bytes: u64,
     pub outputs: u64,
     /// By problem ([`PROBLEMS`]).
-    pub problems: [u64; 3],
+    pub problems: [u64; 4],
     /// By action ([`ACTIONS`]).
     pub actions: [u64; 3],
     /// Unix time the pass ended, if this slice ended it.

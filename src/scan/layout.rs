@@ -168,9 +168,33 @@ pub fn action_output(record: &[u8]) -> Option<[u8; 64]> {
     out.try_into().ok()
 }
 
+/// The output id and size an action record names (`v1 <action> <output> <size, 20
+/// columns> <time, 20 columns>\n`): what `go` compares an output's size with before using it.
+pub fn action_output_size(record: &[u8]) -> Option<([u8; 64], u64)> {
+    let out = action_output(record)?;
+    let rest = record.get(3 + 64 + 1 + 64 + 1..)?;
+    let size = std::str::from_utf8(rest)
+        .ok()?
+        .split_ascii_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some((out, size))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_action_records_output_and_size() {
+        let (a, o) = ("a".repeat(64), "b".repeat(64));
+        let r = format!("v1 {a} {o} {:20} {:20}\n", 12345, 1);
+        assert_eq!(r.len(), 175);
+        let (out, size) = action_output_size(r.as_bytes()).expect("parsed");
+        assert_eq!((&out[..], size), (o.as_bytes(), 12345));
+        assert_eq!(action_output_size(b"v1 short"), None);
+    }
 
     #[test]
     fn classes() {
