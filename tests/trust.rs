@@ -513,3 +513,45 @@ fn verify_calls_entries_others_can_write_untrusted_and_names_the_writers() {
     );
     assert!(finding(&v, "tampered-output").is_none(), "{v}");
 }
+
+/// Issue #22: the quarantine is bounded in time: an entry quarantined longer ago than the
+/// policy's `quarantine_retention` is removed by the next pass that quarantines; a newer one
+/// stays.
+#[test]
+fn quarantined_entries_expire_after_the_policys_retention() {
+    support::require_root();
+    let d = tempdir();
+    let cache = d.path().join("cache");
+    std::fs::create_dir(&cache).expect("mkdir");
+    let e = populate(&cache, 2);
+    let p = policy(
+        d.path(),
+        "r.toml",
+        &format!(
+            "[cache.v]\npath = \"{}\"\ntrusted_writers = [\"root\"]\nuntrusted = \"quarantine\"\nquarantine_retention = \"3s\"\n",
+            cache.display()
+        ),
+    );
+    let q = cache.join("gocache-warden-quarantine");
+    let count = || std::fs::read_dir(&q).map_or(0, |r| r.count());
+    for (i, x) in e.iter().enumerate() {
+        let mut b = x.2.clone();
+        b[1] ^= 0x40;
+        std::fs::write(&x.1, &b).expect("tamper");
+        support::age(&x.1, 3600);
+        let (code, v) = verify_run(&p, "enforce");
+        assert_eq!(code, 0, "{v}");
+        assert_eq!(v["verify"][0]["verified"]["quarantined"], 1, "{v}");
+        assert_eq!(
+            count(),
+            1,
+            "round {i}: the earlier one expired, this one is kept"
+        );
+        std::thread::sleep(std::time::Duration::from_secs(4));
+    }
+    let o = run(
+        ["--policy", p.to_str().expect("utf-8"), "policy", "validate"],
+        &[],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+}

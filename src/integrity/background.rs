@@ -137,13 +137,14 @@ pub fn slice(
     root: &Path,
     trust: Option<&Trust>,
     act: Act,
+    retention: std::time::Duration,
     cursor: &mut Cursor,
     pacer: &Pacer,
 ) -> anyhow::Result<Slice> {
     use anyhow::Context;
     let t0 = Instant::now();
     let dir = Dir::open_root(root).with_context(|| format!("cannot open {root:?}"))?;
-    let quarantine = open_quarantine(&dir, root, act)?;
+    let quarantine = open_quarantine(&dir, root, act, retention)?;
     let s = Shared::new(&dir, quarantine, act, Some(pacer));
     while !cursor.done() {
         let name = CString::new(format!("{:02x}", cursor.shard))?;
@@ -223,7 +224,8 @@ mod tests {
         while !cur.done() {
             // A budget of about three outputs per slice.
             let p = Pacer::new(0, 25_000);
-            let s = slice(d.path(), None, Act::Report, &mut cur, &p).expect("slice");
+            let s =
+                slice(d.path(), None, Act::Report, Duration::ZERO, &mut cur, &p).expect("slice");
             outputs += s.verified.outputs;
             tampered += s.verified.tampered;
             slices += 1;
@@ -240,7 +242,15 @@ mod tests {
         let rate = 1_000_000;
         let p = Pacer::new(rate, u64::MAX);
         let t0 = Instant::now();
-        let s = slice(d.path(), None, Act::Report, &mut Cursor::default(), &p).expect("slice");
+        let s = slice(
+            d.path(),
+            None,
+            Act::Report,
+            Duration::ZERO,
+            &mut Cursor::default(),
+            &p,
+        )
+        .expect("slice");
         let secs = t0.elapsed().as_secs_f64();
         assert_eq!(s.verified.bytes_hashed, 800_000);
         // At most AHEAD early: 800 kB at 1 MB/s take at least 0.78 s.

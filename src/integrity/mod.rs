@@ -158,12 +158,18 @@ impl<'a> Shared<'a> {
 }
 
 /// Verifies the cache at `root`. `trust`: the policy's trusted writers (`None`: no owner
-/// check). With `act` other than `Report`, problem entries are evicted or quarantined.
-pub fn verify(root: &Path, trust: Option<&Trust>, act: Act) -> anyhow::Result<Verified> {
+/// check). With `act` other than `Report`, problem entries are evicted or quarantined;
+/// quarantined ones older than `retention` are removed.
+pub fn verify(
+    root: &Path,
+    trust: Option<&Trust>,
+    act: Act,
+    retention: std::time::Duration,
+) -> anyhow::Result<Verified> {
     use anyhow::Context;
     let t0 = std::time::Instant::now();
     let dir = Dir::open_root(root).with_context(|| format!("cannot open {root:?}"))?;
-    let quarantine = open_quarantine(&dir, root, act)?;
+    let quarantine = open_quarantine(&dir, root, act, retention)?;
     let shards: Vec<CString> = dir
         .list()
         .with_context(|| format!("cannot list {root:?}"))?
@@ -196,15 +202,49 @@ pub fn verify(root: &Path, trust: Option<&Trust>, act: Act) -> anyhow::Result<Ve
     Ok(s.into_verified(t0))
 }
 
-/// The quarantine directory when `act` needs it.
-fn open_quarantine(dir: &Dir, root: &Path, act: Act) -> anyhow::Result<Option<Dir>> {
+/// The quarantine directory when `act` needs it, with what is older than `retention`
+/// removed from it first.
+fn open_quarantine(
+    dir: &Dir,
+    root: &Path,
+    act: Act,
+    retention: std::time::Duration,
+) -> anyhow::Result<Option<Dir>> {
     use anyhow::Context;
     if act != Act::Quarantine {
         return Ok(None);
     }
     let q = quarantine_dir(dir)
         .with_context(|| format!("cannot open the quarantine {:?}", root.join(QUARANTINE)))?;
+    let expired = expire(&q, retention);
+    if expired > 0 {
+        tracing::info!(
+            gocache_warden_action = crate::logging::action::INTEGRITY,
+            cache_path = %root.display(),
+            entries = expired,
+            "removed {expired} entries quarantined in {} more than {} ago (quarantine_retention)",
+            root.display(),
+            humantime::format_duration(retention)
+        );
+    }
     Ok(Some(q))
+}
+
+/// Removes the quarantined entries moved there more than `retention` ago (a rename sets an
+/// inode's ctime, which only the kernel sets: the time it was quarantined); an
+/// executable's directory goes with its file. Read in batches; returns how many went.
+fn expire(q: &Dir, retention: std::time::Duration) -> u64 {
+    let cutoff = crate::check::now() - retention.as_secs().min(i64::MAX as u64) as i64;
+    let mut old = Vec::new();
+    let _ = q.for_each_name(|n| {
+        if old.len() < 4096
+            && let Ok(st) = q.stat(n)
+            && st.ctime < cutoff
+        {
+            old.push((n.to_owned(), st));
+        }
+    });
+    old.iter().filter(|(n, st)| evict(q, n, st).is_ok()).count() as u64
 }
 
 /// Opens (creating it, 0700) the quarantine directory beneath the root; it must be a real
@@ -728,8 +768,10 @@ pub fn verify_report(
         else {
             continue;
         };
-        let res = trust_of(p)
-            .and_then(|t| verify(path, t.as_ref(), Act::from_policy(p.untrusted, apply)));
+        let res = trust_of(p).and_then(|t| {
+            let act = Act::from_policy(p.untrusted, apply);
+            verify(path, t.as_ref(), act, p.quarantine_retention)
+        });
         match &res {
             Ok(v) => c.findings.extend(findings(v, p)),
             Err(e) => c.inspect_error = Some(format!("verify: {e:#}")),

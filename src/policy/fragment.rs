@@ -115,6 +115,8 @@ pub struct CacheFragment {
     pub trusted_writers: S<Vec<String>>,
     /// What `enforce --verify` does with tampered outputs and entries of untrusted owners.
     pub untrusted: S<String>,
+    /// How long a quarantined entry is kept before it is removed (a duration).
+    pub quarantine_retention: S<String>,
     /// Which time is an entry's last use: "auto", "mtime" or "atime".
     pub last_use: S<String>,
     pub alerts: Option<CacheAlertsFragment>,
@@ -199,6 +201,7 @@ impl Fragment {
                 exclude_users,
                 trusted_writers,
                 untrusted,
+                quarantine_retention,
                 last_use
             );
             if let Some(a) = c.alerts {

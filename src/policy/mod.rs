@@ -265,6 +265,10 @@ pub enum Excluded {
     Group(GroupSpec),
 }
 
+/// `quarantine_retention` when the policy does not set it.
+pub const DEFAULT_QUARANTINE_RETENTION: std::time::Duration =
+    std::time::Duration::from_secs(30 * 86400);
+
 /// What `enforce --verify` does with a tampered output or an entry of an untrusted owner.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -331,6 +335,8 @@ pub struct CachePolicy {
     /// Who may write the cache; empty: not declared (anyone with write access).
     pub trusted_writers: Vec<Writer>,
     pub untrusted: Untrusted,
+    /// How long an entry moved into the quarantine is kept (evidence), then removed.
+    pub quarantine_retention: std::time::Duration,
     /// Which of an entry's times is its last use, for inspection, eviction and its re-check
     /// alike: the policy's `last_use`, or with "auto" (unset) what [`auto_last_use`] picks.
     pub last_use: LastUse,

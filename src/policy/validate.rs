@@ -396,6 +396,15 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
             "untrusted applies to build caches (their outputs are hashed)",
         );
     }
+    let quarantine_retention = ctx
+        .parse(&c.quarantine_retention, |s| parse_duration(s))
+        .unwrap_or(super::DEFAULT_QUARANTINE_RETENTION);
+    if let (Some(at), CacheKind::Module) = (&c.quarantine_retention, kind) {
+        ctx.err(
+            at,
+            "quarantine_retention applies to build caches (their outputs are hashed)",
+        );
+    }
     let last_use = ctx
         .parse(&c.last_use, |s| match s.as_str() {
             "auto" => Ok(None),
@@ -439,6 +448,7 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
         min_free_inodes_percent,
         trusted_writers,
         untrusted,
+        quarantine_retention,
         last_use: last_use.unwrap_or(auto),
         last_use_auto: last_use.is_none(),
         alert_size_percent,
