@@ -2,11 +2,11 @@
 //! `go build`s at once, each into their own cache (`users`, per-user limits), while the agent
 //! runs with inotify on. Each cache starts just under its `max_size` with entries from two
 //! days ago, and every build adds a new package archive, so each cache crosses its limit
-//! again and again while old entries remain to evict. No build may fail, every size the agent measured
-//! after a sweep (its allocated-bytes gauge: the walk that re-measures a cache after
-//! eviction, what `du -sB1` says) is within the limit, each cache was evicted for size by
-//! growth sweeps (not by the hourly timer), and once the builds stop, `du -sB1` of every cache
-//! is within its limit.
+//! again and again while old entries remain to evict. No build may fail, every size the agent
+//! published after a sweep or an eviction (its allocated-bytes gauge: what the walk that
+//! re-measures a cache found, or after a walk-free eviction the growth estimate, which errs
+//! high) is within the limit, each cache was evicted for size on growth (not by the hourly
+//! timer), and once the builds stop, `du -sB1` of every cache is within its limit.
 
 mod support;
 
