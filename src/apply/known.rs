@@ -15,7 +15,7 @@
 use super::fail;
 use crate::safefs::{Dir, Kind, LastUse};
 use crate::scan::Usage;
-use crate::scan::oldest::Candidate;
+use crate::scan::oldest::{Candidate, entry_names as names};
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -227,19 +227,6 @@ impl Run<'_> {
             }
         }
     }
-}
-
-fn names(id: [u8; 32], suffix: u8) -> (std::ffi::CString, std::ffi::CString) {
-    Candidate {
-        last_use: 0,
-        alloc: 0,
-        ino: 0,
-        mtime: 0,
-        mtime_nsec: 0,
-        id,
-        suffix,
-    }
-    .names()
 }
 
 fn rel(id: [u8; 32], suffix: u8) -> PathBuf {

@@ -42,19 +42,24 @@ pub struct Candidate {
 impl Candidate {
     /// The shard's name (`ab`) and the file's (`ab…-d`).
     pub fn names(&self) -> (std::ffi::CString, std::ffi::CString) {
-        let hex = hex::encode(self.id);
-        let shard = hex.get(..2).unwrap_or_default().to_string();
-        let name = format!("{hex}-{}", self.suffix as char);
-        // Hex digits and '-' only: no NUL.
-        (
-            std::ffi::CString::new(shard).unwrap_or_default(),
-            std::ffi::CString::new(name).unwrap_or_default(),
-        )
+        entry_names(self.id, self.suffix)
     }
 
     fn key(&self) -> (i64, u64) {
         (self.last_use, self.ino)
     }
+}
+
+/// The shard's name and the entry file's name of id `id` with `suffix` (`a` or `d`).
+pub fn entry_names(id: [u8; 32], suffix: u8) -> (std::ffi::CString, std::ffi::CString) {
+    let hex = hex::encode(id);
+    let shard = hex.get(..2).unwrap_or_default().to_string();
+    let name = format!("{hex}-{}", suffix as char);
+    // Hex digits and '-' only: no NUL.
+    (
+        std::ffi::CString::new(shard).unwrap_or_default(),
+        std::ffi::CString::new(name).unwrap_or_default(),
+    )
 }
 
 impl Ord for Candidate {
