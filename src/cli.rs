@@ -455,8 +455,9 @@ fn enforce(
                 }
                 if c.locks_ignored.count > 0 {
                     println!(
-                        "  evicted in {} locked director(ies) anyway (only root's locks stop eviction): {}",
+                        "  evicted in {} place(s) someone other than root held locked (only root's locks stop eviction; a module version's after {}s): {}",
                         c.locks_ignored.count,
+                        crate::locks::PATIENCE,
                         c.locks_ignored
                             .examples
                             .iter()

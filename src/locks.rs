@@ -8,6 +8,16 @@
 //! (eviction goes on, each file re-checked as always) and reported with its holder: pid,
 //! uid and command.
 //!
+//! A module version's `.lock` is different: cmd/go holds it while it downloads or extracts
+//! that version, so a module eviction waits for it — once. [`outwaited`] says when a lock
+//! anyone but root holds has kept eviction away long enough: an earlier sweep of this
+//! process met it held [`PATIENCE`] or more ago (whoever holds it now: a holder can hand
+//! the lock on), or every holder has been running for that long (what a one-shot `enforce`,
+//! which remembers no earlier sweep, can tell). A `go` holds a version's lock for the
+//! seconds a download or an extraction takes, on a version it is using now, which is never
+//! one old enough to evict; a lock held across sweeps on an old version is someone keeping
+//! eviction away.
+//!
 //! Holders are the processes whose open files carry the lock (`lock:` lines of
 //! `/proc/PID/fdinfo/FD`), not the pid `/proc/locks` prints: that is whoever called `flock`,
 //! often a `flock(1)` that has exited while the shell it ran under keeps the descriptor.
@@ -35,6 +45,8 @@ pub struct Holder {
     pub uid: Option<u32>,
     /// Its command name (`/proc/PID/comm`), escaped for display.
     pub comm: String,
+    /// How long it has been running, in seconds (`None`: unknown).
+    pub running: Option<i64>,
 }
 
 impl Holder {
@@ -165,7 +177,68 @@ fn holder(pid: i32) -> Holder {
         || "?".to_string(),
         |c| c.trim_end().escape_debug().to_string(),
     );
-    Holder { pid, uid, comm }
+    let running = read("stat").and_then(|s| running_secs(&s));
+    Holder {
+        pid,
+        uid,
+        comm,
+        running,
+    }
+}
+
+/// Seconds since the process of `/proc/PID/stat` text `stat` started: its field 22
+/// (`starttime`, clock ticks after boot) against the boot-time clock. The command name
+/// (field 2) may hold spaces and parentheses, so fields are counted after its last `)`.
+fn running_secs(stat: &str) -> Option<i64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let ticks: i64 = after.split_ascii_whitespace().nth(19)?.parse().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|h| *h > 0)?;
+    let up = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).ok()?;
+    Some(up.tv_sec() - ticks / hz)
+}
+
+/// How long a lock anyone but root holds on a module version keeps eviction away.
+pub const PATIENCE: i64 = 60;
+
+/// At most this many locks are remembered ([`outwaited`]).
+const MAX_REMEMBERED: usize = 65_536;
+
+/// (dev, ino) of a lock file → when a sweep first met it held by someone other than root.
+static WAITED: Mutex<Option<HashMap<(u64, u64), i64>>> = Mutex::new(None);
+
+/// A lock `holders` hold on inode `ino` of device `dev`, met by a sweep at `now` (seconds):
+/// `true` once it has kept eviction away long enough (see the module documentation). Never
+/// for root's locks.
+pub fn outwaited(dev: u64, ino: u64, holders: &[Holder], now: i64) -> bool {
+    if honoured(holders) {
+        return false;
+    }
+    let mut m = WAITED.lock().unwrap_or_else(|p| p.into_inner());
+    let m = m.get_or_insert_with(HashMap::new);
+    if m.len() >= MAX_REMEMBERED {
+        // Forget what is a day old; a flood of locks otherwise starts the count again.
+        m.retain(|_, first| now - *first < 86_400);
+        if m.len() >= MAX_REMEMBERED {
+            m.clear();
+        }
+    }
+    let first = *m.entry((dev, ino)).or_insert(now);
+    let all_old = !holders.is_empty()
+        && holders
+            .iter()
+            .all(|h| h.running.is_some_and(|r| r >= PATIENCE));
+    now - first >= PATIENCE || all_old
+}
+
+/// The lock on (dev, ino) was found free: whoever holds it next starts the wait again.
+pub fn released(dev: u64, ino: u64) {
+    let mut m = WAITED.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(m) = m.as_mut() {
+        m.remove(&(dev, ino));
+    }
 }
 
 #[cfg(test)]
@@ -173,6 +246,24 @@ mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::MetadataExt;
+
+    /// `/proc/self/stat` gives this process a running time; a command name with spaces and
+    /// parentheses does not shift the fields.
+    #[test]
+    fn running_time_comes_from_the_fields_after_the_command_name() {
+        let own = std::fs::read_to_string("/proc/self/stat").unwrap();
+        let r = running_secs(&own).expect("own stat");
+        assert!((0..86_400 * 365).contains(&r), "{r}");
+        let i = own.rfind(')').unwrap();
+        let odd = format!(
+            "{} (a b) c){}",
+            own.split(' ').next().unwrap(),
+            &own[i + 1..]
+        );
+        // The boot-time clock may tick between the two readings.
+        assert!(running_secs(&odd).is_some_and(|o| (o - r).abs() <= 1));
+        assert_eq!(running_secs("1 (x) S 0"), None);
+    }
 
     #[test]
     fn parses_held_locks_and_skips_waiters() {

@@ -279,17 +279,27 @@ fn create_owned(v: &Dir, name: &CStr) -> io::Result<std::fs::File> {
     Ok(f)
 }
 
-/// Takes cmd/go's lock on one version without waiting: the open file holds it until dropped.
-/// `WouldBlock` if anyone holds it. The file is created if missing, as `lockedfile` does.
-fn lock_version(v: &Dir, name: &CStr) -> io::Result<std::fs::File> {
-    let f = match v.stat(name) {
-        Ok(st) => v.open_read(name, &st)?,
+/// A version's lock as an eviction found it.
+enum Lock {
+    /// Taken: the open file holds it until dropped.
+    Taken(#[allow(dead_code)] std::fs::File),
+    /// Held by someone who has kept eviction away long enough (`crate::locks::outwaited`):
+    /// eviction goes on without it; who holds it, for the log.
+    Ignored(String),
+}
+
+/// Takes cmd/go's lock on one version without waiting. Held by someone: `Ignored` when they
+/// have held it long enough, else an error of kind `WouldBlock` naming them. The file is
+/// created if missing, as `lockedfile` does.
+fn lock_version(v: &Dir, name: &CStr, now: i64) -> io::Result<Lock> {
+    let (f, st) = match v.stat(name) {
+        Ok(st) => (v.open_read(name, &st)?, st),
         Err(e) if e.kind() == io::ErrorKind::NotFound => match create_owned(v, name) {
-            Ok(f) => f,
+            Ok(f) => (f, v.stat(name)?),
             // A `go` created it in between: lock that one.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 let st = v.stat(name)?;
-                v.open_read(name, &st)?
+                (v.open_read(name, &st)?, st)
             }
             Err(e) => return Err(e),
         },
@@ -297,10 +307,20 @@ fn lock_version(v: &Dir, name: &CStr) -> io::Result<std::fs::File> {
     };
     // SAFETY: flock on an fd we own; released when `f` drops. Never wait: anyone who can open
     // the lock file could hold it forever.
-    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        return Err(io::Error::last_os_error());
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        crate::locks::released(st.dev, st.ino);
+        return Ok(Lock::Taken(f));
     }
-    Ok(f)
+    let e = io::Error::last_os_error();
+    if e.kind() != io::ErrorKind::WouldBlock {
+        return Err(e);
+    }
+    let holders = crate::locks::holders(st.dev, st.ino);
+    let who = crate::locks::describe(&holders);
+    if crate::locks::outwaited(st.dev, st.ino, &holders, now) {
+        return Ok(Lock::Ignored(who));
+    }
+    Err(io::Error::new(io::ErrorKind::WouldBlock, who))
 }
 
 fn version_file(u: &ModUnit, ext: &str) -> io::Result<CString> {
@@ -327,9 +347,18 @@ fn last_use_now(root: &Dir, v: &Dir, u: &ModUnit) -> io::Result<i64> {
     Ok(last.max(tree_usage(root, u).newest))
 }
 
+/// One version an eviction removed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Evicted {
+    pub bytes: u64,
+    /// Removed without its lock: who held it (`crate::locks::outwaited`).
+    pub lock_ignored: Option<String>,
+}
+
 /// Evicts one module version unless it was used since (`floor_age` seconds before `now`).
-/// Returns the bytes freed, `None` when it was left alone; an error of kind `WouldBlock`
-/// when someone (`go` downloading or extracting it, or anyone) holds its lock.
+/// Returns what it freed, `None` when it was left alone; an error of kind `WouldBlock`
+/// (its message names the holders) when someone holds its lock and eviction still waits
+/// for them (`go` downloading or extracting it holds it for seconds; root always).
 ///
 /// Under the lock: re-check the last use, write `.partial`, remove the tree, the download
 /// files, then `.partial`. The lock file stays. An error after `.partial` was written leaves
@@ -340,12 +369,17 @@ pub fn evict(
     now: i64,
     min_age: i64,
     dry: bool,
-) -> io::Result<Option<u64>> {
+) -> io::Result<Option<Evicted>> {
     let v = download_dir(root, u)?;
     if dry {
-        return Ok((now - last_use_now(root, &v, u)? >= min_age).then_some(u.bytes));
+        return Ok(
+            (now - last_use_now(root, &v, u)? >= min_age).then_some(Evicted {
+                bytes: u.bytes,
+                lock_ignored: None,
+            }),
+        );
     }
-    let _lock = lock_version(&v, &version_file(u, "lock")?)?;
+    let lock = lock_version(&v, &version_file(u, "lock")?, now)?;
     // Planned from an earlier look: a build may have used it since.
     if now - last_use_now(root, &v, u)? < min_age {
         return Ok(None);
@@ -385,7 +419,13 @@ pub fn evict(
     if let Ok(st) = v.stat(&partial) {
         v.remove(&partial, &st)?;
     }
-    Ok(Some(u.bytes))
+    Ok(Some(Evicted {
+        bytes: u.bytes,
+        lock_ignored: match lock {
+            Lock::Taken(_) => None,
+            Lock::Ignored(who) => Some(who),
+        },
+    }))
 }
 
 /// What one sweep of a module cache did.
@@ -394,12 +434,16 @@ pub struct Swept {
     pub evicted: BTreeMap<Reason, Usage>,
     /// Versions skipped because someone held their lock (`<module>@<version>`).
     pub locked: Vec<String>,
+    /// Versions evicted although someone held their lock, past [`crate::locks::PATIENCE`]:
+    /// `<module>@<version>: locked by <holders>`.
+    pub lock_ignored: Vec<String>,
     /// Versions whose eviction failed, with the error.
     pub failed: Vec<(String, io::Error)>,
 }
 
 /// Evicts every module version at least as old as the plan's cutoff (never one used within
-/// the floor), whole, each under its lock; a locked version is skipped and logged.
+/// the floor), whole, each under its lock; a locked version is skipped and logged with its
+/// holders, until they have held it too long (then it goes, and is logged too).
 pub fn evict_old(
     root: &Dir,
     cache: &Path,
@@ -418,18 +462,22 @@ pub fn evict_old(
         }
         let reason = ev.reason(age);
         match evict(root, &u, now, ev.floor_secs, dry) {
-            Ok(Some(bytes)) => {
+            Ok(Some(ev)) => {
                 tracing::debug!(
                     "{} module {}",
                     crate::logging::verb(dry, "evicted", "would evict"),
                     u.name
                 );
-                out.evicted.entry(reason).or_default().add(1, bytes);
+                out.evicted.entry(reason).or_default().add(1, ev.bytes);
+                if let Some(who) = ev.lock_ignored {
+                    out.lock_ignored
+                        .push(format!("{}: locked by {who}", u.name));
+                }
             }
             Ok(None) => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 tracing::warn!(cache_path = %cache.display(), module = %u.name,
-                    "module {} not evicted: someone holds its lock (a go command downloading or extracting it?); skipped, not waited for", u.name);
+                    "module {} not evicted: {e} holds its lock (a go command downloading or extracting it?); skipped, not waited for: unless root holds it, the version goes at a sweep {}s or more from now if it is still held", u.name, crate::locks::PATIENCE);
                 out.locked.push(u.name);
             }
             Err(e) => out.failed.push((u.name, e)),
@@ -522,6 +570,64 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
         assert!(t.join("sub/a.go").exists() && v.join("v1.0.0.zip").exists());
         assert!(!v.join("v1.0.0.partial").exists());
+    }
+
+    /// Issue #22: a lock someone other than root holds (here `nobody`, on a descriptor it
+    /// was handed, as any user who can open a lock file could) keeps a version for one
+    /// sweep, named; a sweep `PATIENCE` later evicts it anyway and says whose lock it ignored.
+    #[test]
+    fn a_lock_someone_but_root_holds_keeps_a_version_for_one_sweep_only() {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let d = tempfile::tempdir().unwrap();
+        let now = now();
+        let (root, v, t) = cache(d.path(), now, 100 * DAY);
+        let lock = std::fs::File::open(v.join("v1.0.0.lock")).unwrap();
+        let fd = lock.as_raw_fd();
+        let mut cmd = std::process::Command::new("sh");
+        cmd.args(["-c", "flock -x 9 && echo locked && exec sleep 300"])
+            .stdout(std::process::Stdio::piped())
+            .uid(65534)
+            .gid(65534);
+        // SAFETY: dup2 is async-signal-safe; the child gets the lock file as its fd 9.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(fd, 9) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("sh as nobody");
+        drop(lock);
+        let mut line = String::new();
+        let out = child.stdout.take().unwrap();
+        std::io::BufReader::new(out).read_line(&mut line).unwrap();
+        assert_eq!(line.trim(), "locked");
+        // Holders come from a table of every process's locks that a lookup made within the
+        // last second reuses (`locks::holders`): one another test made may predate this lock.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+
+        let r = Dir::open_root(&root).unwrap();
+        let u = units(&r, LastUse::Atime).remove(0);
+        let e = evict(&r, &u, now, DAY, false).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        assert!(e.to_string().contains("uid 65534"), "holder named: {e}");
+        assert!(t.join("sub/a.go").exists(), "kept this sweep");
+        // Still held a sweep later, PATIENCE on: evicted, the holder named.
+        let later = now + crate::locks::PATIENCE;
+        let ev = evict(&r, &u, later, DAY, false).unwrap().expect("evicted");
+        assert!(
+            ev.lock_ignored
+                .as_deref()
+                .is_some_and(|w| w.contains("uid 65534")),
+            "{ev:?}"
+        );
+        assert!(!t.exists() && !v.join("v1.0.0.zip").exists());
+        assert!(v.join("v1.0.0.lock").exists(), "the lock file stays");
+        assert!(!v.join("v1.0.0.partial").exists());
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     #[test]

@@ -727,6 +727,7 @@ fn gocache_set_to_the_shared_cache_is_still_verified() {
         "the shared cache is never an own cache: {c}"
     );
     assert!(n(&c, "puts") > 0, "{c}");
+    assert_eq!(n(&c, "redirected"), 1, "the redirection is counted: {c}");
     assert_eq!(
         snapshot(&w.shared),
         before,

@@ -555,3 +555,84 @@ fn quarantined_entries_expire_after_the_policys_retention() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// Issue #22: the quarantine is bounded in size: a pass that quarantines first removes the
+/// oldest quarantined entries until what is left fits `quarantine_max_size`; the newest
+/// evidence stays.
+#[test]
+fn the_quarantine_keeps_within_its_size_oldest_out_first() {
+    use std::os::unix::fs::MetadataExt;
+    support::require_root();
+    let d = tempdir();
+    let cache = d.path().join("cache");
+    std::fs::create_dir(&cache).expect("mkdir");
+    let e = populate(&cache, 6);
+    let max = 24 << 10;
+    let p = policy(
+        d.path(),
+        "q.toml",
+        &format!(
+            "[cache.v]\npath = \"{}\"\ntrusted_writers = [\"root\"]\nuntrusted = \"quarantine\"\nquarantine_max_size = \"24KiB\"\n",
+            cache.display()
+        ),
+    );
+    let q = cache.join("gocache-warden-quarantine");
+    let listing = || -> Vec<(String, u64)> {
+        std::fs::read_dir(&q)
+            .map(|r| {
+                r.flatten()
+                    .map(|f| {
+                        let m = f.metadata().expect("stat");
+                        (
+                            f.file_name().to_string_lossy().into_owned(),
+                            m.blocks() * 512,
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let name = |x: &(PathBuf, PathBuf, Vec<u8>)| {
+        x.1.file_name()
+            .expect("name")
+            .to_string_lossy()
+            .into_owned()
+    };
+    // Two rounds of tampering, a second apart, each quarantined by its own pass.
+    for round in e.chunks(3) {
+        for x in round {
+            let mut b = x.2.clone();
+            b[1] ^= 0x40;
+            std::fs::write(&x.1, &b).expect("tamper");
+            support::age(&x.1, 3600);
+        }
+        let (code, v) = verify_run(&p, "enforce");
+        assert_eq!(code, 0, "{v}");
+        assert_eq!(v["verify"][0]["verified"]["quarantined"], 3, "{v}");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let before = listing();
+    assert_eq!(before.len(), 6, "{before:?}");
+    let total = |l: &[(String, u64)]| l.iter().map(|(_, b)| b).sum::<u64>();
+    assert!(total(&before) > max, "the test overfills it: {before:?}");
+    // The next pass that may quarantine trims it first.
+    let (code, v) = verify_run(&p, "enforce");
+    assert_eq!(code, 0, "{v}");
+    let after = listing();
+    assert!(
+        total(&after) <= max,
+        "within quarantine_max_size: {after:?}"
+    );
+    for x in &e[3..] {
+        assert!(
+            after.iter().any(|(n, _)| n.contains(&name(x))),
+            "the newest evidence stays: {after:?}"
+        );
+    }
+    assert!(
+        e[..3]
+            .iter()
+            .any(|x| !after.iter().any(|(n, _)| n.contains(&name(x)))),
+        "the oldest went first: {after:?}"
+    );
+}

@@ -53,8 +53,9 @@ pub struct CacheOutcome {
     /// Shards (or executables' directories) skipped for eviction because root held a lock
     /// on them (another agent, an operator's tool).
     pub locked_skipped: u64,
-    /// Locks on shards or executables' directories that someone other than root held:
-    /// ignored, eviction went on; examples name the directory and the holders.
+    /// Locks on shards or executables' directories, or module versions held past
+    /// [`crate::locks::PATIENCE`], that someone other than root held: ignored, eviction went
+    /// on; examples name the directory or version and the holders.
     pub locks_ignored: Tally,
     pub trim_rewritten: bool,
     /// Allocated bytes of the cache measured after eviction (a walk that only counts), when
@@ -307,7 +308,7 @@ pub(crate) fn warn_ignored(path: &std::path::Path, l: &Tally) {
     }
     let examples: Vec<String> = l.examples.iter().map(|p| p.display().to_string()).collect();
     tracing::warn!(gocache_warden_action = action::LOCK_IGNORED, cache_path = %path.display(), entries = l.count,
-        "{}: {} locked director{} evicted in anyway, only root's locks stop eviction: {}", path.display(), l.count, if l.count == 1 { "y" } else { "ies" }, examples.join("; "));
+        "{}: evicted in {} place{} someone other than root held locked (only root's locks stop eviction; a module version's after {}s): {}", path.display(), l.count, if l.count == 1 { "" } else { "s" }, crate::locks::PATIENCE, examples.join("; "));
 }
 
 /// Module caches: every module version at least as old as the cutoff goes, whole, under
@@ -328,6 +329,12 @@ fn evict_modules(
             .add(u.entries, u.bytes);
     }
     out.locked_skipped += swept.locked.len() as u64;
+    for l in swept.lock_ignored {
+        out.locks_ignored.count += 1;
+        if out.locks_ignored.examples.len() < crate::scan::MAX_EXAMPLES {
+            out.locks_ignored.examples.push(PathBuf::from(l));
+        }
+    }
     for (name, e) in &swept.failed {
         fail(out, std::path::Path::new(name), "evict", e);
     }

@@ -95,8 +95,9 @@ pub fn run(opts: &Options) -> i32 {
             .path()
             .map(PathBuf::from)
     });
+    let mut redirected = false;
     let own = own_path
-        .and_then(|p| own_cache(&p, &opts.shared))
+        .and_then(|p| own_cache(&p, &opts.shared, &mut redirected))
         .and_then(|p| match Own::open(&p) {
             Ok(o) => Some(o),
             Err(e) => {
@@ -135,7 +136,10 @@ pub fn run(opts: &Options) -> i32 {
         own,
         shared,
         memo,
-        counters: Counters::default(),
+        counters: Counters {
+            redirected: u64::from(redirected),
+            ..Counters::default()
+        },
         pinned: Default::default(),
         spilled: Vec::new(),
         fd_budget: usize::try_from(soft.saturating_sub(128)).unwrap_or(usize::MAX),
@@ -194,8 +198,9 @@ pub fn run(opts: &Options) -> i32 {
 /// through verification like any shared cache, never written; puts go to the user's
 /// default cache instead (`$XDG_CACHE_HOME/go-build`, else `~/.cache/go-build`). What it
 /// did, or why there is no own cache (puts then stay in memory), is said on stderr, which
-/// cmd/go shows once per build.
-fn own_cache(p: &std::path::Path, shared: &[SharedSpec]) -> Option<PathBuf> {
+/// cmd/go shows once per build; a redirection also sets `redirected` (counted in the
+/// counters of the cache the puts went to).
+fn own_cache(p: &std::path::Path, shared: &[SharedSpec], redirected: &mut bool) -> Option<PathBuf> {
     let real = |p: &std::path::Path| -> io::Result<PathBuf> {
         std::fs::create_dir_all(p)?;
         std::fs::canonicalize(p)
@@ -229,6 +234,7 @@ fn own_cache(p: &std::path::Path, shared: &[SharedSpec]) -> Option<PathBuf> {
                     s.path.display(),
                     f.display()
                 );
+                *redirected = true;
                 path = f;
             }
             None => {

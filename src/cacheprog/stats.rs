@@ -38,6 +38,9 @@ pub struct Counters {
     pub put_bytes: u64,
     /// Requests that failed (answered as a miss or an error) for any other reason.
     pub errors: u64,
+    /// Runs whose `GOCACHE` was (or lay inside) a shared cache: that cache was read verified
+    /// and never written, and their puts came here instead.
+    pub redirected: u64,
 }
 
 impl Counters {
@@ -53,6 +56,7 @@ impl Counters {
         self.puts += o.puts;
         self.put_bytes += o.put_bytes;
         self.errors += o.errors;
+        self.redirected += o.redirected;
     }
 }
 

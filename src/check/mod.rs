@@ -709,8 +709,13 @@ fn cacheprog_finding(c: &mut CacheReport) {
         count: s.shared_hits,
         bytes: Some(s.shared_hit_bytes),
         message: format!(
-            "the cache program served {} of {gets} gets from shared caches ({} bytes not rebuilt), {} from this cache, {} missed; {} puts; refused {} tampered and {} untrusted shared entries",
-            s.shared_hits, s.shared_hit_bytes, s.own_hits, s.misses, s.puts, s.shared_tampered, s.shared_untrusted
+            "the cache program served {} of {gets} gets from shared caches ({} bytes not rebuilt), {} from this cache, {} missed; {} puts; refused {} tampered and {} untrusted shared entries{}",
+            s.shared_hits, s.shared_hit_bytes, s.own_hits, s.misses, s.puts, s.shared_tampered, s.shared_untrusted,
+            if s.redirected > 0 {
+                format!("; {} builds had GOCACHE set to a shared cache and put here instead", s.redirected)
+            } else {
+                String::new()
+            }
         ),
         fix: "nothing to do".into(),
         auto_fix: false,

@@ -583,6 +583,7 @@ pub fn read_cacheprog(reports: &[CacheReport]) -> Vec<metrics::CacheprogSnapshot
             refused_untrusted: c.shared_untrusted,
             puts: c.puts,
             put_bytes: c.put_bytes,
+            redirected: c.redirected,
         });
     }
     out

@@ -240,7 +240,7 @@ impl Verifier {
             }
         };
         let act = Act::from_policy(cache.untrusted, true);
-        let retention = cache.quarantine_retention;
+        let keep = crate::integrity::Keep::of(cache);
         let rate = policy.agent.verify_rate;
         let mut cursor = self.cursors.remove(path).unwrap_or_default();
         let (path, tx) = (path.clone(), tx.clone());
@@ -249,9 +249,8 @@ impl Verifier {
             let p = path.clone();
             let done = tokio::task::spawn_blocking(move || {
                 let pacer = Pacer::new(rate, rate.saturating_mul(SLICE.as_secs()));
-                let result =
-                    background::slice(&p, trust.as_ref(), act, retention, &mut cursor, &pacer)
-                        .map_err(|e| format!("{e:#}"));
+                let result = background::slice(&p, trust.as_ref(), act, keep, &mut cursor, &pacer)
+                    .map_err(|e| format!("{e:#}"));
                 Done {
                     path: p,
                     cursor,

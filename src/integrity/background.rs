@@ -137,14 +137,14 @@ pub fn slice(
     root: &Path,
     trust: Option<&Trust>,
     act: Act,
-    retention: std::time::Duration,
+    keep: super::Keep,
     cursor: &mut Cursor,
     pacer: &Pacer,
 ) -> anyhow::Result<Slice> {
     use anyhow::Context;
     let t0 = Instant::now();
     let dir = Dir::open_root(root).with_context(|| format!("cannot open {root:?}"))?;
-    let quarantine = open_quarantine(&dir, root, act, retention)?;
+    let quarantine = open_quarantine(&dir, root, act, keep)?;
     let s = Shared::new(&dir, quarantine, act, Some(pacer));
     while !cursor.done() {
         let name = CString::new(format!("{:02x}", cursor.shard))?;
@@ -181,6 +181,12 @@ fn name_str(n: &CStr) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// These passes only report: no quarantine is opened.
+    const NO_QUARANTINE: crate::integrity::Keep = crate::integrity::Keep {
+        retention: Duration::ZERO,
+        max_bytes: 0,
+    };
     use crate::cacheprog::store::hash_reader;
 
     /// A cache of `n` outputs of `size` bytes each, named by their SHA-256 as go names them.
@@ -224,8 +230,7 @@ mod tests {
         while !cur.done() {
             // A budget of about three outputs per slice.
             let p = Pacer::new(0, 25_000);
-            let s =
-                slice(d.path(), None, Act::Report, Duration::ZERO, &mut cur, &p).expect("slice");
+            let s = slice(d.path(), None, Act::Report, NO_QUARANTINE, &mut cur, &p).expect("slice");
             outputs += s.verified.outputs;
             tampered += s.verified.tampered;
             slices += 1;
@@ -246,7 +251,7 @@ mod tests {
             d.path(),
             None,
             Act::Report,
-            Duration::ZERO,
+            NO_QUARANTINE,
             &mut Cursor::default(),
             &p,
         )

@@ -159,17 +159,17 @@ impl<'a> Shared<'a> {
 
 /// Verifies the cache at `root`. `trust`: the policy's trusted writers (`None`: no owner
 /// check). With `act` other than `Report`, problem entries are evicted or quarantined;
-/// quarantined ones older than `retention` are removed.
+/// the quarantine is first trimmed to `keep`.
 pub fn verify(
     root: &Path,
     trust: Option<&Trust>,
     act: Act,
-    retention: std::time::Duration,
+    keep: Keep,
 ) -> anyhow::Result<Verified> {
     use anyhow::Context;
     let t0 = std::time::Instant::now();
     let dir = Dir::open_root(root).with_context(|| format!("cannot open {root:?}"))?;
-    let quarantine = open_quarantine(&dir, root, act, retention)?;
+    let quarantine = open_quarantine(&dir, root, act, keep)?;
     let shards: Vec<CString> = dir
         .list()
         .with_context(|| format!("cannot list {root:?}"))?
@@ -202,49 +202,119 @@ pub fn verify(
     Ok(s.into_verified(t0))
 }
 
-/// The quarantine directory when `act` needs it, with what is older than `retention`
-/// removed from it first.
-fn open_quarantine(
-    dir: &Dir,
-    root: &Path,
-    act: Act,
-    retention: std::time::Duration,
-) -> anyhow::Result<Option<Dir>> {
+/// How much the quarantine keeps: the policy's `quarantine_retention` and
+/// `quarantine_max_size`.
+#[derive(Debug, Clone, Copy)]
+pub struct Keep {
+    pub retention: std::time::Duration,
+    pub max_bytes: u64,
+}
+
+impl Keep {
+    pub fn of(p: &crate::policy::CachePolicy) -> Keep {
+        Keep {
+            retention: p.quarantine_retention,
+            max_bytes: p.quarantine_max_size,
+        }
+    }
+}
+
+/// The quarantine directory when `act` needs it, trimmed first to what `keep` allows.
+fn open_quarantine(dir: &Dir, root: &Path, act: Act, keep: Keep) -> anyhow::Result<Option<Dir>> {
     use anyhow::Context;
     if act != Act::Quarantine {
         return Ok(None);
     }
     let q = quarantine_dir(dir)
         .with_context(|| format!("cannot open the quarantine {:?}", root.join(QUARANTINE)))?;
-    let expired = expire(&q, retention);
-    if expired > 0 {
+    let t = trim(&q, keep);
+    if t.expired > 0 {
         tracing::info!(
             gocache_warden_action = crate::logging::action::INTEGRITY,
             cache_path = %root.display(),
-            entries = expired,
-            "removed {expired} entries quarantined in {} more than {} ago (quarantine_retention)",
+            entries = t.expired,
+            "removed {} entries quarantined in {} more than {} ago (quarantine_retention)",
+            t.expired,
             root.display(),
-            humantime::format_duration(retention)
+            humantime::format_duration(keep.retention)
+        );
+    }
+    if t.oversize > 0 {
+        tracing::info!(
+            gocache_warden_action = crate::logging::action::INTEGRITY,
+            cache_path = %root.display(),
+            entries = t.oversize,
+            "removed the {} oldest entries quarantined in {}: the quarantine held more than {} (quarantine_max_size)",
+            t.oversize,
+            root.display(),
+            crate::policy::value::human_bytes(keep.max_bytes)
         );
     }
     Ok(Some(q))
 }
 
-/// Removes the quarantined entries moved there more than `retention` ago (a rename sets an
-/// inode's ctime, which only the kernel sets: the time it was quarantined); an
-/// executable's directory goes with its file. Read in batches; returns how many went.
-fn expire(q: &Dir, retention: std::time::Duration) -> u64 {
-    let cutoff = crate::check::now() - retention.as_secs().min(i64::MAX as u64) as i64;
-    let mut old = Vec::new();
+/// At most this many quarantined entries are looked at per trim: a quarantine bounded by
+/// size holds far fewer (an output is at least a block), and one made bigger by hand is
+/// trimmed over several passes.
+const MAX_TRIMMED: usize = 65_536;
+
+/// What [`trim`] removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Trimmed {
+    /// Moved there more than `retention` ago.
+    expired: u64,
+    /// The oldest of the rest, while the quarantine held more than `max_bytes`.
+    oversize: u64,
+}
+
+/// Removes the quarantined entries moved there more than `keep.retention` ago (a rename sets
+/// an inode's ctime, which only the kernel sets: the time it was quarantined), then the
+/// oldest others until the quarantine's allocated bytes are within `keep.max_bytes`; an
+/// executable's directory goes with its file and counts with it.
+fn trim(q: &Dir, keep: Keep) -> Trimmed {
+    let cutoff = crate::check::now() - keep.retention.as_secs().min(i64::MAX as u64) as i64;
+    let mut all: Vec<(CString, Stat, u64)> = Vec::new();
     let _ = q.for_each_name(|n| {
-        if old.len() < 4096
+        if all.len() < MAX_TRIMMED
             && let Ok(st) = q.stat(n)
-            && st.ctime < cutoff
         {
-            old.push((n.to_owned(), st));
+            let bytes = st.alloc + contents(q, n, &st);
+            all.push((n.to_owned(), st, bytes));
         }
     });
-    old.iter().filter(|(n, st)| evict(q, n, st).is_ok()).count() as u64
+    all.sort_by_key(|(_, st, _)| st.ctime);
+    let mut total: u64 = all.iter().map(|(_, _, b)| b).sum();
+    let mut out = Trimmed::default();
+    for (n, st, bytes) in &all {
+        let expired = st.ctime < cutoff;
+        if !expired && total <= keep.max_bytes {
+            break;
+        }
+        if evict(q, n, st).is_ok() {
+            total = total.saturating_sub(*bytes);
+            if expired {
+                out.expired += 1;
+            } else {
+                out.oversize += 1;
+            }
+        }
+    }
+    out
+}
+
+/// The allocated bytes inside a quarantined executable's directory (0 for a file).
+fn contents(q: &Dir, n: &CStr, st: &Stat) -> u64 {
+    if st.kind() != Kind::Dir {
+        return 0;
+    }
+    let Ok(x) = q.open_dir(n, st) else { return 0 };
+    let mut sum = 0;
+    let _ = x.for_each_name(|c| {
+        if let Ok(s) = x.stat(c) {
+            sum += s.alloc;
+        }
+    });
+    sum
 }
 
 /// Opens (creating it, 0700) the quarantine directory beneath the root; it must be a real
@@ -770,7 +840,7 @@ pub fn verify_report(
         };
         let res = trust_of(p).and_then(|t| {
             let act = Act::from_policy(p.untrusted, apply);
-            verify(path, t.as_ref(), act, p.quarantine_retention)
+            verify(path, t.as_ref(), act, Keep::of(p))
         });
         match &res {
             Ok(v) => c.findings.extend(findings(v, p)),

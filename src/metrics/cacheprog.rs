@@ -19,6 +19,7 @@ pub const NAMES: &[&str] = &[
     "gocache_warden_cacheprog_refused_total",
     "gocache_warden_cacheprog_puts_total",
     "gocache_warden_cacheprog_put_bytes_total",
+    "gocache_warden_cacheprog_redirected_total",
 ];
 
 const SOURCES: [&str; 2] = ["shared", "own"];
@@ -31,6 +32,7 @@ pub struct Families {
     refused: IntCounterVec,
     puts: IntCounterVec,
     put_bytes: IntCounterVec,
+    redirected: IntCounterVec,
     /// Cache path → (kind label, user label) of its series, to remove them.
     labels: HashMap<PathBuf, (&'static str, String)>,
 }
@@ -81,6 +83,12 @@ impl Families {
                 "Bytes the cache program put into the user's own cache",
                 user,
             )?,
+            redirected: counter(
+                r,
+                NAMES[6],
+                "Builds whose GOCACHE was a shared cache: read verified, never written, their puts sent to this cache",
+                user,
+            )?,
             labels: HashMap::new(),
         })
     }
@@ -114,6 +122,7 @@ impl Families {
         );
         set(&self.puts.with_label_values(&l), s.puts);
         set(&self.put_bytes.with_label_values(&l), s.put_bytes);
+        set(&self.redirected.with_label_values(&l), s.redirected);
         self.labels.insert(s.path.clone(), (k, s.user.clone()));
     }
 
@@ -135,6 +144,7 @@ impl Families {
         let _ = self.misses.remove_label_values(&l);
         let _ = self.puts.remove_label_values(&l);
         let _ = self.put_bytes.remove_label_values(&l);
+        let _ = self.redirected.remove_label_values(&l);
     }
 
     /// Keeps only the series of `caches`.

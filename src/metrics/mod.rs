@@ -61,6 +61,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "gocache_warden_cacheprog_refused_total",
     "gocache_warden_cacheprog_puts_total",
     "gocache_warden_cacheprog_put_bytes_total",
+    "gocache_warden_cacheprog_redirected_total",
     "gocache_warden_integrity_hashed_bytes_total",
     "gocache_warden_integrity_verified_outputs_total",
     "gocache_warden_integrity_problems_total",

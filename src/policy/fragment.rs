@@ -117,6 +117,8 @@ pub struct CacheFragment {
     pub untrusted: S<String>,
     /// How long a quarantined entry is kept before it is removed (a duration).
     pub quarantine_retention: S<String>,
+    /// At most this many bytes stay in the quarantine (a size: `"1GiB"`).
+    pub quarantine_max_size: S<String>,
     /// Which time is an entry's last use: "auto", "mtime" or "atime".
     pub last_use: S<String>,
     pub alerts: Option<CacheAlertsFragment>,
@@ -202,6 +204,7 @@ impl Fragment {
                 trusted_writers,
                 untrusted,
                 quarantine_retention,
+                quarantine_max_size,
                 last_use
             );
             if let Some(a) = c.alerts {

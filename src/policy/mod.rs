@@ -269,6 +269,9 @@ pub enum Excluded {
 pub const DEFAULT_QUARANTINE_RETENTION: std::time::Duration =
     std::time::Duration::from_secs(30 * 86400);
 
+/// `quarantine_max_size` when the policy does not set it.
+pub const DEFAULT_QUARANTINE_MAX_SIZE: u64 = 1 << 30;
+
 /// What `enforce --verify` does with a tampered output or an entry of an untrusted owner.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -337,6 +340,8 @@ pub struct CachePolicy {
     pub untrusted: Untrusted,
     /// How long an entry moved into the quarantine is kept (evidence), then removed.
     pub quarantine_retention: std::time::Duration,
+    /// At most this many bytes (allocated) stay in the quarantine: the oldest go first.
+    pub quarantine_max_size: u64,
     /// Which of an entry's times is its last use, for inspection, eviction and its re-check
     /// alike: the policy's `last_use`, or with "auto" (unset) what [`auto_last_use`] picks.
     pub last_use: LastUse,

@@ -405,6 +405,15 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
             "quarantine_retention applies to build caches (their outputs are hashed)",
         );
     }
+    let quarantine_max_size = ctx
+        .parse(&c.quarantine_max_size, |s| value::parse_bytes(s))
+        .unwrap_or(super::DEFAULT_QUARANTINE_MAX_SIZE);
+    if let (Some(at), CacheKind::Module) = (&c.quarantine_max_size, kind) {
+        ctx.err(
+            at,
+            "quarantine_max_size applies to build caches (their outputs are hashed)",
+        );
+    }
     let last_use = ctx
         .parse(&c.last_use, |s| match s.as_str() {
             "auto" => Ok(None),
@@ -449,6 +458,7 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
         trusted_writers,
         untrusted,
         quarantine_retention,
+        quarantine_max_size,
         last_use: last_use.unwrap_or(auto),
         last_use_auto: last_use.is_none(),
         alert_size_percent,

@@ -208,4 +208,6 @@ pub struct CacheprogSnapshot {
     pub refused_untrusted: u64,
     pub puts: u64,
     pub put_bytes: u64,
+    /// Builds whose `GOCACHE` was a shared cache, whose puts came to this cache instead.
+    pub redirected: u64,
 }
