@@ -150,9 +150,14 @@ impl WebhookSink {
     }
 }
 
-/// The HTTP client every webhook request uses, here or in the relay.
+/// The HTTP client every webhook request uses, here or in the relay. It trusts the
+/// system's CA store, as curl does ([`system_roots`]).
 pub(super) fn http_agent(timeout: Duration) -> ureq::Agent {
+    let tls = ureq::tls::TlsConfig::builder()
+        .root_certs(system_roots().clone())
+        .build();
     ureq::Agent::config_builder()
+        .tls_config(tls)
         .timeout_global(Some(timeout))
         .http_status_as_error(false)
         // A redirect would leave the secret URL's host; webhooks do not redirect.
@@ -160,6 +165,34 @@ pub(super) fn http_agent(timeout: Duration) -> ureq::Agent {
         .user_agent(concat!("gocache-warden/", env!("CARGO_PKG_VERSION")))
         .build()
         .new_agent()
+}
+
+/// The system's CA store, as curl and OpenSSL find it (`/etc/ssl/certs` on Debian, where
+/// `update-ca-certificates` puts a corporate CA; `SSL_CERT_FILE` and `SSL_CERT_DIR` replace
+/// it, as they do for OpenSSL), read once per process by `rustls-native-certs`. A store
+/// with no usable certificate (a minimal container without `ca-certificates`) falls back to
+/// the Mozilla roots built in, said once in the log.
+fn system_roots() -> &'static ureq::tls::RootCerts {
+    static ROOTS: std::sync::OnceLock<ureq::tls::RootCerts> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        for e in found.errors.iter().take(3) {
+            tracing::warn!("CA store: {e}");
+        }
+        if found.certs.is_empty() {
+            tracing::warn!(
+                "no CA certificate in the system's store (SSL_CERT_FILE, SSL_CERT_DIR, /etc/ssl/certs): webhooks trust the built-in Mozilla roots instead"
+            );
+            return ureq::tls::RootCerts::WebPki;
+        }
+        ureq::tls::RootCerts::new_with_certs(
+            &found
+                .certs
+                .iter()
+                .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+                .collect::<Vec<_>>(),
+        )
+    })
 }
 
 /// Parses `Retry-After`: delay seconds or an HTTP date.
