@@ -121,6 +121,20 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         own: Option<PathBuf>,
     },
+    /// What a running process really uses: GOCACHE, GOMODCACHE, GOENV, GOFLAGS and
+    /// GOCACHEPROG from its environment and go env file, its systemd unit and user, whether
+    /// each cache is under policy and its state, and the cache files it holds open. Root, or
+    /// the process's owner.
+    #[command(
+        after_help = "Exit codes:\n  0  explained\n  1  not allowed (another user's process), or /proc could not be read\n  2  usage or policy error, or no such process"
+    )]
+    Explain {
+        /// The process id.
+        pid: i32,
+        /// Machine-readable (schema gocache-warden.explain/v1).
+        #[arg(long)]
+        json: bool,
+    },
     /// Alert sinks.
     #[command(subcommand)]
     Alert(AlertCommand),
@@ -338,6 +352,32 @@ fn run(cli: &Cli, scope: Scope) -> anyhow::Result<i32> {
                 }
             };
             units_cmd(&p, scope, *json, *fix)
+        }
+        Command::Explain { pid, json } => {
+            let p = match policy::load_for(scope, &cli.policy) {
+                Ok(p) => p,
+                Err(e) => {
+                    print_policy_error(&e);
+                    return Ok(EXIT_USAGE);
+                }
+            };
+            match crate::explain::explain(*pid, &p, scope) {
+                Ok(x) if *json => {
+                    println!("{}", serde_json::to_string_pretty(&x)?);
+                    Ok(EXIT_OK)
+                }
+                Ok(x) => {
+                    print!("{}", crate::explain::render(&x));
+                    Ok(EXIT_OK)
+                }
+                Err(e) => {
+                    eprintln!("gocache-warden explain: {e}");
+                    Ok(match e {
+                        crate::explain::Error::NotFound(_) => EXIT_USAGE,
+                        _ => EXIT_VIOLATIONS,
+                    })
+                }
+            }
         }
         Command::Alert(AlertCommand::Test) => {
             let p = match policy::load_for(scope, &cli.policy) {

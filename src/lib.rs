@@ -19,6 +19,8 @@ pub mod check;
 pub mod cli;
 /// The agent: one event loop, sd_notify, inotify growth, reload, stop.
 pub mod daemon;
+/// `explain PID`: the caches, go env and unit a running process really uses.
+pub mod explain;
 /// Deterministic pauses for race tests (inactive unless an env var is set).
 pub mod failpoint;
 /// Where `go` puts its caches for an environment, and what is wrong with that setup.

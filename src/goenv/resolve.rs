@@ -119,6 +119,10 @@ pub struct Resolution {
     pub fatal: Option<String>,
     /// Parent of build work directories (`go-build*`): GOTMPDIR, else `$TMPDIR`, else /tmp.
     pub work_parent: PathBuf,
+    /// `GOFLAGS` and `GOCACHEPROG` as `go` takes them (environment, else the env files);
+    /// `None` when unset everywhere.
+    pub goflags: Option<Value>,
+    pub gocacheprog: Option<Value>,
     pub warnings: Vec<EnvFileWarning>,
 }
 
@@ -198,6 +202,12 @@ pub fn resolve(env: &GoEnv) -> Resolution {
         goroot: goroot.map(PathBuf::from),
         fatal,
         work_parent: PathBuf::from(work_parent),
+        goflags: files
+            .getenv(env, "GOFLAGS")
+            .map(|(value, source)| Value { value, source }),
+        gocacheprog: files
+            .getenv(env, "GOCACHEPROG")
+            .map(|(value, source)| Value { value, source }),
         warnings,
     }
 }

@@ -399,20 +399,19 @@ fn cache(ctx: &mut Ctx, name: &str, c: &fragment::CacheFragment) -> Option<Cache
     let quarantine_retention = ctx
         .parse(&c.quarantine_retention, |s| parse_duration(s))
         .unwrap_or(super::DEFAULT_QUARANTINE_RETENTION);
-    if let (Some(at), CacheKind::Module) = (&c.quarantine_retention, kind) {
-        ctx.err(
-            at,
-            "quarantine_retention applies to build caches (their outputs are hashed)",
-        );
-    }
     let quarantine_max_size = ctx
         .parse(&c.quarantine_max_size, |s| value::parse_bytes(s))
         .unwrap_or(super::DEFAULT_QUARANTINE_MAX_SIZE);
-    if let (Some(at), CacheKind::Module) = (&c.quarantine_max_size, kind) {
-        ctx.err(
-            at,
-            "quarantine_max_size applies to build caches (their outputs are hashed)",
-        );
+    for (v, key) in [
+        (&c.quarantine_retention, "quarantine_retention"),
+        (&c.quarantine_max_size, "quarantine_max_size"),
+    ] {
+        if let (Some(at), CacheKind::Module) = (v, kind) {
+            ctx.err(
+                at,
+                format!("{key} applies to build caches (their outputs are hashed)"),
+            );
+        }
     }
     let last_use = ctx
         .parse(&c.last_use, |s| match s.as_str() {
