@@ -9,6 +9,8 @@ pub mod acl;
 pub mod alert;
 /// `apply`: the only code that changes caches.
 pub mod apply;
+/// Go builds that failed because of a cache, recognised in the journal.
+pub mod buildfail;
 /// `cacheprog`: a GOCACHEPROG serving shared read-only caches with verified outputs.
 pub mod cacheprog;
 /// Cancellation tokens: how walks, pauses and sweeps learn they should stop.

@@ -119,9 +119,11 @@ pub mod action {
     pub const INTEGRITY_FAILED: &str = "integrity-failed";
     /// Eviction went on in a directory someone other than root had locked (`crate::locks`).
     pub const LOCK_IGNORED: &str = "lock-ignored";
+    /// A Go build failed because of a cache, as the journal said (the `buildfail` module).
+    pub const BUILD_FAILURE: &str = "build-failure";
 
     /// Every action, for tests and documentation.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 16] = [
         ACL_FIX,
         MODE_FIX,
         GROUP_FIX,
@@ -137,6 +139,7 @@ pub mod action {
         INTEGRITY,
         INTEGRITY_FAILED,
         LOCK_IGNORED,
+        BUILD_FAILURE,
     ];
 }
 

@@ -20,7 +20,7 @@ pub struct Sweep {
     /// Unix seconds when the sweep started.
     pub started: i64,
     /// The cache program's counters of each build cache, read by the agent after the sweep
-    /// (`daemon::observe::read_cacheprog`); `enforce` leaves it empty.
+    /// (`daemon::counters::read_cacheprog`); `enforce` leaves it empty.
     pub cacheprog: Vec<crate::metrics::CacheprogSnapshot>,
     /// The caches this sweep covered, resolved (what a later sweep of some of them reuses).
     pub targets: Vec<Target>,

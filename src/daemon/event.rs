@@ -37,6 +37,8 @@ pub enum Event {
     Verified(Box<super::verify::Done>),
     /// The next background verification pass is due.
     VerifyDue,
+    /// The journal said Go builds failed because of a cache (`crate::buildfail`).
+    BuildFailed(Vec<crate::buildfail::Failure>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,6 +15,7 @@
 //! READY=1 on SIGHUP (a bad policy is logged and the old one kept); STOPPING=1 on SIGTERM,
 //! which also stops a sweep at its next entry.
 
+mod counters;
 mod event;
 pub mod growth;
 mod known;
@@ -296,6 +297,21 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
         policy.caches.len(),
         humantime::format_duration(policy.agent.interval)
     );
+    // Build failures in the journal (`buildfail`): without a journal to read, the agent does
+    // everything else and says once why it cannot attribute them.
+    let failure_caches = crate::buildfail::follow::Caches::default();
+    let _journal = {
+        let tx = tx.clone();
+        match crate::buildfail::follow::start(failure_caches.clone(), move |f| {
+            let _ = tx.send(Event::BuildFailed(f));
+        }) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                tracing::warn!("build failures are not attributed: {e}");
+                None
+            }
+        }
+    };
     let mut st = State {
         policy: Arc::new(policy),
         scope: opts.scope,
@@ -482,6 +498,11 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                 for p in sweep.reports.iter().filter_map(|r| r.path.as_ref()) {
                     st.grew.remove(p);
                 }
+                failure_caches.note(sweep.reports.iter().filter_map(|r| {
+                    r.path
+                        .clone()
+                        .map(|path| crate::buildfail::KnownCache { path, kind: r.kind })
+                }));
                 if st.stopping {
                     if verifier.running {
                         continue;
@@ -595,6 +616,7 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                 obs.after_verify(&done);
                 verifier.request(&st.policy, &tx);
             }
+            Event::BuildFailed(f) => obs.build_failed(&f),
             Event::VerifyDue => {
                 verifier.new_pass();
                 verifier.request(&st.policy, &tx);

@@ -44,6 +44,7 @@ pub struct Observability {
     /// The caches of the last completed sweep: a sweep that ends without a result is
     /// counted as a failure of each of them.
     last_caches: Vec<(std::path::PathBuf, MKind)>,
+    failure_log: crate::buildfail::Log,
     /// What the last sweep saw, for alerts re-evaluated after a units-only inspection.
     last_observation: Option<alert::Observation>,
     /// Background verification, per cache: what the current pass found so far, and what
@@ -220,6 +221,7 @@ impl Observability {
             dispatcher,
             thresholds: thresholds(policy),
             last_caches: Vec::new(),
+            failure_log: Default::default(),
             last_observation: None,
             integrity: BTreeMap::new(),
         })
@@ -529,64 +531,20 @@ impl Observability {
             tracker.update_with(checks.clone(), now, |a| d.enqueue_to(sink, a));
         }
     }
-}
 
-/// The cache program's counters in each build cache of the sweep, read as the cache root's
-/// owner (`cacheprog::stats::read_as_owner`: bounded, non-blocking, no symlinks). A cache
-/// without a counters file gets zeros, so its series exist before the first build; one whose
-/// file cannot be read or parsed is logged and left out (its series keep their last values).
-pub fn read_cacheprog(reports: &[CacheReport]) -> Vec<metrics::CacheprogSnapshot> {
-    let mut out = Vec::new();
-    for r in reports {
-        let (Some(path), true, None, CacheKind::Build) = (&r.path, r.exists, &r.refused, r.kind)
-        else {
-            continue;
-        };
-        if crate::cancel::Cancel::process().is_cancelled() {
-            break;
+    /// Go builds that failed because of a cache: counted
+    /// (`gocache_warden_build_failures_total`), logged (bounded: `buildfail::Log`), and the
+    /// textfile written at once, not at the next sweep.
+    pub fn build_failed(&mut self, failures: &[crate::buildfail::Failure]) {
+        for f in failures {
+            let user = f.uid.map(crate::check::user_name).unwrap_or_default();
+            let (cache, unit) = f.labels();
+            self.metrics
+                .observe_build_failure(f.reason.as_str(), &cache, &user, &unit);
+            self.failure_log.log(f, &user);
         }
-        // A user agent cannot take another user's identity: caches it does not own (a
-        // shared one) have no counters of its user anyway.
-        let euid = nix::unistd::geteuid();
-        if !euid.is_root()
-            && std::fs::symlink_metadata(path)
-                .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-                .ok()
-                != Some(euid.as_raw())
-        {
-            continue;
-        }
-        let reading = match crate::cacheprog::stats::read_as_owner(path) {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(cache_path = %path.display(), error = %format!("{e:#}"), "cache program counters not read: {e:#}");
-                continue;
-            }
-        };
-        let c = reading.counters.unwrap_or_default();
-        let user = r.owner_names.get(&reading.uid).cloned().unwrap_or_else(|| {
-            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(reading.uid))
-                .ok()
-                .flatten()
-                .map_or_else(|| reading.uid.to_string(), |u| u.name)
-        });
-        out.push(metrics::CacheprogSnapshot {
-            path: path.clone(),
-            kind: MKind::Build,
-            user,
-            shared_hits: c.shared_hits,
-            shared_hit_bytes: c.shared_hit_bytes,
-            own_hits: c.own_hits,
-            own_hit_bytes: c.own_hit_bytes,
-            misses: c.misses,
-            refused_tampered: c.shared_tampered,
-            refused_untrusted: c.shared_untrusted,
-            puts: c.puts,
-            put_bytes: c.put_bytes,
-            redirected: c.redirected,
-        });
+        self.write_textfile();
     }
-    out
 }
 
 /// The metrics view of one cache, as it is after the sweep.

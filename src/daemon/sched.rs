@@ -4,7 +4,6 @@
 //! calls it; work runs on the blocking pool and reports back as an [`Event`].
 
 use super::event::Event;
-use super::observe;
 use crate::goenv::GoEnv;
 use crate::policy::{Policy, Scope};
 use sd_notify::NotifyState;
@@ -174,7 +173,7 @@ impl State {
         tokio::spawn(async move {
             let sweep = tokio::task::spawn_blocking(move || {
                 let mut s = crate::sweep::run_targets(only, &over, scope, false);
-                s.cacheprog = observe::read_cacheprog(&s.reports);
+                s.cacheprog = super::counters::read_cacheprog(&s.reports);
                 s
             })
             .await;
@@ -250,7 +249,7 @@ impl State {
             let sweep = tokio::task::spawn_blocking(move || {
                 let mut s = crate::sweep::run(&p, scope, &GoEnv::from_process(), false);
                 // Users' files, read as their owners: here on the blocking pool, not in the loop.
-                s.cacheprog = observe::read_cacheprog(&s.reports);
+                s.cacheprog = super::counters::read_cacheprog(&s.reports);
                 s
             })
             .await;

@@ -9,6 +9,7 @@
 //! Each declared cache always has all its series (zeros for known kinds), and a cache
 //! dropped from the policy loses all of its series.
 
+mod buildfail;
 mod cacheprog;
 pub mod http;
 mod integrity;
@@ -62,6 +63,7 @@ pub const METRIC_NAMES: &[&str] = &[
     "gocache_warden_cacheprog_puts_total",
     "gocache_warden_cacheprog_put_bytes_total",
     "gocache_warden_cacheprog_redirected_total",
+    buildfail::NAME,
     "gocache_warden_integrity_hashed_bytes_total",
     "gocache_warden_integrity_verified_outputs_total",
     "gocache_warden_integrity_problems_total",
@@ -141,6 +143,7 @@ pub struct Metrics {
     units_missing: GaugeVec,
     owner_info: GaugeVec,
     cacheprog: Mutex<cacheprog::Families>,
+    build_failures: Mutex<buildfail::Family>,
     integrity: Mutex<integrity::Families>,
     state: Mutex<HashMap<PathBuf, CacheSeries>>,
 }
@@ -318,6 +321,7 @@ impl Metrics {
                 &["cache", "kind", "user", "via"],
             )?,
             cacheprog: Mutex::new(cacheprog::Families::new(r)?),
+            build_failures: Mutex::new(buildfail::Family::new(r)?),
             integrity: Mutex::new(integrity::Families::new(r)?),
             cfg,
             state: Mutex::new(HashMap::new()),
@@ -378,6 +382,15 @@ impl Metrics {
     /// Records what the cache program counted for the user of one cache.
     pub fn observe_cacheprog(&self, s: &CacheprogSnapshot) {
         self.cacheprog().observe(s);
+    }
+
+    /// Counts one build that failed because of a cache (`crate::buildfail`); empty strings
+    /// where there is no cache or unit.
+    pub fn observe_build_failure(&self, reason: &str, cache: &str, user: &str, unit: &str) {
+        self.build_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .inc(reason, cache, user, unit);
     }
 
     /// Removes every series of one cache (it left the policy).
