@@ -71,12 +71,18 @@ build() {
 }
 cd "$D/app"
 build HOME="$D/home" GOCACHE="$D/ro/gc"                                # cache-permission
+build HOME="$D/home" GOCACHE="$D/ro/gc"                                # again: one alert
 build GOCACHE= HOME= XDG_CACHE_HOME= GOPATH= GOMODCACHE=              # modcache-undefined
 (cd "$D/plain" && build GOCACHE= HOME= XDG_CACHE_HOME=)                # cache-undefined
 build HOME="$D/home" GOCACHE="$D/gc-ok" GOMODCACHE="$D/ro/mc"          # modcache-permission
 build HOME="$D/home" GOCACHE="$D/gc-ok" GOMODCACHE="$D/mc-ok"          # go.sum: not a cache's
 i=0
 while [ "$(grep -c '^gocache_warden_build_failures_total{' "$PROM")" -lt 4 ]; do
+    i=$((i + 1)); [ "$i" -gt 300 ] && break
+    sleep 0.1
+done
+i=0
+while [ "$(grep -c build_failure "$OUT/alerts.jsonl" 2>/dev/null || echo 0)" -lt 4 ]; do
     i=$((i + 1)); [ "$i" -gt 300 ] && break
     sleep 0.1
 done
@@ -108,10 +114,12 @@ fn go_build_failures_caused_by_caches_are_counted_from_the_journal() {
         dir,
         "p.toml",
         &format!(
-            "[cache.svc]\npath = \"{}\"\n[cache.mods]\npath = \"{}\"\nkind = \"module\"\n[agent]\ninterval = \"1h\"\n[metrics]\ntextfile = \"{}\"\n",
+            "[cache.svc]\npath = \"{}\"\n[cache.mods]\npath = \"{}\"\nkind = \"module\"\n[agent]\ninterval = \"1h\"\n[metrics]\ntextfile = \"{}\"\n[alert.log]\nkind = \"exec\"\ncommand = [\"/bin/sh\", \"-c\", \"cat >> {}; echo >> {}\"]\n",
             dir.join("ro/gc").display(),
             dir.join("ro/mc").display(),
-            prom.display()
+            prom.display(),
+            dir.join("out/alerts.jsonl").display(),
+            dir.join("out/alerts.jsonl").display()
         ),
     );
     let out = dir.join("out");
@@ -168,7 +176,14 @@ fn go_build_failures_caused_by_caches_are_counted_from_the_journal() {
         dir.join("ro/gc").display().to_string(),
         dir.join("ro/mc").display().to_string(),
     );
-    assert!(has("cache-permission", &gc), "{series:#?}\n{log}");
+    let has_n = |reason: &str, cache: &str, n: u32| {
+        series.iter().any(|l| {
+            l.contains(&format!("reason=\"{reason}\""))
+                && l.contains(&format!("cache=\"{cache}\""))
+                && l.ends_with(&format!(" {n}"))
+        })
+    };
+    assert!(has_n("cache-permission", &gc, 2), "{series:#?}\n{log}");
     assert!(has("cache-undefined", ""), "{series:#?}");
     assert!(has("modcache-undefined", ""), "{series:#?}");
     assert!(has("modcache-permission", &mc), "{series:#?}");
@@ -185,7 +200,7 @@ fn go_build_failures_caused_by_caches_are_counted_from_the_journal() {
         .iter()
         .filter(|e| field(e, "GOCACHE_WARDEN_ACTION") == Some("build-failure"))
         .collect();
-    assert_eq!(logged.len(), 4, "{logged:#?}");
+    assert_eq!(logged.len(), 5, "{logged:#?}");
     assert!(
         logged
             .iter()
@@ -194,4 +209,30 @@ fn go_build_failures_caused_by_caches_are_counted_from_the_journal() {
                 && field(e, "CACHE_PATH") == Some(gc.as_str())),
         "{logged:#?}"
     );
+
+    // Alerted through the policy's sinks: one alert per unit (here: uid, outside units) and
+    // reason, so the second cache-permission failure of the same builder sent nothing new.
+    let alerts: Vec<serde_json::Value> = std::fs::read_to_string(out.join("alerts.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("alert JSON"))
+        .filter(|a: &serde_json::Value| a["kind"] == "build_failure")
+        .collect();
+    let ids: Vec<&str> = alerts.iter().filter_map(|a| a["id"].as_str()).collect();
+    assert_eq!(
+        ids.iter()
+            .filter(|i| i.ends_with(":cache-permission"))
+            .count(),
+        1,
+        "{alerts:#?}"
+    );
+    assert_eq!(alerts.len(), 4, "one per reason: {ids:?}");
+    let perm = alerts
+        .iter()
+        .find(|a| a["id"] == "build_failure:uid 65534:cache-permission")
+        .unwrap_or_else(|| panic!("{ids:?}"));
+    assert_eq!(perm["user"], "nobody", "{perm}");
+    assert_eq!(perm["cache"].as_str(), Some(gc.as_str()), "{perm}");
+    assert_eq!(perm["status"], "firing", "{perm}");
 }

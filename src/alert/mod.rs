@@ -45,6 +45,8 @@ pub enum AlertKind {
     SweepFailed,
     /// Background verification found tampered or untrusted entries in a cache.
     Integrity,
+    /// Go builds of a unit (or user) failed because of a cache, as the journal said.
+    BuildFailure,
     /// Sent by `gocache-warden alert test` to check delivery.
     Test,
 }
@@ -59,6 +61,7 @@ impl AlertKind {
             AlertKind::UnitsMissingGocache => "units_missing_gocache",
             AlertKind::SweepFailed => "sweep_failed",
             AlertKind::Integrity => "integrity",
+            AlertKind::BuildFailure => "build_failure",
             AlertKind::Test => "test",
         }
     }
@@ -73,6 +76,7 @@ impl AlertKind {
             AlertKind::UnitsMissingGocache => "Units run Go without GOCACHE",
             AlertKind::SweepFailed => "Go cache sweep failed",
             AlertKind::Integrity => "Go cache entries failed verification",
+            AlertKind::BuildFailure => "Go builds fail because of a cache",
             AlertKind::Test => "gocache-warden test alert",
         }
     }
@@ -469,6 +473,50 @@ pub fn integrity(host: &str, f: &IntegrityFound) -> Alert {
         cache_kind: Some(CacheKind::Build),
         actions,
         ..blank(host, AlertKind::Integrity, format!("integrity:{path}"))
+    }
+}
+
+/// Go builds of one unit (or, outside units, one user) failing for one reason: what the
+/// daemon remembers of the journal's build failures, for [`build_failure`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildFailing {
+    /// The unit, or `uid N` outside units.
+    pub who: String,
+    pub reason: &'static str,
+    pub cache: Option<PathBuf>,
+    pub uid: Option<u32>,
+    pub user: Option<String>,
+    /// Failures seen since the alert started firing, and the last message.
+    pub count: u64,
+    pub message: String,
+}
+
+/// The alert for builds failing because of a cache: one per unit and reason, so a unit
+/// failing in a loop is one problem, re-notified at the sink's interval, not a message per
+/// build.
+pub fn build_failure(host: &str, f: &BuildFailing) -> Alert {
+    Alert {
+        summary: format!(
+            "go builds of {} ({}) failed {} time{} because of {} ({}): {}",
+            f.who,
+            f.user.as_deref().unwrap_or("unknown user"),
+            f.count,
+            if f.count == 1 { "" } else { "s" },
+            f.cache.as_ref().map_or_else(
+                || "a missing cache setting".to_string(),
+                |c| c.display().to_string()
+            ),
+            f.reason,
+            f.message
+        ),
+        cache: f.cache.clone(),
+        uid: f.uid,
+        user: f.user.clone(),
+        ..blank(
+            host,
+            AlertKind::BuildFailure,
+            format!("build_failure:{}:{}", f.who, f.reason),
+        )
     }
 }
 

@@ -45,6 +45,9 @@ pub struct Observability {
     /// counted as a failure of each of them.
     last_caches: Vec<(std::path::PathBuf, MKind)>,
     failure_log: crate::buildfail::Log,
+    /// Build failures by unit (or uid) and reason, with when the last one was seen: the
+    /// `build_failure` alerts.
+    build_failing: BTreeMap<String, (alert::BuildFailing, i64)>,
     /// What the last sweep saw, for alerts re-evaluated after a units-only inspection.
     last_observation: Option<alert::Observation>,
     /// Background verification, per cache: what the current pass found so far, and what
@@ -222,6 +225,7 @@ impl Observability {
             thresholds: thresholds(policy),
             last_caches: Vec::new(),
             failure_log: Default::default(),
+            build_failing: BTreeMap::new(),
             last_observation: None,
             integrity: BTreeMap::new(),
         })
@@ -526,6 +530,12 @@ impl Observability {
             f.merge(last);
             checks.push(alert::integrity(&obs.host, &f));
         }
+        // Builds failing within the last hour fire; quieter ones are left out (resolved).
+        let quiet_since = crate::check::now() - BUILD_FAILURE_WINDOW;
+        self.build_failing.retain(|_, (_, at)| *at >= quiet_since);
+        for (f, _) in self.build_failing.values() {
+            checks.push(alert::build_failure(&obs.host, f));
+        }
         let now = SystemTime::now();
         for (sink, tracker) in &mut self.trackers {
             tracker.update_with(checks.clone(), now, |a| d.enqueue_to(sink, a));
@@ -542,10 +552,41 @@ impl Observability {
             self.metrics
                 .observe_build_failure(f.reason.as_str(), &cache, &user, &unit);
             self.failure_log.log(f, &user);
+            let who = f
+                .unit
+                .clone()
+                .unwrap_or_else(|| format!("uid {}", f.uid.map_or(-1, i64::from)));
+            let e = self
+                .build_failing
+                .entry(format!("{who}\0{}", f.reason.as_str()))
+                .or_insert_with(|| {
+                    let b = alert::BuildFailing {
+                        who,
+                        reason: f.reason.as_str(),
+                        cache: f.cache.clone(),
+                        uid: f.uid,
+                        user: (!user.is_empty()).then(|| user.clone()),
+                        count: 0,
+                        message: String::new(),
+                    };
+                    (b, 0)
+                });
+            e.0.count += 1;
+            e.0.message.clone_from(&f.message);
+            e.1 = crate::check::now();
         }
         self.write_textfile();
+        // Sent now, not at the next sweep: the tracker sends a new problem at once and a
+        // persisting one only at its sink's re-notify interval.
+        if let Some(obs) = self.last_observation.take() {
+            self.publish(&obs);
+            self.last_observation = Some(obs);
+        }
     }
 }
+
+/// A unit's `build_failure` alert resolves after this long without a failure (seconds).
+const BUILD_FAILURE_WINDOW: i64 = 3600;
 
 /// The metrics view of one cache, as it is after the sweep.
 pub fn snapshot(r: &CacheReport, sweep: &Sweep) -> Option<CacheSnapshot> {

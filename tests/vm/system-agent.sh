@@ -293,6 +293,26 @@ expect socket-enable bash -c 'systemctl stop gocache-warden && systemctl enable 
 eventually socket-metrics 60 bash -c 'curl -sf http://127.0.0.1:9798/metrics > /mnt/host/out/http.prom && grep -q "^gocache_warden_build_info" /mnt/host/out/http.prom'
 eventually agent-active-after-socket 60 is_active gocache-warden
 
+phase "build failures read from the journal"
+# A system service whose GOCACHE its user cannot write: every build fails with cmd/go's
+# "failed to initialize build cache at …: permission denied" on stderr, which systemd puts
+# in the journal with the unit and the uid; the agent counts it in the textfile within a
+# minute. Stopped right after: it sets a GOCACHE other than the policy's.
+install -d -m 0755 /var/lib/gobuild-ro
+cat > /etc/systemd/system/gobuild-ro.service <<'EOF'
+[Unit]
+Description=go build loop whose GOCACHE its user cannot write
+[Service]
+User=bob
+Environment=HOME=/home/bob PATH=/opt/go/bin:/usr/bin:/bin GOCACHE=/var/lib/gobuild-ro
+ExecStart=/bin/sh -c 'mkdir -p /tmp/svc-ro && cd /tmp/svc-ro && printf "module svcro\\ngo 1.22\\n" > go.mod && printf "package svcro\\n" > s.go && while :; do go build ./... || true; sleep 5; done'
+EOF
+systemctl daemon-reload
+expect gobuild-ro-started systemctl start gobuild-ro.service
+eventually build-failure-counted 60 bash -c 'grep "^gocache_warden_build_failures_total{" /var/lib/prometheus/node-exporter/gocache-warden.prom | tee /dev/stderr | grep -q "cache=\"/var/lib/gobuild-ro\",reason=\"cache-permission\",unit=\"gobuild-ro.service\",user=\"bob\""'
+expect build-failure-logged journal_has -u gocache-warden GOCACHE_WARDEN_ACTION=build-failure REASON=cache-permission UNIT=gobuild-ro.service
+systemctl stop gobuild-ro.service
+
 phase "webhooks"
 # What arrived is checked on the host, from the receiver's own log.
 eventually webhook-delivered 120 bash -c '[ "$(journalctl -u gocache-warden -o cat | grep -c "alert delivered")" -ge 2 ]'
@@ -393,8 +413,8 @@ diff "$OUT/files-before" "$OUT/files-after" > "$OUT/files-diff"
 # What stays on purpose: the caches (data), and the drop-ins the agent wrote into other
 # units (removing them would silently change how those services build).
 # Also not the package's doing: what this script added (the build loop, the read-only cache,
-# a system service) or removed (dbus-user-session).
-expect purge-leaves-nothing bash -c "! grep '^[<>]' $OUT/files-diff | cut -c3- | grep -v -x -F -f $OUT/dbus-user-session-files | grep -v 'gobuild-svc.service\|^/usr/local/bin/build-loop\|^/opt/gocache\|^/etc/\(passwd\|group\|shadow\|gshadow\|subuid\|subgid\)-\$'"
+# two system services, the unwritable GOCACHE of one) or removed (dbus-user-session).
+expect purge-leaves-nothing bash -c "! grep '^[<>]' $OUT/files-diff | cut -c3- | grep -v -x -F -f $OUT/dbus-user-session-files | grep -v 'gobuild-svc.service\|gobuild-ro.service\|^/var/lib/gobuild-ro\|^/usr/local/bin/build-loop\|^/opt/gocache\|^/etc/\(passwd\|group\|shadow\|gshadow\|subuid\|subgid\)-\$'"
 expect purge-no-process bash -c '! pgrep -x gocache-warden'
 phase "done"
 exit 0
