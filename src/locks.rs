@@ -22,8 +22,8 @@
 //! `/proc/PID/fdinfo/FD`), not the pid `/proc/locks` prints: that is whoever called `flock`,
 //! often a `flock(1)` that has exited while the shell it ran under keeps the descriptor.
 //! One scan of every process's descriptors serves every lookup for [`TABLE_TTL`] (a member
-//! can lock all 256 shards of a cache; a lookup that finds nothing in a scan older than a
-//! second scans again), and reads at most [`MAX_FDINFO`] of them.
+//! can lock all 256 shards of a cache; a lookup that finds nothing in a scan older than
+//! 100 ms scans again), and reads at most [`MAX_FDINFO`] of them.
 //! Hand-written: the `procfs` crate reads these files too, but one at a time into owned
 //! structures with a dozen dependencies; this needs one line format and two bounds.
 
@@ -36,6 +36,9 @@ pub const MAX_FDINFO: usize = 200_000;
 
 /// How long one scan answers lookups.
 pub const TABLE_TTL: Duration = Duration::from_secs(5);
+
+/// A lookup that finds nothing scans again when the scan is older than this.
+const MISS_RESCAN: Duration = Duration::from_millis(100);
 
 /// A process holding a lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,9 +79,11 @@ pub fn holders(dev: u64, ino: u64) -> Vec<Holder> {
         let lookup = |t: &Option<(Instant, Table)>| {
             t.as_ref().and_then(|(_, table)| table.get(&want).cloned())
         };
-        // A miss in a table more than a second old may be a lock taken since: scan again.
+        // A miss may be a lock taken since the scan: scan again, at most ten times a second
+        // (holders the agent cannot see, in another pid namespace or hidden by
+        // `ProtectProc=`, miss every time).
         let stale = |t: &Option<(Instant, Table)>, max| age(t).is_none_or(|a| a > max);
-        if stale(&t, TABLE_TTL) || (lookup(&t).is_none() && stale(&t, Duration::from_secs(1))) {
+        if stale(&t, TABLE_TTL) || (lookup(&t).is_none() && stale(&t, MISS_RESCAN)) {
             *t = Some((Instant::now(), scan()));
         }
         lookup(&t).unwrap_or_default()
@@ -292,6 +297,8 @@ mod tests {
         // SAFETY: flock on an fd we own; released when `f` drops.
         assert_eq!(unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH) }, 0);
         let m = std::fs::metadata(d.path()).unwrap();
+        // Past the window in which a miss is answered from another test's scan.
+        std::thread::sleep(MISS_RESCAN * 2);
         let hs = holders(m.dev(), m.ino());
         let me = std::process::id() as i32;
         let h = hs

@@ -604,9 +604,9 @@ mod tests {
         let out = child.stdout.take().unwrap();
         std::io::BufReader::new(out).read_line(&mut line).unwrap();
         assert_eq!(line.trim(), "locked");
-        // Holders come from a table of every process's locks that a lookup made within the
-        // last second reuses (`locks::holders`): one another test made may predate this lock.
-        std::thread::sleep(std::time::Duration::from_millis(1100));
+        // Holders come from a table of every process's locks that a miss made within the
+        // last 100 ms reuses (`locks::holders`): one another test made may predate this lock.
+        std::thread::sleep(std::time::Duration::from_millis(300));
 
         let r = Dir::open_root(&root).unwrap();
         let u = units(&r, LastUse::Atime).remove(0);

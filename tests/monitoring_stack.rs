@@ -13,46 +13,12 @@
 mod support;
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::journald::JournaldCommand;
-
-/// Every webhook body Alertmanager posts, as JSON.
-fn receiver() -> (u16, Arc<Mutex<Vec<Value>>>) {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let g = got.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            let mut r = BufReader::new(s.try_clone().expect("clone"));
-            let mut len = 0usize;
-            let mut line = String::new();
-            loop {
-                line.clear();
-                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; len];
-            if r.read_exact(&mut body).is_ok()
-                && let Ok(v) = serde_json::from_slice::<Value>(&body)
-            {
-                g.lock().expect("lock").push(v);
-            }
-            let mut s = s;
-            let _ =
-                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        }
-    });
-    (port, got)
-}
 
 fn spawn(program: &str, args: &[String], log: &Path) -> support::KillOnDrop {
     let out = std::fs::File::create(log).expect("log");
@@ -258,7 +224,9 @@ fn alerts_reach_a_webhook_through_prometheus_and_alertmanager_and_the_dashboard_
         .collect();
     std::fs::write(dir.join("rules.yml"), fast).expect("rules");
 
-    let (recv, got) = receiver();
+    // Every webhook body Alertmanager posts, as JSON.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (recv, got) = support::observe::receiver(stop.clone());
     let (ne, am, prom) = (
         support::free_port(),
         support::free_port(),

@@ -227,7 +227,20 @@ fn hex(h: &[u8]) -> String {
 
 /// Fills `cache` with `n` entries through `gocache-warden cacheprog` itself (real SHA-256
 /// names, Go's layout); returns each entry's (action record path, output path, body).
-fn populate(cache: &Path, n: u32) -> Vec<(PathBuf, PathBuf, Vec<u8>)> {
+/// One entry [`populate`] wrote: its action record, its output and the output's bytes.
+type Written = (PathBuf, PathBuf, Vec<u8>);
+
+/// A fresh directory holding a cache of `n` entries written by the cache program
+/// ([`populate`]): (the directory, the cache, the entries).
+fn populated(n: u32) -> (tempfile::TempDir, PathBuf, Vec<Written>) {
+    let d = tempdir();
+    let cache = d.path().join("cache");
+    std::fs::create_dir(&cache).expect("mkdir");
+    let e = populate(&cache, n);
+    (d, cache, e)
+}
+
+fn populate(cache: &Path, n: u32) -> Vec<Written> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut input = String::new();
     let mut out = Vec::new();
@@ -304,10 +317,7 @@ fn verify_run(p: &Path, cmd: &str) -> (i32, Value) {
 fn verify_finds_tampered_untrusted_and_symlinked_entries_and_enforce_evicts_or_quarantines() {
     support::require_root();
     let writer = support::ensure_user(WRITER, &[]);
-    let d = tempdir();
-    let cache = d.path().join("cache");
-    std::fs::create_dir(&cache).expect("mkdir");
-    let e = populate(&cache, 12);
+    let (d, cache, e) = populated(12);
     // 0: same size, other bytes. 1: output owned by someone outside trusted_writers.
     // 2: action record of an untrusted owner. 3: a symlink under an output's name.
     // 4: a good executable (Go ≥ 1.24's `-d/` directory holding one file). 5: a tampered one.
@@ -401,10 +411,7 @@ fn verify_finds_tampered_untrusted_and_symlinked_entries_and_enforce_evicts_or_q
 #[test]
 fn verify_tells_gos_own_leftovers_from_tampering() {
     support::require_root();
-    let d = tempdir();
-    let cache = d.path().join("cache");
-    std::fs::create_dir(&cache).expect("mkdir");
-    let e = populate(&cache, 6);
+    let (d, cache, e) = populated(6);
     std::fs::write(&e[0].1, b"").expect("truncate to 0");
     std::fs::write(&e[1].1, &e[1].2[..e[1].2.len() / 2]).expect("cut short");
     let mut b = e[2].2.clone();
@@ -453,10 +460,7 @@ fn verify_tells_gos_own_leftovers_from_tampering() {
 #[test]
 fn quarantine_never_renames_over_earlier_evidence() {
     support::require_root();
-    let d = tempdir();
-    let cache = d.path().join("cache");
-    std::fs::create_dir(&cache).expect("mkdir");
-    let e = populate(&cache, 2);
+    let (d, cache, e) = populated(2);
     let p = verify_policy(d.path(), &cache, "quarantine");
     let mut bodies = Vec::new();
     for round in 0..2u8 {
@@ -488,10 +492,7 @@ fn quarantine_never_renames_over_earlier_evidence() {
 fn verify_calls_entries_others_can_write_untrusted_and_names_the_writers() {
     support::require_root();
     let writer = support::ensure_user(WRITER, &[]);
-    let d = tempdir();
-    let cache = d.path().join("cache");
-    std::fs::create_dir(&cache).expect("mkdir");
-    let e = populate(&cache, 4);
+    let (d, cache, e) = populated(4);
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&e[0].1, std::fs::Permissions::from_mode(0o664)).expect("g+w");
     let o = std::process::Command::new("setfacl")
@@ -520,10 +521,7 @@ fn verify_calls_entries_others_can_write_untrusted_and_names_the_writers() {
 #[test]
 fn quarantined_entries_expire_after_the_policys_retention() {
     support::require_root();
-    let d = tempdir();
-    let cache = d.path().join("cache");
-    std::fs::create_dir(&cache).expect("mkdir");
-    let e = populate(&cache, 2);
+    let (d, cache, e) = populated(2);
     let p = policy(
         d.path(),
         "r.toml",
@@ -563,10 +561,7 @@ fn quarantined_entries_expire_after_the_policys_retention() {
 fn the_quarantine_keeps_within_its_size_oldest_out_first() {
     use std::os::unix::fs::MetadataExt;
     support::require_root();
-    let d = tempdir();
-    let cache = d.path().join("cache");
-    std::fs::create_dir(&cache).expect("mkdir");
-    let e = populate(&cache, 6);
+    let (d, cache, e) = populated(6);
     let max = 24 << 10;
     let p = policy(
         d.path(),

@@ -39,26 +39,29 @@ pub(super) fn open_quarantine(
     let q = quarantine_dir(dir)
         .with_context(|| format!("cannot open the quarantine {:?}", root.join(QUARANTINE)))?;
     let t = trim(&q, keep);
-    if t.expired > 0 {
-        tracing::info!(
-            gocache_warden_action = crate::logging::action::INTEGRITY,
-            cache_path = %root.display(),
-            entries = t.expired,
-            "removed {} entries quarantined in {} more than {} ago (quarantine_retention)",
+    let why = [
+        (
             t.expired,
-            root.display(),
-            humantime::format_duration(keep.retention)
-        );
-    }
-    if t.oversize > 0 {
+            format!(
+                "moved there more than {} ago (quarantine_retention)",
+                humantime::format_duration(keep.retention)
+            ),
+        ),
+        (
+            t.oversize,
+            format!(
+                "the oldest, while it held more than {} (quarantine_max_size)",
+                crate::policy::value::human_bytes(keep.max_bytes)
+            ),
+        ),
+    ];
+    for (n, why) in why.iter().filter(|(n, _)| *n > 0) {
         tracing::info!(
             gocache_warden_action = crate::logging::action::INTEGRITY,
             cache_path = %root.display(),
-            entries = t.oversize,
-            "removed the {} oldest entries quarantined in {}: the quarantine held more than {} (quarantine_max_size)",
-            t.oversize,
-            root.display(),
-            crate::policy::value::human_bytes(keep.max_bytes)
+            entries = *n,
+            "removed {n} entries from the quarantine of {}: {why}",
+            root.display()
         );
     }
     Ok(Some(q))
