@@ -240,6 +240,15 @@ fn populated(n: u32) -> (tempfile::TempDir, PathBuf, Vec<Written>) {
     (d, cache, e)
 }
 
+/// Tampers with an entry's output as an attacker would: same size, one byte flipped, used an
+/// hour ago (past any settle time).
+fn tamper(x: &Written) {
+    let mut b = x.2.clone();
+    b[1] ^= 0x40;
+    std::fs::write(&x.1, &b).expect("tamper");
+    support::age(&x.1, 3600);
+}
+
 fn populate(cache: &Path, n: u32) -> Vec<Written> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut input = String::new();
@@ -533,10 +542,7 @@ fn quarantined_entries_expire_after_the_policys_retention() {
     let q = cache.join("gocache-warden-quarantine");
     let count = || std::fs::read_dir(&q).map_or(0, |r| r.count());
     for (i, x) in e.iter().enumerate() {
-        let mut b = x.2.clone();
-        b[1] ^= 0x40;
-        std::fs::write(&x.1, &b).expect("tamper");
-        support::age(&x.1, 3600);
+        tamper(x);
         let (code, v) = verify_run(&p, "enforce");
         assert_eq!(code, 0, "{v}");
         assert_eq!(v["verify"][0]["verified"]["quarantined"], 1, "{v}");
@@ -595,12 +601,7 @@ fn the_quarantine_keeps_within_its_size_oldest_out_first() {
     };
     // Two rounds of tampering, a second apart, each quarantined by its own pass.
     for round in e.chunks(3) {
-        for x in round {
-            let mut b = x.2.clone();
-            b[1] ^= 0x40;
-            std::fs::write(&x.1, &b).expect("tamper");
-            support::age(&x.1, 3600);
-        }
+        round.iter().for_each(tamper);
         let (code, v) = verify_run(&p, "enforce");
         assert_eq!(code, 0, "{v}");
         assert_eq!(v["verify"][0]["verified"]["quarantined"], 3, "{v}");
