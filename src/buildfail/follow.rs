@@ -32,8 +32,9 @@ impl Caches {
         }
     }
 
-    fn get(&self) -> Vec<KnownCache> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    /// [`classify`] against the list as it is, without copying it per message.
+    fn classify(&self, msg: &str) -> Option<super::Classified> {
+        classify(msg, &self.0.read().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -107,16 +108,17 @@ fn failure(e: &sdjournal::EntryRef, me: &str, caches: &Caches) -> Option<Failure
         })
     };
     let msg = text("MESSAGE")?;
-    if !candidate(&msg) || text("_PID").as_deref() == Some(me) {
+    let pid = text("_PID");
+    if !candidate(&msg) || pid.as_deref() == Some(me) {
         return None;
     }
-    let c = classify(&msg, &caches.get())?;
+    let c = caches.classify(&msg)?;
     Some(Failure {
         reason: c.reason,
         cache: c.cache,
         uid: text("_UID").and_then(|u| u.parse().ok()),
         unit: text("_SYSTEMD_USER_UNIT").or_else(|| text("_SYSTEMD_UNIT")),
-        pid: text("_PID").and_then(|p| p.parse().ok()),
+        pid: pid.and_then(|p| p.parse().ok()),
         comm: text("_COMM"),
         cmdline: text("_CMDLINE"),
         message: msg,
