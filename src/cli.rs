@@ -401,6 +401,7 @@ fn run(cli: &Cli, scope: Scope) -> anyhow::Result<i32> {
             if *verify {
                 crate::integrity::verify_report(&mut report, &p, false);
             }
+            attach_writers(&mut report, scope);
             if *json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -408,6 +409,32 @@ fn run(cli: &Cli, scope: Scope) -> anyhow::Result<i32> {
             }
             Ok(report.exit_code)
         }
+    }
+}
+
+/// The running agent's top writers (`crate::writers`), from its state directory; nothing
+/// when no agent of this scope runs (or its file cannot be read, which is said).
+fn attach_writers(report: &mut crate::report::Report, scope: Scope) {
+    let Some(dir) = crate::daemon::state::dir(scope) else {
+        return;
+    };
+    let file = crate::writers::tally::FILE;
+    let tally =
+        crate::daemon::state::read(&dir, file, crate::writers::tally::MAX_FILE).and_then(|b| {
+            b.map_or(Ok(None), |b| {
+                crate::writers::tally::Tally::running_from(&b, &dir.join(file))
+            })
+        });
+    match tally {
+        Ok(Some(t)) => crate::writers::attach(report, &t),
+        Ok(None) => {}
+        // Not readable by this user (the system agent's is root's): no figures, no error.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+            }) => {}
+        Err(e) => eprintln!("gocache-warden: top writers unknown: {e:#}"),
     }
 }
 

@@ -61,3 +61,5 @@ pub mod units;
 pub mod untrusted;
 /// Every user's caches: `users` expanded to one cache per user, resolved as their go would.
 pub mod users;
+/// Who writes into each build cache (fanotify), and entries written by someone but its owner.
+pub mod writers;

@@ -121,9 +121,11 @@ pub mod action {
     pub const LOCK_IGNORED: &str = "lock-ignored";
     /// A Go build failed because of a cache, as the journal said (the `buildfail` module).
     pub const BUILD_FAILURE: &str = "build-failure";
+    /// Someone other than a cache's owner wrote an entry into it (the `writers` module).
+    pub const FOREIGN_WRITE: &str = "foreign-write";
 
     /// Every action, for tests and documentation.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 17] = [
         ACL_FIX,
         MODE_FIX,
         GROUP_FIX,
@@ -140,6 +142,7 @@ pub mod action {
         INTEGRITY_FAILED,
         LOCK_IGNORED,
         BUILD_FAILURE,
+        FOREIGN_WRITE,
     ];
 }
 

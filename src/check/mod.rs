@@ -171,6 +171,7 @@ pub fn inspect_target_paired(t: &Target, now: i64, over: bool) -> CacheReport {
         refused: None,
         user: t.user.as_ref().map(|u| u.name.clone()),
         via: t.user.as_ref().map(|u| u.via.clone()),
+        top_writers: None,
     };
     let path = match &t.path {
         Ok(p) if t.refused.is_some() => {
@@ -761,6 +762,7 @@ pub fn run(policy: &Policy, scope: Scope, env: &GoEnv) -> Report {
         policy_sources: policy.sources.clone(),
         caches,
         environment,
+        writes: None,
         compliant: !violations && !failed,
         exit_code,
     }

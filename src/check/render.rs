@@ -55,6 +55,9 @@ pub fn render(r: &Report) -> String {
         r.host
     );
     let _ = writeln!(out, "policy: {}", r.policy_sources.join(", "));
+    if let Some(w) = &r.writes {
+        let _ = writeln!(out, "writes: {w}");
+    }
     for c in &r.caches {
         let _ = writeln!(out);
         let path = c
@@ -146,6 +149,30 @@ pub fn render(r: &Report) -> String {
                 String::new()
             };
             let _ = writeln!(out, "  owners     {}{more}", list.join(", "));
+        }
+        if let Some(w) = &c.top_writers {
+            let list: Vec<String> = w
+                .iter()
+                .map(|w| {
+                    let unit = if w.unit.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", w.unit)
+                    };
+                    format!(
+                        "{}{unit} {} in {} entries",
+                        w.user,
+                        human_bytes(w.bytes),
+                        w.entries
+                    )
+                })
+                .collect();
+            let list = if list.is_empty() {
+                "none".to_string()
+            } else {
+                list.join(", ")
+            };
+            let _ = writeln!(out, "  writers    last 24 h: {list}");
         }
         if c.findings.is_empty() && c.inspect_error.is_none() {
             let _ = writeln!(out, "  ok: compliant with the policy");

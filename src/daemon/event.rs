@@ -39,6 +39,8 @@ pub enum Event {
     VerifyDue,
     /// The journal said Go builds failed because of a cache (`crate::buildfail`).
     BuildFailed(Vec<crate::buildfail::Failure>),
+    /// What was written into the caches in the last second, and by whom (`crate::writers`).
+    Written(crate::writers::Batch),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

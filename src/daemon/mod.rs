@@ -24,6 +24,7 @@ pub mod observe;
 mod sched;
 pub mod state;
 mod verify;
+mod writes;
 
 pub use event::{Event, Sig};
 use sched::{State, notify};
@@ -47,11 +48,13 @@ pub struct Options {
 
 /// Runs the daemon until SIGTERM/SIGINT; returns the exit code.
 pub fn run(opts: Options) -> anyhow::Result<i32> {
+    // Before the runtime starts any thread: this gives up CAP_SYS_ADMIN.
+    let writers = crate::writers::open();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the event loop")?;
-    rt.block_on(main_loop(opts))
+    rt.block_on(main_loop(opts, writers))
 }
 
 /// Watches the build caches of the last sweep, each triggering a sweep when it passes its
@@ -231,7 +234,10 @@ fn spawn_every(
     })
 }
 
-async fn main_loop(opts: Options) -> anyhow::Result<i32> {
+async fn main_loop(
+    opts: Options,
+    writers: Result<crate::writers::Group, String>,
+) -> anyhow::Result<i32> {
     let policy = match policy::load_for(opts.scope, &opts.policy_paths) {
         Ok(p) => p,
         Err(e) => {
@@ -312,6 +318,12 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
             }
         }
     };
+    let mut writes = writes::Writes::start(writers, state::dir(opts.scope), {
+        let tx = tx.clone();
+        move |b| {
+            let _ = tx.send(Event::Written(b));
+        }
+    });
     let mut st = State {
         policy: Arc::new(policy),
         scope: opts.scope,
@@ -498,6 +510,7 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                 for p in sweep.reports.iter().filter_map(|r| r.path.as_ref()) {
                     st.grew.remove(p);
                 }
+                writes.after_sweep(&sweep);
                 failure_caches.note(sweep.reports.iter().filter_map(|r| {
                     r.path
                         .clone()
@@ -617,6 +630,7 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
                 verifier.request(&st.policy, &tx);
             }
             Event::BuildFailed(f) => obs.build_failed(&f),
+            Event::Written(b) => writes.on_batch(b, &mut obs),
             Event::VerifyDue => {
                 verifier.new_pass();
                 verifier.request(&st.policy, &tx);
@@ -652,6 +666,7 @@ async fn main_loop(opts: Options) -> anyhow::Result<i32> {
         }
     }
     let _ = stop_http_tx.send(());
+    writes.save();
     obs.shutdown(Duration::from_secs(1));
     tracing::info!("stopped");
     Ok(0)

@@ -30,7 +30,7 @@ pub struct Observability {
     /// The alert sinks' configuration, to keep the dispatcher (and its in-flight retries)
     /// across a reload that does not change it.
     alerts_cfg: String,
-    metrics: Metrics,
+    pub(super) metrics: Metrics,
     textfile: Option<metrics::textfile::TextfileWriter>,
     /// One tracker per sink, by name: each sink has its own re-notify interval, and what
     /// one sink's full queue could not take is offered to it again without re-sending to
@@ -511,7 +511,7 @@ impl Observability {
         self.last_observation = Some(obs);
     }
 
-    fn write_textfile(&self) {
+    pub(super) fn write_textfile(&self) {
         if let Some(t) = &self.textfile
             && let Err(e) = t.write(&self.registry)
         {

@@ -14,6 +14,7 @@ mod cacheprog;
 pub mod http;
 mod integrity;
 pub mod textfile;
+mod written;
 
 pub use crate::report::snapshot::{
     CacheKind, CacheSnapshot, CacheprogSnapshot, EvictReason, Evicted, OwnerUsage, SweepOutcome,
@@ -64,6 +65,8 @@ pub const METRIC_NAMES: &[&str] = &[
     "gocache_warden_cacheprog_put_bytes_total",
     "gocache_warden_cacheprog_redirected_total",
     buildfail::NAME,
+    written::BYTES,
+    written::ENTRIES,
     "gocache_warden_integrity_hashed_bytes_total",
     "gocache_warden_integrity_verified_outputs_total",
     "gocache_warden_integrity_problems_total",
@@ -144,6 +147,7 @@ pub struct Metrics {
     owner_info: GaugeVec,
     cacheprog: Mutex<cacheprog::Families>,
     build_failures: Mutex<buildfail::Family>,
+    written: Mutex<written::Families>,
     integrity: Mutex<integrity::Families>,
     state: Mutex<HashMap<PathBuf, CacheSeries>>,
 }
@@ -322,6 +326,7 @@ impl Metrics {
             )?,
             cacheprog: Mutex::new(cacheprog::Families::new(r)?),
             build_failures: Mutex::new(buildfail::Family::new(r)?),
+            written: Mutex::new(written::Families::new(r)?),
             integrity: Mutex::new(integrity::Families::new(r)?),
             cfg,
             state: Mutex::new(HashMap::new()),
@@ -393,8 +398,25 @@ impl Metrics {
             .inc(reason, cache, user, unit);
     }
 
+    /// Counts what one writer (the files' owner, and the unit it ran in) wrote into a build
+    /// cache (the `writers` module).
+    pub fn observe_written(&self, cache: &str, user: &str, unit: &str, bytes: u64, entries: u64) {
+        self.written.lock().unwrap_or_else(|e| e.into_inner()).add(
+            self.cfg.top_users,
+            cache,
+            user,
+            unit,
+            bytes,
+            entries,
+        );
+    }
+
     /// Removes every series of one cache (it left the policy).
     pub fn remove_cache(&self, path: &Path) {
+        self.written
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&path.to_string_lossy());
         let mut state = self.state();
         if let Some(series) = state.remove(path) {
             self.remove_series(path, &series);

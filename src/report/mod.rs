@@ -102,6 +102,21 @@ pub struct CacheReport {
     /// user manager's environment) or `"unit:NAME"` (a service of theirs sets it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub via: Option<String>,
+    /// Who wrote into the cache over the last day, biggest first, as the running agent
+    /// counted it (the `writers` module); `None` when no agent is counting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_writers: Option<Vec<TopWriter>>,
+}
+
+/// One of a cache's top writers (`check` with the agent running).
+#[derive(Debug, Clone, Serialize)]
+pub struct TopWriter {
+    /// The written files' owner.
+    pub user: String,
+    /// The writer's systemd unit (empty outside one, or unknown).
+    pub unit: String,
+    pub bytes: u64,
+    pub entries: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -114,6 +129,9 @@ pub struct Report {
     pub caches: Vec<CacheReport>,
     /// Problems of the Go environment itself (GOCACHE=off, stray caches, env files).
     pub environment: Vec<Finding>,
+    /// How the running agent attributes writes (`check` only; `None`: no agent running).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writes: Option<String>,
     pub compliant: bool,
     pub exit_code: i32,
 }

@@ -1,0 +1,342 @@
+//! Write attribution (issue #23, point 1): the agent, as root, watches a user's build cache
+//! through fanotify while real `go build`s write into it, each in a cgroup named like a
+//! systemd service (what `/proc/PID/cgroup` says of a service's processes). What the owner's
+//! build wrote is counted to the byte and entry under the owner and the unit
+//! (`gocache_warden_cache_written_*_total`), with no foreign-write event; a `sudo go build`
+//! (root, into the owner's cache) is counted under root and its unit and logged as a foreign
+//! write naming the pid, command, uid, unit and command line; and `check` shows both as the
+//! cache's top writers while the agent runs, and none once it has stopped.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const OWNER: &str = "gwt-writes-owner";
+
+/// The cgroup v2 hierarchy's mount point.
+fn cgroup2() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("mounts");
+    mounts
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2] == "cgroup2")
+        .map(|f| PathBuf::from(f[1]))
+        .expect("a cgroup2 mount (for a unit-like cgroup)")
+}
+
+/// A cgroup named like a service, removed (once empty) when dropped.
+struct Unit(PathBuf);
+
+impl Unit {
+    fn new(name: &str) -> Unit {
+        let p = cgroup2().join(format!("{name}-{}.service", std::process::id()));
+        std::fs::create_dir_all(&p).expect("mkdir cgroup");
+        Unit(p)
+    }
+    fn name(&self) -> String {
+        self.0
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Unit {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// `go build FLAGS -o /dev/null .` in `src` as `uid`, in cgroup `unit`, writing `cache`.
+fn build(unit: &Unit, uid: u32, gid: u32, home: &Path, src: &Path, cache: &Path, flags: &str) {
+    let go = support::gobuild::goroot().join("bin/go");
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec setpriv --reuid {uid} --regid {gid} --init-groups \
+         env -i HOME={} PATH=/usr/bin:/bin GOCACHE={} GOTOOLCHAIN=local GOFLAGS=-mod=mod \
+         GOTELEMETRY=off CGO_ENABLED=0 {} build {flags} -o /dev/null .",
+        unit.0.display(),
+        home.display(),
+        cache.display(),
+        go.display()
+    );
+    let mut c = Command::new("sh");
+    c.args(["-c", &script]).current_dir(src);
+    let o = support::gobuild::run_bounded(c, Duration::from_secs(600));
+    assert!(
+        o.status.success(),
+        "go build {flags}: {}",
+        support::stderr(&o)
+    );
+}
+
+/// Allocated bytes and action records of the files under `cache` owned by `uid`.
+fn owned(cache: &Path, uid: u32) -> BTreeMap<PathBuf, u64> {
+    let mut out = BTreeMap::new();
+    for shard in std::fs::read_dir(cache).expect("cache") {
+        let shard = shard.expect("entry").path();
+        if !shard.is_dir() {
+            continue;
+        }
+        for f in std::fs::read_dir(&shard).expect("shard") {
+            let f = f.expect("entry").path();
+            let m = std::fs::symlink_metadata(&f).expect("stat");
+            if m.is_file() && m.uid() == uid {
+                out.insert(f, m.blocks() * 512);
+            }
+        }
+    }
+    out
+}
+
+/// The value of the series of `name` with these label values, 0 when absent.
+fn value(metrics: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn writes_are_attributed_to_their_owner_and_unit_and_foreign_entries_are_logged() {
+    support::require_root();
+    let uid = support::ensure_user(OWNER, &[]);
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .expect("owner");
+    let gid = user.gid.as_raw();
+    let tmp = support::tempdir();
+    let d = tmp.path();
+    support::gobuild::sh("chmod", &["755", &d.display().to_string()]);
+    let src = d.join("src");
+    std::fs::create_dir(&src).expect("mkdir src");
+    std::fs::write(src.join("go.mod"), "module example.com/w\n\ngo 1.22\n").expect("go.mod");
+    std::fs::write(
+        src.join("main.go"),
+        "package main\n\nimport \"fmt\"\n\nfunc main() { fmt.Println(1) }\n",
+    )
+    .expect("main.go");
+    let cache = d.join("gc");
+    std::fs::create_dir(&cache).expect("mkdir cache");
+    nix::unistd::chown(&cache, Some(user.uid), Some(user.gid)).expect("chown");
+    // The cache exists (shards and all) before the agent's first sweep, as on a server.
+    let owner_unit = Unit::new("gwt-writes-owner");
+    build(&owner_unit, uid, gid, &user.dir, &src, &cache, "");
+
+    let port = support::free_port();
+    let policy = support::policy(
+        d,
+        "policy.toml",
+        &format!(
+            "[cache.gc]\npath = \"{}\"\n[agent]\ninterval = \"1h\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+            cache.display()
+        ),
+    );
+    let log = d.join("agent.log");
+    let agent = support::spawn_agent(&policy, &log);
+    let scrape = || {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            support::scrape_metrics(port)
+        } else {
+            String::new()
+        }
+    };
+    wait_for("the first sweep", Duration::from_secs(60), || {
+        value(&scrape(), "gocache_warden_sweeps_total", &[]) >= 1
+    });
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let gc = cache.display().to_string();
+    // The shards are marked (the kernel reports from this point on).
+    wait_for("the cache's marks", Duration::from_secs(30), || {
+        log_text().contains(&format!("writes into {gc} are attributed (256 shards)"))
+    });
+    assert!(
+        log_text().contains("writes into build caches are attributed (fanotify, Privileged)"),
+        "{}",
+        log_text()
+    );
+
+    // The owner's build in its unit: every byte and entry it added, under owner and unit.
+    let before = owned(&cache, uid);
+    build(
+        &owner_unit,
+        uid,
+        gid,
+        &user.dir,
+        &src,
+        &cache,
+        "-gcflags=all=-N",
+    );
+    let after = owned(&cache, uid);
+    let new: Vec<(&PathBuf, &u64)> = after
+        .iter()
+        .filter(|(p, _)| !before.contains_key(*p))
+        .collect();
+    let bytes: u64 = new.iter().map(|(_, b)| **b).sum();
+    let entries = new
+        .iter()
+        .filter(|(p, _)| p.to_string_lossy().ends_with("-a"))
+        .count() as u64;
+    assert!(entries > 100, "a rebuild of fmt writes entries: {entries}");
+    let own_unit = owner_unit.name();
+    let labels = [
+        ("cache", gc.as_str()),
+        ("user", OWNER),
+        ("unit", own_unit.as_str()),
+    ];
+    let waited = Instant::now();
+    while value(
+        &scrape(),
+        "gocache_warden_cache_written_entries_total",
+        &labels,
+    ) < entries
+    {
+        assert!(
+            waited.elapsed() < Duration::from_secs(30),
+            "the owner's {entries} entries ({bytes} bytes) as {labels:?}:\n{}\n{}",
+            scrape(),
+            log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let m = scrape();
+    assert_eq!(
+        (
+            value(&m, "gocache_warden_cache_written_bytes_total", &labels),
+            value(&m, "gocache_warden_cache_written_entries_total", &labels)
+        ),
+        (bytes, entries),
+        "what du and find say the build added\n{m}"
+    );
+    assert!(
+        !log_text().contains("not theirs"),
+        "no false alarm: {}",
+        log_text()
+    );
+
+    // `sudo go build` into the owner's cache: root's files, counted and logged as foreign.
+    let sudo_unit = Unit::new("gwt-writes-sudo");
+    build(
+        &sudo_unit,
+        0,
+        0,
+        Path::new("/root"),
+        &src,
+        &cache,
+        "-gcflags=all=-l",
+    );
+    let root_files = owned(&cache, 0);
+    assert!(!root_files.is_empty(), "root's build wrote into the cache");
+    let root_bytes: u64 = root_files.values().sum();
+    let sudo = sudo_unit.name();
+    let root_labels = [
+        ("cache", gc.as_str()),
+        ("user", "root"),
+        ("unit", sudo.as_str()),
+    ];
+    wait_for("root's writes", Duration::from_secs(30), || {
+        value(
+            &scrape(),
+            "gocache_warden_cache_written_bytes_total",
+            &root_labels,
+        ) >= root_bytes
+    });
+    wait_for("the foreign-write events", Duration::from_secs(30), || {
+        log_text().contains("root wrote ")
+    });
+    let text = log_text();
+    let foreign: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("a cache that is not theirs"))
+        .collect();
+    // One by one up to the per-minute allowance (the build may straddle two minutes).
+    let cap = 2 * gocache_warden::writers::FOREIGN_PER_MINUTE;
+    assert!(
+        !foreign.is_empty() && foreign.len() as u64 <= cap,
+        "{foreign:#?}"
+    );
+    let first = foreign[0];
+    assert!(first.contains(&format!("into {gc}")), "{first}");
+    assert!(
+        first.contains(&format!("(go, uid 0, {sudo})")),
+        "pid, command, uid, unit: {first}"
+    );
+    assert!(
+        first.contains("build -gcflags=all=-l -o /dev/null ."),
+        "command line: {first}"
+    );
+    assert!(
+        foreign.iter().all(|l| l.contains(" root wrote ")),
+        "only root's entries are foreign: {foreign:#?}"
+    );
+
+    // check, with the agent running: both writers of the last day, biggest first.
+    let check = |json: bool| {
+        let mut c = Command::new(support::bin());
+        c.args(["--policy".as_ref(), policy.as_os_str(), "check".as_ref()]);
+        if json {
+            c.arg("--json");
+        }
+        c.env("STATE_DIRECTORY", policy.with_extension("state"));
+        c.output().expect("check")
+    };
+    // Saved when writes have been quiet for 10 s (or every 10 s while they go on).
+    wait_for("the tally file", Duration::from_secs(30), || {
+        support::json(&check(true))["caches"][0]["top_writers"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|w| w["bytes"].as_u64() == Some(root_bytes)))
+    });
+    let j = support::json(&check(true));
+    let top = j["caches"][0]["top_writers"]
+        .as_array()
+        .expect("top writers")
+        .clone();
+    let row = |u: &str| {
+        top.iter()
+            .find(|w| w["user"] == u)
+            .cloned()
+            .expect("writer")
+    };
+    assert_eq!(row(OWNER)["unit"], own_unit.as_str(), "{top:#?}");
+    assert!(row(OWNER)["bytes"].as_u64() >= Some(bytes), "{top:#?}");
+    assert_eq!(row("root")["unit"], sudo.as_str(), "{top:#?}");
+    assert_eq!(row("root")["bytes"].as_u64(), Some(root_bytes), "{top:#?}");
+    let human = support::stdout(&check(false));
+    assert!(
+        human.contains("writes: attributed by the running agent"),
+        "{human}"
+    );
+    let line = human
+        .lines()
+        .find(|l| l.trim_start().starts_with("writers"))
+        .unwrap_or_else(|| panic!("{human}"));
+    assert!(
+        line.contains(&format!("{OWNER} ({own_unit})")) && line.contains(&format!("root ({sudo})")),
+        "{line}"
+    );
+
+    // Once the agent is gone, its figures are not "the last day" any more.
+    drop(agent);
+    let j = support::json(&check(true));
+    assert!(j["caches"][0].get("top_writers").is_none(), "{j}");
+    assert!(j.get("writes").is_none(), "{j}");
+}
