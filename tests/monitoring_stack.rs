@@ -93,6 +93,8 @@ wait_for build
 (cd "$D/plain" && setpriv --reuid=65534 --regid=65534 --clear-groups \
     systemd-cat -t gobuild env -i PATH=/usr/bin:/bin GOTOOLCHAIN=local HOME="$D/home" \
     GOCACHE="$D/ro/gc" "$GO" build -o /dev/null .)
+# A write into the watched cache, for the top-writers panel (any writer is attributed).
+head -c 65536 /dev/urandom > "$D/cache/00/00$(printf '%062d' 7)-d"
 wait_for hup
 kill -HUP "$agent"
 wait_for done
@@ -338,6 +340,18 @@ fn alerts_reach_a_webhook_through_prometheus_and_alertmanager_and_the_dashboard_
     let b = notified(&got, "GoBuildsFailingOnCache", &failing_label, "firing").remove(0);
     assert_eq!(b["labels"]["reason"], "cache-permission", "{b}");
     assert_eq!(b["labels"]["user"], "nobody", "{b}");
+    wait_for(
+        "the write into the cache in Prometheus",
+        Duration::from_secs(60),
+        &logs,
+        || {
+            http_get(
+                prom,
+                "/api/v1/query?query=gocache_warden_cache_written_bytes_total",
+            )
+            .is_some_and(|b| b.contains(&cache_label))
+        },
+    );
 
     // The cause removed (the entries gone, the agent sweeps again on SIGHUP): resolved.
     for shard in std::fs::read_dir(&cache).expect("cache").flatten() {
@@ -364,6 +378,7 @@ fn alerts_reach_a_webhook_through_prometheus_and_alertmanager_and_the_dashboard_
         "Time since last successful sweep",
         "Build failures by cause, last 72 hours",
         "Build failures by unit and user, last 24 hours",
+        "Top writers, last 24 hours",
     ];
     let mut seen = std::collections::BTreeSet::new();
     for (title, q) in dashboard_queries() {

@@ -147,7 +147,7 @@ pub fn open() -> Result<Group, String> {
     let g = Group::init().map_err(|e| format!("fanotify is unavailable: {e}"));
     for set in [caps::CapSet::Effective, caps::CapSet::Permitted] {
         if let Err(e) = caps::drop(None, set, caps::Capability::CAP_SYS_ADMIN) {
-            tracing::warn!("cannot drop CAP_SYS_ADMIN: {e}");
+            tracing::error!("cannot drop CAP_SYS_ADMIN: {e}");
         }
     }
     g

@@ -159,6 +159,11 @@ impl State {
                     self.told.remove(&s.path);
                     self.caches.insert(s.path, c);
                 }
+                // Not there (yet): go creates it at its first build, and the sweep that
+                // follows finds it. Nothing to say.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.told.remove(&s.path);
+                }
                 Err(e) => {
                     let why = e.to_string();
                     if self.told.get(&s.path) != Some(&why) {

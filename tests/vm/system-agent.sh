@@ -293,6 +293,21 @@ expect socket-enable bash -c 'systemctl stop gocache-warden && systemctl enable 
 eventually socket-metrics 60 bash -c 'curl -sf http://127.0.0.1:9798/metrics > /mnt/host/out/http.prom && grep -q "^gocache_warden_build_info" /mnt/host/out/http.prom'
 eventually agent-active-after-socket 60 is_active gocache-warden
 
+phase "write attribution: a system service's build counted under its user and unit"
+# Under the shipped unit: fanotify with pids (CAP_SYS_ADMIN at start), then CAP_SYS_ADMIN
+# gone from the running agent (bit 21 of CapEff).
+expect attribution-privileged bash -c 'journalctl -u gocache-warden -o cat | grep -q "writes into build caches are attributed (fanotify, Privileged)"'
+expect sys-admin-dropped bash -c 'e=$(awk "/^CapEff/ {print \$2}" /proc/$(systemctl show -P MainPID gocache-warden)/status); echo "CapEff $e"; [ $(( 0x$e & (1 << 21) )) -eq 0 ]'
+# The agent was restarted just before (socket activation): its first sweep marks the caches.
+eventually attribution-marked 60 bash -c 'journalctl -u gocache-warden -o cat _PID=$(systemctl show -P MainPID gocache-warden) | grep -q "writes into /srv/gocache are attributed (256 shards)"'
+install -d -o bob -g bob /var/tmp/attr
+printf 'module attr\ngo 1.22\n' > /var/tmp/attr/go.mod
+printf 'package attr\n\nconst T = %s\n' "$(date +%s%N)" > /var/tmp/attr/a.go
+chown -R bob: /var/tmp/attr
+expect attr-build systemd-run --wait --quiet --unit gobuild-attr -p User=bob -p WorkingDirectory=/var/tmp/attr -p "Environment=HOME=/home/bob PATH=/opt/go/bin:/usr/bin:/bin GOCACHE=/srv/gocache" /opt/go/bin/go build ./...
+eventually written-attributed 60 bash -c 'grep "^gocache_warden_cache_written_bytes_total{cache=\"/srv/gocache\",unit=\"gobuild-attr.service\",user=\"bob\"}" /var/lib/prometheus/node-exporter/gocache-warden.prom | tee /dev/stderr | grep -q " [1-9]"'
+eventually check-top-writers 30 bash -c 'gocache-warden check 2>/dev/null | grep "writers " | tee /dev/stderr | grep -q "bob (gobuild-attr.service)"'
+
 phase "build failures read from the journal"
 # A system service whose GOCACHE its user cannot write: every build fails with cmd/go's
 # "failed to initialize build cache at …: permission denied" on stderr, which systemd puts
