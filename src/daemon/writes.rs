@@ -136,29 +136,30 @@ fn log_foreign(f: &Foreign) {
     } else {
         "a process the kernel did not name (fanotify without CAP_SYS_ADMIN)".to_string()
     };
-    if f.more > 0 {
-        tracing::warn!(
-            gocache_warden_action = action::FOREIGN_WRITE,
-            cache_path = %cache,
-            unit = %p.unit,
-            pid = f.pid,
-            entries = f.more,
+    let (msg, owner_uid) = if f.more > 0 {
+        let msg = format!(
             "{} more entries written into {cache} by someone but its owner this minute: {writer}",
             f.more
         );
-        return;
-    }
-    let owner = crate::check::user_name(f.owner_uid);
+        (msg, -1)
+    } else {
+        let owner = crate::check::user_name(f.owner_uid);
+        let msg = format!(
+            "{owner} wrote {} into {cache}, a cache that is not theirs: {writer}",
+            f.entry
+        );
+        (msg, i64::from(f.owner_uid))
+    };
     tracing::warn!(
         gocache_warden_action = action::FOREIGN_WRITE,
         cache_path = %cache,
         unit = %p.unit,
         pid = f.pid,
-        target_uid = f.owner_uid,
+        target_uid = owner_uid,
         entry = %f.entry,
+        entries = f.more.max(1),
         comm = %p.comm,
         cmdline = %p.cmdline,
-        "{owner} wrote {} into {cache}, a cache that is not theirs: {writer}",
-        f.entry
+        "{msg}"
     );
 }
