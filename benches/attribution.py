@@ -12,6 +12,7 @@ Nothing else should run meanwhile: the ratio is the figure, and a busy machine m
 
 import argparse
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -70,18 +71,27 @@ class Agent:
             time.sleep(0.05)
         return self
 
+    def cpu(self):
+        """CPU seconds (user + system) the agent has used so far."""
+        f = Path(f"/proc/{self.p.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
     def __exit__(self, *a):
         self.p.send_signal(signal.SIGTERM)
         self.p.wait(timeout=30)
 
 
 def build(go, cache, env_base):
+    """Wall seconds, and CPU seconds of the build's processes."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     subprocess.run(
         [go, "build", "std"], check=True, env={**env_base, "GOCACHE": str(cache)},
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    return time.perf_counter() - t
+    wall = time.perf_counter() - t
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
 
 
 def empty(cache):
@@ -113,7 +123,7 @@ def main():
     build(go, cache, env_base)  # shards, and the toolchain's own files in the page cache
     rows = {}
     for kind, pairs in [("cold", a.cold), ("warm", a.warm)]:
-        without, with_ = [], []
+        without, with_, agent_cpu, build_cpu = [], [], [], []
         for i in range(pairs):
             # Alternate which goes first, so drift over the run cancels out.
             order = [False, True] if i % 2 == 0 else [True, False]
@@ -123,15 +133,21 @@ def main():
                 else:
                     build(go, cache, env_base)  # whatever the last cold run left, now a hit
                 if watched:
-                    with Agent(binary, work, cache):
-                        v = build(go, cache, env_base)
+                    with Agent(binary, work, cache) as agent:
+                        c0 = agent.cpu()
+                        v, cpu = build(go, cache, env_base)
                         time.sleep(1.5)  # the watcher's last batch, before the agent stops
+                        agent_cpu.append(agent.cpu() - c0)
+                        build_cpu.append(cpu)
                     with_.append(v)
                 else:
-                    v = build(go, cache, env_base)
+                    v, _ = build(go, cache, env_base)
                     without.append(v)
                 print(f"{kind} {'watched' if watched else 'alone'} {v:.2f} s", flush=True)
-        rows[kind] = (statistics.median(without), statistics.median(with_), without, with_)
+        rows[kind] = (
+            statistics.median(without), statistics.median(with_), without, with_,
+            sum(agent_cpu), sum(build_cpu),
+        )
     lines = [
         "# Write attribution: what it costs `go build std`",
         "",
@@ -140,12 +156,16 @@ def main():
         "median of interleaved pairs; `watched`: the agent (release build, as root) has the "
         "cache's 256 shards marked (fanotify, FAN_CLOSE_WRITE) and attributes every file.",
         "",
-        "| build | alone | watched | overhead | runs (alone; watched) |",
-        "|---|---|---|---|---|",
+        "The agent's CPU is what it used while the watched builds ran (and the 1.5 s after, for "
+        "its last batch), against the CPU of those builds' own processes: noise cannot move it.",
+        "",
+        "| build | alone | watched | wall overhead | agent CPU ÷ build CPU | runs (alone; watched) |",
+        "|---|---|---|---|---|---|",
     ]
-    for kind, (wo, w, all_wo, all_w) in rows.items():
+    for kind, (wo, w, all_wo, all_w, acpu, bcpu) in rows.items():
         lines.append(
             f"| {kind} `go build std` | {wo:.2f} s | {w:.2f} s | {100 * (w / wo - 1):+.1f} % | "
+            f"{100 * acpu / bcpu:.2f} % ({acpu:.2f} s of {bcpu:.1f} s) | "
             f"{', '.join(f'{x:.2f}' for x in all_wo)}; {', '.join(f'{x:.2f}' for x in all_w)} |"
         )
     text = "\n".join(lines) + "\n"
