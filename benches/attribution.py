@@ -4,6 +4,7 @@ compiled and written) and warm (everything a hit), with and without the agent wa
 cache through fanotify, in interleaved pairs, and writes benches/RESULTS-attribution.md.
 
     sudo python3 benches/attribution.py [--cold 3] [--warm 7] [--go PATH]
+    sudo python3 benches/attribution.py --three-way 5   # no agent / agent elsewhere / watching
 
 Needs root (the system agent's privileged fanotify group) and a Go toolchain (`--go`, or the
 suite's /opt/gocache-warden-test-go, or `go` on PATH). Builds the release binary first.
@@ -102,12 +103,41 @@ def empty(cache):
                 f.unlink()
 
 
+def three_way(rounds, binary, go, work, cache, env_base):
+    other = work / "other"
+    other.mkdir()
+    build(go, other, env_base)
+    modes = ["alone", "agent-elsewhere", "agent-watching"]
+    wall = {m: [] for m in modes}
+    cpu = {m: [] for m in modes}
+    for i in range(rounds):
+        for m in modes[i % 3:] + modes[:i % 3]:
+            empty(cache)
+            if m == "alone":
+                w, c = build(go, cache, env_base)
+            else:
+                with Agent(binary, work, other if m == "agent-elsewhere" else cache):
+                    w, c = build(go, cache, env_base)
+                    time.sleep(1.5)
+            wall[m].append(w)
+            cpu[m].append(c)
+            print(f"{m} {w:.2f} s, build CPU {c:.1f} s", flush=True)
+    for m in modes:
+        print(f"{m}: median wall {statistics.median(wall[m]):.2f} s, "
+              f"median build CPU {statistics.median(cpu[m]):.1f} s")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cold", type=int, default=3, help="cold pairs (each about 2 builds of std)")
     ap.add_argument("--warm", type=int, default=7, help="warm pairs")
     ap.add_argument("--go")
     ap.add_argument("--out", default=str(HERE / "RESULTS-attribution.md"))
+    ap.add_argument(
+        "--three-way", type=int, default=0, metavar="ROUNDS",
+        help="instead: cold builds with no agent, the agent watching another cache, and the "
+        "agent watching this one, rotated each round; prints medians (how much is noise)",
+    )
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: the system agent's fanotify group needs CAP_SYS_ADMIN")
@@ -121,6 +151,9 @@ def main():
     }
     version = subprocess.run([go, "version"], capture_output=True, text=True).stdout.strip()
     build(go, cache, env_base)  # shards, and the toolchain's own files in the page cache
+    if a.three_way:
+        three_way(a.three_way, binary, go, work, cache, env_base)
+        return
     rows = {}
     for kind, pairs in [("cold", a.cold), ("warm", a.warm)]:
         without, with_, agent_cpu, build_cpu = [], [], [], []
