@@ -56,7 +56,7 @@ fn module_fixture(d: &Path) {
 const SCRIPT: &str = r#"
 set -u
 # As a service: INVOCATION_ID makes it log to the journal (whose entries it must not count).
-INVOCATION_ID=0123456789abcdef0123456789abcdef "$BIN" --policy "$POLICY" run 2>"$OUT/agent.log" &
+STATE_DIRECTORY="$OUT/state" INVOCATION_ID=0123456789abcdef0123456789abcdef "$BIN" --policy "$POLICY" run 2>"$OUT/agent.log" &
 agent=$!
 i=0
 while [ ! -s "$PROM" ]; do

@@ -92,7 +92,7 @@ fn scenario(fs: Fs, fill: Fill, agent: Agent, headroom: &str) -> Result {
     };
     let start_daemon = match agent {
         Agent::Enforce => String::new(),
-        Agent::Daemon => "\"$BIN\" --policy \"$P\" run 2>\"$D/agent.log\" & AGENT=$!; \
+        Agent::Daemon => "STATE_DIRECTORY=\"$D/state\" \"$BIN\" --policy \"$P\" run 2>\"$D/agent.log\" & AGENT=$!; \
              i=0; until grep -q 'last sweep' \"$D/agent.log\" || [ $i -ge 300 ]; do sleep 0.1; i=$((i+1)); done"
             .to_string(),
     };

@@ -98,7 +98,7 @@ fn every_kind_of_event_reaches_the_journal_with_its_fields() {
         r#"B='{bin}'; P='{pdir}'
 "$B" --policy "$P" enforce >/dev/null || true
 "$B" --scope system --policy "$P" units --fix >/dev/null || true
-"$B" --policy "$P" run & pid=$!
+STATE_DIRECTORY="$P.state" "$B" --policy "$P" run & pid=$!
 for i in $(seq 1 100); do journalctl -D /run/log/journal -t gocache-warden GOCACHE_WARDEN_ACTION=sweep -q -o cat 2>/dev/null | grep -q . && break; sleep 0.1; done
 kill -HUP $pid; sleep 1
 printf 'not = [valid toml\n' > "$P/90-broken.toml"

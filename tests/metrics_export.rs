@@ -36,6 +36,8 @@ fn full_registry() -> (Registry, Metrics) {
     m.set_units_missing_gocache(3);
     // A build that failed because of a cache, as the journal follower saw it.
     m.observe_build_failure("cache-permission", "/srv/gocache", "alice", "ci.service");
+    // What alice's CI service wrote into the shared cache, as fanotify reported it.
+    m.observe_written("/srv/gocache", "alice", "ci.service", 8 << 20, 120);
     // What the cache program served alice, read from her own cache.
     m.observe_cacheprog(&CacheprogSnapshot {
         path: PathBuf::from("/home/alice/.cache/go-build"),
@@ -401,14 +403,15 @@ fn textfile_is_never_seen_half_written() {
     // Fifty caches make each file a few hundred KiB, so a torn write would be visible.
     let caches: Vec<String> = (0..50).map(|i| format!("/srv/cache{i:02}")).collect();
     // No alert dispatcher in this registry, no per-user cache (owner_info), no cache program
-    // counters, no background verification and no build failure: those families have no
-    // series here.
+    // counters, no background verification, no build failure and no write attribution: those
+    // families have no series here.
     let families = METRIC_NAMES
         .iter()
         .filter(|n| {
             !n.starts_with("gocache_warden_cacheprog_")
                 && !n.starts_with("gocache_warden_integrity_")
                 && !n.starts_with("gocache_warden_build_failures_")
+                && !n.starts_with("gocache_warden_cache_written_")
         })
         .count()
         - 2;

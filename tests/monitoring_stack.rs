@@ -80,7 +80,7 @@ fn notified(got: &Mutex<Vec<Value>>, name: &str, cache: &str, status: &str) -> V
 /// stop).
 const AGENT: &str = r#"
 set -u
-INVOCATION_ID=0123456789abcdef0123456789abcdef "$BIN" --policy "$POLICY" run 2>"$OUT/agent.log" &
+STATE_DIRECTORY="$OUT/state" INVOCATION_ID=0123456789abcdef0123456789abcdef "$BIN" --policy "$POLICY" run 2>"$OUT/agent.log" &
 agent=$!
 wait_for() {
     i=0

@@ -328,7 +328,7 @@ fn gocache_of_a_users_manager_and_units_is_their_cache_and_hostile_values_are_re
     let bin = support::bin();
     let script = format!(
         r#"B='{}'; P='{pol}'
-"$B" --policy "$P" run & pid=$!
+STATE_DIRECTORY="$P.state" "$B" --policy "$P" run & pid=$!
 for i in $(seq 1 300); do journalctl -D /run/log/journal -t gocache-warden GOCACHE_WARDEN_ACTION=sweep -q -o cat 2>/dev/null | grep -q . && break; sleep 0.1; done
 for i in $(seq 1 100); do [ -e '{prom}' ] && break; sleep 0.1; done
 cp '{prom}' '{prom}.seen'

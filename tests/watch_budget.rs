@@ -40,6 +40,8 @@ fn watches_that_run_out_are_reported_with_the_sysctl_to_raise() {
             )
             .arg(support::bin())
             .arg(&p)
+            // Its state next to the policy, never in this machine's /var/lib.
+            .env("STATE_DIRECTORY", p.with_extension("state"))
             .stderr(stderr)
             .spawn()
             .expect("unshare (util-linux)"),
