@@ -387,3 +387,110 @@ fn now_ns() -> i128 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as i128)
 }
+
+/// The user agent has no `CAP_SYS_ADMIN`: its fanotify group is unprivileged (Linux ≥ 5.13),
+/// the kernel names no writer, so what is written into the user's cache is counted under the
+/// files' owner with no unit, and the agent says which mode it runs in.
+#[test]
+fn a_user_agent_without_cap_sys_admin_counts_writes_under_their_owner() {
+    support::require_root();
+    let name = "gwt-writes-user";
+    let uid = support::ensure_user(name, &[]);
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .expect("user");
+    let gid = user.gid.as_raw();
+    let tmp = support::tempdir();
+    let d = tmp.path();
+    nix::unistd::chown(d, Some(user.uid), Some(user.gid)).expect("chown");
+    let cache = d.join("gc");
+    let as_user = |script: &str| {
+        let o = Command::new("setpriv")
+            .args([
+                "--reuid",
+                &uid.to_string(),
+                "--regid",
+                &gid.to_string(),
+                "--init-groups",
+            ])
+            .args(["sh", "-c", script])
+            .output()
+            .expect("setpriv");
+        assert!(o.status.success(), "{script}: {}", support::stderr(&o));
+    };
+    // A cache of theirs with go's 256 shards.
+    as_user(&format!(
+        "mkdir {gc} && cd {gc} && for a in 0 1 2 3 4 5 6 7 8 9 a b c d e f; do \
+         for b in 0 1 2 3 4 5 6 7 8 9 a b c d e f; do mkdir $a$b || exit 1; done; done",
+        gc = cache.display()
+    ));
+    let port = support::free_port();
+    let policy = support::policy(
+        d,
+        "policy.toml",
+        &format!(
+            "[cache.gc]\npath = \"{}\"\n[agent]\ninterval = \"1h\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+            cache.display()
+        ),
+    );
+    let log = d.join("agent.log");
+    let stderr = std::fs::File::create(&log).expect("log");
+    let _agent = support::KillOnDrop(
+        Command::new("setpriv")
+            .args([
+                "--reuid",
+                &uid.to_string(),
+                "--regid",
+                &gid.to_string(),
+                "--init-groups",
+            ])
+            .args(["env", "-i", "PATH=/usr/bin:/bin"])
+            .arg(format!("HOME={}", user.dir.display()))
+            .arg(format!("XDG_STATE_HOME={}", d.join("state").display()))
+            .arg(support::bin())
+            .args(["--scope", "user", "--policy"])
+            .arg(&policy)
+            .arg("run")
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn the user agent"),
+    );
+    let gc = cache.display().to_string();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("the cache's marks", Duration::from_secs(60), || {
+        log_text().contains(&format!("writes into {gc} are attributed (256 shards)"))
+    });
+    assert!(
+        log_text().contains("writes into build caches are attributed (fanotify, Unprivileged)"),
+        "{}",
+        log_text()
+    );
+    let entry = cache.join("00").join(format!("00{}-a", "7".repeat(62)));
+    as_user(&format!("head -c 5000 /dev/urandom > {}", entry.display()));
+    let alloc = std::fs::symlink_metadata(&entry).expect("stat").blocks() * 512;
+    let labels = [("cache", gc.as_str()), ("user", name), ("unit", "")];
+    let scrape = || {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            support::scrape_metrics(port)
+        } else {
+            String::new()
+        }
+    };
+    wait_for("the user's write", Duration::from_secs(30), || {
+        value(
+            &scrape(),
+            "gocache_warden_cache_written_entries_total",
+            &labels,
+        ) == 1
+    });
+    assert_eq!(
+        value(
+            &scrape(),
+            "gocache_warden_cache_written_bytes_total",
+            &labels
+        ),
+        alloc
+    );
+    assert!(!log_text().contains("not theirs"), "{}", log_text());
+}

@@ -23,6 +23,10 @@ use std::time::{Duration, Instant};
 const FLUSH: Duration = Duration::from_secs(1);
 /// What `/proc` said of a pid is reused this long: a build writes thousands of files.
 const PROC_TTL: Duration = Duration::from_secs(5);
+/// A writer gone by the time its last events are read (`go` exits right after its last
+/// write) keeps what `/proc` said of it this long. Pids are reused only after the kernel
+/// has gone round `pid_max` (4 million by default), not within a minute.
+const PROC_KEEP: Duration = Duration::from_secs(60);
 /// Shard descriptors kept open between events (the rest are opened per event).
 const OPEN_SHARDS: usize = 512;
 
@@ -112,7 +116,8 @@ struct State {
     caches: HashMap<PathBuf, Cache>,
     shards: HashMap<DirKey, Shard>,
     open: HashMap<DirKey, Dir>,
-    procs: HashMap<i32, (Instant, Option<ProcInfo>)>,
+    /// What `/proc` said of each writer, and when it last said it.
+    procs: HashMap<i32, (Instant, ProcInfo)>,
     /// Caches said once to be unattributable (and why), so a sync does not repeat it.
     told: HashMap<PathBuf, String>,
     totals: BTreeMap<(PathBuf, String, String), (u64, u64)>,
@@ -321,7 +326,8 @@ impl State {
         }
     }
 
-    /// What `/proc` says of `pid`, remembered for a few seconds (`None`: unknown or gone).
+    /// What `/proc` says of `pid`, read again after a few seconds; once the process is
+    /// gone, what it said last (`None`: never seen while it ran).
     fn proc_info(&mut self, pid: i32) -> Option<ProcInfo> {
         if pid <= 0 {
             return None;
@@ -329,14 +335,22 @@ impl State {
         if let Some((at, p)) = self.procs.get(&pid)
             && at.elapsed() < PROC_TTL
         {
-            return p.clone();
+            return Some(p.clone());
         }
         if self.procs.len() > 4096 {
-            self.procs.retain(|_, (at, _)| at.elapsed() < PROC_TTL);
+            self.procs.retain(|_, (at, _)| at.elapsed() < PROC_KEEP);
         }
-        let p = read_proc(pid);
-        self.procs.insert(pid, (Instant::now(), p.clone()));
-        p
+        match read_proc(pid) {
+            Some(p) => {
+                self.procs.insert(pid, (Instant::now(), p.clone()));
+                Some(p)
+            }
+            None => self
+                .procs
+                .get(&pid)
+                .filter(|(at, _)| at.elapsed() < PROC_KEEP)
+                .map(|(_, p)| p.clone()),
+        }
     }
 
     fn flush(&mut self) -> Batch {
@@ -362,7 +376,7 @@ impl State {
                         entry: String::new(),
                         owner_uid: u32::MAX,
                         pid,
-                        proc: self.procs.get(&pid).and_then(|(_, p)| p.clone()),
+                        proc: self.procs.get(&pid).map(|(_, p)| p.clone()),
                         more: n - FOREIGN_PER_MINUTE,
                     });
                 }
