@@ -111,6 +111,74 @@ fn value(metrics: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
         .sum()
 }
 
+/// As root: user `name`, created if missing, with its uid and primary gid.
+fn test_user(name: &str) -> (nix::unistd::User, u32, u32) {
+    support::require_root();
+    let uid = support::ensure_user(name, &[]);
+    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("no user {name}"));
+    let gid = user.gid.as_raw();
+    (user, uid, gid)
+}
+
+/// `setpriv` taking `uid:gid` and that user's groups, for the command given after it.
+fn setpriv(uid: u32, gid: u32) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid",
+        &uid.to_string(),
+        "--regid",
+        &gid.to_string(),
+        "--init-groups",
+    ]);
+    c
+}
+
+/// `sh -c SCRIPT` as `uid:gid` (with that user's groups); fails the test if it fails.
+fn as_user(uid: u32, gid: u32, script: &str) {
+    let o = setpriv(uid, gid)
+        .args(["sh", "-c", script])
+        .output()
+        .expect("setpriv");
+    assert!(o.status.success(), "{script}: {}", support::stderr(&o));
+}
+
+/// A policy of `cache` alone, with `/metrics` on `port`.
+fn cache_policy(d: &Path, cache: &Path, port: u16) -> PathBuf {
+    support::policy(
+        d,
+        "policy.toml",
+        &format!(
+            "[cache.gc]\npath = \"{}\"\n[agent]\ninterval = \"1h\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+            cache.display()
+        ),
+    )
+}
+
+/// What the agent's `/metrics` says now (empty while it does not listen yet).
+fn scrape(port: u16) -> String {
+    if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        support::scrape_metrics(port)
+    } else {
+        String::new()
+    }
+}
+
+/// Waits until the agent logging to `log` has marked `shards` shards of `cache`, and checks
+/// the fanotify mode it said it runs in.
+fn wait_for_marks(log: &Path, cache: &str, shards: usize, mode: &str) {
+    let text = || std::fs::read_to_string(log).unwrap_or_default();
+    wait_for("the cache's marks", Duration::from_secs(60), || {
+        text().contains(&format!(
+            "writes into {cache} are attributed ({shards} shards)"
+        ))
+    });
+    let said = format!("writes into build caches are attributed (fanotify, {mode})");
+    assert!(text().contains(&said), "{}", text());
+}
+
 fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {
@@ -121,13 +189,7 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn writes_are_attributed_to_their_owner_and_unit_and_foreign_entries_are_logged() {
-    support::require_root();
-    let uid = support::ensure_user(OWNER, &[]);
-    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .expect("owner");
-    let gid = user.gid.as_raw();
+    let (user, uid, gid) = test_user(OWNER);
     let tmp = support::tempdir();
     let d = tmp.path();
     support::gobuild::sh("chmod", &["755", &d.display().to_string()]);
@@ -157,51 +219,20 @@ fn writes_are_attributed_to_their_owner_and_unit_and_foreign_entries_are_logged(
         gc = cache.display(),
         e = elsewhere.display()
     );
-    let o = Command::new("setpriv")
-        .args([
-            "--reuid",
-            &uid.to_string(),
-            "--regid",
-            &gid.to_string(),
-            "--init-groups",
-        ])
-        .args(["sh", "-c", &script])
-        .output()
-        .expect("setpriv");
-    assert!(o.status.success(), "{}", support::stderr(&o));
+    as_user(uid, gid, &script);
 
     let port = support::free_port();
-    let policy = support::policy(
-        d,
-        "policy.toml",
-        &format!(
-            "[cache.gc]\npath = \"{}\"\n[agent]\ninterval = \"1h\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
-            cache.display()
-        ),
-    );
+    let policy = cache_policy(d, &cache, port);
     let log = d.join("agent.log");
     let agent = support::spawn_agent(&policy, &log);
-    let scrape = || {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            support::scrape_metrics(port)
-        } else {
-            String::new()
-        }
-    };
+    let scrape = || scrape(port);
     wait_for("the first sweep", Duration::from_secs(60), || {
         value(&scrape(), "gocache_warden_sweeps_total", &[]) >= 1
     });
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
     let gc = cache.display().to_string();
     // The shards are marked (the kernel reports from this point on).
-    wait_for("the cache's marks", Duration::from_secs(30), || {
-        log_text().contains(&format!("writes into {gc} are attributed (240 shards)"))
-    });
-    assert!(
-        log_text().contains("writes into build caches are attributed (fanotify, Privileged)"),
-        "{}",
-        log_text()
-    );
+    wait_for_marks(&log, &gc, 240, "Privileged");
 
     // The owner's build in its unit: every byte and entry it wrote (new files, and the few
     // action records go writes again), under owner and unit. (Entries the build only used
@@ -393,32 +424,13 @@ fn now_ns() -> i128 {
 /// files' owner with no unit, and the agent says which mode it runs in.
 #[test]
 fn a_user_agent_without_cap_sys_admin_counts_writes_under_their_owner() {
-    support::require_root();
     let name = "gwt-writes-user";
-    let uid = support::ensure_user(name, &[]);
-    let user = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-        .ok()
-        .flatten()
-        .expect("user");
-    let gid = user.gid.as_raw();
+    let (user, uid, gid) = test_user(name);
     let tmp = support::tempdir();
     let d = tmp.path();
     nix::unistd::chown(d, Some(user.uid), Some(user.gid)).expect("chown");
     let cache = d.join("gc");
-    let as_user = |script: &str| {
-        let o = Command::new("setpriv")
-            .args([
-                "--reuid",
-                &uid.to_string(),
-                "--regid",
-                &gid.to_string(),
-                "--init-groups",
-            ])
-            .args(["sh", "-c", script])
-            .output()
-            .expect("setpriv");
-        assert!(o.status.success(), "{script}: {}", support::stderr(&o));
-    };
+    let as_user = |script: &str| as_user(uid, gid, script);
     // A cache of theirs with go's 256 shards.
     as_user(&format!(
         "mkdir {gc} && cd {gc} && for a in 0 1 2 3 4 5 6 7 8 9 a b c d e f; do \
@@ -426,25 +438,11 @@ fn a_user_agent_without_cap_sys_admin_counts_writes_under_their_owner() {
         gc = cache.display()
     ));
     let port = support::free_port();
-    let policy = support::policy(
-        d,
-        "policy.toml",
-        &format!(
-            "[cache.gc]\npath = \"{}\"\n[agent]\ninterval = \"1h\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n",
-            cache.display()
-        ),
-    );
+    let policy = cache_policy(d, &cache, port);
     let log = d.join("agent.log");
     let stderr = std::fs::File::create(&log).expect("log");
     let _agent = support::KillOnDrop(
-        Command::new("setpriv")
-            .args([
-                "--reuid",
-                &uid.to_string(),
-                "--regid",
-                &gid.to_string(),
-                "--init-groups",
-            ])
+        setpriv(uid, gid)
             .args(["env", "-i", "PATH=/usr/bin:/bin"])
             .arg(format!("HOME={}", user.dir.display()))
             .arg(format!("XDG_STATE_HOME={}", d.join("state").display()))
@@ -458,25 +456,12 @@ fn a_user_agent_without_cap_sys_admin_counts_writes_under_their_owner() {
     );
     let gc = cache.display().to_string();
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
-    wait_for("the cache's marks", Duration::from_secs(60), || {
-        log_text().contains(&format!("writes into {gc} are attributed (256 shards)"))
-    });
-    assert!(
-        log_text().contains("writes into build caches are attributed (fanotify, Unprivileged)"),
-        "{}",
-        log_text()
-    );
+    wait_for_marks(&log, &gc, 256, "Unprivileged");
     let entry = cache.join("00").join(format!("00{}-a", "7".repeat(62)));
     as_user(&format!("head -c 5000 /dev/urandom > {}", entry.display()));
     let alloc = std::fs::symlink_metadata(&entry).expect("stat").blocks() * 512;
     let labels = [("cache", gc.as_str()), ("user", name), ("unit", "")];
-    let scrape = || {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            support::scrape_metrics(port)
-        } else {
-            String::new()
-        }
-    };
+    let scrape = || scrape(port);
     wait_for("the user's write", Duration::from_secs(30), || {
         value(
             &scrape(),
