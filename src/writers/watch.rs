@@ -120,7 +120,9 @@ struct State {
     procs: HashMap<i32, (Instant, ProcInfo)>,
     /// Caches said once to be unattributable (and why), so a sync does not repeat it.
     told: HashMap<PathBuf, String>,
-    totals: BTreeMap<(PathBuf, String, String), (u64, u64)>,
+    /// Bytes and entries per (cache, owner uid, unit) since the last batch: the uid is
+    /// named once per batch, not once per file (a name lookup may go to NSS).
+    totals: BTreeMap<(PathBuf, u32, String), (u64, u64)>,
     foreign: Vec<Foreign>,
     /// Foreign entries per (cache, pid) this minute.
     foreign_count: HashMap<(PathBuf, i32), u64>,
@@ -157,6 +159,9 @@ impl State {
             self.caches
                 .retain(|p, _| specs.iter().any(|s| &s.path == p));
         }
+        // Each synced cache's shards are found again: one pass over the map for all of them.
+        let synced: std::collections::HashSet<&PathBuf> = specs.iter().map(|s| &s.path).collect();
+        self.shards.retain(|_, sh| !synced.contains(&sh.cache));
         for s in specs {
             let known = self.caches.remove(&s.path).is_some();
             match self.mark(&s, known) {
@@ -192,7 +197,6 @@ impl State {
     fn mark(&mut self, s: &Spec, known: bool) -> std::io::Result<Cache> {
         let root = Dir::open_root(&s.path)?;
         let trust = trust(&s.writers, root.st.uid);
-        self.shards.retain(|_, sh| sh.cache != s.path);
         let mut marked = 0;
         for name in root.list()? {
             let n = name.as_bytes();
@@ -287,19 +291,15 @@ impl State {
             return;
         }
         let cache_path = shard.cache.clone();
-        let entry = format!(
-            "{}/{}",
-            shard.name.to_string_lossy(),
-            cname.to_string_lossy()
-        );
         let is_entry = cname.as_bytes().ends_with(b"-a");
         let foreign = !cache.trust.allows(st.uid);
+        // The entry is named only in a foreign-write line: no string per file otherwise.
+        let shard_name = foreign.then(|| shard.name.to_string_lossy().into_owned());
         let proc = self.proc_info(pid);
-        let user = crate::check::user_name(st.uid);
         let unit = proc.as_ref().map(|p| p.unit.clone()).unwrap_or_default();
         let t = self
             .totals
-            .entry((cache_path.clone(), user, unit))
+            .entry((cache_path.clone(), st.uid, unit))
             .or_default();
         t.0 += st.alloc;
         t.1 += u64::from(is_entry);
@@ -314,6 +314,11 @@ impl State {
                 .or_default();
             *n += 1;
             if *n <= FOREIGN_PER_MINUTE {
+                let entry = format!(
+                    "{}/{}",
+                    shard_name.unwrap_or_default(),
+                    cname.to_string_lossy()
+                );
                 self.foreign.push(Foreign {
                     cache: cache_path,
                     entry,
@@ -357,9 +362,9 @@ impl State {
         self.since_flush = Instant::now();
         let written = std::mem::take(&mut self.totals)
             .into_iter()
-            .map(|((cache, user, unit), (bytes, entries))| Written {
+            .map(|((cache, uid, unit), (bytes, entries))| Written {
                 cache,
-                user,
+                user: crate::check::user_name(uid),
                 unit,
                 bytes,
                 entries,
