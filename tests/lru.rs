@@ -177,3 +177,62 @@ fn a_large_fuzz_directory_counts_and_holds_the_cache_over_its_limit() {
     ));
     assert!(text.contains("fuzz/"), "{text}");
 }
+
+/// What a sweep reports as the cache's size after eviction is what `du -sB1` says, though
+/// apply no longer walks the cache a third time to add it up (issue #24): its two phases
+/// count what they leave. Everything they treat differently is here: a stray file at the
+/// root, a foreign directory in a shard (never entered), a symlink, a hardlinked action
+/// record (never evicted), `fuzz/`; once with a group policy, so that phase 2 sees the
+/// action records too (they must not count twice), once without.
+#[test]
+fn the_size_after_eviction_is_what_du_says_without_a_third_walk() {
+    support::require_root();
+    for with_group in [false, true] {
+        let d = tempdir();
+        let c = build(&d.path().join("cache"));
+        let shard = c.units[0].paths[0].parent().expect("a shard").to_path_buf();
+        file(&c.root.join("stray.txt"), 5000, 500);
+        file(&shard.join("notes/one"), 9000, 500);
+        file(&shard.join("notes/deeper/two"), 70000, 500);
+        file(&c.root.join("fuzz/FuzzX/0001"), 20000, 500);
+        std::os::unix::fs::symlink("/etc/hostname", shard.join("link")).expect("symlink");
+        let first = &c.units[c.units.len() / 2].paths[0];
+        std::fs::hard_link(first, d.path().join("outside-link")).expect("hard link");
+        let evictable: u64 = c.units.iter().map(|u| u.bytes).sum();
+        let limit = support::du_bytes(&c.root) - evictable / 2;
+        let group = if with_group {
+            "group = \"root\"\nsetgid = true\n"
+        } else {
+            ""
+        };
+        let p = policy(
+            d.path(),
+            "p.toml",
+            &format!(
+                "[cache.t]\npath = \"{}\"\nmax_size = {limit}\nmin_age = \"1h\"\n{group}",
+                c.root.display()
+            ),
+        );
+        let o = run(
+            [
+                "--policy".as_ref(),
+                p.as_os_str(),
+                "enforce".as_ref(),
+                "--json".as_ref(),
+            ],
+            &[],
+        );
+        let v = json(&o);
+        let out = &v["outcome"]["caches"][0];
+        assert!(
+            out["evicted"].as_object().is_some_and(|e| !e.is_empty()),
+            "nothing evicted (group: {with_group}): {v}"
+        );
+        assert_eq!(
+            out["size_after"].as_u64(),
+            Some(support::du_bytes(&c.root)),
+            "group: {with_group}: {v}"
+        );
+        assert!(first.exists(), "a hardlinked record is never evicted");
+    }
+}

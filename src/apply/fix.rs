@@ -78,7 +78,13 @@ impl Evictor<'_> {
                 }
             }
             // Last, the mode: chown and ACL writes may have cleared setgid; the group bits
-            // are the ACL mask now and are kept as they are.
+            // are the ACL mask now and are kept as they are. Only a directory's setgid and
+            // other access without an ACL are set through the mode: anything else (a file
+            // under an ACL policy, most of a cache) needs no `statx` to learn it is done.
+            let mode_wanted = (is_dir && p.setgid) || (other_want.is_some() && want.is_none());
+            if !mode_wanted {
+                return Ok(());
+            }
             let now = safefs::fstat(fd)?;
             let mut mode = now.perm_bits();
             if is_dir && p.setgid {

@@ -246,28 +246,41 @@ fn apply_cache(c: &CachePlan, now: i64, dry: bool) -> CacheOutcome {
         evict_modules(&mut out, &root, ev, c.last_use, now, dry);
     }
     let mut names = OutputNames::default();
+    // What the two phases left in place, as they saw it (`None` unless both ran).
+    let mut kept: Option<u64> = None;
     if c.eviction.is_some() && c.kind == CacheKind::Build {
         let visitors = walk::walk(&root, walk::WalkOptions::default(), || {
             ActionWalk::new(Evictor::new(c, now, dry), fix)
         });
+        let mut k = 0;
         for v in visitors {
             names.absorb(v.found);
+            k += v.ev.kept_bytes;
             out.merge(v.ev.out);
         }
         names.seal();
+        kept = Some(k);
     }
     if (c.eviction.is_some() && c.kind == CacheKind::Build) || fix {
         let visitors = walk::walk(&root, walk::WalkOptions::default(), || {
             RestWalk::new(Evictor::new(c, now, dry), &names, fix)
         });
+        let mut k = 0;
         for v in visitors {
+            k += v.ev.kept_bytes;
             out.merge(v.ev.out);
         }
+        kept = kept.map(|p| p + k);
     }
     if !dry && !out.evicted.is_empty() {
         // What the cache holds now, measured: what apply freed is not what it counted when a
-        // member wrote or removed entries meanwhile.
-        out.size_after = Some(crate::scan::allocated_bytes(&root));
+        // member wrote or removed entries meanwhile. A build cache's two phases between them
+        // `statx`ed every entry they left (issue #24: a third walk only to add them up was a
+        // third of eviction's syscalls); a module cache is walked once more.
+        out.size_after = Some(match kept {
+            Some(k) => k,
+            None => crate::scan::allocated_bytes(&root),
+        });
     }
     if c.rewrite_trim {
         if dry {
@@ -358,6 +371,9 @@ struct Evictor<'a> {
     xbuf: Vec<u8>,
     /// The current shard is locked by someone else: evict nothing in it.
     shard_locked: bool,
+    /// Allocated bytes of what this visitor saw and left in place: phase 1 counts the action
+    /// records, phase 2 everything else (see [`kept_after`]).
+    kept_bytes: u64,
 }
 
 impl<'a> Evictor<'a> {
@@ -374,6 +390,7 @@ impl<'a> Evictor<'a> {
             out,
             xbuf: Vec::new(),
             shard_locked: false,
+            kept_bytes: 0,
         }
     }
 
@@ -422,6 +439,19 @@ impl<'a> Evictor<'a> {
     /// by the plan's signal: a hit since the scan moves mtime, and with the atime signal any
     /// read moves atime, and saves it); `false` if it was not removed.
     fn remove_file(&mut self, dir: &Dir, name: &CStr, st: &Stat, rel: &std::path::Path) -> bool {
+        self.remove_file_fresh(dir, name, st, None, rel)
+    }
+
+    /// [`Self::remove_file`]; `fresh`: the entry's state taken a moment ago through a pinned
+    /// fd (it is the re-check then, instead of one more `statx`).
+    fn remove_file_fresh(
+        &mut self,
+        dir: &Dir,
+        name: &CStr,
+        st: &Stat,
+        fresh: Option<&Stat>,
+        rel: &std::path::Path,
+    ) -> bool {
         if st.kind() == Kind::File && st.nlink > 1 {
             return false;
         }
@@ -430,7 +460,12 @@ impl<'a> Evictor<'a> {
             return true;
         }
         let (now, floor, by) = (self.now, self.floor(), self.plan.last_use);
-        match dir.remove_if(name, st, |fresh| now - fresh.last_use(by) >= floor) {
+        let due = |s: &Stat| now - s.last_use(by) >= floor;
+        let r = match fresh {
+            Some(f) => dir.remove_if_fresh(name, st, f, due),
+            None => dir.remove_if(name, st, due),
+        };
+        match r {
             Ok(removed) => removed,
             Err(e) if e.kind() == io::ErrorKind::NotFound => false,
             Err(e) => {
@@ -443,12 +478,17 @@ impl<'a> Evictor<'a> {
     /// Evicts an action record or output file for `reason`; `true` if it went (or would, in
     /// a dry run).
     fn evict_file(&mut self, e: &Entry, reason: Reason) -> bool {
+        self.evict_file_fresh(e, reason, None)
+    }
+
+    /// [`Self::evict_file`] with the entry's state just taken (see [`Self::remove_file_fresh`]).
+    fn evict_file_fresh(&mut self, e: &Entry, reason: Reason, fresh: Option<&Stat>) -> bool {
         let Some(parent) = e.parent else { return false };
         if e.st.nlink > 1 {
             self.refuse(Violation::Hardlink, e);
             return false;
         }
-        if !self.remove_file(parent, e.name, e.st, &e.rel()) {
+        if !self.remove_file_fresh(parent, e.name, e.st, fresh, &e.rel()) {
             return false;
         }
         self.count_evicted(reason, e.st.alloc);

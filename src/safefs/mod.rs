@@ -9,6 +9,7 @@
 
 /// Opening a cache root by path so no user's symlink or directory on the way can redirect it.
 pub mod chase;
+mod xattrat;
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, OpenHow, ResolveFlag};
@@ -267,12 +268,19 @@ impl Dir {
     /// be a regular file with one name before it is opened, so a device or FIFO swapped in is
     /// never opened. `O_NOATIME` where permitted: our reads must not look like a build's use.
     pub fn open_read(&self, name: &CStr, expect: &Stat) -> io::Result<std::fs::File> {
+        self.open_read_stat(name, expect).map(|(f, _)| f)
+    }
+
+    /// [`Dir::open_read`], and the inode's state as the pin found it just before (a fresh
+    /// `statx` of exactly the inode opened, identity already checked against `expect`).
+    pub fn open_read_stat(&self, name: &CStr, expect: &Stat) -> io::Result<(std::fs::File, Stat)> {
         let pinned = self.pin(name, expect)?;
         let flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY;
-        match pinned.reopen(flags | OFlag::O_NOATIME) {
+        let f = match pinned.reopen(flags | OFlag::O_NOATIME) {
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => pinned.reopen(flags),
             r => r,
-        }
+        }?;
+        Ok((f, pinned.st))
     }
 
     /// Reads up to `max` bytes of regular file `name` (e.g. an action record); see
@@ -399,6 +407,21 @@ impl Dir {
         still_due: impl FnOnce(&Stat) -> bool,
     ) -> io::Result<bool> {
         let now = self.stat(name)?;
+        self.remove_if_fresh(name, expect, &now, still_due)
+    }
+
+    /// [`Dir::remove_if`] for an entry whose state `now` was just taken (by
+    /// [`Dir::open_read_stat`] a moment before): the same re-check of identity and last use
+    /// on it, one `statx` fewer. Between that `statx` and the `unlinkat` the window is the
+    /// same as `remove_if`'s own.
+    pub fn remove_if_fresh(
+        &self,
+        name: &CStr,
+        expect: &Stat,
+        now: &Stat,
+        still_due: impl FnOnce(&Stat) -> bool,
+    ) -> io::Result<bool> {
+        let now = *now;
         if !still_due(&now) {
             return Ok(false);
         }
@@ -435,6 +458,12 @@ impl Dir {
         attr: &CStr,
         buf: &mut Vec<u8>,
     ) -> io::Result<Option<usize>> {
+        if xattrat::available() {
+            match xattrat::get(self.fd.as_fd(), name, attr, buf) {
+                Err(e) if xattrat::refused(&e) => {}
+                r => return r,
+            }
+        }
         let mut p = format!("/proc/self/fd/{}/", self.fd.as_raw_fd()).into_bytes();
         p.extend_from_slice(name.to_bytes());
         let p = CString::new(p).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
