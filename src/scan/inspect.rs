@@ -4,14 +4,15 @@
 
 use super::layout::{self, Class};
 use super::lru::Histogram;
-use super::perms::{Grant, judge_entry};
+use super::perms::{Grant, judge_entry, judge_unchanged};
+use super::seen::Seen;
 use super::units::{UnitLog, id_key};
 use super::walk::{Entry, Skip, Visit};
 use super::{Tally, Usage, Violation};
 use crate::policy::CachePolicy;
 use crate::safefs::{Dir, Kind, LastUse};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,6 +42,10 @@ pub struct Observed {
     pub violations: BTreeMap<Violation, Tally>,
     /// Age of trim.txt's mtime in seconds (build caches).
     pub trim_age_secs: Option<i64>,
+    /// Entries whose ACLs were not read because their `ctime` proves them unchanged since
+    /// an earlier walk saw them compliant (the `seen` module).
+    #[serde(skip)]
+    pub acl_unchanged: u64,
     /// Shared by all of one walk's inspectors.
     #[serde(skip)]
     pub histogram: Option<Arc<Histogram>>,
@@ -76,6 +81,7 @@ impl Observed {
             self.violations.entry(k).or_default().merge(v);
         }
         self.trim_age_secs = self.trim_age_secs.or(o.trim_age_secs);
+        self.acl_unchanged += o.acl_unchanged;
         if self.histogram.is_none() {
             self.histogram = o.histogram;
         }
@@ -134,6 +140,12 @@ pub struct Inspector<'p> {
     pair_budget: Arc<AtomicUsize>,
     /// This thread's oldest entry files (see [`InspectOptions::keep_oldest`]).
     pub oldest: super::oldest::Oldest,
+    /// What an earlier compliant walk saw of this cache (the `seen` module).
+    seen: Option<Arc<Seen>>,
+    /// The shard this thread is in was entered by that walk too.
+    shard_known: bool,
+    /// Inodes of the shards (root children) this thread entered, for the next proof.
+    pub shards: HashSet<u64>,
 }
 
 /// At most this many records (16 bytes each: 32 MiB) are kept for pairing in one inspection.
@@ -149,6 +161,7 @@ impl<'p> Inspector<'p> {
         opts: InspectOptions,
         histogram: Option<Arc<Histogram>>,
         pair_budget: Arc<AtomicUsize>,
+        seen: Option<Arc<Seen>>,
     ) -> Self {
         let obs = Observed {
             histogram,
@@ -166,6 +179,9 @@ impl<'p> Inspector<'p> {
             pair: opts.pair_units,
             pair_budget,
             oldest: super::oldest::Oldest::new(opts.keep_oldest),
+            seen,
+            shard_known: false,
+            shards: HashSet::new(),
         }
     }
 
@@ -279,8 +295,17 @@ impl<'p> Inspector<'p> {
         {
             self.flag(Violation::ForeignOwner, e);
         }
-        let Some(j) = judge_entry(&self.grant, e, dir, &mut self.xbuf) else {
-            return;
+        let ctime = |s: &crate::safefs::Stat| (s.ctime, i64::from(s.ctime_nsec));
+        let parent = e.parent.map_or((i64::MAX, 0), |p| ctime(&p.st));
+        let j = match &self.seen {
+            Some(s) if s.unchanged(e.depth, ctime(st), self.shard_known, parent) => {
+                self.obs.acl_unchanged += 1;
+                judge_unchanged(&self.grant, st, dir.is_some())
+            }
+            _ => match judge_entry(&self.grant, e, dir, &mut self.xbuf) {
+                Some(j) => j,
+                None => return,
+            },
         };
         for v in j.todo {
             self.flag(v, e);
@@ -346,6 +371,10 @@ impl Visit for Inspector<'_> {
         }
         if class == Class::Quarantine {
             return true;
+        }
+        if e.depth == 1 {
+            self.shard_known = self.seen.as_ref().is_some_and(|s| s.knows_shard(e.st.ino));
+            self.shards.insert(e.st.ino);
         }
         self.check_perms(e, Some(dir));
         if class == Class::Exec {

@@ -8,6 +8,7 @@ pub mod lru;
 pub mod oldest;
 pub mod perms;
 pub mod recognize;
+pub mod seen;
 pub mod units;
 pub mod walk;
 
@@ -144,9 +145,29 @@ pub fn inspect(
         .histogram
         .then(|| std::sync::Arc::new(lru::Histogram::default()));
     let pair_budget = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(inspect::MAX_PAIRED));
-    let visitors = walk::walk(root, walk::WalkOptions::default(), || {
-        inspect::Inspector::new(policy, opts, histogram.clone(), pair_budget.clone())
+    // Under a group ACL policy: what an earlier walk of this process saw compliant need not
+    // be read again (the `seen` module says why that is sound).
+    let grant = perms::Grant::from_policy(policy);
+    let acls = grant.gid.is_some() && grant.group_access.is_some();
+    let key = (root.st.dev, root.st.ino);
+    let seen = if acls {
+        seen::lookup(key, &grant)
+    } else {
+        None
+    };
+    let started = seen::now();
+    let opts_walk = walk::WalkOptions::default();
+    let cancel = opts_walk.cancel.clone();
+    let visitors = walk::walk(root, opts_walk, || {
+        inspect::Inspector::new(
+            policy,
+            opts,
+            histogram.clone(),
+            pair_budget.clone(),
+            seen.clone(),
+        )
     });
+    let mut shards = std::collections::HashSet::new();
     let mut units = units::UnitLog::default();
     let mut obs = Observed {
         last_use_signal: opts.last_use,
@@ -156,7 +177,21 @@ pub fn inspect(
     for v in visitors {
         units.absorb(v.units);
         oldest.absorb(v.oldest);
+        shards.extend(v.shards);
         obs.merge(v.obs);
+    }
+    let complete = !cancel.is_cancelled()
+        && ![
+            Violation::Acl,
+            Violation::DefaultAcl,
+            Violation::Unreadable,
+            Violation::Mount,
+            Violation::TooDeep,
+        ]
+        .iter()
+        .any(|v| obs.violations.contains_key(v));
+    if acls && complete {
+        seen::record(key, grant, started, shards);
     }
     if opts.keep_oldest > 0 {
         obs.oldest = Some(std::sync::Arc::new(oldest.into_sorted()));

@@ -133,6 +133,17 @@ pub fn judge(
     }
 }
 
+/// [`judge`] for an entry whose ACLs cannot have changed since a walk judged them compliant
+/// (the `seen` module): nothing is read; group, setgid and other access, which the walk's
+/// `statx` gives, are judged as ever.
+pub fn judge_unchanged(g: &Grant, st: &crate::safefs::Stat, is_dir: bool) -> Judgement {
+    let default = is_dir.then_some(&AclRead::Absent);
+    let mut j = judge(g, st.gid, st.mode, is_dir, &AclRead::Absent, default);
+    j.todo
+        .retain(|v| !matches!(v, Violation::Acl | Violation::DefaultAcl));
+    j
+}
+
 /// Reads the ACLs of walk entry `e` (`dir`: its handle, for a directory) and judges it;
 /// `None` if it vanished meanwhile.
 pub fn judge_entry(
