@@ -43,8 +43,8 @@ def diskus_bin():
 
 
 class Floors:
-    def __init__(self, bench, root, reps):
-        self.b, self.root, self.reps = bench, root, reps
+    def __init__(self, bench, root, reps, mut_reps):
+        self.b, self.root, self.reps, self.mut_reps = bench, root, reps, mut_reps
         self.rows = []  # (figure, ours, theirs, ratio, goal, met, syscalls)
         self.inodes = count_inodes(root)
 
@@ -188,11 +188,13 @@ class Floors:
 
     # A command that changes a tree: each run on its own fresh copy, rotated.
     def mutating(self, tools, label):
+        # Every run needs its own copy of the tree, written back before it is timed (a minute
+        # or two per copy of 200k files here): fewer repetitions than the read-only rows.
         s = {t[0]: [] for t in tools}
-        for r in range(self.reps):
+        for r in range(self.mut_reps):
             k = r % len(tools)
             for name, tree, cmd in tools[k:] + tools[:k]:
-                log(f"floor {label}: {name} (rep {r + 1}/{self.reps})")
+                log(f"floor {label}: {name} (rep {r + 1}/{self.mut_reps})")
                 copy_tree(self.root, tree, self.b.view)
                 s[name].append(timed(cmd))
                 rmtree(tree)
@@ -294,10 +296,10 @@ def half_of(root):
     return du_bytes(root) // 2
 
 
-def run(bench, root, reps=7):
+def run(bench, root, reps=7, mut_reps=3):
     if not diskus_bin():
         raise RuntimeError("diskus is not on PATH (benches/compare.sh installs it with cargo install)")
-    f = Floors(bench, root, reps)
+    f = Floors(bench, root, reps, mut_reps)
     for step in (f.inspections, f.eviction, f.repair):
         try:
             step()

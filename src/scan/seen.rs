@@ -15,6 +15,11 @@
 //! the very inode that walk entered, an executable output directory (depth 2) by its own
 //! `ctime`. Deeper than that Go never writes, and nothing is skipped there.
 //!
+//! The proof leans on the wall clock, which can be stepped back (an NTP step at boot, an
+//! administrator): a change made after such a step gets a `ctime` that looks older than it
+//! is. So a proof is dropped when the wall clock has moved less than the monotonic clock
+//! since it was recorded (by more than a second): stepped back, it proves nothing.
+//!
 //! Kept in memory only, per cache root and per [`Grant`]: a policy change, another process
 //! or a restart starts from a full read; a one-shot `check` never benefits (and never
 //! needs to be trusted on what another process saw).
@@ -31,6 +36,9 @@ pub struct Seen {
     before: (i64, i64),
     /// Inodes of the shards that walk entered.
     shards: HashSet<u64>,
+    /// The wall clock (seconds, nanoseconds) and the monotonic clock when it was recorded.
+    wall: (i64, i64),
+    mono: std::time::Instant,
 }
 
 impl Seen {
@@ -70,8 +78,17 @@ pub fn lookup(root: Key, grant: &Grant) -> Option<Arc<Seen>> {
     let m = SEEN.lock().unwrap_or_else(|p| p.into_inner());
     m.as_ref()?
         .get(&root)
-        .filter(|s| s.grant == *grant)
+        .filter(|s| s.grant == *grant && !stepped_back(s.wall, s.mono, now()))
         .cloned()
+}
+
+/// Whether the wall clock, now `wall_now`, has moved more than a second less than the
+/// monotonic clock since (`wall`, `mono`) were read together.
+fn stepped_back(wall: (i64, i64), mono: std::time::Instant, wall_now: (i64, i64)) -> bool {
+    let ns = |t: (i64, i64)| i128::from(t.0) * 1_000_000_000 + i128::from(t.1);
+    let wall_moved = ns(wall_now) - ns(wall);
+    let mono_moved = i128::try_from(mono.elapsed().as_nanos()).unwrap_or(i128::MAX);
+    wall_moved < mono_moved - 1_000_000_000
 }
 
 /// Records that a walk of `root` started at `started` (seconds, nanoseconds) found every
@@ -85,6 +102,8 @@ pub fn record(root: Key, grant: Grant, started: (i64, i64), shards: HashSet<u64>
             grant,
             before,
             shards,
+            wall: now(),
+            mono: std::time::Instant::now(),
         }),
     );
 }
@@ -174,6 +193,18 @@ mod tests {
 
     fn acl_flags(o: &Observed) -> u64 {
         o.violations.get(&Violation::Acl).map_or(0, |t| t.count)
+    }
+
+    /// A wall clock stepped back since the proof was recorded voids it; one that moved
+    /// with the monotonic clock, or ahead of it, does not.
+    #[test]
+    fn a_wall_clock_stepped_back_voids_the_proof() {
+        let mono = std::time::Instant::now() - std::time::Duration::from_secs(10);
+        let wall = (1_000_000, 0);
+        assert!(!super::stepped_back(wall, mono, (1_000_010, 0)));
+        assert!(!super::stepped_back(wall, mono, (1_000_500, 0)));
+        assert!(super::stepped_back(wall, mono, (1_000_005, 0)));
+        assert!(super::stepped_back(wall, mono, (999_000, 0)));
     }
 
     fn hex(i: usize) -> String {
