@@ -384,7 +384,7 @@ class Bench:
         gf = strace_counts(["getfacl", "-R", "-p", comp])
         self.facts["stat-per-inode"] = csum(oc, STAT_FAMILY) / inodes
         self.facts["acl-per-inode"] = csum(oc, ACL_READS) / inodes
-        self.facts["acl-per-file"] = oc.get("lgetxattr", 0) / obs["files"]
+        self.facts["acl-per-file"] = (oc.get("lgetxattr", 0) + oc.get("getxattrat", 0)) / obs["files"]
         self.facts["acl-per-dir"] = oc.get("fgetxattr", 0) / obs["dirs"]
         self.row(
             "syscalls",
