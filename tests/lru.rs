@@ -178,14 +178,13 @@ fn a_large_fuzz_directory_counts_and_holds_the_cache_over_its_limit() {
     assert!(text.contains("fuzz/"), "{text}");
 }
 
-/// What a sweep reports as the cache's size after eviction is what `du -sB1` says, though
-/// apply no longer walks the cache a third time to add it up (issue #24): its two phases
-/// count what they leave. Everything they treat differently is here: a stray file at the
-/// root, a foreign directory in a shard (never entered), a symlink, a hardlinked action
-/// record (never evicted), `fuzz/`; once with a group policy, so that phase 2 sees the
-/// action records too (they must not count twice), once without.
+/// What a sweep reports as the cache's size after eviction is what `du -sB1` says, with
+/// everything eviction treats differently in the cache: a stray file at the root, a foreign
+/// directory in a shard (never entered), a symlink, a hardlinked action record (never
+/// evicted), `fuzz/`; once with a group policy (apply's second phase then sees the action
+/// records too), once without.
 #[test]
-fn the_size_after_eviction_is_what_du_says_without_a_third_walk() {
+fn the_size_after_eviction_is_what_du_says_with_strays_links_and_foreign_dirs() {
     support::require_root();
     for with_group in [false, true] {
         let d = tempdir();

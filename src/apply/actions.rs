@@ -98,10 +98,10 @@ impl<'a> ActionWalk<'a> {
     /// An action record is opened before the unlink and read after it, so our read never
     /// refreshes what we are judging. Evicted, it marks its output to go the same way; kept
     /// (not due, hardlinked, in use again, failed), it keeps its output.
-    fn visit_action(&mut self, e: &Entry) -> bool {
-        let Some(parent) = e.parent else { return false };
+    fn visit_action(&mut self, e: &Entry) {
+        let Some(parent) = e.parent else { return };
         let Ok((record, fresh)) = parent.open_read_stat(e.name, e.st) else {
-            return false;
+            return;
         };
         // The pin's `statx` of the inode just opened is the re-check before the unlink.
         let evicted = self
@@ -111,7 +111,6 @@ impl<'a> ActionWalk<'a> {
         if let Ok(r) = safefs::read_up_to(record, 512, e.st.size) {
             self.found.note(&r, evicted);
         }
-        evicted.is_some()
     }
 }
 
@@ -121,23 +120,13 @@ impl Visit for ActionWalk<'_> {
     }
 
     fn file(&mut self, e: &Entry) {
-        // Phase 2 does not see what this phase sees below the shards (`-a` names): the bytes
-        // left in place are counted here.
-        let kept = if e.depth >= 2 { e.st.alloc } else { 0 };
         match e.st.kind() {
-            Kind::Symlink if !self.rest_sees_all => {
-                self.ev.kept_bytes += kept;
-                return self.ev.refuse(Violation::Symlink, e);
-            }
-            Kind::Special if !self.rest_sees_all => {
-                self.ev.kept_bytes += kept;
-                return self.ev.refuse(Violation::Special, e);
-            }
+            Kind::Symlink if !self.rest_sees_all => return self.ev.refuse(Violation::Symlink, e),
+            Kind::Special if !self.rest_sees_all => return self.ev.refuse(Violation::Special, e),
             _ => {}
         }
-        if !(self.ev.class(e) == Class::Action && e.st.kind() == Kind::File && self.visit_action(e))
-        {
-            self.ev.kept_bytes += kept;
+        if self.ev.class(e) == Class::Action && e.st.kind() == Kind::File {
+            self.visit_action(e);
         }
     }
 

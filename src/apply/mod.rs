@@ -246,41 +246,31 @@ fn apply_cache(c: &CachePlan, now: i64, dry: bool) -> CacheOutcome {
         evict_modules(&mut out, &root, ev, c.last_use, now, dry);
     }
     let mut names = OutputNames::default();
-    // What the two phases left in place, as they saw it (`None` unless both ran).
-    let mut kept: Option<u64> = None;
     if c.eviction.is_some() && c.kind == CacheKind::Build {
         let visitors = walk::walk(&root, walk::WalkOptions::default(), || {
             ActionWalk::new(Evictor::new(c, now, dry), fix)
         });
-        let mut k = 0;
         for v in visitors {
             names.absorb(v.found);
-            k += v.ev.kept_bytes;
             out.merge(v.ev.out);
         }
         names.seal();
-        kept = Some(k);
     }
     if (c.eviction.is_some() && c.kind == CacheKind::Build) || fix {
         let visitors = walk::walk(&root, walk::WalkOptions::default(), || {
             RestWalk::new(Evictor::new(c, now, dry), &names, fix)
         });
-        let mut k = 0;
         for v in visitors {
-            k += v.ev.kept_bytes;
             out.merge(v.ev.out);
         }
-        kept = kept.map(|p| p + k);
     }
     if !dry && !out.evicted.is_empty() {
-        // What the cache holds now, measured: what apply freed is not what it counted when a
-        // member wrote or removed entries meanwhile. A build cache's two phases between them
-        // `statx`ed every entry they left (issue #24: a third walk only to add them up was a
-        // third of eviction's syscalls); a module cache is walked once more.
-        out.size_after = Some(match kept {
-            Some(k) => k,
-            None => crate::scan::allocated_bytes(&root),
-        });
+        // What the cache holds now, measured by a walk of its own: what apply freed is not
+        // what it counted when a member wrote or removed entries meanwhile. (Adding up what
+        // the two phases left was tried for issue #24 and undercounts: an action record
+        // written after phase 1 passed its shard is seen by neither phase, and under a
+        // stream of builds and copies that was most of the cache: the VM test caught it.)
+        out.size_after = Some(crate::scan::allocated_bytes(&root));
     }
     if c.rewrite_trim {
         if dry {
@@ -371,9 +361,6 @@ struct Evictor<'a> {
     xbuf: Vec<u8>,
     /// The current shard is locked by someone else: evict nothing in it.
     shard_locked: bool,
-    /// Allocated bytes of what this visitor saw and left in place: phase 1 counts the action
-    /// records, phase 2 everything else (see [`kept_after`]).
-    kept_bytes: u64,
 }
 
 impl<'a> Evictor<'a> {
@@ -390,7 +377,6 @@ impl<'a> Evictor<'a> {
             out,
             xbuf: Vec::new(),
             shard_locked: false,
-            kept_bytes: 0,
         }
     }
 

@@ -135,10 +135,6 @@ impl Visit for RestWalk<'_> {
     }
 
     fn file(&mut self, e: &Entry) {
-        // Phase 1 counted what it saw (the `-a` names); an entry evicted here is not kept.
-        if !layout::may_be_action(e.depth, e.name.to_bytes()) {
-            self.ev.kept_bytes += e.st.alloc;
-        }
         let class = self.ev.class(e);
         match e.st.kind() {
             Kind::Symlink => return self.ev.refuse(Violation::Symlink, e),
@@ -163,14 +159,9 @@ impl Visit for RestWalk<'_> {
         }
         if class == Class::Output
             && let Some(reason) = self.output_verdict(e.name, self.ev.used(e.st))
+            && (self.ev.evict_file(e, reason) || e.st.nlink > 1)
         {
-            if self.ev.evict_file(e, reason) {
-                self.ev.kept_bytes = self.ev.kept_bytes.saturating_sub(e.st.alloc);
-                return;
-            }
-            if e.st.nlink > 1 {
-                return;
-            }
+            return;
         }
         if self.fix {
             self.ev.fix_entry(e, None);
@@ -183,11 +174,9 @@ impl Visit for RestWalk<'_> {
         if class == Class::Foreign {
             // Never entered: nothing under a foreign directory is ours to change.
             self.ev.refuse(Violation::Foreign, e);
-            self.ev.kept_bytes += crate::scan::allocated_bytes(dir);
             return false;
         }
         if class == Class::Quarantine {
-            self.ev.kept_bytes += crate::scan::allocated_bytes(dir);
             return false;
         }
         if class == Class::Exec && self.ev.plan.eviction.is_some() && !self.names.is_live(e.name) {
@@ -204,15 +193,12 @@ impl Visit for RestWalk<'_> {
                 if !super::may_evict_in(&mut self.ev.out, dir, &e.rel()) {
                     return true;
                 }
-                match self.remove_exec(parent, e.name, e.st, dir, &e.rel()) {
-                    Some(b) => self.ev.count_evicted(reason, b),
-                    // Some of it may be gone; what is left is measured.
-                    None => self.ev.kept_bytes += crate::scan::allocated_bytes(dir),
+                if let Some(b) = self.remove_exec(parent, e.name, e.st, dir, &e.rel()) {
+                    self.ev.count_evicted(reason, b);
                 }
                 return false;
             }
         }
-        self.ev.kept_bytes += e.st.alloc;
         true
     }
 
