@@ -24,11 +24,9 @@ fn limit_policy(d: &Path, c: &Cache, limit: u64) -> std::path::PathBuf {
     )
 }
 
-/// Runs `enforce --json` with `max_size = limit` (low_water 90%, min_age 1 h); returns the
-/// ages of the units that went and the JSON.
-fn enforce(d: &Path, c: &Cache, limit: u64) -> (BTreeSet<i64>, serde_json::Value) {
-    let p = limit_policy(d, c, limit);
-    let o = run(
+/// `enforce --json` under policy file `p`.
+fn enforce_json(p: &Path) -> std::process::Output {
+    run(
         [
             "--policy".as_ref(),
             p.as_os_str(),
@@ -36,7 +34,14 @@ fn enforce(d: &Path, c: &Cache, limit: u64) -> (BTreeSet<i64>, serde_json::Value
             "--json".as_ref(),
         ],
         &[],
-    );
+    )
+}
+
+/// Runs `enforce --json` with `max_size = limit` (low_water 90%, min_age 1 h); returns the
+/// ages of the units that went and the JSON.
+fn enforce(d: &Path, c: &Cache, limit: u64) -> (BTreeSet<i64>, serde_json::Value) {
+    let p = limit_policy(d, c, limit);
+    let o = enforce_json(&p);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let mut gone = BTreeSet::new();
     for u in &c.units {
@@ -212,15 +217,8 @@ fn the_size_after_eviction_is_what_du_says_with_strays_links_and_foreign_dirs() 
                 c.root.display()
             ),
         );
-        let o = run(
-            [
-                "--policy".as_ref(),
-                p.as_os_str(),
-                "enforce".as_ref(),
-                "--json".as_ref(),
-            ],
-            &[],
-        );
+        let o = enforce_json(&p);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         let v = json(&o);
         let out = &v["outcome"]["caches"][0];
         assert!(
