@@ -15,6 +15,8 @@ import json
 import os
 import shlex
 import shutil
+import subprocess
+import time
 
 from benchlib import (
     ACL_READS,
@@ -24,6 +26,7 @@ from benchlib import (
     count_files,
     count_inodes,
     csum,
+    du_bytes,
     fmt_s,
     log,
     med,
@@ -137,9 +140,6 @@ class Floors:
         ACL, later ones only those whose ctime is after an earlier compliant walk (the
         `scan::seen` proof). Sweep times from `gocache_warden_last_sweep_duration_seconds`
         in its textfile, one per sweep, `interval = "2s"`."""
-        import subprocess
-        import time
-
         b = self.b
         prom = os.path.join(b.work, "floor-agent.prom")
         text = open(pol).read().replace('interval = "1h"', f'interval = "2s"\n[metrics]\ntextfile = "{prom}"')
@@ -291,8 +291,6 @@ class Floors:
 
 def half_of(root):
     """Half of what `du -sB1` counts, in bytes: a limit the cache is well over."""
-    from benchlib import du_bytes
-
     return du_bytes(root) // 2
 
 
