@@ -43,6 +43,17 @@ import traceback
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 GROUP = "gwt-bench"
+# What the agent logs (src/daemon/mod.rs, src/apply/mod.rs) when a write takes a cache past
+# its limit, when it evicts (a sweep's apply: "evicted N entries"; from the list its last walk
+# kept: "evicted N files … without walking it"), and when that pass is over.
+GREW = "grew past its limit"
+EVICTED = re.compile(r"\bevicted \d+ (entries|files)\b")
+
+
+def pass_ended(line):
+    """A sweep's status line, or an eviction from the kept list that reached low water (one
+    that did not says "walking it", and a sweep with its status line follows)."""
+    return "last sweep:" in line or ("without walking it" in line and "not at low water yet" not in line)
 
 import floors
 from benchlib import (
@@ -527,7 +538,7 @@ class Bench:
                 p.kill()
                 p.wait()
             errf.close()
-        names = [("detect", "\"a cache grew past its limit\" logged"), ("unlink", "first unlink in the cache"), ("evicted", "\"evicted N entries\" logged")]
+        names = [("detect", "\"… grew past its limit\" logged"), ("unlink", "first unlink in the cache"), ("evicted", "\"evicted N entries/files\" logged")]
         for key, what in names:
             xs = [t[key] for t in lat if t.get(key) is not None]
             if not xs:
@@ -561,9 +572,9 @@ class Bench:
             if fill > 4096:
                 write_entry(root, fill)
             time.sleep(2)
-            if tail.seen("a cache grew past its limit"):
+            if tail.seen(GREW):
                 # The filler crossed (the estimate errs high): let that sweep end, go again.
-                tail.wait_for(lambda l: "last sweep:" in l, 300)
+                tail.wait_for(pass_ended, 300)
                 tail.consume()
                 continue
             tail.consume()
@@ -578,12 +589,12 @@ class Bench:
                     r["unlink"] = time.time() - t0
                 for line in tail.new_lines():
                     ts = log_time(line)
-                    if "last sweep:" in line:
-                        done = True
-                    elif "a cache grew past its limit" in line and ts:
+                    if GREW in line and ts:
                         r["detect"] = ts - t0
-                    elif re.search(r"\bevicted \d+ entries", line) and ts:
+                    elif EVICTED.search(line) and ts and r["evicted"] is None:
                         r["evicted"] = ts - t0
+                    if pass_ended(line):
+                        done = True
                 if p.poll() is not None:
                     raise RuntimeError(f"the daemon exited ({p.returncode}): {tail.text()[-1500:]}")
             log(f"latency trial {len(out) + 1}: {r}")

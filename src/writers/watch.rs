@@ -19,7 +19,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
-/// How often the thread hands over what it saw (and checks whether to stop).
+/// How often the thread hands over what it saw while writes come in. With nothing counted
+/// and nothing due, it sleeps in `poll` without a timeout: an idle server's agent has no
+/// wakeups of its own (a 1 s timer here was 60 context switches in a quiet minute).
 const FLUSH: Duration = Duration::from_secs(1);
 /// What `/proc` said of a pid is reused this long: a build writes thousands of files.
 const PROC_TTL: Duration = Duration::from_secs(5);
@@ -30,7 +32,7 @@ const PROC_KEEP: Duration = Duration::from_secs(60);
 /// Shard descriptors kept open between events (the rest are opened per event).
 const OPEN_SHARDS: usize = 512;
 
-/// The running watcher; stops within a second when dropped.
+/// The running watcher; stops when dropped (the drop wakes the thread).
 pub struct Watcher {
     tx: mpsc::Sender<(Vec<Spec>, bool)>,
     /// A byte written here wakes the thread out of its wait for events: new caches are
@@ -52,6 +54,8 @@ impl Watcher {
 impl Drop for Watcher {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        use std::io::Write;
+        let _ = (&self.wake).write(&[1]);
     }
 }
 
@@ -74,7 +78,10 @@ pub fn start(group: Group, sink: impl Fn(Batch) + Send + 'static) -> std::io::Re
                 while let Ok((specs, all)) = rx.try_recv() {
                     w.sync(specs, all);
                 }
-                w.wait_and_read();
+                if stopping.load(Ordering::Relaxed) {
+                    break;
+                }
+                w.wait_and_read(w.deadline(last_write));
                 if w.since_flush.elapsed() >= FLUSH {
                     let mut b = w.flush();
                     if !b.is_empty() {
@@ -234,15 +241,41 @@ impl State {
         Ok(Cache { root, trust })
     }
 
-    fn wait_and_read(&mut self) {
+    /// When the thread must wake with no event: to hand over what it counted, to send the
+    /// `quiet` batch after the last write, or to say how many foreign entries went unlogged
+    /// this minute. `None`: nothing is due, wait for an event (or a sync, or the drop).
+    fn deadline(&self, last_write: Option<Instant>) -> Option<Instant> {
+        if !self.totals.is_empty() || !self.foreign.is_empty() || self.lost {
+            return Some(self.since_flush + FLUSH);
+        }
+        let unlogged = self.foreign_count.values().any(|n| *n > FOREIGN_PER_MINUTE);
+        let minute_end = unlogged.then(|| self.minute + Duration::from_secs(60));
+        let quiet = last_write.map(|t| t + super::QUIET);
+        let due = match (minute_end, quiet) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // Batches go at most once a second (the loop flushes only then): waking earlier
+        // would spin until that second is up.
+        due.map(|at| at.max(self.since_flush + FLUSH))
+    }
+
+    fn wait_and_read(&mut self, deadline: Option<Instant>) {
         use std::os::fd::AsFd;
         let mut fds = [
             nix::poll::PollFd::new(self.group.as_fd(), nix::poll::PollFlags::POLLIN),
             nix::poll::PollFd::new(self.woken.as_fd(), nix::poll::PollFlags::POLLIN),
         ];
-        let timeout = FLUSH.saturating_sub(self.since_flush.elapsed());
-        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-        if !matches!(nix::poll::poll(&mut fds, ms), Ok(n) if n > 0) {
+        let timeout = match deadline {
+            // Rounded up: a wait cut short by rounding would wake once more for nothing.
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                let ms = left.as_micros().div_ceil(1000);
+                nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX)
+            }
+            None => nix::poll::PollTimeout::NONE,
+        };
+        if !matches!(nix::poll::poll(&mut fds, timeout), Ok(n) if n > 0) {
             return;
         }
         if fds[1].any() == Some(true) {
