@@ -1,5 +1,6 @@
 //! The watcher thread: marks each cache's shard directories, reads the group's events,
-//! resolves each to a cache and a writer, and hands the daemon a [`Batch`] a second.
+//! resolves each to a cache and a writer, and hands the daemon a [`Batch`] a second while
+//! writes come in (and sleeps without a timer while none do).
 //!
 //! Users hold a hand in every step, so: a shard is opened beneath the cache root as the sweep
 //! opens it (`safefs`: no symlink, no mount crossing) and marked through that descriptor; an
