@@ -3,7 +3,7 @@
 # same run and
 # writes the comparison table to benches/RESULTS.md (benches/RESULTS-quick.md with --quick).
 #
-#   sudo bash benches/compare.sh            # 100k and 1M trees, a real Go cache, the daemon (~25 min)
+#   sudo bash benches/compare.sh            # 100k and 1M trees, a real Go cache, the floors, the daemon (~85 min)
 #   sudo bash benches/compare.sh --quick    # 100k only, fewer repetitions (~8 min)
 #   sudo bash benches/compare.sh --help     # all options (--workdir, --keep, --skip, --out)
 #
