@@ -47,6 +47,10 @@ impl Watcher {
     /// Marks these caches (again); with `all`, forgets the caches not among them.
     pub fn watch(&self, specs: Vec<Spec>, all: bool) {
         let _ = self.tx.send((specs, all));
+        self.wake();
+    }
+
+    fn wake(&self) {
         use std::io::Write;
         let _ = (&self.wake).write(&[1]);
     }
@@ -55,8 +59,7 @@ impl Watcher {
 impl Drop for Watcher {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        use std::io::Write;
-        let _ = (&self.wake).write(&[1]);
+        self.wake();
     }
 }
 
@@ -252,10 +255,7 @@ impl State {
         let unlogged = self.foreign_count.values().any(|n| *n > FOREIGN_PER_MINUTE);
         let minute_end = unlogged.then(|| self.minute + Duration::from_secs(60));
         let quiet = last_write.map(|t| t + super::QUIET);
-        let due = match (minute_end, quiet) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let due = minute_end.into_iter().chain(quiet).min();
         // Batches go at most once a second (the loop flushes only then): waking earlier
         // would spin until that second is up.
         due.map(|at| at.max(self.since_flush + FLUSH))
